@@ -1,0 +1,37 @@
+# mmfm: `make demo` runs the end-to-end job on real data, `make test` runs the test suite.
+# Both set everything up on a fresh machine: the Debian packages, the venv and the Python packages.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PKGS := fonts-noto-color-emoji unicode-data
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test venv apt-deps clean help
+
+help:
+	@echo "make demo   - build emoji shards, train CLIP + captioner, evaluate, write runs/demo/report.html"
+	@echo "make test   - run the test suite (CPU, offline)"
+
+apt-deps:
+	@bash tools/ensure_apt.sh $(APT_PKGS)
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev,demo,parquet]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+test: apt-deps venv
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
+
+demo: apt-deps venv
+	$(VENV)/bin/mmfm demo --out runs/demo
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from mmfm.cli import main
+
+sys.exit(main())
