@@ -1,0 +1,168 @@
+"""Write WebDataset shards with webdataset's own ``ShardWriter``, plus stats and ``manifest.json``.
+
+Public API::
+
+    from mmfm.data.shards import write_shards, read_manifest
+    manifest = write_shards(samples, "out/", shard_size=1000, classes=["cat", "dog"])
+
+``samples`` yields dicts ``{"__key__": str, "jpg"|"png"|"webp": bytes | PIL.Image, "txt": str,
+"json": dict, "cls": int}``. Each tar is written to ``NAME.partial`` and renamed when complete, then
+gets ``shard-NNNNNN_stats.json``; ``manifest.json`` is written last (atomically).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .manifest import (IMAGE_EXTS, SHARD_PATTERN, ShardError, atomic_write_json, key_role, make_manifest,
+                       sha256_file, stats_name, write_manifest)
+
+PARTIAL = ".partial"
+TAR_MTIME = 1_700_000_000  # fixed member mtime: the same samples give byte-identical tars
+_PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+def encode_image(image: Any, ext: str, quality: int = 95) -> bytes:
+    """PIL image -> encoded bytes in the format named by ``ext`` (jpg, png, webp)."""
+    fmt = _PIL_FORMATS[ext]
+    if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    opts = {"quality": quality} if fmt in ("JPEG", "WEBP") else {"optimize": False}
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **opts)
+    return buf.getvalue()
+
+
+def encode_sample(sample: dict, quality: int = 95) -> dict:
+    """Turn a sample dict into ``{"__key__": str, ext: bytes}`` with deterministic encodings."""
+    if "__key__" not in sample or not isinstance(sample["__key__"], str) or not sample["__key__"]:
+        raise ShardError(f"sample is missing a string '__key__': keys {sorted(sample)}")
+    key = sample["__key__"]
+    if "." in key or "/" in key:
+        raise ShardError(f"sample key {key!r}: '.' and '/' are not allowed in WebDataset keys")
+    out: dict[str, Any] = {"__key__": key}
+    for ext, value in sample.items():
+        if ext.startswith("__"):
+            continue
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            out[ext] = bytes(value)
+        elif ext in IMAGE_EXTS:
+            out[ext] = encode_image(value, ext, quality)
+        elif ext == "json":
+            out[ext] = json.dumps(value, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        elif ext == "cls":
+            out[ext] = str(int(value)).encode("ascii")
+        elif isinstance(value, str):
+            out[ext] = value.encode("utf-8")
+        else:
+            raise ShardError(f"sample {key!r}: field '{ext}' has type {type(value).__name__}; "
+                             "give bytes, str, a PIL image (jpg/png/webp), a dict (json) or an int (cls)")
+    return out
+
+
+class ShardSink:
+    """Streams encoded samples into ``OUT/shard-%06d.tar`` through ``webdataset.ShardWriter``.
+
+    ``write(sample, state)`` takes an already encoded sample and an optional ``state`` dict (the
+    builder's resume position after this sample); the state of a shard's last sample is stored in its
+    ``_stats.json`` so ``--resume`` can continue exactly after the last complete shard.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, shard_size: int = 1000, start_shard: int = 0,
+                 max_shard_bytes: float = 3e12, on_shard: Callable[[dict], None] | None = None):
+        import webdataset as wds
+
+        if shard_size < 1:
+            raise ShardError(f"shard_size: must be >= 1, got {shard_size}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.shard_size = int(shard_size)
+        self.max_shard_bytes = max_shard_bytes
+        self.on_shard = on_shard
+        self.shards: list[dict] = []
+        self.keys: Counter = Counter()
+        self._file = None
+        self._reset_shard()
+        self._writer = wds.ShardWriter(str(self.out_dir / SHARD_PATTERN), maxcount=self.shard_size,
+                                       maxsize=max_shard_bytes, start_shard=start_shard, verbose=0,
+                                       opener=self._open, post=self._finish, mtime=TAR_MTIME)
+
+    def _reset_shard(self) -> None:
+        self._keys: Counter = Counter()
+        self._first_key = self._last_key = None
+        self._state: dict = {}
+        self._hashes: list[str] = []
+
+    def _open(self, fname: str):
+        self._file = open(fname + PARTIAL, "wb")
+        return self._file
+
+    def _finish(self, fname: str) -> None:
+        """ShardWriter's ``post`` hook: close, drop empty tars, rename, write stats."""
+        count = self._writer.count
+        self._file.close()
+        self._file = None
+        partial = fname + PARTIAL
+        if count == 0:
+            os.unlink(partial)
+            self._reset_shard()
+            return
+        os.replace(partial, fname)
+        name = os.path.basename(fname)
+        stats = {"name": name, "samples": count, "bytes": os.path.getsize(fname), "sha256": sha256_file(fname),
+                 "keys": dict(sorted(self._keys.items())), "first_key": self._first_key,
+                 "last_key": self._last_key, **self._state}
+        if self._hashes:
+            stats["image_sha256"] = self._hashes
+        atomic_write_json(self.out_dir / stats_name(name), stats)
+        self.shards.append(stats)
+        if self.on_shard is not None:
+            self.on_shard(stats)
+        self._reset_shard()
+
+    def write(self, sample: dict, state: dict | None = None, image_hash: str | None = None) -> None:
+        self._writer.write(sample)
+        key = sample["__key__"]
+        self._first_key = self._first_key or key
+        self._last_key = key
+        exts = [k for k in sample if not k.startswith("__")]
+        self._keys.update(exts)
+        self.keys.update(exts)
+        if state is not None:
+            self._state = state
+        if image_hash is not None:
+            self._hashes.append(image_hash)
+        if self._writer.count >= self.shard_size or self._writer.size >= self.max_shard_bytes:
+            self._writer.next_stream()  # finish this shard now, so a kill never loses a full shard
+
+    def close(self) -> list[dict]:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        return self.shards
+
+
+def write_shards(samples: Iterable[dict], out_dir: str | os.PathLike, shard_size: int = 1000, *,
+                 classes: list[str] | None = None, args: dict | None = None,
+                 failures: dict[str, int] | None = None, quality: int = 95, **extra: Any) -> dict:
+    """Write ``samples`` as WebDataset shards + stats + ``manifest.json`` into ``out_dir``.
+
+    Returns the manifest dict. Existing ``shard-*.tar`` files in ``out_dir`` are an error (no silent mix).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.glob("shard-*.tar")):
+        raise ShardError(f"{out_dir}: already holds shards; use an empty folder")
+    sink = ShardSink(out_dir, shard_size=shard_size)
+    try:
+        for sample in samples:
+            sink.write(encode_sample(sample, quality))
+    finally:
+        shards = sink.close()
+    keys = {ext: key_role(ext) for ext in sink.keys}
+    manifest = make_manifest(shards, keys, args=args, failures=failures, classes=classes, **extra)
+    write_manifest(out_dir, manifest)
+    return manifest
