@@ -1,0 +1,78 @@
+"""Image transforms from a timm data config (``model.preprocess``).
+
+``build_transform(preprocess, train)`` wraps ``timm.data.create_transform``. ``preprocess`` is the dict a
+model carries (``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``, ``crop_mode``) plus
+optional training keys: ``scale``, ``ratio``, ``hflip``, ``color_jitter``, ``auto_augment``, ``re_prob``.
+
+Training defaults follow CLIP practice (open_clip): random-resized crop with ``scale=(0.9, 1.0)``, no
+horizontal flip (captions say "left"/"right"), no colour jitter. Evaluation is timm's resize + centre crop.
+
+``decode_size(preprocess, train)`` is the smallest image side the decoder must keep so that the transform
+never upsamples what it would otherwise have had: the loader uses it for JPEG draft decoding, which
+decodes a 512-px JPEG straight to 1/2, 1/4 or 1/8 scale (several times faster than decoding in full).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+DEFAULT_PREPROCESS: dict[str, Any] = {
+    "input_size": (3, 224, 224),
+    "mean": (0.48145466, 0.4578275, 0.40821073),   # OpenAI CLIP
+    "std": (0.26862954, 0.26130258, 0.27577711),
+    "interpolation": "bicubic",
+    "crop_pct": 1.0,
+    "crop_mode": "center",
+}
+TRAIN_DEFAULTS: dict[str, Any] = {"scale": (0.9, 1.0), "ratio": (3 / 4, 4 / 3), "hflip": 0.0,
+                                  "color_jitter": None, "auto_augment": None, "re_prob": 0.0}
+_KNOWN = set(DEFAULT_PREPROCESS) | set(TRAIN_DEFAULTS)
+
+
+def resolve_preprocess(preprocess: dict | None) -> dict:
+    """Fill defaults and normalise types (``input_size`` as a 3-tuple); reject unknown keys."""
+    pre = dict(DEFAULT_PREPROCESS)
+    for key, value in (preprocess or {}).items():
+        if key not in _KNOWN:
+            import difflib
+            close = difflib.get_close_matches(key, sorted(_KNOWN), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else f" Known keys: {', '.join(sorted(_KNOWN))}."
+            from mmfm.config import ConfigError
+            raise ConfigError(f"preprocess: unknown key '{key}'.{hint}")
+        pre[key] = value
+    size = pre["input_size"]
+    if isinstance(size, int):
+        size = (3, size, size)
+    elif len(size) == 2:
+        size = (3, *size)
+    pre["input_size"] = tuple(int(s) for s in size)
+    pre["mean"] = tuple(float(m) for m in pre["mean"])
+    pre["std"] = tuple(float(s) for s in pre["std"])
+    return pre
+
+
+def build_transform(preprocess: dict | None, train: bool):
+    """A torchvision-style callable: RGB ``PIL.Image`` -> float tensor (3, H, W), normalised."""
+    from timm.data import create_transform
+
+    pre = resolve_preprocess(preprocess)
+    common = dict(input_size=pre["input_size"], mean=pre["mean"], std=pre["std"],
+                  interpolation=pre["interpolation"] or "bicubic")
+    if not train:
+        return create_transform(is_training=False, crop_pct=pre["crop_pct"], crop_mode=pre["crop_mode"], **common)
+    aug = {k: pre.get(k, v) for k, v in TRAIN_DEFAULTS.items()}
+    return create_transform(is_training=True, scale=tuple(aug["scale"]), ratio=tuple(aug["ratio"]),
+                            hflip=float(aug["hflip"]), color_jitter=aug["color_jitter"],
+                            auto_augment=aug["auto_augment"], re_prob=float(aug["re_prob"]), **common)
+
+
+def decode_size(preprocess: dict | None, train: bool) -> int:
+    """Smallest short side (px) a decoded image needs so the transform loses no resolution."""
+    pre = resolve_preprocess(preprocess)
+    side = max(pre["input_size"][1:])
+    if train:
+        scale = TRAIN_DEFAULTS["scale"] if pre.get("scale") is None else pre["scale"]
+        # the smallest (square) crop still covers `side` pixels; extreme aspect crops upsample a few %
+        return int(math.ceil(side / math.sqrt(max(float(scale[0]), 1e-3))))
+    crop_pct = pre.get("crop_pct") or 1.0
+    return int(math.ceil(side / crop_pct))
