@@ -1,0 +1,158 @@
+"""Pieces shared by zero-shot and retrieval evaluation: model loading/checks, device and precision,
+batched text encoding, the eval transform, checkpoint identity and atomic writes."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from mmfm.config import ConfigError
+
+
+def load_clip(model, device: str | None = None):
+    """Return ``(clip_model, spec_string_or_None)``; a string is loaded with ``mmfm.load``."""
+    spec = None
+    if isinstance(model, (str, os.PathLike)):
+        spec = str(model)
+        if not spec.startswith("openclip:") and not Path(spec).exists():
+            raise ConfigError(f"checkpoint not found: {spec}")
+        import mmfm
+        model = mmfm.load(spec, device=resolve_device(device))
+    check_clip(model, spec)
+    return model, spec
+
+
+def check_clip(model, name=None) -> None:
+    """A CLIP model encodes both images and texts and carries its preprocessing and tokenizer."""
+    what = f"checkpoint {name}" if name else f"model {type(model).__name__}"
+    missing = [a for a in ("encode_image", "encode_text") if not callable(getattr(model, a, None))]
+    kind = getattr(getattr(model, "model_cfg", None), "kind", "clip")
+    if missing or kind != "clip":
+        raise ConfigError(f"{what} is not a CLIP model (kind={kind!r}"
+                          f"{', lacks ' + ', '.join(missing) if missing else ''}); zero-shot and retrieval "
+                          f"need a contrastive image-text model")
+    for attr in ("tokenizer", "preprocess"):
+        if getattr(model, attr, None) is None:
+            raise ConfigError(f"{what} has no .{attr}; load it with mmfm.load() so it carries one")
+
+
+def resolve_device(device: str | None = None) -> str:
+    import torch
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def model_device(model):
+    import torch
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def default_workers(device) -> int:
+    n = os.cpu_count() or 1
+    return min(8, n) if str(device).startswith("cuda") else min(4, max(0, n - 1))
+
+
+def autocast(device, precision: str = "auto"):
+    """bf16 autocast on CUDA by default; fp32 on CPU (bf16 matmul is very slow on most CPUs)."""
+    import torch
+    dev_type = torch.device(device).type
+    if precision == "auto":
+        precision = "bf16" if dev_type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        raise ConfigError(f"precision: {precision!r} is not one of auto, fp32, bf16, fp16")
+    return torch.autocast(dev_type, dtype=dtype)
+
+
+def effective_precision(device, precision: str) -> str:
+    import torch
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def eval_transform(model):
+    """The model's own eval preprocessing (a callable PIL -> tensor)."""
+    fn = getattr(model, "transform", None) or getattr(model, "eval_transform", None)
+    if callable(fn):
+        return fn
+    from mmfm.data.transforms import build_transform
+    return build_transform(model.preprocess, train=False)
+
+
+def encode_texts(model, texts: list[str], *, batch_size: int = 256, precision: str = "auto",
+                 progress: bool = False, desc: str = "texts"):
+    """L2-normalised text embeddings (N, D), float32 on the CPU."""
+    import torch
+    from tqdm.auto import tqdm
+    device = model_device(model)
+    out = []
+    starts = range(0, len(texts), batch_size)
+    with torch.inference_mode(), autocast(device, precision):
+        for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
+            tok = model.tokenizer(texts[s:s + batch_size])
+            ids = tok["text_ids"].to(device, non_blocking=True)
+            mask = tok.get("attention_mask")
+            mask = mask.to(device, non_blocking=True) if mask is not None else None
+            feats = model.encode_text(ids, attention_mask=mask, normalize=True)
+            out.append(feats.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def logit_scale(model) -> float:
+    """exp(logit_scale) of a CLIP model (stored as a log), capped at 100 as in training."""
+    import math
+    ls = getattr(model, "logit_scale", None)
+    if ls is None:
+        return 100.0
+    v = float(ls.detach().float().reshape(-1)[0]) if hasattr(ls, "detach") else float(ls)
+    return min(math.exp(v), 100.0)
+
+
+def checkpoint_identity(spec: str | None) -> str | None:
+    """A string that changes when the checkpoint's files change (path + size + mtime of each file)."""
+    if spec is None:
+        return None
+    parts = [spec]
+    path = spec.split(":", 2)[2] if spec.startswith("openclip:") and spec.count(":") >= 2 else spec
+    p = Path(path)
+    if p.is_file():
+        st = p.stat()
+        parts.append(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    elif p.is_dir():
+        for i, f in enumerate(sorted(p.rglob("*"))):
+            if i >= 2000:
+                break
+            if f.is_file() and f.suffix in (".safetensors", ".pt", ".pth", ".bin", ".json", ".yaml", "") :
+                st = f.stat()
+                parts.append(f"{f.relative_to(p)}|{st.st_size}|{st.st_mtime_ns}")
+        parts.append(str(p.resolve()))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("MMFM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mmfm")
+    return Path(base)
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(tmp, p)
+    return p
+
+
+def write_json(path, obj) -> Path:
+    return atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,284 @@
+"""Image <-> text retrieval recall@k, the way CLIP papers and CLIP_benchmark count it.
+
+DATA is one of
+* a shard folder (``manifest.json`` + tars), a ``.tar`` file or a brace pattern: captions come from
+  the sample's json ``captions`` list, else its ``txt``;
+* a CSV or JSONL file with an image path column and caption(s): ``captions`` (a list) or
+  ``caption``/``text``; rows that repeat an image path add captions to it. Relative paths are resolved
+  against the file's folder.
+
+Several captions per image: text->image counts every caption as a query whose single positive is
+its image; image->text counts an image as a hit when *any* of its captions is in the top k.
+(CLIP_benchmark calls these ``image_retrieval_recall@k`` and ``text_retrieval_recall@k``.)
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmfm.config import ConfigError
+
+from .common import (autocast, default_workers, effective_precision, encode_texts, eval_transform, load_clip,
+                     model_device)
+from .folder import DEFAULT_MAX_PIXELS, decode_image
+
+IMAGE_COLUMNS = ("image", "image_path", "filepath", "path", "file", "filename", "img", "jpg")
+CAPTION_COLUMNS = ("captions", "caption", "text", "title", "txt", "alt")
+SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass
+class TableData:
+    """CSV/JSONL retrieval data: one entry per distinct image."""
+    source: str
+    paths: list[str]
+    captions: list[list[str]]
+
+
+# ----------------------------------------------------------------------------- reading
+def read_table(path: str | os.PathLike, image_key: str | None = None, caption_key: str | None = None) -> TableData:
+    p = Path(path)
+    rows = _read_rows(p)
+    if not rows:
+        raise ConfigError(f"{p} holds no rows")
+    cols = list(rows[0].keys())
+    ikey = image_key or next((c for c in IMAGE_COLUMNS if c in cols), None)
+    ckey = caption_key or next((c for c in CAPTION_COLUMNS if c in cols), None)
+    for key, what, opts in ((ikey, "image path", IMAGE_COLUMNS), (ckey, "caption", CAPTION_COLUMNS)):
+        if key is None or key not in cols:
+            raise ConfigError(f"{p}: no {what} column (looked for {key or ', '.join(opts)}; "
+                              f"columns are {', '.join(cols)}); name it with --{what.split()[0]}-key")
+    order: dict[str, list[str]] = {}
+    for n, row in enumerate(rows, start=1):
+        img, caps = row.get(ikey), row.get(ckey)
+        if not img:
+            raise ConfigError(f"{p} row {n}: empty '{ikey}'")
+        caps = _as_captions(caps, p, n, ckey)
+        full = img if os.path.isabs(img) else str(p.parent / img)
+        order.setdefault(full, []).extend(caps)
+    paths = list(order)
+    return TableData(str(p), paths, [order[k] for k in paths])
+
+
+def _read_rows(p: Path) -> list[dict]:
+    if not p.is_file():
+        raise ConfigError(f"retrieval data not found: {p}")
+    ext = p.suffix.lower()
+    if ext == ".csv":
+        with open(p, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    if ext in (".jsonl", ".json"):
+        rows = []
+        with open(p, encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ConfigError(f"{p} line {n}: invalid JSON ({e})") from None
+        return rows
+    raise ConfigError(f"retrieval data {p}: expected a shard folder, a .tar, or a .csv/.jsonl file")
+
+
+def _as_captions(value, p, n, key) -> list[str]:
+    if isinstance(value, str) and value.startswith("[") and key == "captions":
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    caps = [value] if isinstance(value, str) else list(value or [])
+    caps = [str(c).strip() for c in caps if str(c).strip()]
+    if not caps:
+        raise ConfigError(f"{p} row {n}: no caption in '{key}'")
+    return caps
+
+
+def shard_urls(data: str) -> list[str]:
+    p = Path(data)
+    if p.is_dir():
+        if not (p / "manifest.json").is_file():
+            tars = sorted(str(t) for t in p.glob("*.tar"))
+            if not tars:
+                raise ConfigError(f"{p}: no manifest.json and no .tar shards")
+            return tars
+        man = json.loads((p / "manifest.json").read_text())
+        shards = man.get("shards")
+        if not shards:
+            raise ConfigError(f"{p}/manifest.json lists no shards")
+        return [str(p / s["name"]) for s in shards]
+    if "{" in data:
+        import braceexpand
+        return list(braceexpand.braceexpand(data))
+    if p.suffix == ".tar":
+        if not p.is_file():
+            raise ConfigError(f"shard not found: {p}")
+        return [str(p)]
+    raise ConfigError(f"not a shard source: {data}")
+
+
+def is_shard_source(data: str) -> bool:
+    p = Path(data)
+    return p.is_dir() or p.suffix == ".tar" or "{" in str(data)
+
+
+# ----------------------------------------------------------------------------- datasets (picklable)
+class TableImages:
+    def __init__(self, paths, transform, max_pixels):
+        self.paths, self.transform, self.max_pixels = paths, transform, max_pixels
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return {"index": i, "image": self.transform(decode_image(self.paths[i], self.max_pixels))}
+        except Exception as e:  # noqa: BLE001 - reported and skipped
+            return {"index": i, "image": None, "reason": f"{type(e).__name__}: {e}", "name": self.paths[i]}
+
+
+class ShardSample:
+    """webdataset map stage: raw sample -> {key, image tensor or None, captions, reason}."""
+
+    def __init__(self, transform, max_pixels):
+        self.transform, self.max_pixels = transform, max_pixels
+
+    def __call__(self, s):
+        name = f"{s.get('__url__', '?')}:{s.get('__key__')}"
+        caps = []
+        if "json" in s:
+            meta = json.loads(s["json"])
+            caps = [c for c in meta.get("captions") or [] if isinstance(c, str) and c.strip()]
+        if not caps and "txt" in s:
+            caps = [s["txt"].decode("utf-8").strip()]
+        key = next((k for k in SHARD_IMAGE_KEYS if k in s), None)
+        out = {"name": name, "captions": caps, "image": None}
+        if key is None or not caps:
+            out["reason"] = "no image" if key is None else "no caption"
+            return out
+        try:
+            out["image"] = self.transform(decode_image(s[key], self.max_pixels))
+        except Exception as e:  # noqa: BLE001
+            out["reason"] = f"{type(e).__name__}: {e}"
+        return out
+
+
+def collate_list(items):
+    return items
+
+
+# ----------------------------------------------------------------------------- embedding
+def _image_batches(model, data, *, batch_size, workers, max_pixels, max_samples):
+    from torch.utils.data import DataLoader
+    transform = eval_transform(model)
+    kw = dict(batch_size=batch_size, num_workers=workers, collate_fn=collate_list, pin_memory=False)
+    if workers:
+        kw["prefetch_factor"] = 4
+    if isinstance(data, TableData):
+        n = len(data.paths) if max_samples is None else min(max_samples, len(data.paths))
+        ds = TableImages(data.paths[:n], transform, max_pixels)
+        for batch in DataLoader(ds, shuffle=False, **kw):
+            yield [dict(b, captions=data.captions[b["index"]], name=data.paths[b["index"]]) for b in batch]
+    else:
+        import webdataset as wds
+        ds = wds.WebDataset(shard_urls(data), shardshuffle=False, nodesplitter=None, empty_check=False)
+        ds = ds.map(ShardSample(transform, max_pixels))
+        seen = 0
+        for batch in DataLoader(ds, **kw):
+            if max_samples is not None:
+                batch = batch[:max(0, max_samples - seen)]
+            seen += len(batch)
+            if batch:
+                yield batch
+            if max_samples is not None and seen >= max_samples:
+                break
+
+
+def embed_pairs(model, data, *, batch_size=64, workers=None, precision="auto", max_pixels=DEFAULT_MAX_PIXELS,
+                max_samples=None, progress=True):
+    """Image embeddings (I, D), caption embeddings (T, D), the image index of each caption, skipped list."""
+    import torch
+    from tqdm.auto import tqdm
+    device = model_device(model)
+    workers = default_workers(device) if workers is None else workers
+    feats, captions, owner, skipped, n_img = [], [], [], [], 0
+    with torch.inference_mode(), autocast(device, precision):
+        batches = _image_batches(model, data, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                                 max_samples=max_samples)
+        for batch in tqdm(batches, desc="retrieval images", unit="batch", disable=not progress):
+            ok = [b for b in batch if b["image"] is not None]
+            skipped += [{"path": b["name"], "reason": b["reason"]} for b in batch if b["image"] is None]
+            if not ok:
+                continue
+            img = torch.stack([b["image"] for b in ok]).to(device, non_blocking=True)
+            feats.append(model.encode_image(img, normalize=True).float().cpu())
+            for b in ok:
+                captions += b["captions"]
+                owner += [n_img] * len(b["captions"])
+                n_img += 1
+    if not feats:
+        raise ConfigError(f"no image in {getattr(data, 'source', data)} could be decoded ({len(skipped)} skipped)")
+    text = encode_texts(model, captions, precision=precision, progress=progress, desc="retrieval captions")
+    return torch.cat(feats), text, torch.tensor(owner, dtype=torch.long), skipped
+
+
+# ----------------------------------------------------------------------------- metrics
+def recall_at_k(image_emb, text_emb, text_owner, ks=(1, 5, 10), chunk: int = 1024) -> dict:
+    """R@k both ways from normalised embeddings; ``text_owner[t]`` is the image index of caption t."""
+    import torch
+    n_img, kmax = image_emb.shape[0], max(ks)
+    t2i_rank = torch.empty(len(text_emb), dtype=torch.long)
+    for s in range(0, len(text_emb), chunk):
+        scores = text_emb[s:s + chunk] @ image_emb.T                      # (t, I)
+        pos = scores.gather(1, text_owner[s:s + chunk, None])
+        t2i_rank[s:s + chunk] = (scores > pos).sum(1)                       # 0 = best
+    i2t_best = torch.full((n_img,), n_img + len(text_emb), dtype=torch.long)
+    for s in range(0, n_img, chunk):
+        scores = image_emb[s:s + chunk] @ text_emb.T                       # (i, T)
+        top = scores.topk(min(kmax, scores.shape[1]), dim=1).indices      # (i, kmax)
+        hit = text_owner[top] == torch.arange(s, s + len(scores))[:, None]
+        first = torch.where(hit.any(1), hit.float().argmax(1), torch.full((len(scores),), kmax))
+        i2t_best[s:s + chunk] = first
+    out = {}
+    for k in ks:
+        out[f"image_to_text_R@{k}"] = float((i2t_best < k).float().mean())
+    for k in ks:
+        out[f"text_to_image_R@{k}"] = float((t2i_rank < k).float().mean())
+    out["mean_recall"] = sum(out.values()) / len(out)
+    return out
+
+
+def retrieval_evaluate(model, data, *, image_key=None, caption_key=None, batch_size=64, workers=None,
+                       device=None, precision="auto", ks=(1, 5, 10), max_samples=None,
+                       max_pixels=DEFAULT_MAX_PIXELS, progress=True) -> dict:
+    """R@1/5/10 image->text and text->image on shards or CSV/JSONL; returns the metrics dict."""
+    import torch
+
+    import mmfm
+    t0 = time.perf_counter()
+    src = str(data)
+    if not (Path(src).exists() or "{" in src):
+        raise ConfigError(f"retrieval data not found: {src}")
+    table = None if is_shard_source(src) else read_table(src, image_key, caption_key)
+    model, ckpt = load_clip(model, device)
+    was_training = model.training
+    model.eval()
+    try:
+        img, txt, owner, skipped = embed_pairs(model, table or src, batch_size=batch_size, workers=workers,
+                                               precision=precision, max_pixels=max_pixels,
+                                               max_samples=max_samples, progress=progress)
+    finally:
+        model.train(was_training)
+    metrics = recall_at_k(img, txt, owner, ks)
+    dev = model_device(model)
+    metrics.update({"task": "zeroshot_retrieval", "backend": f"mmfm {mmfm.__version__} (torch {torch.__version__})",
+                    "model": ckpt or type(model).__name__, "data": src,
+                    "format": "shards" if table is None else Path(src).suffix.lstrip("."),
+                    "n_images": int(img.shape[0]), "n_captions": int(txt.shape[0]),
+                    "n_skipped": len(skipped), "skipped": skipped[:1000], "device": str(dev),
+                    "precision": effective_precision(dev, precision),
+                    "seconds": round(time.perf_counter() - t0, 3)})
+    return metrics

@@ -1,0 +1,216 @@
+"""Zero-shot classification of an image folder with a CLIP model.
+
+>>> res = zeroshot_classify("runs/clip/checkpoints/latest", "photos/", templates="openai")
+>>> res.metrics["top1"], res.predictions[0]["topk"]
+
+The text classifier follows open_clip's ``build_zero_shot_classifier`` exactly (normalised prompt
+embeddings, mean over templates, re-normalised), is computed once, and is cached on disk keyed by
+(checkpoint identity, class names, templates, precision). Images stream through a DataLoader in
+batches; files that fail to decode are skipped and reported.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mmfm.config import ConfigError
+
+from .common import (autocast, cache_dir, checkpoint_identity, default_workers, effective_precision,
+                     encode_texts, eval_transform, load_clip, logit_scale, model_device)
+from .folder import DEFAULT_MAX_PIXELS, FolderDataset, FolderSpec, collate_skipping, scan_folder
+from .templates import build_prompts, load_templates
+
+
+@dataclass
+class ZeroShotResult:
+    metrics: dict                       # top1, top5, mean_per_class_recall + how they were made
+    predictions: list[dict]             # one per evaluated image: path, label, pred, score, topk
+    classes: list[str]
+    classnames: list[str]
+    targets: np.ndarray                 # (N,) class index, -1 when unlabelled
+    preds: np.ndarray                   # (N,) predicted class index
+    per_class: list[dict] = field(default_factory=list)
+    confusion: np.ndarray | None = None  # (C, C) rows = true class, cols = predicted
+    skipped: list[dict] = field(default_factory=list)
+    root: str = ""
+
+
+# ----------------------------------------------------------------------------- classifier
+def classifier_key(model_id: str | None, classnames, templates, precision: str) -> str | None:
+    if model_id is None:
+        return None
+    blob = json.dumps([model_id, list(classnames), list(templates), precision])
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def build_classifier(model, classnames: list[str], templates: list[str], *, batch_size: int = 256,
+                     precision: str = "auto", cache: str | None = None, model_id: str | None = None,
+                     progress: bool = False):
+    """Zero-shot weights (D, C): open_clip's recipe, batched over all prompts; cached when ``model_id``."""
+    import torch
+    prec = effective_precision(model_device(model), precision)
+    key = classifier_key(model_id, classnames, templates, prec)
+    path = cache_dir(cache) / "zeroshot" / f"{key}.safetensors" if key else None
+    if path is not None and path.is_file():
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))["classifier"]
+        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+            pass
+    prompts = build_prompts(classnames, templates)
+    emb = encode_texts(model, prompts, batch_size=batch_size, precision=precision, progress=progress,
+                       desc="text classifier")
+    emb = emb.reshape(len(classnames), len(templates), -1).mean(dim=1)
+    weights = (emb / emb.norm(dim=1, keepdim=True)).T.contiguous()
+    if path is not None:
+        _save_classifier(path, weights, model_id, classnames, templates)
+    return weights
+
+
+def _save_classifier(path, weights, model_id, classnames, templates) -> None:
+    import os
+
+    from safetensors.torch import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    meta = {"model_id": str(model_id), "n_classes": str(len(classnames)), "n_templates": str(len(templates))}
+    save_file({"classifier": weights}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- images
+def encode_folder(model, spec: FolderSpec, *, batch_size: int = 64, workers: int | None = None,
+                  precision: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True):
+    """Image embeddings for every file of ``spec`` that decodes: ``(features (N, D), indices, failed)``."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    device = model_device(model)
+    workers = default_workers(device) if workers is None else workers
+    ds = FolderDataset(spec, eval_transform(model), max_pixels)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_skipping, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    feats, indices, failed = [], [], []
+    with torch.inference_mode(), autocast(device, precision):
+        for batch in tqdm(loader, desc="zero-shot", unit="batch", disable=not progress):
+            failed += batch["failed"]
+            if batch["image"] is None:
+                continue
+            img = batch["image"].to(device, non_blocking=True)
+            feats.append(model.encode_image(img, normalize=True).float().cpu())
+            indices += batch["index"]
+    if not feats:
+        raise ConfigError(f"no image in {spec.root} could be decoded ({len(failed)} failed)")
+    return torch.cat(feats), indices, failed
+
+
+# ----------------------------------------------------------------------------- metrics
+def topk_accuracy(logits, targets, k: int) -> float:
+    import torch
+    top = torch.as_tensor(logits).topk(k, dim=1).indices
+    return float((top == torch.as_tensor(targets).view(-1, 1)).any(dim=1).float().mean())
+
+
+def confusion_matrix(targets: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (targets, preds), 1)
+    return cm
+
+
+def per_class_table(cm: np.ndarray, classes: list[str], classnames: list[str]) -> list[dict]:
+    rows = []
+    for i, cls in enumerate(classes):
+        n, tp, predicted = int(cm[i].sum()), int(cm[i, i]), int(cm[:, i].sum())
+        rows.append({"class": cls, "classname": classnames[i], "n": n, "correct": tp,
+                     "recall": tp / n if n else None, "precision": tp / predicted if predicted else None})
+    return rows
+
+
+def classification_metrics(logits, targets: np.ndarray, n_classes: int) -> dict:
+    """top-1, top-5 (None with fewer than 5 classes) and mean per-class recall (balanced accuracy)."""
+    preds = np.asarray(logits.argmax(dim=1))
+    cm = confusion_matrix(targets, preds, n_classes)
+    support = cm.sum(axis=1)
+    recalls = np.diag(cm)[support > 0] / support[support > 0]
+    return {"top1": topk_accuracy(logits, targets, 1),
+            "top5": topk_accuracy(logits, targets, 5) if n_classes >= 5 else None,
+            "mean_per_class_recall": float(recalls.mean())}
+
+
+# ----------------------------------------------------------------------------- main entry
+def zeroshot_classify(model, folder: str | FolderSpec, *, classnames_file: str | None = None,
+                      labels: str | list[str] | None = None, templates: str | list[str] = "openai",
+                      batch_size: int = 64, workers: int | None = None, device: str | None = None,
+                      precision: str = "auto", topk: int = 5, cache: str | None = None, use_cache: bool = True,
+                      max_pixels: int = DEFAULT_MAX_PIXELS, max_samples: int | None = None,
+                      progress: bool = True) -> ZeroShotResult:
+    """Classify every image of ``folder`` (see ``mmfm.eval.folder``) with a CLIP ``model``
+    (an nn.Module from ``mmfm.load`` or a checkpoint spec string)."""
+    import torch
+    t0 = time.perf_counter()
+    spec = folder if isinstance(folder, FolderSpec) else scan_folder(
+        folder, labels=labels, classnames_file=classnames_file, max_samples=max_samples)
+    model, ckpt = load_clip(model, device)
+    was_training = model.training
+    model.eval()
+    tmpl_name, tmpl = load_templates(templates)
+    try:
+        model_id = checkpoint_identity(ckpt) if use_cache else None
+        weights = build_classifier(model, spec.classnames, tmpl, precision=precision, cache=cache,
+                                   model_id=model_id, progress=progress)
+        t_text = time.perf_counter()
+        feats, indices, failed = encode_folder(model, spec, batch_size=batch_size, workers=workers,
+                                               precision=precision, max_pixels=max_pixels, progress=progress)
+    finally:
+        model.train(was_training)
+    t_img = time.perf_counter() - t_text
+    logits = feats @ weights.float()
+    probs = torch.softmax(logit_scale(model) * logits, dim=1)
+    targets = np.asarray([spec.targets[i] for i in indices], dtype=np.int64)
+    res = _assemble(spec, logits, probs, indices, failed, targets, topk)
+    res.metrics.update(_provenance(model, ckpt, spec, tmpl_name, tmpl, precision, len(indices), len(failed)))
+    res.metrics["timing"] = {"total_s": round(time.perf_counter() - t0, 3), "images_s": round(t_img, 3),
+                             "images_per_s": round(len(indices) / max(t_img, 1e-9), 2)}
+    return res
+
+
+def _assemble(spec, logits, probs, indices, failed, targets, topk) -> ZeroShotResult:
+    n_classes = len(spec.classes)
+    k = min(topk, n_classes)
+    top_p, top_i = probs.topk(k, dim=1)
+    preds = np.asarray(logits.argmax(dim=1))
+    rows = []
+    for j, idx in enumerate(indices):
+        row = {"path": spec.paths[idx], "pred": spec.classes[int(preds[j])], "score": round(float(top_p[j, 0]), 6),
+               "topk": [[spec.classes[int(c)], round(float(p), 6)] for c, p in zip(top_i[j], top_p[j])]}
+        if spec.labelled:
+            row["label"] = spec.classes[int(targets[j])]
+            row["correct"] = bool(preds[j] == targets[j])
+        rows.append(row)
+    skipped = list(spec.skipped) + [{"path": spec.paths[i], "reason": r} for i, r in failed]
+    metrics: dict = {}
+    cm, table = None, []
+    if spec.labelled:
+        metrics.update(classification_metrics(logits, targets, n_classes))
+        cm = confusion_matrix(targets, preds, n_classes)
+        table = per_class_table(cm, spec.classes, spec.classnames)
+    return ZeroShotResult(metrics, rows, spec.classes, spec.classnames, targets, preds, table, cm, skipped,
+                          spec.root)
+
+
+def _provenance(model, ckpt, spec, tmpl_name, tmpl, precision, n_ok, n_failed) -> dict:
+    import torch
+
+    import mmfm
+    device = model_device(model)
+    return {"task": "zeroshot_classification", "backend": f"mmfm {mmfm.__version__} (torch {torch.__version__})",
+            "model": ckpt or type(model).__name__, "device": str(device),
+            "precision": effective_precision(device, precision),
+            **spec.describe(), "n_samples": n_ok, "n_failed_decode": n_failed,
+            "n_skipped": len(spec.skipped) + n_failed, "labelled": spec.labelled,
+            "templates": tmpl_name, "n_templates": len(tmpl), "classnames": list(spec.classnames)}
