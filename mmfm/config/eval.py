@@ -10,6 +10,9 @@ class EvalConfig:
     at_start: bool = False                # evaluate before step 1 (continued pre-training)
     val_loss: bool = True                 # loss on data.val
     zeroshot_folder: str | None = None    # image folder (one subfolder per class)
-    zeroshot_templates: str = "simple"
-    retrieval_data: str | None = None
-    max_samples: int | None = None
+    zeroshot_templates: str = "simple"    # simple | openai | openai-simple | a file
+    zeroshot_classnames: str | None = None  # classnames file for zeroshot_folder (default: tidied folder names)
+    retrieval_data: str | None = None     # shard folder / .tar / CSV / JSONL with captions
+    max_samples: int | None = None        # cap images per evaluation (an even subsample)
+    batch_size: int = 64                  # eval batch size for zero-shot / retrieval
+    workers: int = 0                      # DataLoader workers for zero-shot / retrieval

@@ -1,0 +1,90 @@
+"""``mmfm zeroshot``: zero-shot classify an image folder with a CLIP checkpoint."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mmfm zeroshot",
+        description="Zero-shot classify an image folder: one subfolder per class (metrics + report), or a flat "
+                    "folder with --labels (predictions only).",
+        epilog="MODEL: an mmfm checkpoint dir, a run dir (its latest checkpoint), an exported folder, or "
+               "openclip:MODEL_NAME[:STATE_DICT_FILE|:PRETRAINED_TAG].\n"
+               "example: mmfm zeroshot --model runs/clip photos/ --templates openai --report runs/zs",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", help="image folder (class subfolders, or flat with --labels)")
+    p.add_argument("--model", required=True, help="checkpoint to evaluate (see below)")
+    p.add_argument("--classnames", metavar="FILE", help="class names: one per line (sorted folder order), a JSON "
+                   "list, or a JSON object {folder: name}")
+    p.add_argument("--labels", help='comma-separated candidate labels, e.g. "cat,dog" (flat folders)')
+    p.add_argument("--templates", default="openai", metavar="NAME|FILE",
+                   help="prompt templates: openai (80 ImageNet prompts, default), openai-simple (7), simple "
+                        "('a photo of a {}.'), or a file with one template per line")
+    p.add_argument("--out", metavar="PREDS", help="write predictions to a .jsonl or .csv file")
+    p.add_argument("--report", metavar="DIR", help="write metrics.json, per_class.csv, confusion.png, "
+                   "index.html (misclassified images) and skipped.txt into DIR")
+    p.add_argument("--metrics", metavar="JSON", help="write the metrics JSON here too")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: by device and CPUs)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto = bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--topk", type=int, default=5, help="labels kept per prediction")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate an even subsample of N images")
+    p.add_argument("--max-pixels", type=int, default=89_478_485,
+                   help="decode guard: larger JPEGs decode at reduced scale, other formats are skipped")
+    p.add_argument("--cache-dir", default=None, help="text-classifier cache (default: $MMFM_CACHE or ~/.cache/mmfm)")
+    p.add_argument("--no-cache", action="store_true", help="always recompute the text classifier")
+    p.add_argument("--no-thumbnails", action="store_true", help="HTML report without embedded thumbnails")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from mmfm.eval.report import format_table, write_predictions, write_report
+    from mmfm.eval.zeroshot import zeroshot_classify
+    from mmfm.eval.folder import scan_folder
+
+    spec = scan_folder(args.folder, labels=args.labels, classnames_file=args.classnames,
+                       max_samples=args.max_samples)       # folder errors before the model loads
+    res = zeroshot_classify(args.model, spec, templates=args.templates, batch_size=args.batch_size,
+                            workers=args.workers, device=args.device, precision=args.precision, topk=args.topk,
+                            cache=args.cache_dir, use_cache=not args.no_cache, max_pixels=args.max_pixels,
+                            progress=not args.quiet)
+    if args.out:
+        write_predictions(res, args.out)
+    if args.report:
+        write_report(res, args.report, thumbnails=not args.no_thumbnails)
+    if args.metrics:
+        from mmfm.eval.common import write_json
+        write_json(args.metrics, res.metrics)
+    _print_summary(res, args, format_table)
+    return 0
+
+
+def _print_summary(res, args, format_table) -> None:
+    m = res.metrics
+    err = sys.stderr
+    if res.skipped:
+        print(f"skipped {len(res.skipped)} file(s):", file=err)
+        for s in res.skipped[:10]:
+            print(f"  {s['path']}: {s['reason']}", file=err)
+        if len(res.skipped) > 10:
+            print(f"  ... ({len(res.skipped) - 10} more{', see ' + args.report + '/skipped.txt' if args.report else ''})",
+                  file=err)
+    if res.confusion is not None:
+        print(format_table(res.per_class))
+    else:
+        for r in res.predictions[:20]:
+            print(f"{r['path']}\t{r['pred']}\t{r['score']:.3f}")
+        if len(res.predictions) > 20:
+            print(f"... {len(res.predictions) - 20} more" + ("" if args.out else " (write them all with --out)"))
+    keys = ("top1", "top5", "mean_per_class_recall", "n_samples", "n_skipped", "n_classes", "templates", "model",
+            "device", "precision")
+    print(json.dumps({k: m.get(k) for k in keys if k in m}))
+    if args.report:
+        print(f"report: {args.report}/index.html", file=err)
