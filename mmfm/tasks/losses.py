@@ -1,0 +1,62 @@
+"""Contrastive losses: open_clip's ``ClipLoss`` (InfoNCE, gather-with-grad, local loss) and ``SigLipLoss``.
+
+``ContrastiveLoss`` picks rank and world size from ``torch.distributed`` at call time (the task may be built
+before the process group), so one module works in a single process and under torchrun.
+
+Exact DDP parity (same loss and gradients as one process on the global batch, after DDP's gradient mean)
+holds for ``clip`` with ``gather_with_grad: true`` (with or without ``local_loss``) and for ``siglip``. With
+``gather_with_grad: false`` gradients flow only through each rank's own features (open_clip's behaviour).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["ContrastiveLoss", "dist_info"]
+
+
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ContrastiveLoss(nn.Module):
+    """``loss(image_features, text_features, logit_scale, logit_bias=None) -> scalar``; features L2-normalised,
+    ``logit_scale`` already exponentiated."""
+
+    def __init__(self, kind: str = "clip", local_loss: bool = False, gather_with_grad: bool = True):
+        super().__init__()
+        if kind not in ("clip", "siglip"):
+            raise ValueError(f"task.contrastive.loss: '{kind}' is not one of clip, siglip")
+        self.kind = kind
+        self.local_loss = local_loss
+        self.gather_with_grad = gather_with_grad
+        self._impl: nn.Module | None = None
+        self._key: tuple[int, int] | None = None
+
+    def _loss_fn(self) -> nn.Module:
+        from open_clip.loss import ClipLoss, SigLipLoss
+
+        rank, world = dist_info()
+        if self._impl is None or self._key != (rank, world):
+            if self.kind == "clip":
+                self._impl = ClipLoss(local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
+                                      cache_labels=True, rank=rank, world_size=world)
+            else:
+                self._impl = SigLipLoss(rank=rank, world_size=world)
+            self._key = (rank, world)
+        return self._impl
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+        if image_features.shape != text_features.shape:
+            raise ValueError(f"image features {tuple(image_features.shape)} and text features "
+                             f"{tuple(text_features.shape)} must have the same shape")
+        if self.kind == "siglip" and logit_bias is None:
+            raise ValueError("the siglip loss needs a logit bias: set model.init_logit_bias (e.g. -10)")
+        return self._loss_fn()(image_features, text_features, logit_scale, logit_bias)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}"
