@@ -85,6 +85,7 @@ class ShardSink:
         self.on_shard = on_shard
         self.shards: list[dict] = []
         self.keys: Counter = Counter()
+        self.tail_failed: list[dict] = []
         self._file = None
         self._reset_shard()
         self._writer = wds.ShardWriter(str(self.out_dir / SHARD_PATTERN), maxcount=self.shard_size,
@@ -95,7 +96,8 @@ class ShardSink:
         self._keys: Counter = Counter()
         self._first_key = self._last_key = None
         self._state: dict = {}
-        self._hashes: list[str] = []
+        self._hashes: list = []
+        self._failed: list[dict] = []
 
     def _open(self, fname: str):
         self._file = open(fname + PARTIAL, "wb")
@@ -109,6 +111,7 @@ class ShardSink:
         partial = fname + PARTIAL
         if count == 0:
             os.unlink(partial)
+            self.tail_failed = self._failed
             self._reset_shard()
             return
         os.replace(partial, fname)
@@ -118,13 +121,33 @@ class ShardSink:
                  "last_key": self._last_key, **self._state}
         if self._hashes:
             stats["image_sha256"] = self._hashes
+        if self._failed:
+            stats["failed_items"] = self._failed
         atomic_write_json(self.out_dir / stats_name(name), stats)
         self.shards.append(stats)
         if self.on_shard is not None:
             self.on_shard(stats)
         self._reset_shard()
 
-    def write(self, sample: dict, state: dict | None = None, image_hash: str | None = None) -> None:
+    def note_failed(self, record: dict, limit: int = 1000) -> None:
+        """Remember a skipped input in the stats of the shard that is being written (up to ``limit``)."""
+        if len(self._failed) < limit:
+            self._failed.append(record)
+
+    def abort(self) -> None:
+        """Drop the shard being written (after an error or Ctrl-C); complete shards stay."""
+        if self._writer is not None and self._file is not None:
+            try:
+                self._writer.tarstream.close()
+            except Exception:  # noqa: BLE001 - we are discarding it anyway
+                pass
+            self._file.close()
+            if os.path.exists(self._file.name):
+                os.unlink(self._file.name)
+            self._file = None
+        self._writer = None
+
+    def write(self, sample: dict, state: dict | None = None, image_hash=None) -> None:
         self._writer.write(sample)
         key = sample["__key__"]
         self._first_key = self._first_key or key

@@ -1,0 +1,133 @@
+"""``mmfm shards build|inspect``: build WebDataset shards from your data, then look at / verify them."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+# CLI flag -> dotted option in BuildOptions (the same names a recipe YAML uses)
+FLAGS = {
+    "input": "source.path", "type": "source.type", "images": "source.image_root",
+    "image_column": "source.image_column", "caption_column": "source.caption_column",
+    "extra_columns": "source.extra_columns", "template": "source.template", "questions": "source.questions",
+    "limit": "source.limit", "size": "image.size", "resize_mode": "image.resize_mode",
+    "resize_side": "image.resize_side", "format": "image.format", "quality": "image.quality",
+    "min_size": "image.min_size", "max_size": "image.max_size", "max_aspect_ratio": "image.max_aspect_ratio",
+    "max_pixels": "image.max_pixels", "min_caption_length": "text.min_caption_length",
+    "timeout": "download.timeout", "retries": "download.retries", "max_bytes": "download.max_bytes",
+    "max_redirects": "download.max_redirects", "threads": "download.threads", "shard_size": "shard_size",
+    "workers": "workers", "dedup": "dedup", "holdout": "holdout", "holdout_by": "holdout_by",
+}
+
+
+def _build_parser(sub) -> None:
+    p = sub.add_parser("build", help="build shards from an image folder, a table, COCO/VQA JSON or a recipe",
+                       description="Build WebDataset shards + manifest.json. Options come from (in order) "
+                       "defaults, --recipe, the flags below, then --set key=value.")
+    p.add_argument("input", nargs="?", help="image folder (ROOT/CLASS/IMG), .csv/.tsv/.jsonl/.parquet, "
+                   "COCO captions or VQA .json, or emoji-test.txt")
+    p.add_argument("-o", "--out", required=True, help="output folder for shard-NNNNNN.tar + manifest.json")
+    p.add_argument("--recipe", help="data_recipes/NAME/recipe.yaml, its folder, or NAME")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any option by its dotted name, e.g. --set image.background=[0,0,0]")
+    p.add_argument("--resume", action="store_true", help="continue after the last complete shard")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
+    p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("source")
+    g.add_argument("--type", choices=["auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa",
+                                      "noto_emoji"])
+    g.add_argument("--images", help="folder that relative image paths are relative to")
+    g.add_argument("--image-column")
+    g.add_argument("--caption-column")
+    g.add_argument("--extra-columns", nargs="*", help="table columns copied into KEY.json")
+    g.add_argument("--template", help="image_folder caption template, e.g. 'a photo of a {}.'")
+    g.add_argument("--questions", help="VQAv2 questions JSON (the input is the annotations JSON)")
+    g.add_argument("--limit", type=int, help="only the first N inputs")
+    g = p.add_argument_group("images")
+    g.add_argument("--size", type=int, help="target size in pixels (default 256)")
+    g.add_argument("--resize-mode", choices=["no", "keep_ratio", "center_crop", "border"])
+    g.add_argument("--resize-side", choices=["shortest", "longest"], help="keep_ratio: side that becomes --size")
+    g.add_argument("--format", choices=["jpg", "png", "webp"])
+    g.add_argument("--quality", type=int)
+    g.add_argument("--min-size", type=int, help="skip images whose shorter side is smaller")
+    g.add_argument("--max-size", type=int, help="skip images whose longer side is larger")
+    g.add_argument("--max-aspect-ratio", type=float, help="skip images with long/short side above this")
+    g.add_argument("--max-pixels", type=int, help="decompression-bomb limit")
+    g.add_argument("--min-caption-length", type=int)
+    g = p.add_argument_group("downloads")
+    g.add_argument("--timeout", type=float)
+    g.add_argument("--retries", type=int)
+    g.add_argument("--max-bytes", type=int)
+    g.add_argument("--max-redirects", type=int)
+    g.add_argument("--threads", type=int, help="concurrent downloads per worker")
+    g = p.add_argument_group("output")
+    g.add_argument("--shard-size", type=int, help="samples per shard (default 1000)")
+    g.add_argument("--workers", type=int, help="worker processes (default 2; 0 = in-process)")
+    g.add_argument("--no-dedup", dest="dedup", action="store_const", const=False, help="keep exact duplicates")
+    g.add_argument("--holdout", type=float, help="fraction written to OUT/heldout (rest to OUT/train)")
+    g.add_argument("--holdout-by", help="metadata field hashed for the split (default: source path)")
+
+
+def _inspect_parser(sub) -> None:
+    p = sub.add_parser("inspect", help="print counts and schema; --verify reads every tar; --sheet draws samples")
+    p.add_argument("path", help="shard folder (with manifest.json), folder of .tar files, or one .tar")
+    p.add_argument("--verify", action="store_true", help="read every tar through; exit 1 naming a corrupt one")
+    p.add_argument("--decode", action="store_true", help="with --verify: also decode every image and JSON")
+    p.add_argument("--sheet", metavar="OUT.png", help="write a contact sheet of samples with captions")
+    p.add_argument("-n", type=int, default=24, help="samples on the contact sheet")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _flags_to_dict(args: argparse.Namespace) -> dict:
+    out: dict = {}
+    for flag, dotted in FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        node = out
+        *head, last = dotted.split(".")
+        for h in head:
+            node = node.setdefault(h, {})
+        node[last] = value
+    return out
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from mmfm.data.shards.build import build
+    from mmfm.data.shards.recipes import resolve_options
+
+    opts = resolve_options(args.recipe, args.overrides, _flags_to_dict(args))
+    manifests = build(opts, args.out, resume=args.resume, overwrite=args.overwrite,
+                      progress=not args.no_progress)
+    for split, m in manifests.items():
+        fails = m["failures"]
+        where = f"{args.out}/{split}" if split else args.out
+        b = m["build"]
+        print(f"{where}: {m['total_samples']} samples in {len(m['shards'])} shards "
+              f"({b['samples_this_run']} this run, {b['images_per_s'] or 0:.0f} images/s); "
+              f"skipped {sum(fails.values())}" + (f" {dict(sorted(fails.items()))}" if fails else ""))
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from mmfm.data.shards.inspect import contact_sheet, summary, verify
+
+    print(summary(args.path))
+    status = 0
+    if args.verify:
+        problems = verify(args.path, decode=args.decode, progress=not args.no_progress and sys.stderr.isatty())
+        for tar, problem in problems:
+            print(f"CORRUPT {tar}: {problem}", file=sys.stderr)
+        print(f"verify: {'FAILED, ' + str(len(problems)) + ' corrupt shard(s)' if problems else 'all shards OK'}")
+        status = 1 if problems else 0
+    if args.sheet:
+        print(f"contact sheet: {contact_sheet(args.path, args.sheet, n=args.n)}")
+    return status
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mmfm shards", description="Build, inspect and verify WebDataset shards.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    _build_parser(sub)
+    _inspect_parser(sub)
+    args = parser.parse_args(argv)
+    return run_build(args) if args.cmd == "build" else run_inspect(args)

@@ -1,0 +1,259 @@
+"""``mmfm shards build``: sources -> worker processes -> ordered ShardSink(s) -> manifest.json.
+
+Determinism: items are numbered in source order, workers return results in that order, keys are the
+item index, dedup and splits are decided in the main process. ``--resume`` restarts at the end of the
+last complete shard (its ``_stats.json`` holds the input position, failure counts and image hashes), so
+a killed build ends with exactly the samples of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Iterator
+
+from mmfm.config import ConfigError, to_dict
+
+from .manifest import (MANIFEST, SHARD_PATTERN, atomic_write_json, key_role, make_manifest, stats_name,
+                       write_manifest)
+from .options import RUNTIME_ONLY, BuildOptions
+from .process import init_worker, process_chunk
+from .readers import open_source
+from .writer import PARTIAL, ShardSink
+
+BUILD_ARGS = "build_args.json"
+FAILURES = "failures.jsonl"
+CHUNK = 32
+
+
+class Split:
+    """One output folder (the whole build, or ``train`` / ``heldout``) and its resume position."""
+
+    def __init__(self, name: str, folder: Path):
+        self.name, self.folder = name, folder
+        self.restored: list[dict] = []
+        self.skip_until = 0            # inputs before this index are already in complete shards
+        self.failures: Counter = Counter()
+        self.sink: ShardSink | None = None
+
+    def restore(self) -> None:
+        """Keep complete shards (tar + matching stats), delete everything after the first gap."""
+        for p in self.folder.glob(f"*{PARTIAL}"):
+            p.unlink()
+        i = 0
+        while True:
+            tar = self.folder / (SHARD_PATTERN % i)
+            stats_path = self.folder / stats_name(tar.name)
+            if not (tar.is_file() and stats_path.is_file()):
+                break
+            stats = json.loads(stats_path.read_text(encoding="utf-8"))
+            if stats.get("bytes") != tar.stat().st_size or "input_end" not in stats:
+                break
+            self.restored.append(stats)
+            i += 1
+        for p in self.folder.glob("shard-*"):
+            if p.name.startswith("shard-") and _shard_number(p.name) >= i:
+                p.unlink()
+        if self.restored:
+            last = self.restored[-1]
+            self.skip_until = last["input_end"]
+            self.failures = Counter(last.get("failures", {}))
+
+    def open(self, shard_size: int) -> None:
+        self.sink = ShardSink(self.folder, shard_size=shard_size, start_shard=len(self.restored))
+
+
+def _shard_number(name: str) -> int:
+    digits = name[len("shard-"):len("shard-") + 6]
+    return int(digits) if digits.isdigit() else -1
+
+
+def _split_of(item: dict, opts: BuildOptions, names: list[str]) -> int:
+    if len(names) == 1:
+        return 0
+    value = item.get("meta", {}).get(opts.holdout_by) if opts.holdout_by else item.get("split_key")
+    h = hashlib.sha1(f"{opts.holdout_seed}:{value}".encode("utf-8", "surrogatepass")).digest()
+    return 1 if int.from_bytes(h[:8], "big") / 2**64 < opts.holdout else 0
+
+
+def _fingerprint(opts: BuildOptions) -> dict:
+    args = to_dict(opts)
+    for dotted in RUNTIME_ONLY:
+        node = args
+        *head, last = dotted.split(".")
+        for h in head:
+            node = node[h]
+        node.pop(last, None)
+    return args
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += _diff(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            out.append(f"{prefix}{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return out
+
+
+def _prepare_out(out: Path, splits: list[Split], opts: BuildOptions, resume: bool, overwrite: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    args_path = out / BUILD_ARGS
+    has_output = args_path.exists() or any(any(s.folder.glob("shard-*")) or (s.folder / MANIFEST).exists()
+                                           for s in splits)
+    if resume and args_path.exists():
+        before = json.loads(args_path.read_text(encoding="utf-8"))
+        changed = _diff(before, _fingerprint(opts))
+        if changed:
+            raise ConfigError(f"--resume: {out} was built with other options ({'; '.join(changed)}); "
+                              "use the same options or --overwrite")
+    elif has_output and not resume:
+        if not overwrite:
+            raise ConfigError(f"{out}: already holds a shard build; use --resume to continue it or "
+                              "--overwrite to replace it")
+        for s in splits:
+            for p in [*s.folder.glob("shard-*"), s.folder / MANIFEST, s.folder / FAILURES]:
+                if p.is_file():
+                    p.unlink()
+    for s in splits:
+        s.folder.mkdir(parents=True, exist_ok=True)
+        if resume:
+            s.restore()
+    atomic_write_json(args_path, _fingerprint(opts))
+
+
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+def _chunk_timeout(opts: BuildOptions) -> float:
+    d = opts.download
+    per_item = d.timeout * (d.retries + 1) + d.backoff * (2 ** d.retries)
+    return per_item * max(1, CHUNK // d.threads + 1) + 120.0
+
+
+def _gather(sent: list, res, timeout: float) -> list[tuple]:
+    try:
+        return res.get(timeout=timeout)
+    except mp.TimeoutError:
+        return [(i, "fail", "worker_timeout", f"> {timeout:.0f}s", it.get("source", "")) for i, it in sent]
+    except Exception as e:  # noqa: BLE001 - a crashed worker costs its chunk, not the build
+        return [(i, "fail", "worker_error", f"{type(e).__name__}: {e}", it.get("source", "")) for i, it in sent]
+
+
+def _results(opts: BuildOptions, chunks: Iterator[list]) -> Iterator[tuple]:
+    """Ordered results; at most ``3 * workers`` chunks in flight; a stuck chunk times out."""
+    if opts.workers == 0:
+        init_worker(opts)
+        for chunk in chunks:
+            yield from process_chunk(chunk)
+        return
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(["mmfm.data.shards.process"])
+    pool = ctx.Pool(opts.workers, initializer=init_worker, initargs=(opts,))
+    timeout, window = _chunk_timeout(opts), deque()
+    try:
+        for chunk in chunks:
+            window.append((chunk, pool.apply_async(process_chunk, (chunk,))))
+            while len(window) >= 3 * opts.workers:
+                yield from _gather(*window.popleft(), timeout)
+        while window:
+            yield from _gather(*window.popleft(), timeout)
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
+
+
+def _progress(total: int | None, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", dynamic_ncols=True, disable=not enabled,
+                mininterval=0.5, smoothing=0.1, desc="shards")
+
+
+def build(opts: BuildOptions, out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> dict[str, dict]:
+    """Build shards; returns ``{split_name: manifest}`` (split name ``""`` without ``holdout``)."""
+    out = Path(out_dir)
+    names = ["train", "heldout"] if opts.holdout > 0 else [""]
+    splits = [Split(n, out / n if n else out) for n in names]
+    source = open_source(opts)   # config errors surface before anything is written
+    _prepare_out(out, splits, opts, resume, overwrite)
+    restart = min(s.skip_until for s in splits)
+    seen: set[str] = {h for s in splits for st in s.restored for i, h in st.get("image_sha256", []) if i < restart}
+    for s in splits:
+        s.open(opts.shard_size)
+
+    items = itertools.islice(enumerate(source.items), restart, None)
+    routed = ((i, dict(it, split=_split_of(it, opts, names))) for i, it in items)
+    split_of: dict[int, int] = {}
+
+    def tagged() -> Iterator[tuple[int, dict]]:
+        for i, it in routed:
+            split_of[i] = it["split"]
+            yield i, it
+
+    t0, written = time.monotonic(), Counter()
+    bar = _progress(source.total, restart, progress)
+    try:
+        for res in _results(opts, _chunks(tagged(), CHUNK)):
+            index, status = res[0], res[1]
+            split = splits[split_of.pop(index)]
+            if status == "ok" and opts.dedup:
+                if res[3] in seen:
+                    status, res = "fail", (index, "fail", "duplicate", "", json.loads(res[2]["json"])["source"])
+                else:
+                    seen.add(res[3])
+            bar.update(1)
+            if index < split.skip_until:
+                continue          # replayed only to rebuild the dedup set; already in a complete shard
+            if status == "ok":
+                split.sink.write(res[2], state={"input_end": index + 1, "failures": dict(split.failures)},
+                                 image_hash=[index, res[3]])
+                written[split.name] += 1
+            else:
+                split.failures[res[2]] += 1
+                split.sink.note_failed({"index": index, "source": res[4], "reason": res[2], "detail": res[3]})
+                if sum(split.failures.values()) % 64 == 1:
+                    bar.set_postfix_str(f"skipped {sum(sum(s.failures.values()) for s in splits)}", refresh=False)
+    except BaseException:
+        for s in splits:
+            s.sink.abort()
+        raise
+    finally:
+        bar.close()
+    seconds = time.monotonic() - t0
+    return {s.name: _finish(s, source.classes, opts, seconds, written[s.name], resume) for s in splits}
+
+
+def _finish(split: Split, classes: list[str], opts: BuildOptions, seconds: float, written: int,
+            resumed: bool) -> dict:
+    new = split.sink.close()
+    shards = split.restored + new
+    keys: Counter = Counter()
+    for st in shards:
+        keys.update(st.get("keys", {}))
+    failed = [rec for st in shards for rec in st.get("failed_items", [])] + split.sink.tail_failed
+    with open(split.folder / f".{FAILURES}.tmp", "w", encoding="utf-8") as f:
+        for rec in failed:
+            f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+    os.replace(split.folder / f".{FAILURES}.tmp", split.folder / FAILURES)
+    from mmfm import __version__
+
+    manifest = make_manifest(
+        shards, {ext: key_role(ext) for ext in keys}, args=to_dict(opts), failures=dict(split.failures),
+        classes=classes, split=split.name or None, holdout=opts.holdout or None,
+        build={"mmfm_version": __version__, "seconds": round(seconds, 3), "samples_this_run": written,
+               "images_per_s": round(written / seconds, 1) if seconds > 0 else None, "resumed": resumed})
+    write_manifest(split.folder, manifest)
+    return manifest

@@ -1,0 +1,93 @@
+"""The ``noto_emoji`` source: Unicode's emoji-test.txt rendered with Debian's Noto Color Emoji font.
+
+Every fully-qualified emoji outside the ``Component`` group becomes one sample: the image is the
+rendered glyph, the caption its CLDR name, ``cls`` the index of its group (9 groups), and the JSON
+holds name, group, subgroup, codepoints, skin_tone and is_flag.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator
+
+from mmfm.config import ConfigError
+
+from .options import SourceOptions
+
+FONT_SIZE = 109   # the only size the CBDT bitmap font renders at
+SKIN_TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark",
+              "1F3FF": "dark"}
+EXCLUDED_GROUPS = ("Component",)
+_LINE = re.compile(r"^([0-9A-F ]+?)\s*;\s*([a-z-]+)\s*#\s*(\S+)\s+E(\d+\.\d+)\s+(.+)$")
+
+
+def parse_emoji_test(path: str | Path) -> list[dict]:
+    """Fully-qualified emoji in file order with name, group, subgroup, codepoints, skin tone."""
+    group = subgroup = ""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line.startswith("# group:"):
+                group = line.split(":", 1)[1].strip()
+            elif line.startswith("# subgroup:"):
+                subgroup = line.split(":", 1)[1].strip()
+            elif line and not line.startswith("#"):
+                m = _LINE.match(line)
+                if not m or m.group(2) != "fully-qualified" or group in EXCLUDED_GROUPS:
+                    continue
+                cps = m.group(1).split()
+                tones = [SKIN_TONES[c] for c in cps if c in SKIN_TONES]
+                tone = "none" if not tones else (tones[0] if len(set(tones)) == 1 else "mixed")
+                out.append({"emoji": "".join(chr(int(c, 16)) for c in cps), "codepoints": " ".join(cps),
+                            "name": m.group(5).strip(), "group": group, "subgroup": subgroup,
+                            "version": m.group(4), "skin_tone": tone, "is_flag": group == "Flags"})
+    return out
+
+
+def base_name(name: str) -> str:
+    """The name without skin-tone parts: 'waving hand: medium skin tone' -> 'waving hand'.
+
+    Used to keep every skin-tone variant of one emoji on the same side of a held-out split."""
+    if ": " not in name:
+        return name
+    head, tail = name.split(": ", 1)
+    parts = [p for p in tail.split(", ") if not p.endswith("skin tone")]
+    return f"{head}: {', '.join(parts)}" if parts else head
+
+
+def read_emoji(path: Path, src: SourceOptions):
+    from .readers import Source
+
+    if not Path(src.font).is_file():
+        raise ConfigError(f"source.font: {src.font} not found (install Debian's fonts-noto-color-emoji)")
+    emoji = parse_emoji_test(path)
+    if not emoji:
+        raise ConfigError(f"{path}: no fully-qualified emoji found (is this Unicode's emoji-test.txt?)")
+    groups = list(dict.fromkeys(e["group"] for e in emoji))
+
+    def items() -> Iterator[dict]:
+        for e in emoji:
+            meta = {k: e[k] for k in ("name", "group", "subgroup", "codepoints", "skin_tone", "is_flag",
+                                      "version", "emoji")}
+            meta["base_name"] = base_name(e["name"])
+            yield {"src": "", "emoji": e["emoji"], "font": src.font, "source": f"emoji:{e['codepoints']}",
+                   "captions": [e["name"]], "cls": groups.index(e["group"]), "meta": meta,
+                   "split_key": meta["base_name"]}
+    return Source(items(), len(emoji), groups)
+
+
+_FONTS: dict = {}
+
+
+def render(emoji: str, font_path: str):
+    """One emoji -> RGBA image (136x128 for Noto Color Emoji), transparent background."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = _FONTS.get(font_path)
+    if font is None:
+        font = _FONTS[font_path] = ImageFont.truetype(font_path, FONT_SIZE)
+    left, top, right, bottom = font.getbbox(emoji)
+    img = Image.new("RGBA", (max(1, right - left), max(1, bottom - top)), (0, 0, 0, 0))
+    ImageDraw.Draw(img).text((-left, -top), emoji, font=font, embedded_color=True)
+    return img

@@ -1,0 +1,283 @@
+"""Sources -> a deterministic stream of items (plain dicts, cheap: no image is opened here).
+
+An item: ``{"src": path-or-URL, "captions": [...], "cls": int|None, "meta": {...}, "split_key": str}``
+plus ``question``/``answers``/``answer_type`` (VQA), ``emoji`` (rendered sources) or ``error``
+(a row that cannot become a sample; counted by that reason).
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator
+
+from mmfm.config import ConfigError
+
+from .download import is_url
+from .options import BuildOptions, SourceOptions
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+TABLE_TYPES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+
+
+class Source:
+    """What a reader returns: the items iterator, the item count when cheap to know, and class names."""
+
+    def __init__(self, items: Iterator[dict], total: int | None = None, classes: list[str] | None = None):
+        self.items, self.total, self.classes = items, total, classes or []
+
+
+def detect_type(path: Path) -> str:
+    if path.is_dir():
+        return "image_folder"
+    if path.name == "emoji-test.txt":
+        return "noto_emoji"
+    suffix = path.suffix.lower()
+    if suffix in TABLE_TYPES:
+        return TABLE_TYPES[suffix]
+    if suffix == ".json":
+        data = _load_json(path)
+        if isinstance(data, dict) and "images" in data and "annotations" in data:
+            return "coco"
+        return "vqa"
+    raise ConfigError(f"source.path: cannot tell the source type of {path}; set --type "
+                      "(image_folder, csv, tsv, jsonl, parquet, coco, vqa, noto_emoji)")
+
+
+def open_source(opts: BuildOptions) -> Source:
+    src = opts.source
+    if not src.path:
+        raise ConfigError("source.path: give an input (folder, table, COCO/VQA JSON or emoji-test.txt)")
+    path = Path(src.path)
+    if not path.exists():
+        raise ConfigError(f"source.path: {path} does not exist")
+    kind = detect_type(path) if src.type == "auto" else src.type
+    if kind == "image_folder":
+        source = read_image_folder(path, src)
+    elif kind in ("csv", "tsv", "jsonl", "parquet"):
+        source = read_table(path, kind, src)
+    elif kind == "coco":
+        source = read_coco(path, src)
+    elif kind == "vqa":
+        source = read_vqa(path, src, opts.text.max_answers)
+    else:
+        from .emoji import read_emoji
+        source = read_emoji(path, src)
+    if src.limit is not None:
+        import itertools
+        source.items = itertools.islice(source.items, src.limit)
+        source.total = min(source.total, src.limit) if source.total is not None else src.limit
+    return source
+
+
+def _base(path: Path, src: SourceOptions) -> Path:
+    return Path(src.image_root) if src.image_root else path.parent
+
+
+def _resolve(value: str, base: Path) -> str:
+    if is_url(value) or "://" in value or os.path.isabs(value):
+        return value
+    return str(base / value)
+
+
+# --- image folder -------------------------------------------------------------------------------
+
+def read_image_folder(root: Path, src: SourceOptions) -> Source:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ConfigError(f"source.path: {root} has no class subfolders (expected ROOT/CLASS/IMAGE)")
+    files = []
+    for ci, name in enumerate(classes):
+        for f in sorted((root / name).rglob("*")):
+            if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and not f.is_dir():
+                files.append((ci, name, f))
+
+    def items() -> Iterator[dict]:
+        for ci, name, f in files:
+            rel = f.relative_to(root).as_posix()
+            caption = src.template.format(name.replace("_", " ")) if src.template else name
+            yield {"src": str(f), "source": rel, "captions": [caption], "cls": ci,
+                   "meta": {"class": name}, "split_key": rel}
+    return Source(items(), len(files), classes)
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+def _check_columns(path: Path, have: list[str], need: list[str]) -> None:
+    for col in need:
+        if col not in have:
+            close = difflib.get_close_matches(col, have, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{path}: no column '{col}' (columns: {', '.join(have)}).{hint} "
+                              "Set --image-column / --caption-column.")
+
+
+def _row_item(row: dict, src: SourceOptions, base: Path, lineno: int) -> dict:
+    image = row.get(src.image_column)
+    item: dict[str, Any] = {"captions": [row.get(src.caption_column)], "cls": None, "row": lineno,
+                            "meta": {c: row.get(c) for c in src.extra_columns}}
+    if image is None or (isinstance(image, float) and math.isnan(image)) or not str(image).strip():
+        item["error"] = "missing_image"
+        item["src"] = item["source"] = ""
+    else:
+        image = str(image).strip()
+        item["src"], item["source"] = _resolve(image, base), image
+    item["split_key"] = item["source"]
+    return item
+
+
+def _iter_csv(path: Path, kind: str, src: SourceOptions) -> Iterator[dict]:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        reader = csv.DictReader(f, delimiter="\t" if kind == "tsv" else ",")
+        _check_columns(path, list(reader.fieldnames or []),
+                       [src.image_column, src.caption_column, *src.extra_columns])
+        for lineno, row in enumerate(reader, start=2):
+            yield row, lineno
+
+
+def _iter_jsonl(path: Path, src: SourceOptions) -> Iterator[dict]:
+    checked = False
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.decode("utf-8", errors="surrogateescape").strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict):
+                yield {"__error__": "bad_row"}, lineno
+                continue
+            if not checked:
+                _check_columns(path, list(row), [src.image_column])
+                checked = True
+            yield row, lineno
+
+
+def _iter_parquet(path: Path, src: SourceOptions) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    cols = [src.image_column, src.caption_column, *src.extra_columns]
+    _check_columns(path, pf.schema_arrow.names, cols)
+    lineno = 0
+    for batch in pf.iter_batches(columns=list(dict.fromkeys(cols)), batch_size=4096):
+        for row in batch.to_pylist():
+            lineno += 1
+            if isinstance(row.get(src.caption_column), bytes):  # binary column: decode like text files
+                row[src.caption_column] = row[src.caption_column].decode("utf-8", errors="surrogateescape")
+            yield row, lineno
+
+
+def count_rows(path: Path, kind: str) -> int | None:
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+        return pq.ParquetFile(path).metadata.num_rows
+    if path.stat().st_size > 512 * 2**20:
+        return None
+    with open(path, "rb") as f:
+        n = sum(1 for line in f if line.strip())
+    return max(0, n - 1) if kind in ("csv", "tsv") else n
+
+
+def read_table(path: Path, kind: str, src: SourceOptions) -> Source:
+    base = _base(path, src)
+    rows = {"csv": _iter_csv, "tsv": _iter_csv}.get(kind)
+    it = rows(path, kind, src) if rows else (_iter_jsonl(path, src) if kind == "jsonl" else _iter_parquet(path, src))
+    first = next(it, None)  # raise column errors now, not inside the build loop
+
+    def items() -> Iterator[dict]:
+        if first is None:
+            return
+        yield _table_item(*first)
+        for row, lineno in it:
+            yield _table_item(row, lineno)
+
+    def _table_item(row: dict, lineno: int) -> dict:
+        if "__error__" in row:
+            return {"src": "", "source": f"line {lineno}", "captions": [], "cls": None, "meta": {},
+                    "error": row["__error__"], "split_key": str(lineno), "row": lineno}
+        return _row_item(row, src, base, lineno)
+    total = count_rows(path, kind)
+    return Source(items(), total)
+
+
+# --- COCO captions and VQA ----------------------------------------------------------------------
+
+def _load_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
+def _require(data: Any, field: str, path: Path) -> Any:
+    if not isinstance(data, dict) or field not in data:
+        raise ConfigError(f"{path}: missing field '{field}'")
+    return data[field]
+
+
+def read_coco(path: Path, src: SourceOptions) -> Source:
+    data = _load_json(path)
+    images, anns = _require(data, "images", path), _require(data, "annotations", path)
+    caps: dict[Any, list] = defaultdict(list)
+    for a in sorted(anns, key=lambda a: (a.get("image_id"), a.get("id", 0))):
+        caps[a.get("image_id")].append(a.get("caption"))
+    base = _base(path, src)
+
+    def items() -> Iterator[dict]:
+        for im in images:
+            name = im.get("file_name") or im.get("coco_url") or ""
+            yield {"src": _resolve(name, base), "source": name, "captions": caps.get(im.get("id")) or [None],
+                   "cls": None, "meta": {"image_id": im.get("id")}, "split_key": str(im.get("id"))}
+    return Source(items(), len(images))
+
+
+def _answers(raw: Any, limit: int) -> list[str]:
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        raw = [raw]
+    out = [a.get("answer") if isinstance(a, dict) else a for a in raw]
+    return [str(a) for a in out if a is not None][:limit]
+
+
+def read_vqa(path: Path, src: SourceOptions, max_answers: int) -> Source:
+    """VQAv2 (annotations JSON + ``source.questions``) or a list of {image, question, answers}."""
+    data = _load_json(path)
+    base = _base(path, src)
+    if src.questions:
+        qpath = Path(src.questions)
+        if not qpath.is_file():
+            raise ConfigError(f"source.questions: {qpath} does not exist")
+        qdata = _load_json(qpath)
+        questions = {q["question_id"]: q for q in _require(qdata, "questions", qpath)}
+        subtype = qdata.get("data_subtype", data.get("data_subtype", ""))
+        records = []
+        for a in _require(data, "annotations", path):
+            q = questions.get(a.get("question_id"), {})
+            image = src.image_pattern.format(image_id=a.get("image_id"), subtype=subtype)
+            records.append({"image": image, "question": q.get("question"), "answers": a.get("answers"),
+                            "answer_type": a.get("answer_type"), "question_id": a.get("question_id"),
+                            "image_id": a.get("image_id")})
+    else:
+        records = data if isinstance(data, list) else _require(data, "annotations", path)
+        if not isinstance(records, list):
+            raise ConfigError(f"{path}: expected a list of {{image, question, answers}} records")
+
+    def items() -> Iterator[dict]:
+        for i, r in enumerate(records):
+            image = str(r.get("image") or r.get("image_path") or "")
+            answers = _answers(r.get("answers", r.get("answer")), max_answers)
+            meta = {k: r[k] for k in ("question_id", "image_id") if r.get(k) is not None}
+            yield {"src": _resolve(image, base) if image else "", "source": image, "captions": [r.get("question")],
+                   "question": r.get("question"), "answers": answers, "answer_type": r.get("answer_type"),
+                   "cls": None, "meta": meta, "split_key": image or str(i),
+                   **({} if image else {"error": "missing_image"})}
+    return Source(items(), len(records))
