@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .core import ConfigError
 
@@ -33,3 +34,6 @@ class DataConfig:
     max_pixels: int = 89_478_485    # PIL's default bomb limit
     train_augment: bool = True      # timm train transform (random resized crop) vs eval transform
     seed: int = 0
+    jpeg_draft: bool = True         # decode big JPEGs at 1/2..1/8 scale when the transform needs no more
+    preflight: Literal["auto", "full", "quick", "off"] = "auto"   # auto: full tar scan up to 256 shards
+    timeout_s: float = 600.0        # a DataLoader worker that produces no batch for this long is an error

@@ -1,0 +1,368 @@
+"""The streaming loader: WebDataset shards -> decoded samples -> task processor -> dict batches.
+
+``build_loader(sources, processor, *, batch_size, workers, train, epoch, world, data_cfg) -> LoaderBundle``
+
+How an epoch is cut (deterministic in ``(seed, epoch)``; nothing depends on timing):
+
+* ``world x workers`` *readers*. In epoch mode each source's shard list is shuffled per epoch (same
+  order on every rank) and dealt to readers, balancing sample counts from the manifest. A reader that
+  runs out of shards before its quota starts another pass over its own shards (reshuffled), so every
+  rank yields exactly ``batches_per_epoch`` batches and no rank waits on another at a collective.
+  In resampled mode readers draw shards with replacement, forever.
+* Several sources are mixed sample by sample with their weights (continued pre-training replay).
+* A sample shuffle buffer (raw bytes, before decoding) follows; then decode (max-pixels guard, JPEG
+  draft, EXIF transpose), the task's ``processor`` and ``collate``, batched inside the worker.
+* Augmentation RNGs are seeded per sample from (seed, epoch, shard, key).
+
+Resume: every batch carries its reader's raw-sample position; ``state_dict()`` records them, and a
+resumed loader fast-forwards each reader through its (cheap, undecoded) raw stream to that position, so
+the next batch is exactly the batch the uninterrupted run would have produced.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import zlib
+from itertools import islice
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mmfm.config import ConfigError
+from mmfm.data.collate import collate_dicts
+from mmfm.data.decode import CorruptCounter, CorruptSample, Decoder
+from mmfm.data.sources import Source, preflight, resolve_sources
+from mmfm.data.shards import ShardError
+
+log = logging.getLogger("mmfm.data")
+_META = ("_reader", "_raw", "_corrupt")
+MAX_CONSECUTIVE_FAILURES = 200
+
+
+def _seed(*parts: Any) -> int:
+    return zlib.crc32(repr(parts).encode("utf-8"))
+
+
+def assign_shards(shards: list, readers: int, rng: random.Random | None) -> list[list]:
+    """Shuffle ``shards`` with ``rng`` (None: keep order) and deal them to ``readers``, largest-first
+    onto the reader with the fewest samples (plain round-robin when counts are unknown)."""
+    order = list(shards)
+    if rng is not None:
+        rng.shuffle(order)
+    out: list[list] = [[] for _ in range(readers)]
+    if any(s.samples is None for s in order):
+        for i, s in enumerate(order):
+            out[i % readers].append(s)
+        return out
+    load = [0] * readers
+    for s in order:
+        r = min(range(readers), key=lambda i: (load[i], len(out[i]), i))
+        out[r].append(s)
+        load[r] += s.samples
+    return out
+
+
+class _TarHandler:
+    """webdataset exception handler: count unreadable shards/members and keep going."""
+
+    def __init__(self, counter: CorruptCounter):
+        self.counter = counter
+
+    def __call__(self, exn: Exception) -> bool:
+        self.counter.add("unreadable_shard", f"{type(exn).__name__}: {exn}")
+        return True
+
+
+class StreamDataset(IterableDataset):
+    """One rank's stream of collated batches (see module docstring). Picklable; workers rebuild state."""
+
+    def __init__(self, sources: list[Source], processor, *, batch_size: int, train: bool, rank: int,
+                 world: int, workers: int, batches_per_epoch: int, seed: int = 0, resampled: bool = False,
+                 shuffle_buffer: int = 1000, decoder: Decoder | None = None, split: str = "shard"):
+        self.sources, self.processor = sources, processor
+        self.batch_size, self.train = int(batch_size), bool(train)
+        self.rank, self.world, self.workers = int(rank), int(world), max(int(workers), 1)
+        self.batches_per_epoch, self.seed = int(batches_per_epoch), int(seed)
+        self.resampled, self.shuffle_buffer, self.split = bool(resampled), int(shuffle_buffer), split
+        self.decoder = decoder or Decoder()
+        self.collate = getattr(processor, "collate", None) or collate_dicts
+        self.epoch = 0
+        self.start_batch = 0                 # batches of this epoch already consumed (resume)
+        self.raw_start: dict[int, int] = {}  # reader -> raw samples already consumed (resume)
+
+    # ---------------------------------------------------------------- raw sample streams
+    def _shard_stream(self, src_i: int, reader: int) -> Iterator[dict]:
+        import webdataset as wds
+
+        src = self.sources[src_i]
+        readers = self.world * self.workers
+        base = (self.seed, self.epoch, src_i)
+        handler = _TarHandler(self._counter)
+        if self.resampled:
+            yield from self._shuffled(self._resampled(src, reader, base, handler), (*base, reader))
+            return
+        if self.split == "sample":   # every reader reads every shard, keeps every readers-th sample
+            mine = src.shards
+        else:
+            rng = random.Random(_seed(*base, "shards")) if self.train else None
+            mine = assign_shards(src.shards, readers, rng)[reader]
+        for pass_i in range(1 << 62):
+            order = list(mine)
+            if pass_i and self.train:
+                random.Random(_seed(*base, reader, pass_i)).shuffle(order)
+            stream = wds.tarfile_to_samples(handler=handler)(dict(url=s.url) for s in order)
+            if self.split == "sample":
+                stream = islice(stream, reader, None, readers)
+            stream = self._shuffled(stream, (*base, reader, pass_i))   # drains at the end of a pass
+            got = 0
+            for sample in stream:
+                got += 1
+                yield sample
+            if got == 0:
+                names = ", ".join(s.url for s in order[:4]) + (" ..." if len(order) > 4 else "")
+                raise ShardError(f"reader {reader} got no readable samples from its shard(s) {names} "
+                                 f"(data source '{src.spec}')")
+
+    def _resampled(self, src: Source, reader: int, base: tuple, handler) -> Iterator[dict]:
+        import webdataset as wds
+
+        rng = random.Random(_seed(*base, reader, "resample"))
+        empty = 0
+        while True:
+            shard = rng.choice(src.shards)
+            got = 0
+            for sample in wds.tarfile_to_samples(handler=handler)([dict(url=shard.url)]):
+                got += 1
+                yield sample
+            empty = 0 if got else empty + 1
+            if empty > 2 * len(src.shards) + 10:
+                raise ShardError(f"reader {reader}: {empty} shards in a row gave no readable samples "
+                                 f"(data source '{src.spec}', last {shard.url})")
+
+    def _shuffled(self, stream, seed_parts: tuple):
+        """The sample shuffle buffer (raw bytes, before decoding), seeded per epoch/reader/pass."""
+        if not self.train or self.shuffle_buffer <= 1:
+            return stream
+        import webdataset as wds
+        rng = random.Random(_seed(*seed_parts, "buffer"))
+        return wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(stream)
+
+    def _raw_stream(self, reader: int) -> Iterator[dict]:
+        streams = [self._shard_stream(i, reader) for i in range(len(self.sources))]
+        if len(streams) == 1:
+            stream = streams[0]
+        else:
+            weights = [s.weight for s in self.sources]
+            rng = random.Random(_seed(self.seed, self.epoch, reader, "mix"))
+            idx = list(range(len(streams)))
+            stream = (next(streams[rng.choices(idx, weights)[0]]) for _ in iter(int, 1))
+        return stream
+
+    # ---------------------------------------------------------------- processing
+    def _process(self, raw: dict) -> dict:
+        sample = self.decoder(raw)
+        s = _seed(self.seed, self.epoch, raw.get("__url__"), raw.get("__key__"))
+        random.seed(s)
+        torch.default_generator.manual_seed(s)
+        try:
+            import numpy as np
+            np.random.seed(s)
+        except ImportError:  # pragma: no cover
+            pass
+        out = self.processor(sample)
+        if not isinstance(out, dict):
+            raise TypeError(f"processor returned {type(out).__name__}, expected a dict")
+        out.setdefault("key", raw.get("__key__"))
+        return out
+
+    def _quota(self, reader: int) -> int:
+        """Batches this reader yields for the rest of the epoch (round-robin over readers of this rank)."""
+        first = self.start_batch
+        return len(range(first + ((reader - first) % self.workers), self.batches_per_epoch, self.workers))
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        physical = info.id if info is not None else 0
+        if info is not None and info.num_workers != self.workers:
+            raise RuntimeError(f"StreamDataset built for {self.workers} workers, DataLoader has {info.num_workers}")
+        worker = (physical + self.start_batch) % self.workers   # so batch order continues after resume
+        reader = self.rank * self.workers + worker
+        quota = self._quota(worker)
+        if quota <= 0:
+            return
+        self._counter = CorruptCounter(where=f" (rank {self.rank}, reader {reader})")
+        raw_pos = self.raw_start.get(worker, 0)
+        stream = self._raw_stream(reader)
+        if raw_pos:
+            stream = islice(stream, raw_pos, None)    # fast-forward: no decoding
+        buf: list[dict] = []
+        failures = 0
+        for raw in stream:
+            raw_pos += 1
+            try:
+                buf.append(self._process(raw))
+                failures = 0
+            except (CorruptSample, OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+                failures += 1
+                where = f"{raw.get('__url__')}:{raw.get('__key__')}"
+                self._counter.add(getattr(e, "reason", type(e).__name__), f"{where}: {e}")
+                if failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise RuntimeError(f"{failures} samples in a row failed (rank {self.rank}, reader {reader}); "
+                                       f"last at {where}: {type(e).__name__}: {e}") from e
+                continue
+            if len(buf) == self.batch_size:
+                batch = self.collate(buf)
+                buf = []
+                batch["_reader"], batch["_raw"] = worker, raw_pos
+                batch["_corrupt"] = dict(self._counter.counts)
+                yield batch
+                quota -= 1
+                if quota == 0:
+                    return
+
+
+class LoaderBundle:
+    """A rank's loader for one epoch at a time: iterate it for the epoch's batches (meta stripped)."""
+
+    def __init__(self, dataset: StreamDataset, *, samples_per_epoch: int, steps_per_epoch: int,
+                 grad_accum: int = 1, num_workers: int = 0, pin_memory: bool = False, timeout_s: float = 600.0,
+                 prefetch: int = 4):
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.samples_per_epoch = samples_per_epoch
+        self.steps_per_epoch = steps_per_epoch
+        self.batches_per_epoch = dataset.batches_per_epoch
+        self.grad_accum = grad_accum
+        self.pin_memory, self.timeout_s, self.prefetch = pin_memory, timeout_s, prefetch
+        self.epoch = dataset.epoch
+        self.batches = 0                     # consumed in the current epoch
+        self.raw: dict[int, int] = {}        # reader -> raw position after its last consumed batch
+        self.corrupt: dict[int, dict] = {}   # reader -> skip counts by reason (this epoch)
+        self._pending: dict | None = None
+
+    @property
+    def workers(self) -> int:
+        return self.dataset.workers
+
+    @property
+    def corrupt_total(self) -> int:
+        return sum(sum(c.values()) for c in self.corrupt.values())
+
+    @property
+    def loader(self) -> DataLoader:
+        n = self.num_workers
+        kw = dict(batch_size=None, num_workers=n, pin_memory=self.pin_memory)
+        if n:
+            kw.update(timeout=self.timeout_s, prefetch_factor=self.prefetch, persistent_workers=False)
+        return DataLoader(self.dataset, **kw)
+
+    def set_epoch(self, epoch: int) -> None:
+        pending = self._pending
+        self.epoch = self.dataset.epoch = int(epoch)
+        if pending is not None and pending["epoch"] == epoch:
+            self.batches = self.dataset.start_batch = int(pending["batches"])
+            self.raw = {int(k): int(v) for k, v in pending["raw"].items()}
+            self.dataset.raw_start = dict(self.raw)
+        else:
+            self.batches = self.dataset.start_batch = 0
+            self.raw, self.dataset.raw_start = {}, {}
+        self.corrupt = {}
+        self._pending = None
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.batches
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.batches >= self.batches_per_epoch:
+            return
+        for batch in self.loader:
+            reader = batch.pop("_reader")
+            self.raw[reader] = batch.pop("_raw")
+            self.corrupt[reader] = batch.pop("_corrupt")
+            self.batches += 1
+            yield batch
+            if self.batches >= self.batches_per_epoch:
+                break
+
+    def state_dict(self) -> dict:
+        """The data position: resume continues after the last batch handed out."""
+        if self.batches >= self.batches_per_epoch:
+            return {"epoch": self.epoch + 1, "batches": 0, "raw": {}, "workers": self.workers,
+                    "world": self.dataset.world, "batch_size": self.dataset.batch_size}
+        return {"epoch": self.epoch, "batches": self.batches, "raw": {str(k): v for k, v in self.raw.items()},
+                "workers": self.workers, "world": self.dataset.world, "batch_size": self.dataset.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("workers", "world", "batch_size"):
+            have = self.workers if key == "workers" else getattr(self.dataset, key)
+            if key in state and int(state[key]) != have:
+                raise ConfigError(f"cannot resume the data position exactly: the checkpoint was written with "
+                                  f"{key}={state[key]}, this run has {have}. Use the same data.workers, "
+                                  f"data.batch_size and number of processes, or start a new run with "
+                                  f"train.init_from.")
+        self._pending = {"epoch": int(state["epoch"]), "batches": int(state["batches"]),
+                         "raw": dict(state.get("raw") or {})}
+        self.set_epoch(int(state["epoch"]))
+
+
+# -------------------------------------------------------------------------------- build_loader
+def _world(world) -> tuple[int, int]:
+    if world is not None:
+        if isinstance(world, int):
+            return 0, world
+        return int(world[0]), int(world[1])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def epoch_samples(sources: list[Source], override: int | None = None) -> int:
+    """Samples per epoch: the override, else one pass over the source that the weights exhaust first."""
+    if override:
+        return int(override)
+    unknown = [s.spec for s in sources if not s.samples]
+    if unknown:
+        raise ConfigError(f"data.samples_per_epoch: sample counts for {unknown} are unknown (no manifest.json); "
+                          f"set data.samples_per_epoch")
+    total_w = sum(s.weight for s in sources)
+    return int(min(s.samples / (s.weight / total_w) for s in sources))
+
+
+def build_loader(sources, processor, *, batch_size: int, workers: int, train: bool, epoch: int = 0,
+                 world=None, data_cfg=None, grad_accum: int = 1, decode_size: int | None = None,
+                 pin_memory: bool = False, seed: int | None = None) -> LoaderBundle:
+    """Resolve + preflight ``sources`` and build this rank's ``LoaderBundle`` (module docstring)."""
+    from mmfm.config.data import DataConfig
+
+    cfg = data_cfg or DataConfig()
+    rank, world_size = _world(world)
+    workers = max(int(workers), 0)
+    readers_per_rank = max(workers, 1)
+    srcs = resolve_sources([sources] if isinstance(sources, str) else sources)
+    required = list(getattr(processor, "required_keys", None) or [cfg.image_keys, cfg.text_key])
+    split = "shard" if train else "sample"
+    preflight(srcs, readers=world_size * readers_per_rank, resampled=cfg.resampled or split == "sample",
+              required_keys=required, mode=cfg.preflight)
+    samples = epoch_samples(srcs, cfg.samples_per_epoch if train else None)
+    per_rank = samples // world_size
+    if not train:
+        batch_size = max(1, min(batch_size, per_rank))
+    batches = (per_rank // batch_size) // grad_accum * grad_accum
+    if batches == 0:
+        raise ConfigError(f"data: an epoch of {samples} samples is smaller than one global batch "
+                          f"(batch_size {batch_size} x {world_size} ranks x grad_accum {grad_accum}); "
+                          f"lower data.batch_size or set data.samples_per_epoch")
+    if decode_size is None:
+        decode_size = getattr(processor, "decode_size", None)
+    decoder = Decoder(cfg.image_keys, cfg.max_pixels, decode_size if cfg.jpeg_draft else None)
+    ds = StreamDataset(srcs, processor, batch_size=batch_size, train=train, rank=rank, world=world_size,
+                       workers=readers_per_rank, batches_per_epoch=batches,
+                       seed=cfg.seed if seed is None else seed, resampled=cfg.resampled and train,
+                       shuffle_buffer=cfg.shuffle_buffer, decoder=decoder, split=split)
+    bundle = LoaderBundle(ds, samples_per_epoch=samples, steps_per_epoch=batches // grad_accum,
+                          grad_accum=grad_accum, num_workers=workers, pin_memory=pin_memory,
+                          timeout_s=cfg.timeout_s)
+    bundle.set_epoch(epoch)
+    return bundle

@@ -1,0 +1,223 @@
+"""Shard sources: resolve paths / brace patterns / manifests to shard lists, and preflight them.
+
+A source is one of
+* a shard folder holding ``manifest.json`` (sample counts and keys come from it),
+* a ``manifest.json`` path,
+* a brace pattern or a single ``.tar`` (``data/shard-{000000..000009}.tar``); if the folder has a
+  manifest, counts are taken from it for the listed tars,
+* an ``http(s)://`` URL pattern (streamed by webdataset; preflight can only count those).
+
+``preflight`` runs before step 1 on every rank (it is deterministic, so all ranks agree and none hangs
+on a collective while another has failed). It names the shard in every message.
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from mmfm.data.shards import ShardError, read_manifest
+from mmfm.data.shards.manifest import MANIFEST
+
+REMOTE = ("http://", "https://")
+
+
+@dataclass
+class Shard:
+    url: str
+    samples: int | None = None
+    bytes: int | None = None
+
+    @property
+    def local(self) -> bool:
+        return not self.url.startswith(REMOTE)
+
+
+@dataclass
+class Source:
+    spec: str
+    shards: list[Shard]
+    weight: float = 1.0
+    keys: dict | None = None             # manifest "keys" (ext -> role) when known
+    samples: int | None = None           # total samples, when known
+    notes: list[str] = field(default_factory=list)
+
+
+def _expand(spec: str) -> list[str]:
+    from webdataset.shardlists import expand_urls
+    return expand_urls(spec)
+
+
+def _from_manifest(path: Path, spec: str, weight: float) -> Source:
+    manifest = read_manifest(path)
+    folder = path if path.is_dir() else path.parent
+    shards = [Shard(str(folder / s["name"]), int(s["samples"]), int(s["bytes"])) for s in manifest["shards"]]
+    if not shards:
+        raise ShardError(f"{spec}: the manifest lists no shards")
+    return Source(spec, shards, weight, dict(manifest.get("keys") or {}), int(manifest["total_samples"]))
+
+
+def resolve_source(spec: str, weight: float = 1.0) -> Source:
+    """One source spec -> ``Source`` (shard list, counts when known). Raises ``ShardError``."""
+    spec = str(spec)
+    if not spec:
+        raise ShardError("a data source is empty")
+    if spec.startswith("pipe:"):
+        raise ShardError(f"{spec}: 'pipe:' sources are not allowed (no shell commands from configs)")
+    if spec.startswith(REMOTE):
+        return Source(spec, [Shard(u) for u in _expand(spec)], weight)
+    path = Path(spec)
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            return _from_manifest(path, spec, weight)
+        tars = sorted(str(p) for p in path.glob("*.tar"))
+        if not tars:
+            raise ShardError(f"{spec}: folder has no manifest.json and no .tar shards")
+        src = Source(spec, [Shard(t) for t in tars], weight)
+        src.notes.append(f"{spec}: no manifest.json; sample counts come from scanning the tars")
+        return src
+    if path.name == MANIFEST:
+        return _from_manifest(path, spec, weight)
+    urls = _expand(spec)
+    missing = [u for u in urls if not os.path.exists(u)]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ShardError(f"shard not found: {missing[0]}{more} (from data source '{spec}')")
+    shards = [Shard(u) for u in urls]
+    counts = _manifest_counts(Path(urls[0]).parent)
+    keys = None
+    if counts is not None:
+        manifest, by_name = counts
+        keys = dict(manifest.get("keys") or {})
+        for s in shards:
+            entry = by_name.get(Path(s.url).name)
+            if entry is not None and Path(s.url).parent == Path(urls[0]).parent:
+                s.samples, s.bytes = int(entry["samples"]), int(entry["bytes"])
+    total = sum(s.samples for s in shards) if all(s.samples is not None for s in shards) else None
+    return Source(spec, shards, weight, keys, total)
+
+
+def _manifest_counts(folder: Path):
+    if not (folder / MANIFEST).is_file():
+        return None
+    manifest = read_manifest(folder)
+    return manifest, {s["name"]: s for s in manifest["shards"]}
+
+
+def resolve_sources(specs: Iterable) -> list[Source]:
+    """``specs``: strings, ``(spec, weight)`` pairs, or objects with ``.path`` / ``.weight`` (SourceConfig)."""
+    out = []
+    for item in specs:
+        if isinstance(item, str):
+            out.append(resolve_source(item))
+        elif isinstance(item, (tuple, list)):
+            out.append(resolve_source(item[0], float(item[1])))
+        else:
+            out.append(resolve_source(item.path, float(getattr(item, "weight", 1.0))))
+    if not out:
+        raise ShardError("no data sources given (set data.train to a shard folder, pattern or manifest)")
+    return out
+
+
+# ----------------------------------------------------------------------------------------- preflight
+def _split_key(name: str) -> tuple[str, str]:
+    """WebDataset's key/extension split: the extension starts at the first dot of the basename."""
+    base = os.path.basename(name)
+    dirname = os.path.dirname(name)
+    if "." not in base:
+        return name, ""
+    stem, ext = base.split(".", 1)
+    return (f"{dirname}/{stem}" if dirname else stem), ext.lower()
+
+
+def scan_tar(path: str) -> list[tuple[str, set[str]]]:
+    """Read a tar's headers (seeking over the data): ``[(key, {exts})]`` in order. Raises ShardError."""
+    samples: list[tuple[str, set[str]]] = []
+    try:
+        size = os.path.getsize(path)
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                if member.offset_data + member.size > size:
+                    raise ShardError(f"shard {path} is truncated: member {member.name} needs "
+                                     f"{member.offset_data + member.size} bytes, the file has {size}")
+                key, ext = _split_key(member.name)
+                if key.startswith("__") or not ext:
+                    continue
+                if samples and samples[-1][0] == key:
+                    samples[-1][1].add(ext)
+                else:
+                    samples.append((key, {ext}))
+            if samples and size - tar.offset < 2 * tarfile.BLOCKSIZE:
+                raise ShardError(f"shard {path} is truncated: it ends after {size} bytes without the tar "
+                                 f"end-of-archive marker (last member {member.name})")
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardError(f"shard {path} is unreadable or truncated: {e}") from None
+    return samples
+
+
+def _missing(exts: set[str], required: list[str]) -> list[str]:
+    return [alt for alt in required if not any(a in exts for a in alt.split(";"))]
+
+
+def preflight(sources: list[Source], *, readers: int, resampled: bool, required_keys: list[str],
+              mode: str = "auto", scan_limit: int = 256) -> None:
+    """Check the shards before training. ``readers`` = ranks x workers. Raises ``ShardError`` naming the shard.
+
+    ``mode``: ``full`` scans every tar's headers (truncation, empty shards, required keys on every sample,
+    sample counts); ``quick`` stats every shard (missing, empty, size vs manifest) and checks manifest keys;
+    ``auto`` = full when there are at most ``scan_limit`` shards in all, else quick; ``off`` skips it.
+    """
+    if mode == "off":
+        return
+    total = sum(len(s.shards) for s in sources)
+    full = mode == "full" or (mode == "auto" and total <= scan_limit)
+    for src in sources:
+        if not resampled and len(src.shards) < readers:
+            raise ShardError(
+                f"data source '{src.spec}' has {len(src.shards)} shard(s) but {readers} readers "
+                f"(ranks x data.workers) each need at least one in epoch mode. Use fewer data.workers, "
+                f"write more, smaller shards (mmfm shards build --shard-size), or set data.resampled=true.")
+        if src.keys:
+            present = set(src.keys)
+            miss = _missing(present, required_keys)
+            if miss:
+                raise ShardError(f"data source '{src.spec}': manifest keys {sorted(present)} lack required "
+                                 f"key(s) {miss}")
+        for shard in src.shards:
+            if not shard.local:
+                continue
+            _check_shard(shard, required_keys, full)
+        if full and src.samples is None and all(s.local for s in src.shards):
+            src.samples = sum(s.samples or 0 for s in src.shards)
+
+
+def _check_shard(shard: Shard, required_keys: list[str], full: bool) -> None:
+    path = shard.url
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise ShardError(f"shard {path} is unreadable: {e}") from None
+    if size == 0:
+        raise ShardError(f"shard {path} is empty (0 bytes)")
+    if shard.bytes is not None and size != shard.bytes:
+        raise ShardError(f"shard {path} has {size} bytes but its manifest says {shard.bytes}: "
+                         f"truncated or modified since `mmfm shards build`")
+    if not os.access(path, os.R_OK):
+        raise ShardError(f"shard {path} is not readable (permissions)")
+    if not full:
+        return
+    samples = scan_tar(path)
+    if not samples:
+        raise ShardError(f"shard {path} is empty (no samples)")
+    for key, exts in samples:
+        miss = _missing(exts, required_keys)
+        if miss:
+            raise ShardError(f"shard {path}: sample '{key}' lacks required key(s) {miss} "
+                             f"(it has {sorted(exts)})")
+    if shard.samples is not None and shard.samples != len(samples):
+        raise ShardError(f"shard {path} holds {len(samples)} samples but its manifest says {shard.samples}")
+    shard.samples = len(samples)
