@@ -181,6 +181,19 @@ def _rebuild_hf(path, context_length, kwargs):
     return HFTokenizer(path, context_length, **kwargs)
 
 
+def register_openclip_config(name: str) -> str:
+    """A path to an open_clip model-config JSON -> registered with ``open_clip.add_model_config``; returns the
+    model name open_clip knows it by (the file stem). Other names pass through."""
+    if name.endswith(".json"):
+        import open_clip
+        path = os.path.abspath(os.path.expanduser(name))
+        if not os.path.isfile(path):
+            raise ConfigError(f"open_clip model config not found: {path}")
+        open_clip.add_model_config(path)
+        return os.path.splitext(os.path.basename(path))[0]
+    return name
+
+
 class WrappedOpenCLIPTokenizer:
     """The tokenizer open_clip pairs with a named model (``open_clip.get_tokenizer``), behind mmfm's contract."""
 
@@ -190,7 +203,7 @@ class WrappedOpenCLIPTokenizer:
         import open_clip
 
         self.model_name = model_name
-        self._tok = open_clip.get_tokenizer(model_name, context_length=context_length)
+        self._tok = open_clip.get_tokenizer(register_openclip_config(model_name), context_length=context_length)
         self.context_length = int(context_length or getattr(self._tok, "context_length", 77) or 77)
         inner = getattr(self._tok, "tokenizer", None)      # open_clip HFTokenizer wraps a transformers one
         if inner is not None:

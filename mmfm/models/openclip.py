@@ -44,8 +44,13 @@ def preprocess_from_openclip(model: nn.Module) -> dict:
 
 
 def parse_openclip_spec(spec: str) -> tuple[str, str | None]:
-    """``openclip:NAME[:FILE]`` or ``openclip:NAME@TAG`` -> (NAME, FILE or TAG or None)."""
+    """``openclip:NAME[:FILE]`` or ``openclip:NAME@TAG`` -> (NAME, FILE or TAG or None).
+
+    NAME may also be open_clip's ``hf-hub:ORG/REPO`` / ``local-dir:PATH`` (weights come with it) or a path to an
+    open_clip model-config JSON (registered with ``open_clip.add_model_config``)."""
     body = spec.split(":", 1)[1] if spec.startswith("openclip:") else spec
+    if body.startswith(("hf-hub:", "local-dir:")):
+        return body, None
     if "@" in body:
         name, tag = body.split("@", 1)
         return name, tag or None
@@ -65,8 +70,9 @@ class OpenCLIPModel(ClipApiMixin, nn.Module):
         super().__init__()
         import open_clip
 
-        from mmfm.data.tokenizers import WrappedOpenCLIPTokenizer
+        from mmfm.data.tokenizers import WrappedOpenCLIPTokenizer, register_openclip_config
 
+        spec, model_name = model_name, register_openclip_config(model_name)
         if model_name not in open_clip.list_models() and not model_name.startswith(("hf-hub:", "local-dir:")):
             import difflib
             close = difflib.get_close_matches(model_name, open_clip.list_models(), n=3)
@@ -75,17 +81,22 @@ class OpenCLIPModel(ClipApiMixin, nn.Module):
         try:
             self.model = open_clip.create_model(model_name, pretrained=pretrained, pretrained_image=False,
                                                 pretrained_text=False, weights_only=True)
-        except RuntimeError as e:   # open_clip's own message names mismatched keys
-            raise ConfigError(f"cannot load open_clip {model_name} weights from {pretrained}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - name the weights; a tag needs a hub, say so
+            if pretrained and not os.path.isfile(pretrained):
+                raise ConfigError(f"cannot fetch open_clip pretrained tag '{pretrained}' for {model_name} "
+                                  f"(is a hub reachable? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')}); "
+                                  f"or pass a local file: openclip:{model_name}:PATH. Cause: {e}") from e
+            raise ConfigError(f"cannot build open_clip {model_name}"
+                              + (f" with weights {pretrained}" if pretrained else "") + f": {e}") from e
         self.model_name = model_name
         self.preprocess = preprocess_from_openclip(self.model)
         context_length = getattr(self.model, "context_length", None) or getattr(
             getattr(self.model, "text", None), "context_length", None)
-        self.tokenizer = WrappedOpenCLIPTokenizer(model_name, context_length=context_length)
+        self.tokenizer = WrappedOpenCLIPTokenizer(spec, context_length=context_length)
         self.embed_dim = int(getattr(getattr(self.model, "visual", None), "output_dim", 0) or 0)
         if model_cfg is None:
             from mmfm.config.model import ModelConfig
-            model_cfg = ModelConfig(openclip=model_name, embed_dim=self.embed_dim or 512)
+            model_cfg = ModelConfig(openclip=spec, embed_dim=self.embed_dim or 512)
         self.model_cfg = model_cfg
 
     @property

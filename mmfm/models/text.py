@@ -56,10 +56,10 @@ class OpenCLIPTextTower(TextTransformer):
         return x, attn_mask
 
     def forward(self, text_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        text_ids, _ = trim_padding(text_ids, attention_mask)
         if text_ids.shape[1] > self.context_length:
             raise ValueError(f"text_ids has {text_ids.shape[1]} tokens; this text tower's context_length is "
                              f"{self.context_length}")
-        text_ids, _ = trim_padding(text_ids, attention_mask)
         return super().forward(text_ids)
 
     def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
