@@ -29,3 +29,6 @@ class TrainConfig:
     resume: str | None = None             # "latest" or a checkpoint path
     tensorboard: bool = True
     progress: bool = True
+    min_lr_ratio: float = 0.0             # cosine decays to lr * min_lr_ratio
+    dist_timeout_minutes: float = 30.0    # bound on every collective (a dead rank fails the others)
+    device: str | None = None             # default: cuda:LOCAL_RANK when available, else cpu

@@ -1,0 +1,121 @@
+"""Training checkpoints (docs/architecture.md section 8): atomic, rotated, resumable.
+
+``OUT/checkpoints/step_00000100/`` holds ``model.safetensors`` + ``config.yaml`` + ``meta.json`` (written by
+``mmfm.models.loading.write_pretrained``, so ``mmfm.load`` reads it) and ``trainer_state.pt`` (optimizer,
+scheduler, per-rank RNG and data position; plain tensors/containers, read with ``weights_only=True``).
+The folder is filled under a temporary name and renamed into place; ``latest`` is a relative symlink
+replaced atomically; only the newest ``keep_last`` step folders are kept.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mmfm.config import ConfigError
+
+STATE = "trainer_state.pt"
+STEP_RE = re.compile(r"^step_(\d{8,})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    if not state:
+        return
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    if not ckpt_root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_root.iterdir() if p.is_dir() and (m := STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _point_latest(ckpt_root: Path, target: Path) -> None:
+    tmp = ckpt_root / f".latest.tmp{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target.name, tmp)
+    os.replace(tmp, ckpt_root / "latest")
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model, cfg, trainer_state: dict, meta: dict,
+                    keep_last: int = 3) -> Path:
+    """Rank 0 only. Writes ``step_XXXXXXXX`` atomically, repoints ``latest``, prunes old ones."""
+    from mmfm.models.loading import write_pretrained
+
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / step_dir_name(step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=ckpt_root))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)              # mkdtemp makes 0700; checkpoints are shared like any output
+    try:
+        write_pretrained(model, cfg, tmp, meta=meta)
+        torch.save(trainer_state, tmp / STATE)
+        if final.exists():                     # re-saving the same step (e.g. final == last periodic)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _point_latest(ckpt_root, final)
+    prune(ckpt_root, keep_last, keep=final)
+    return final
+
+
+def prune(ckpt_root: Path, keep_last: int, keep: Path | None = None) -> None:
+    ckpts = list_checkpoints(ckpt_root)
+    for old in ckpts[: max(len(ckpts) - max(keep_last, 1), 0)]:
+        if keep is not None and old.resolve() == keep.resolve():
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_root.glob(".step_*.tmp*"):   # leftovers of a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def find_resume(spec: str, output_dir: Path) -> Path | None:
+    """``latest`` -> the run's newest checkpoint (None when the run has none yet); else a checkpoint dir
+    or run dir. Raises ConfigError for a path that is not a checkpoint."""
+    if spec == "latest":
+        root = output_dir / "checkpoints"
+        latest = root / "latest"
+        if latest.exists():
+            return latest.resolve()
+        ckpts = list_checkpoints(root)
+        return ckpts[-1] if ckpts else None
+    p = Path(spec)
+    if (p / STATE).is_file():
+        return p
+    if (p / "checkpoints" / "latest").exists():
+        return (p / "checkpoints" / "latest").resolve()
+    raise ConfigError(f"train.resume: {spec} is not a training checkpoint (no {STATE}); use 'latest', a "
+                      f"step_XXXXXXXX folder or a run folder. For weights only use train.init_from")
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    path = ckpt / STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated or foreign file
+        raise ConfigError(f"cannot read {path}: {e}") from e

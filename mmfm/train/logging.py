@@ -1,0 +1,104 @@
+"""Metrics: JSONL (``OUT/metrics.jsonl``, one object per line) and TensorBoard (``OUT/tb``), rank 0 only,
+plus the tqdm progress bar (samples/s, loss, lr, ETA)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("mmfm.train")
+
+
+def setup_logging(rank: int) -> None:
+    """INFO on rank 0, warnings only elsewhere; one handler, idempotent."""
+    root = logging.getLogger("mmfm")
+    if not any(getattr(h, "_mmfm", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+                                         "%H:%M:%S"))
+        h._mmfm = True
+        root.addHandler(h)
+        root.propagate = False
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def _clean(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+class MetricsWriter:
+    """Append-only JSONL + TensorBoard scalars. A no-op on ranks other than 0."""
+
+    def __init__(self, out_dir: Path, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(out_dir / "tb"))
+            except ImportError as e:  # pragma: no cover - tensorboard is a dependency
+                log.warning("TensorBoard logging disabled: %s", e)
+
+    def write(self, step: int, metrics: dict, **extra) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "time": round(time.time(), 3), **extra,
+               **{k: _clean(v) for k, v in metrics.items()}}
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+class Progress:
+    """tqdm bar over optimizer steps on rank 0; ETA comes from tqdm."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = None
+        if enabled and not sys.stderr.isatty():
+            enabled = False                    # logs, not bar redraws, when stderr is a file or pipe
+        self.lines = not enabled
+        if enabled:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc="train",
+                            mininterval=1.0, smoothing=0.1)
+
+    def update(self, n: int = 1, **postfix) -> None:
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(n)
+
+    def write(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg)
+        else:
+            log.info(msg)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
