@@ -225,6 +225,7 @@ class Trainer:
         if self.tc.grad_clip:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.tc.grad_clip)
+        logged["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])   # the lr this step used
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -355,8 +356,8 @@ class Trainer:
         if vec is not None:
             D.all_reduce(vec, "mean")
         metrics = {f"train/{k}": v for k, v in zip(keys, vec.tolist())} if vec is not None else {}
-        lr = self.optimizer.param_groups[0]["lr"]
-        metrics.update({"train/lr": lr, "train/samples_per_s": samples_per_s, "train/samples_seen": self.samples_seen})
+        lr = metrics.get("train/lr", self.optimizer.param_groups[0]["lr"])
+        metrics.update({"train/samples_per_s": samples_per_s, "train/samples_seen": self.samples_seen})
         if getattr(self.train_data, "corrupt_total", 0):
             metrics["data/corrupt_samples_epoch"] = self.train_data.corrupt_total
         self.metrics.write(self.step, metrics, epoch=self.epoch)

@@ -1,0 +1,216 @@
+"""The trainer in-process on real shards and the tiny CLIP: optimizer groups, schedule, accumulation
+equivalence, NaN stop, output-dir check, checkpoint layout/rotation, continued pre-training."""
+import io
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from mmfm.config import ConfigError, ExperimentConfig, apply_overrides, from_dict
+from mmfm.data.shards import write_shards
+from mmfm.train.builder import build_run
+from mmfm.train.optim import build_scheduler, param_groups
+from mmfm.train.trainer import NonFiniteLoss, Trainer
+
+
+def _png(i):
+    img = Image.new("RGB", (36, 36), ((i * 37) % 256, (i * 91) % 256, (i * 13) % 256))
+    for x in range(0, 36, 6):
+        img.putpixel((x, (i * 5) % 36), (255, 255, 255))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def shards(root, n, per_shard, prefix="k"):
+    write_shards(({"__key__": f"{prefix}{i:04d}", "png": _png(i), "txt": f"color number {i % 5} {prefix}"}
+                  for i in range(n)), root, shard_size=per_shard)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer_data")
+    return {"train": shards(root / "train", 32, 8), "val": shards(root / "val", 8, 8, prefix="v"),
+            "old": shards(root / "old", 32, 8, prefix="o")}
+
+
+def make_cfg(out, train, **over):
+    base = {"model": {"name": "tiny"},
+            "data": {"train": [{"path": train}], "batch_size": 8, "workers": 0, "shuffle_buffer": 16},
+            "train": {"output_dir": str(out), "max_steps": 4, "warmup_steps": 2, "lr": 1e-3, "log_every": 1,
+                      "ckpt_every_steps": None, "progress": False, "tensorboard": False}}
+    return from_dict(ExperimentConfig, apply_overrides(base, [f"{k}={v}" for k, v in over.items()]))
+
+
+def fit(cfg, task_wrapper=None, hooks=()):
+    run = build_run(cfg)
+    task = task_wrapper(run.task) if task_wrapper else run.task
+    trainer = Trainer(cfg, task, run.train, run.val, list(run.hooks) + list(hooks))
+    return trainer, trainer.fit()
+
+
+def weights(task):
+    return {k: v.detach().clone() for k, v in task.model.state_dict().items()}
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------- optimizer
+def test_param_groups_skip_decay_on_norms_biases_logit_scale(data, tmp_path):
+    run = build_run(make_cfg(tmp_path, data["train"]))
+    decay, no_decay = param_groups(run.task, 0.2)
+    assert any("logit_scale" in n for n in no_decay["names"])
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert any(n.endswith("norm1.weight") or "ln_" in n for n in no_decay["names"])
+    assert not any(n.endswith(".bias") for n in decay["names"])
+    for p in run.task.model.visual.parameters():
+        p.requires_grad_(False)
+    decay2, no_decay2 = param_groups(run.task, 0.2)
+    assert len(decay2["names"]) + len(no_decay2["names"]) < len(decay["names"]) + len(no_decay["names"])
+
+
+def test_warmup_then_cosine():
+    from mmfm.config.train import TrainConfig
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    sched = build_scheduler(opt, TrainConfig(lr=1.0, warmup_steps=4), total_steps=12)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0) and lrs[8] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+
+
+# ---------------------------------------------------------------------------------- accumulation
+def test_feature_accumulation_equals_one_big_batch(data, tmp_path):
+    """Accumulating 2 x 4 keeps all 8 negatives: same step as one batch of 8 (open_clip's approach)."""
+    big, _ = fit(make_cfg(tmp_path / "big", data["train"], **{"train.max_steps": 1}))
+    acc, _ = fit(make_cfg(tmp_path / "acc", data["train"], **{"train.max_steps": 1, "train.grad_accum": 2,
+                                                                "data.batch_size": 4}))
+    assert acc.mode == "features"
+    wa, wb = weights(big.task), weights(acc.task)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    la, lb = metrics(tmp_path / "big")[0]["train/loss"], metrics(tmp_path / "acc")[0]["train/loss"]
+    assert la == pytest.approx(lb, rel=1e-5)
+
+
+class PlainRegression(torch.nn.Module):
+    """A per-sample loss (like captioning): plain accumulation must equal the big batch."""
+    accumulation_mode = "plain"
+
+    def __init__(self, task):
+        super().__init__()
+        self.model = task.model
+
+    def forward(self, batch):
+        f = self.model.encode_image(batch["image"], normalize=True)
+        return {"loss": (f ** 2).sum(1).mean() + f.mean(1).pow(2).mean()}
+
+
+def test_plain_accumulation_equals_one_big_batch(data, tmp_path):
+    big, _ = fit(make_cfg(tmp_path / "big", data["train"], **{"train.max_steps": 1}), PlainRegression)
+    acc, _ = fit(make_cfg(tmp_path / "acc", data["train"], **{"train.max_steps": 1, "train.grad_accum": 2,
+                                                                "data.batch_size": 4}), PlainRegression)
+    assert acc.mode == "plain"
+    wa, wb = weights(big.task), weights(acc.task)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+# ---------------------------------------------------------------------------------- bad runs
+class NaNAtStep(torch.nn.Module):
+    def __init__(self, task, at=3):
+        super().__init__()
+        self.inner, self.model, self.calls, self.at = task, task.model, 0, at
+
+    def processor(self, train):
+        return self.inner.processor(train)
+
+    def forward(self, batch):
+        self.calls += 1
+        out = self.inner(batch)
+        if self.calls >= self.at:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
+    cfg = make_cfg(tmp_path, data["train"], **{"train.max_steps": 6, "train.ckpt_every_steps": 2})
+    with pytest.raises(NonFiniteLoss, match=r"NaN/inf at step 3.*step_00000002"):
+        fit(cfg, NaNAtStep)
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000002"]
+    assert (ckpts / "latest").resolve().name == "step_00000002"
+
+
+def test_unwritable_output_fails_before_training(data, tmp_path, capsys):
+    from mmfm.cli import main
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    (tmp_path / "exp.yaml").write_text(f"model: {{name: tiny}}\ndata: {{train: [{{path: {data['train']}}}]}}\n")
+    rc = main(["train", str(tmp_path / "exp.yaml"), "--set", f"train.output_dir={blocker}/run"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "train.output_dir: cannot write to" in err and str(blocker) in err
+
+
+def test_init_from_other_architecture_lists_tensors(data, tmp_path):
+    src, _ = fit(make_cfg(tmp_path / "a", data["train"], **{"train.max_steps": 1}))
+    cfg = make_cfg(tmp_path / "b", data["train"], **{"train.init_from": str(tmp_path / "a"),
+                                                     "model.embed_dim": 16})
+    with pytest.raises(ConfigError, match=r"shape mismatches.*text_projection|projection"):
+        fit(cfg)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def test_checkpoints_are_complete_rotated_and_loadable(data, tmp_path):
+    import mmfm
+    cfg = make_cfg(tmp_path, data["train"], **{"train.max_steps": 5, "train.ckpt_every_steps": 1,
+                                               "train.keep_last": 2, "train.tensorboard": True})
+    trainer, _ = fit(cfg)
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000004", "step_00000005"]
+    latest = ckpts / "latest"
+    assert latest.is_symlink() and latest.resolve().name == "step_00000005"
+    for name in ("model.safetensors", "config.yaml", "meta.json", "trainer_state.pt"):
+        assert (latest / name).is_file()
+    assert not list(ckpts.glob(".*tmp*"))
+    state = torch.load(latest / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 5 and state["data"][0]["epoch"] == 1 and state["data"][0]["batches"] == 1
+    assert json.loads((latest / "meta.json").read_text())["step"] == 5
+    model = mmfm.load(tmp_path)
+    w = weights(trainer.task)
+    assert all(torch.equal(w[k], v) for k, v in model.state_dict().items())
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5]
+    assert {"train/lr", "train/samples_per_s", "train/loss"} <= set(rows[0])
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_continued_pretraining_with_replay(data, tmp_path):
+    """init_from loads weights only; the LR warms up again; val loss at start and end; two-source mix."""
+    first, _ = fit(make_cfg(tmp_path / "a", data["train"], **{"train.max_steps": 3}))
+    cfg = make_cfg(tmp_path / "b", data["train"], **{
+        "train.init_from": str(tmp_path / "a"), "train.max_steps": 3, "train.warmup_steps": 2,
+        "data.train": f"[{{path: {data['train']}, weight: 0.8}}, {{path: {data['old']}, weight: 0.2}}]",
+        "data.val": f"[{{path: {data['val']}}}]"})
+    start = {}
+
+    def hook(task, step):
+        if step == 0:
+            start.update({k: v.detach().clone() for k, v in task.model.state_dict().items()})
+        return {"hook/step": float(step)}
+    trainer, result = fit(cfg, hooks=[hook])
+    w_first = weights(first.task)
+    assert all(torch.equal(start[k], w_first[k]) for k in w_first)        # weights loaded before step 1
+    rows = metrics(tmp_path / "b")
+    evals = [r for r in rows if "val/loss" in r]
+    assert [r["step"] for r in evals] == [0, 3] and "val/loss" in result
+    train_rows = [r for r in rows if "train/lr" in r]
+    assert train_rows[0]["train/lr"] == pytest.approx(cfg.train.lr * 0.5)   # warmup restarted
+    assert trainer.train_data.samples_per_epoch == 40                      # 32 new samples / 0.8
