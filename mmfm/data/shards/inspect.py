@@ -29,10 +29,12 @@ def list_shards(path: str | os.PathLike) -> tuple[list[Path], dict | None]:
     return tars, None
 
 
-def iter_samples(tar_path: Path) -> Iterator[dict]:
-    """Group tar members into samples by key (the WebDataset convention), in tar order."""
+def iter_samples(tar_path: Path, end: dict | None = None) -> Iterator[dict]:
+    """Group tar members into samples by key (the WebDataset convention), in tar order.
+
+    When ``end`` is given, ``end["offset"]`` is set to where the archive's members stopped."""
     current: dict | None = None
-    with tarfile.open(tar_path, "r|*") as tf:
+    with tarfile.open(tar_path, "r:*") as tf:
         for member in tf:
             if not member.isfile():
                 continue
@@ -43,13 +45,29 @@ def iter_samples(tar_path: Path) -> Iterator[dict]:
             stem, ext = base.split(".", 1)
             key = os.path.join(os.path.dirname(name), stem)
             data = tf.extractfile(member).read()
+            if len(data) != member.size:
+                raise tarfile.ReadError(f"member {name} is truncated")
             if current is None or current["__key__"] != key:
                 if current is not None:
                     yield current
                 current = {"__key__": key}
             current[ext] = data
+        if end is not None:
+            end["offset"] = tf.offset
     if current is not None:
         yield current
+
+
+def _check_end(tar_path: Path, offset: int) -> str | None:
+    """A complete tar ends with two zero blocks; tarfile silently stops at a truncated header."""
+    with open(tar_path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            return None  # gzip: the gzip CRC already guards the tail
+        f.seek(offset)
+        tail = f.read(1024)
+    if len(tail) < 1024 or tail.strip(b"\0"):
+        return f"truncated or garbage at byte {offset} (no end-of-archive marker)"
+    return None
 
 
 def _describe(ext: str, value: bytes) -> str:
@@ -104,14 +122,17 @@ def verify_tar(tar_path: Path, expected: dict | None = None, decode: bool = Fals
                 h.update(block)
         if h.hexdigest() != expected["sha256"]:
             return 0, "sha256 does not match manifest.json"
-    n = 0
+    n, end = 0, {}
     try:
-        for sample in iter_samples(tar_path):
+        for sample in iter_samples(tar_path, end):
             n += 1
             if decode:
                 _decode_check(sample)
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
         return n, f"unreadable after {n} samples: {type(e).__name__}: {e}"
+    problem = _check_end(tar_path, end.get("offset", 0))
+    if problem:
+        return n, f"unreadable after {n} samples: {problem}"
     if expected is not None and n != expected["samples"]:
         return n, f"{n} samples, manifest.json says {expected['samples']}"
     return n, None

@@ -1,0 +1,80 @@
+"""`mmfm shards build|inspect` through the real CLI entry point: counts, schema, --verify, --sheet."""
+import shutil
+
+import pytest
+from PIL import Image
+
+from mmfm.cli import main
+from mmfm.data.shards import read_manifest
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, repo_root):
+    out = tmp_path_factory.mktemp("cli") / "out"
+    rc = main(["shards", "build", "--recipe", "image_folder", "--out", str(out), "--size", "32",
+               "--shard-size", "2", "--workers", "0", "--no-progress"])
+    assert rc == 0
+    return out
+
+
+def test_build_prints_summary_and_writes_manifest(shards, capsys):
+    m = read_manifest(shards)
+    assert m["total_samples"] == 6 and len(m["shards"]) == 3 and m["args"]["shard_size"] == 2
+
+
+def test_inspect_prints_counts_and_schema(shards, capsys):
+    assert main(["shards", "inspect", str(shards)]) == 0
+    out = capsys.readouterr().out
+    assert "shards: 3   samples: 6" in out and "classes: 2 (0=blue_square, 1=red_circle)" in out
+    assert ".jpg   image JPEG RGB" in out and ".txt   text ('a photo of a blue square.')" in out
+    assert "json {captions, class, orig_size, sha256, source}" in out
+
+
+def test_verify_ok_and_decode(shards, capsys):
+    assert main(["shards", "inspect", str(shards), "--verify", "--decode", "--no-progress"]) == 0
+    assert "all shards OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "delete"])
+def test_verify_names_a_corrupt_shard(shards, tmp_path, capsys, damage):
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    tar = copy / "shard-000001.tar"
+    data = tar.read_bytes()
+    if damage == "truncate":
+        tar.write_bytes(data[: len(data) // 3])
+    elif damage == "flip_byte":
+        tar.write_bytes(data[:700] + bytes([data[700] ^ 0xFF]) + data[701:])
+    else:
+        tar.unlink()
+    assert main(["shards", "inspect", str(copy), "--verify", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "CORRUPT" in err and "shard-000001.tar" in err and "shard-000000.tar" not in err
+
+
+def test_verify_without_manifest_reads_tars_through(shards, tmp_path, capsys):
+    copy = tmp_path / "bare"
+    copy.mkdir()
+    for t in shards.glob("*.tar"):
+        shutil.copy(t, copy)
+    (copy / "shard-000002.tar").write_bytes((copy / "shard-000002.tar").read_bytes()[:1500])
+    assert main(["shards", "inspect", str(copy), "--verify", "--no-progress"]) == 1
+    assert "shard-000002.tar: unreadable" in capsys.readouterr().err
+
+
+def test_sheet_writes_a_contact_sheet(shards, tmp_path, capsys):
+    png = tmp_path / "sheet.png"
+    assert main(["shards", "inspect", str(shards), "--sheet", str(png), "-n", "4"]) == 0
+    img = Image.open(png)
+    assert img.size == (6 * 160, 160 + 44)
+    assert img.getpixel((80, 80)) != (255, 255, 255)      # an image was drawn in the first cell
+
+
+def test_build_errors_are_clear(tmp_path, capsys):
+    assert main(["shards", "build", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["shards", "build", "--recipe", "no_such_recipe", "--out", str(tmp_path / "o")]) == 2
+    assert "known recipes: coco_captions, csv_pairs" in capsys.readouterr().err
+    assert main(["shards", "build", "--recipe", "image_folder", "--out", str(tmp_path / "o"),
+                 "--set", "image.sise=3"]) == 2
+    assert "Did you mean 'size'" in capsys.readouterr().err
