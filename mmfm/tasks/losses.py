@@ -9,6 +9,8 @@ holds for ``clip`` with ``gather_with_grad: true`` (with or without ``local_loss
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -41,6 +43,10 @@ class ContrastiveLoss(nn.Module):
 
         rank, world = dist_info()
         if self._impl is None or self._key != (rank, world):
+            if world > 1 and self.kind == "clip" and not self.gather_with_grad and rank == 0:
+                warnings.warn("task.contrastive.gather_with_grad=false: gradients flow only through each rank's "
+                              "own features, so they differ from single-process training (open_clip behaviour)",
+                              stacklevel=3)
             if self.kind == "clip":
                 self._impl = ClipLoss(local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
                                       cache_labels=True, rank=rank, world_size=world)
