@@ -269,12 +269,13 @@ class LoaderBundle:
             self.batches = self.dataset.start_batch = 0
             self.raw, self.dataset.raw_start = {}, {}
         self.corrupt = {}
-        self._pending = None
+        # a loaded position survives set_epoch(same epoch) until iteration starts
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.batches
 
     def __iter__(self) -> Iterator[dict]:
+        self._pending = None
         if self.batches >= self.batches_per_epoch:
             return
         for batch in self.loader:

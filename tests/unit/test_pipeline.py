@@ -122,6 +122,7 @@ def test_resume_continues_exactly(four, workers):
     again = build_loader(str(four), Proc(), batch_size=4, workers=workers, train=True, world=(0, 1),
                          data_cfg=cfg())
     again.load_state_dict(state)
+    again.set_epoch(1)                       # what a trainer loop does next: keeps the loaded position
     tail = [(x["key"], x["image"]) for x in again]
     assert head == [k for k, _ in ref[:3]]
     assert [k for k, _ in tail] == [k for k, _ in ref[3:]]

@@ -1,0 +1,33 @@
+"""`mmfm train` under torchrun with 2 gloo processes equals 1 process on the same global batch."""
+import json
+
+import pytest
+
+from train_helpers import load_weights, make_shards, max_diff, torchrun, write_config
+
+
+def losses(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["train/loss"] for r in rows if "train/loss" in r]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_process_ddp_matches_one_process(tmp_path):
+    from mmfm.cli import main
+
+    shards = make_shards(tmp_path / "shards", 8, 4)        # 2 shards: one per rank, both for 1 process
+    one = write_config(tmp_path / "one.yaml", shards, tmp_path / "one", data={"batch_size": 8},
+                       train_cfg={"max_steps": 2})
+    two = write_config(tmp_path / "two.yaml", shards, tmp_path / "two", data={"batch_size": 4},
+                       train_cfg={"max_steps": 2})
+    assert main(["train", str(one)]) == 0
+    proc = torchrun(2, "train", str(two))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "global batch 8 (2 ranks x 4" in proc.stderr
+    l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(l1) == len(l2) == 2 and l1 == pytest.approx(l2, rel=1e-5, abs=1e-6)
+    w1 = load_weights(tmp_path / "one" / "checkpoints" / "latest")
+    w2 = load_weights(tmp_path / "two" / "checkpoints" / "latest")
+    assert max_diff(w1, w2) < 1e-5
+    assert abs(l1[0] - l1[1]) > 1e-4            # the first step changed the weights: the check has teeth
