@@ -8,12 +8,10 @@ a killed build ends with exactly the samples of an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import itertools
 import json
 import multiprocessing as mp
 import os
-import threading
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -187,7 +185,6 @@ def build(opts: BuildOptions, out_dir: str | os.PathLike, *, resume: bool = Fals
           progress: bool = True) -> dict[str, dict]:
     """Build shards; returns ``{split_name: manifest}`` (split name ``""`` without ``holdout``)."""
     out = Path(out_dir)
-    threading.Thread(target=importlib.import_module, args=("webdataset",), daemon=True).start()  # ~1-2 s (torch)
     names = ["train", "heldout"] if opts.holdout > 0 else [""]
     splits = [Split(n, out / n if n else out) for n in names]
     source = open_source(opts)   # config errors surface before anything is written

@@ -140,7 +140,7 @@ def prepare(img: Image.Image, opts: ImageOptions) -> Image.Image:
     """Loaded-or-lazy PIL image -> final RGB image: EXIF orientation applied, mode normalised, resized."""
     img = load_image(img, opts)
     try:
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)
     except Exception:  # noqa: BLE001 - a corrupt EXIF block must not lose the image
         pass
     img = to_rgb(img, tuple(opts.background))

@@ -11,9 +11,13 @@ gets ``shard-NNNNNN_stats.json``; ``manifest.json`` is written last (atomically)
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import io
 import json
 import os
+import sys
+import types
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -24,6 +28,32 @@ from .manifest import (IMAGE_EXTS, SHARD_PATTERN, ShardError, atomic_write_json,
 PARTIAL = ".partial"
 TAR_MTIME = 1_700_000_000  # fixed member mtime: the same samples give byte-identical tars
 _PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+def webdataset_writer() -> types.ModuleType:
+    """webdataset's own ``writer`` module (``ShardWriter``, ``TarWriter``).
+
+    ``import webdataset`` runs its ``__init__``, which imports torch (1-3 s and ~300 MB in every
+    ``mmfm shards`` call, on a CPU shared with the workers). The writer itself needs only numpy, so when
+    webdataset is not imported yet we load the same ``webdataset/writer.py`` under a private package
+    name. When webdataset is already imported (training, tests) its module is used as is.
+    """
+    if "webdataset" in sys.modules:
+        return importlib.import_module("webdataset.writer")
+    alias = "_mmfm_webdataset"
+    if alias + ".writer" in sys.modules:
+        return sys.modules[alias + ".writer"]
+    spec = importlib.util.find_spec("webdataset")
+    if spec is None or not spec.submodule_search_locations:
+        return importlib.import_module("webdataset.writer")  # raises a clear ImportError
+    pkg = types.ModuleType(alias)
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules[alias] = pkg
+    try:
+        return importlib.import_module(alias + ".writer")
+    except Exception:  # noqa: BLE001 - a future webdataset layout: fall back to the plain import
+        sys.modules.pop(alias, None)
+        return importlib.import_module("webdataset.writer")
 
 
 def encode_image(image: Any, ext: str, quality: int = 95) -> bytes:
@@ -74,8 +104,7 @@ class ShardSink:
 
     def __init__(self, out_dir: str | os.PathLike, shard_size: int = 1000, start_shard: int = 0,
                  max_shard_bytes: float = 3e12, on_shard: Callable[[dict], None] | None = None):
-        import webdataset as wds
-
+        wds = webdataset_writer()
         if shard_size < 1:
             raise ShardError(f"shard_size: must be >= 1, got {shard_size}")
         self.out_dir = Path(out_dir)

@@ -1,0 +1,191 @@
+"""Benchmark: `mmfm shards build` vs img2dataset on the same local photo-sized JPEGs, in one run.
+
+Both read the same CSV of file:// URLs + captions, resize to 224 with keep_ratio (shortest side),
+encode JPEG quality 95, write WebDataset tars, and use the same number of worker processes.
+img2dataset runs in the anchors' venv (bench/anchor_venv.sh). Prints images/s for both and the ratio.
+
+    .venv/bin/python bench/shards.py               # 5,000 images, 2 workers
+    .venv/bin/python bench/shards.py --n 1000      # quicker
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".bench" / "shards"
+
+
+# --- photo-like test images -----------------------------------------------------------------------
+
+def _base_image(seed: int, size: int = 1024) -> Image.Image:
+    """1/f multi-octave colour noise + soft shapes + grain: JPEG entropy close to a real photo."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((size, size, 3), np.float32)
+    for octave in (4, 8, 16, 32, 64, 128):
+        grid = rng.normal(0, 1, (octave, octave, 3)).astype(np.float32)
+        layer = np.stack([np.asarray(Image.fromarray(grid[..., c]).resize((size, size), Image.BICUBIC))
+                          for c in range(3)], -1)
+        img += layer * (48.0 / math.sqrt(octave))
+    img = img - img.mean((0, 1)) + rng.uniform(70, 180, 3)
+    pil = Image.fromarray(img.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    for _ in range(12):
+        x, y = rng.integers(0, size, 2)
+        r = int(rng.integers(30, 200))
+        color = tuple(int(c) for c in rng.integers(0, 255, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x - r, y - r, x + r, y + r), fill=color)
+    pil = pil.filter(ImageFilter.GaussianBlur(1.2))
+    grain = rng.normal(0, 6, (size, size, 3))
+    return Image.fromarray((np.asarray(pil, np.float32) + grain).clip(0, 255).astype(np.uint8))
+
+
+_BASES: list = []
+
+
+def _make_one(args: tuple[int, str, int]) -> int:
+    i, folder, side = args
+    if not _BASES:
+        _BASES.extend(_base_image(s) for s in range(8))
+    rng = np.random.default_rng(1000 + i)
+    base = _BASES[i % len(_BASES)]
+    w = side if rng.random() < 0.6 else int(side * rng.uniform(1.0, 1.5))   # some landscape images
+    h = side
+    x, y = rng.integers(0, base.width - w), rng.integers(0, base.height - h)
+    img = base.crop((x, y, x + w, y + h))
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    gains = rng.uniform(0.8, 1.2, 3)
+    img = Image.fromarray((np.asarray(img, np.float32) * gains).clip(0, 255).astype(np.uint8))
+    img.save(os.path.join(folder, f"{i:06d}.jpg"), quality=int(rng.integers(85, 96)))
+    return i
+
+
+def make_images(n: int, side: int = 512) -> Path:
+    folder = WORK / f"images_{side}_{n}"
+    marker = folder / ".complete"
+    if marker.exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    with Pool(2) as pool:
+        for _ in pool.imap_unordered(_make_one, [(i, str(folder), side) for i in range(n)], chunksize=64):
+            pass
+    marker.touch()
+    print(f"generated {n} photo-like {side}px JPEGs in {time.time() - t:.0f}s -> {folder}", flush=True)
+    return folder
+
+
+def write_list(folder: Path, n: int) -> Path:
+    path = WORK / f"list_{n}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["url", "caption"])
+        for i in range(n):
+            w.writerow([(folder / f"{i:06d}.jpg").as_uri(), f"a synthetic photo number {i}"])
+    return path
+
+
+# --- the two builders -------------------------------------------------------------------------------
+
+def run_mmfm(url_list: Path, out: Path, workers: int) -> tuple[float, int, float]:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "mmfm", "shards", "build", str(url_list), "--out", str(out),
+           "--image-column", "url", "--caption-column", "caption", "--size", "224",
+           "--resize-mode", "keep_ratio", "--resize-side", "shortest", "--format", "jpg", "--quality", "95",
+           "--shard-size", "1000", "--workers", str(workers), "--no-progress"]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - t
+    manifest = json.loads((out / "manifest.json").read_text())
+    return seconds, manifest["total_samples"], manifest["build"]["seconds"]
+
+
+def anchor_python() -> str:
+    out = subprocess.run(["bash", str(ROOT / "bench" / "anchor_venv.sh")], check=True, capture_output=True,
+                         text=True).stdout.strip().splitlines()
+    return out[-1]
+
+
+def run_img2dataset(python: str, url_list: Path, out: Path, workers: int, n: int) -> tuple[float, int, float]:
+    shutil.rmtree(out, ignore_errors=True)
+    per_shard = max(1, math.ceil(n / (workers * 5)))   # even shards per process: no idle tail for img2dataset
+    code = ("from img2dataset import download; import sys; download(url_list=sys.argv[1], output_folder=sys.argv[2], "
+            "input_format='csv', url_col='url', caption_col='caption', output_format='webdataset', "
+            "image_size=224, resize_mode='keep_ratio', encode_format='jpg', encode_quality=95, "
+            f"processes_count={workers}, thread_count=16, number_sample_per_shard={per_shard}, "
+            "distributor='multiprocessing', timeout=10, retries=0, enable_wandb=False)")
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
+    t = time.perf_counter()
+    subprocess.run([python, "-c", code, str(url_list), str(out)], check=True, cwd=WORK, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - t
+    stats = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
+    ok = sum(st.get("successes", 0) for st in stats)
+    span = max(st["end_time"] for st in stats) - min(st["start_time"] for st in stats)
+    return seconds, ok, span
+
+
+def _sample_size(folder: Path) -> tuple[int, int]:
+    import tarfile
+    tar = sorted(folder.glob("*.tar"))[0]
+    with tarfile.open(tar) as tf:
+        for m in tf:
+            if m.name.endswith(".jpg"):
+                return Image.open(io.BytesIO(tf.extractfile(m).read())).size
+    return (0, 0)
+
+
+def _report(name: str, r: tuple[float, int, float], out: Path) -> None:
+    wall, n, pipe = r
+    print(f"{name:<18}: {n:>6} samples; end-to-end {wall:6.1f}s = {n / wall:7.1f} images/s; "
+          f"pipeline {pipe:6.1f}s = {n / pipe:7.1f} images/s (output {_sample_size(out)})", flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=5000, help="number of images (default 5000)")
+    p.add_argument("--side", type=int, default=512, help="source image height in px (default 512)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes for both tools (default 2)")
+    p.add_argument("--anchor-python", help="python with img2dataset (default: from bench/anchor_venv.sh)")
+    p.add_argument("--skip-anchor", action="store_true", help="only time mmfm")
+    p.add_argument("--repeat", type=int, default=1, help="runs per tool; the best is reported")
+    args = p.parse_args()
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    folder = make_images(args.n, args.side)
+    url_list = write_list(folder, args.n)
+    print(f"{args.n} images ({args.side}px JPEG) -> resize 224 keep_ratio, JPEG q95, {args.workers} workers "
+          f"(CPU cores: {os.cpu_count()})", flush=True)
+
+    best_m = min((run_mmfm(url_list, WORK / "out_mmfm", args.workers) for _ in range(args.repeat)),
+                 key=lambda r: r[0])
+    _report("mmfm shards build", best_m, WORK / "out_mmfm")
+    if args.skip_anchor:
+        return 0
+    python = args.anchor_python or anchor_python()
+    best_i = min((run_img2dataset(python, url_list, WORK / "out_img2dataset", args.workers, args.n)
+                  for _ in range(args.repeat)), key=lambda r: r[0])
+    _report("img2dataset", best_i, WORK / "out_img2dataset")
+    wall = (best_m[1] / best_m[0]) / (best_i[1] / best_i[0])
+    pipe = (best_m[1] / best_m[2]) / (best_i[1] / best_i[2])
+    print(f"ratio mmfm / img2dataset: {wall:.2f}x end-to-end, {pipe:.2f}x pipeline only (target >= 2x)")
+    print(f"load average during the run: {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
