@@ -35,5 +35,7 @@ class DataConfig:
     train_augment: bool = True      # timm train transform (random resized crop) vs eval transform
     seed: int = 0
     jpeg_draft: bool = True         # decode big JPEGs at 1/2..1/8 scale when the transform needs no more
+    split: Literal["shard", "sample"] = "shard"   # how readers share an epoch: whole shards, or every
+                                    # N-th sample of every shard (exact for a few big shards; more reading)
     preflight: Literal["auto", "full", "quick", "off"] = "auto"   # auto: full tar scan up to 256 shards
     timeout_s: float = 600.0        # a DataLoader worker that produces no batch for this long is an error

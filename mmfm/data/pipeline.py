@@ -103,10 +103,10 @@ class StreamDataset(IterableDataset):
         if self.resampled:
             yield from self._shuffled(self._resampled(src, reader, base, handler), (*base, reader))
             return
+        rng = random.Random(_seed(*base, "shards")) if self.train else None
         if self.split == "sample":   # every reader reads every shard, keeps every readers-th sample
-            mine = src.shards
+            mine = assign_shards(src.shards, 1, rng)[0]
         else:
-            rng = random.Random(_seed(*base, "shards")) if self.train else None
             mine = assign_shards(src.shards, readers, rng)[reader]
         for pass_i in range(1 << 62):
             order = list(mine)
@@ -331,6 +331,18 @@ def epoch_samples(sources: list[Source], override: int | None = None) -> int:
     return int(min(s.samples / (s.weight / total_w) for s in sources))
 
 
+def _warn_uneven(sources: list[Source], readers: int) -> None:
+    for src in sources:
+        if any(s.samples is None for s in src.shards):
+            continue
+        loads = [sum(s.samples for s in part) for part in assign_shards(src.shards, readers, None)]
+        if max(loads) > 1.25 * max(min(loads), 1):
+            log.warning("data source '%s': %d shards give the %d readers (ranks x workers) uneven shares %s; "
+                        "readers with less data repeat samples within an epoch. Write more, smaller shards, "
+                        "or set data.split=sample (every reader scans every shard; fine for small datasets)",
+                        src.spec, len(src.shards), readers, sorted(loads))
+
+
 def build_loader(sources, processor, *, batch_size: int, workers: int, train: bool, epoch: int = 0,
                  world=None, data_cfg=None, grad_accum: int = 1, decode_size: int | None = None,
                  pin_memory: bool = False, seed: int | None = None) -> LoaderBundle:
@@ -343,14 +355,20 @@ def build_loader(sources, processor, *, batch_size: int, workers: int, train: bo
     readers_per_rank = max(workers, 1)
     srcs = resolve_sources([sources] if isinstance(sources, str) else sources)
     required = list(getattr(processor, "required_keys", None) or [cfg.image_keys, cfg.text_key])
-    split = "shard" if train else "sample"
-    preflight(srcs, readers=world_size * readers_per_rank, resampled=cfg.resampled or split == "sample",
+    split = cfg.split if train else "sample"
+    readers = world_size * readers_per_rank
+    preflight(srcs, readers=readers, resampled=cfg.resampled or split == "sample",
               required_keys=required, mode=cfg.preflight)
+    if train and split == "shard" and not cfg.resampled and rank == 0:
+        _warn_uneven(srcs, readers)
     samples = epoch_samples(srcs, cfg.samples_per_epoch if train else None)
     per_rank = samples // world_size
     if not train:
         batch_size = max(1, min(batch_size, per_rank))
-    batches = (per_rank // batch_size) // grad_accum * grad_accum
+    batches = per_rank // batch_size
+    # whole rounds over the workers (each reader yields the same count: no reader has to wrap around)
+    unit = grad_accum * readers_per_rank if batches >= grad_accum * readers_per_rank else grad_accum
+    batches = batches // unit * unit
     if batches == 0:
         raise ConfigError(f"data: an epoch of {samples} samples is smaller than one global batch "
                           f"(batch_size {batch_size} x {world_size} ranks x grad_accum {grad_accum}); "

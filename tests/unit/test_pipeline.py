@@ -155,7 +155,7 @@ def test_resampled_mode_runs_past_the_data(tmp_path):
     root = make_shards(tmp_path / "r", [5])
     b = build_loader(str(root), Proc(), batch_size=4, workers=2, train=True, world=(0, 2),
                      data_cfg=cfg(resampled=True, samples_per_epoch=40))
-    assert len(keys_of(b)) == 20
+    assert len(keys_of(b)) == 16                # 5 batches, rounded to whole rounds over 2 workers
 
 
 def test_val_split_covers_samples_once(four):
@@ -246,3 +246,14 @@ def test_decoder_max_pixels_exif_and_draft():
     Image.new("RGB", (512, 384), (1, 2, 3)).save(big, format="JPEG")
     small = Decoder(decode_size=64)({"__key__": "d", "jpg": big.getvalue()})["image"]
     assert small.size == (128, 96)                         # 1/4 scale, both sides >= 64
+
+
+def test_sample_split_is_exact_on_few_big_shards(tmp_path, caplog):
+    root = make_shards(tmp_path / "few", [13, 13, 8])
+    with caplog.at_level(logging.WARNING, logger="mmfm.data"):
+        build_loader(str(root), Proc(), batch_size=2, workers=2, train=True, world=(0, 1), data_cfg=cfg())
+    assert "uneven shares" in caplog.text and "data.split=sample" in caplog.text
+    b = build_loader(str(root), Proc(), batch_size=2, workers=2, train=True, world=(0, 1),
+                     data_cfg=cfg(split="sample"))
+    keys = keys_of(b)
+    assert len(keys) == 32 and len(set(keys)) == 32       # 17 batches -> 16 (whole rounds), no repeats
