@@ -17,6 +17,7 @@ _EXPORTS = {
     "save_pretrained": "loading", "write_pretrained": "loading", "export_pretrained": "loading",
     "load_pretrained": "loading", "load_weights": "loading", "resolve_checkpoint": "loading",
     "read_checkpoint_config": "loading", "CheckpointMismatchError": "loading",
+    "load_model_and_transforms": "loading",
 }
 
 __all__ = sorted(_EXPORTS)

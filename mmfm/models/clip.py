@@ -51,6 +51,13 @@ class ClipApiMixin:
     Needs ``.preprocess`` (timm data config), ``.tokenizer`` and ``.logit_scale`` on the host module.
     """
 
+    def image_transform(self, train: bool = False):
+        """A callable PIL RGB image -> normalised tensor, from this model's ``.preprocess`` (timm data config)."""
+        if not train:
+            return eval_transform(self.preprocess)
+        from mmfm.data.transforms import build_transform
+        return build_transform(self.preprocess, train=True)
+
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 

@@ -23,7 +23,8 @@ from mmfm.config import ConfigError, ExperimentConfig, from_dict, read_yaml, sav
 from mmfm.config.model import ModelConfig
 
 __all__ = ["CheckpointMismatchError", "save_pretrained", "write_pretrained", "export_pretrained", "load_pretrained",
-           "load_weights", "resolve_checkpoint", "read_checkpoint_config", "state_dict_to_save"]
+           "load_weights", "resolve_checkpoint", "read_checkpoint_config", "state_dict_to_save",
+           "load_model_and_transforms"]
 
 WEIGHTS, CONFIG_YAML, META, EXPORT_CONFIG = "model.safetensors", "config.yaml", "meta.json", "config.json"
 EXPORT_FORMAT = "mmfm-export/1"
@@ -263,3 +264,13 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu")
         model.checkpoint_path = str(d)
         model.checkpoint_meta = meta
     return model.to(device).eval()
+
+
+def load_model_and_transforms(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """``(model, eval_transform, tokenizer)``, the open_clip-style triple, for scripts."""
+    model = load_pretrained(path, device=device)
+    transform = model.image_transform(False) if hasattr(model, "image_transform") else None
+    if transform is None:
+        from .clip import eval_transform
+        transform = eval_transform(model.preprocess)
+    return model, transform, getattr(model, "tokenizer", None)

@@ -59,6 +59,12 @@ def test_export_writes_safetensors_and_config_json_and_loads_back_identically(ti
     assert cfg["preprocess"] == tiny_model.preprocess and cfg["tokenizer"] == "openclip-bpe"
     back = load_pretrained(out)
     _same(_outputs(tiny_model), _outputs(back))
+    from PIL import Image
+    from mmfm.models import load_model_and_transforms
+    model, transform, tokenizer = load_model_and_transforms(out)
+    pixels = transform(Image.new("RGB", (64, 48), "red"))
+    assert pixels.shape == (3, 32, 32) and tokenizer.name == "openclip-bpe"
+    assert torch.allclose(model.encode_image(pixels[None]), back.encode_image(pixels[None]))
     # a checkpoint dir exports too (path in, folder out)
     save_pretrained(tiny_model, None, tmp_path / "ckpt")
     export_pretrained(tmp_path / "ckpt", tmp_path / "export2")
