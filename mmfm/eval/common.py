@@ -86,6 +86,34 @@ def eval_transform(model):
     return build_transform(model.preprocess, train=False)
 
 
+class DeviceNormalize:
+    """``ToTensor`` + ``Normalize`` applied to a uint8 batch on the model's device (same float32 ops, so
+    bit-identical), letting loader workers ship 4x smaller uint8 images."""
+
+    def __init__(self, mean, std):
+        import torch
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __call__(self, x):
+        x = x.float().div_(255)
+        return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
+
+
+def split_transform(transform, device):
+    """``(worker_transform, finish)``: on CUDA, when the transform ends in ToTensor + Normalize, workers
+    stop at a uint8 tensor and ``finish`` scales/normalises the batch on the GPU; otherwise identity."""
+    import torch
+    from torchvision import transforms as T
+    ops = getattr(transform, "transforms", None)
+    if torch.device(device).type != "cuda" or not ops or len(ops) < 2:
+        return transform, None
+    to_tensor, norm = ops[-2], ops[-1]
+    if not isinstance(norm, T.Normalize) or type(to_tensor).__name__ not in ("ToTensor", "MaybeToTensor"):
+        return transform, None
+    return T.Compose(list(ops[:-2]) + [T.PILToTensor()]), DeviceNormalize(norm.mean, norm.std)
+
+
 def encode_texts(model, texts: list[str], *, batch_size: int = 256, precision: str = "auto",
                  progress: bool = False, desc: str = "texts"):
     """L2-normalised text embeddings (N, D), float32 on the CPU."""

@@ -45,7 +45,7 @@ class FolderSpec:
 
     def describe(self) -> dict:
         return {"folder": self.root, "layout": "class-subfolders" if self.labelled else "flat",
-                "n_images": len(self.paths), "n_classes": len(self.classes), "n_skipped": len(self.skipped)}
+                "n_image_files": len(self.paths), "n_classes": len(self.classes), "n_skipped": len(self.skipped)}
 
 
 def tidy_classname(name: str) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from mmfm.config import ConfigError
 
 from .common import (autocast, cache_dir, checkpoint_identity, default_workers, effective_precision,
-                     encode_texts, eval_transform, load_clip, logit_scale, model_device)
+                     encode_texts, eval_transform, load_clip, logit_scale, model_device, split_transform)
 from .folder import DEFAULT_MAX_PIXELS, FolderDataset, FolderSpec, collate_skipping, scan_folder
 from .templates import build_prompts, load_templates
 
@@ -83,30 +83,47 @@ def _save_classifier(path, weights, model_id, classnames, templates) -> None:
 
 
 # ----------------------------------------------------------------------------- images
-def encode_folder(model, spec: FolderSpec, *, batch_size: int = 64, workers: int | None = None,
-                  precision: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True):
-    """Image embeddings for every file of ``spec`` that decodes: ``(features (N, D), indices, failed)``."""
-    import torch
+def folder_loader(model, spec: FolderSpec, *, batch_size: int = 64, workers: int | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS):
+    """``(DataLoader, finish)`` over ``spec``; ``finish`` (or None) completes preprocessing on the device."""
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
     device = model_device(model)
     workers = default_workers(device) if workers is None else workers
-    ds = FolderDataset(spec, eval_transform(model), max_pixels)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_skipping, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    transform, finish = split_transform(eval_transform(model), device)
+    loader = DataLoader(FolderDataset(spec, transform, max_pixels), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=collate_skipping, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers else None)
+    return loader, finish
+
+
+def encode_batches(model, batches, finish=None, *, precision: str = "auto", progress: bool = True,
+                   total: int | None = None, root: str = ""):
+    """Image embeddings from ``collate_skipping`` batches: ``(features (N, D), indices, failed)``."""
+    import torch
+    from tqdm.auto import tqdm
+    device = model_device(model)
     feats, indices, failed = [], [], []
     with torch.inference_mode(), autocast(device, precision):
-        for batch in tqdm(loader, desc="zero-shot", unit="batch", disable=not progress):
+        for batch in tqdm(batches, desc="zero-shot", unit="batch", total=total, disable=not progress):
             failed += batch["failed"]
             if batch["image"] is None:
                 continue
             img = batch["image"].to(device, non_blocking=True)
+            if finish is not None:
+                img = finish(img)
             feats.append(model.encode_image(img, normalize=True).float().cpu())
             indices += batch["index"]
     if not feats:
-        raise ConfigError(f"no image in {spec.root} could be decoded ({len(failed)} failed)")
+        raise ConfigError(f"no image in {root} could be decoded ({len(failed)} failed)")
     return torch.cat(feats), indices, failed
+
+
+def encode_folder(model, spec: FolderSpec, *, batch_size: int = 64, workers: int | None = None,
+                  precision: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True):
+    """Image embeddings for every file of ``spec`` that decodes: ``(features (N, D), indices, failed)``."""
+    loader, finish = folder_loader(model, spec, batch_size=batch_size, workers=workers, max_pixels=max_pixels)
+    return encode_batches(model, loader, finish, precision=precision, progress=progress, total=len(loader),
+                          root=spec.root)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -161,11 +178,13 @@ def zeroshot_classify(model, folder: str | FolderSpec, *, classnames_file: str |
     tmpl_name, tmpl = load_templates(templates)
     try:
         model_id = checkpoint_identity(ckpt) if use_cache else None
+        loader, finish = folder_loader(model, spec, batch_size=batch_size, workers=workers, max_pixels=max_pixels)
+        batches = iter(loader)        # loader workers start decoding while the text classifier is built
         weights = build_classifier(model, spec.classnames, tmpl, precision=precision, cache=cache,
                                    model_id=model_id, progress=progress)
         t_text = time.perf_counter()
-        feats, indices, failed = encode_folder(model, spec, batch_size=batch_size, workers=workers,
-                                               precision=precision, max_pixels=max_pixels, progress=progress)
+        feats, indices, failed = encode_batches(model, batches, finish, precision=precision, progress=progress,
+                                                total=len(loader), root=spec.root)
     finally:
         model.train(was_training)
     t_img = time.perf_counter() - t_text
