@@ -267,6 +267,7 @@ class Captioner(nn.Module):
                 attention_mask: torch.Tensor | None = None, image_tokens: torch.Tensor | None = None) -> dict:
         if image_tokens is None:
             image_tokens = self.image_tokens(image)
+        image_tokens = image_tokens.contiguous()        # some decoders (GPT-2's Conv1D) need a view
         out = self.decoder(input_ids=text_ids, attention_mask=attention_mask, encoder_hidden_states=image_tokens,
                            use_cache=False)
         return {"logits": out.logits, "image_tokens": image_tokens}
@@ -304,6 +305,7 @@ class Captioner(nn.Module):
 
         if image_tokens is None:
             image_tokens = self.image_tokens(image)
+        image_tokens = image_tokens.contiguous()
         rows = [self.sequence(p, None)[0] for p in prefix_ids]
         if len(rows) != image_tokens.shape[0]:
             raise ValueError(f"{image_tokens.shape[0]} images but {len(rows)} prompts")
