@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=None, help="evaluate an even subsample of N images")
     p.add_argument("--max-pixels", type=int, default=89_478_485,
                    help="decode guard: larger JPEGs decode at reduced scale, other formats are skipped")
+    p.add_argument("--fast-decode", action="store_true",
+                   help="decode large JPEGs at reduced DCT scale (faster; pixels differ slightly from a full decode)")
     p.add_argument("--cache-dir", default=None, help="text-classifier cache (default: $MMFM_CACHE or ~/.cache/mmfm)")
     p.add_argument("--no-cache", action="store_true", help="always recompute the text classifier")
     p.add_argument("--no-thumbnails", action="store_true", help="HTML report without embedded thumbnails")
@@ -54,7 +56,7 @@ def main(argv: list[str]) -> int:
     res = zeroshot_classify(args.model, spec, templates=args.templates, batch_size=args.batch_size,
                             workers=args.workers, device=args.device, precision=args.precision, topk=args.topk,
                             cache=args.cache_dir, use_cache=not args.no_cache, max_pixels=args.max_pixels,
-                            progress=not args.quiet)
+                            fast_decode=args.fast_decode, progress=not args.quiet)
     if args.out:
         write_predictions(res, args.out)
     if args.report:

@@ -84,13 +84,17 @@ def _save_classifier(path, weights, model_id, classnames, templates) -> None:
 
 # ----------------------------------------------------------------------------- images
 def folder_loader(model, spec: FolderSpec, *, batch_size: int = 64, workers: int | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS):
+                  max_pixels: int = DEFAULT_MAX_PIXELS, fast_decode: bool = False):
     """``(DataLoader, finish)`` over ``spec``; ``finish`` (or None) completes preprocessing on the device."""
     from torch.utils.data import DataLoader
     device = model_device(model)
     workers = default_workers(device) if workers is None else workers
     transform, finish = split_transform(eval_transform(model), device)
-    loader = DataLoader(FolderDataset(spec, transform, max_pixels), batch_size=batch_size, shuffle=False,
+    draft = None
+    if fast_decode:
+        from mmfm.data.transforms import decode_size
+        draft = decode_size(model.preprocess, train=False)
+    loader = DataLoader(FolderDataset(spec, transform, max_pixels, draft), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=collate_skipping, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
     return loader, finish
@@ -165,7 +169,7 @@ def zeroshot_classify(model, folder: str | FolderSpec, *, classnames_file: str |
                       batch_size: int = 64, workers: int | None = None, device: str | None = None,
                       precision: str = "auto", topk: int = 5, cache: str | None = None, use_cache: bool = True,
                       max_pixels: int = DEFAULT_MAX_PIXELS, max_samples: int | None = None,
-                      progress: bool = True) -> ZeroShotResult:
+                      fast_decode: bool = False, progress: bool = True) -> ZeroShotResult:
     """Classify every image of ``folder`` (see ``mmfm.eval.folder``) with a CLIP ``model``
     (an nn.Module from ``mmfm.load`` or a checkpoint spec string)."""
     import torch
@@ -178,7 +182,8 @@ def zeroshot_classify(model, folder: str | FolderSpec, *, classnames_file: str |
     tmpl_name, tmpl = load_templates(templates)
     try:
         model_id = checkpoint_identity(ckpt) if use_cache else None
-        loader, finish = folder_loader(model, spec, batch_size=batch_size, workers=workers, max_pixels=max_pixels)
+        loader, finish = folder_loader(model, spec, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                                       fast_decode=fast_decode)
         batches = iter(loader)        # loader workers start decoding while the text classifier is built
         weights = build_classifier(model, spec.classnames, tmpl, precision=precision, cache=cache,
                                    model_id=model_id, progress=progress)
@@ -193,6 +198,7 @@ def zeroshot_classify(model, folder: str | FolderSpec, *, classnames_file: str |
     targets = np.asarray([spec.targets[i] for i in indices], dtype=np.int64)
     res = _assemble(spec, logits, probs, indices, failed, targets, topk)
     res.metrics.update(_provenance(model, ckpt, spec, tmpl_name, tmpl, precision, len(indices), len(failed)))
+    res.metrics["decode"] = "jpeg-draft" if fast_decode else "full"
     res.metrics["timing"] = {"total_s": round(time.perf_counter() - t0, 3), "images_s": round(t_img, 3),
                              "images_per_s": round(len(indices) / max(t_img, 1e-9), 2)}
     return res

@@ -131,3 +131,24 @@ def test_templates_builtin_file_and_errors(tmp_path):
 
 def test_tidy_classname():
     assert tidy_classname("  great_white__shark ") == "great white shark"
+
+
+def test_fast_decode_draft_keeps_short_side_and_is_opt_in(tmp_path):
+    big = _img(tmp_path / "p.jpg", size=(1000, 760))
+    assert decode_image(str(big)).size == (1000, 760)
+    assert decode_image(str(big), draft_size=224).size == (500, 380)   # 1/2 scale; 1/4 would go below 224
+    assert decode_image(str(big), draft_size=400).size == (1000, 760)  # short side < 2x: full decode
+
+
+def test_uint8_worker_transform_plus_device_normalize_is_bit_identical():
+    import torch
+
+    from mmfm.data.transforms import build_transform
+    from mmfm.eval.common import split_transform
+    tf = build_transform({"input_size": (3, 32, 32), "crop_pct": 0.9}, train=False)
+    g = torch.Generator().manual_seed(0)
+    img = Image.fromarray((torch.rand(50, 70, 3, generator=g) * 255).byte().numpy())
+    worker, finish = split_transform(tf, "cuda")             # the CUDA split, evaluated here on CPU tensors
+    assert finish is not None and worker(img).dtype == torch.uint8
+    assert torch.equal(finish(worker(img)[None])[0], tf(img))
+    assert split_transform(tf, "cpu") == (tf, None)
