@@ -25,6 +25,7 @@ def _build_parser(sub) -> None:
                        "defaults, --recipe, the flags below, then --set key=value.")
     p.add_argument("input", nargs="?", help="image folder (ROOT/CLASS/IMG), .csv/.tsv/.jsonl/.parquet, "
                    "COCO captions or VQA .json, or emoji-test.txt")
+    p.add_argument("-i", "--input", dest="input_flag", metavar="INPUT", help="the input, as a flag (same as INPUT)")
     p.add_argument("-o", "--out", required=True, help="output folder for shard-NNNNNN.tar + manifest.json")
     p.add_argument("--recipe", help="data_recipes/NAME/recipe.yaml, its folder, or NAME")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -92,35 +93,60 @@ def _flags_to_dict(args: argparse.Namespace) -> dict:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from mmfm.config import ConfigError
     from mmfm.data.shards.build import build
     from mmfm.data.shards.recipes import resolve_options
 
+    if args.input_flag:
+        if args.input and args.input != args.input_flag:
+            raise ConfigError(f"give the input once: {args.input!r} and --input {args.input_flag!r}")
+        args.input = args.input_flag
     opts = resolve_options(args.recipe, args.overrides, _flags_to_dict(args))
     manifests = build(opts, args.out, resume=args.resume, overwrite=args.overwrite,
                       progress=not args.no_progress)
     for split, m in manifests.items():
         fails = m["failures"]
         where = f"{args.out}/{split}" if split else args.out
-        b = m["build"]
         print(f"{where}: {m['total_samples']} samples in {len(m['shards'])} shards "
-              f"({b['samples_this_run']} this run, {b['images_per_s'] or 0:.0f} images/s); "
-              f"skipped {sum(fails.values())}" + (f" {dict(sorted(fails.items()))}" if fails else ""))
+              f"({m['build']['samples_this_run']} written this run); skipped {sum(fails.values())}"
+              + (f" {dict(sorted(fails.items()))}" if fails else ""))
+    b = next(iter(manifests.values()))["build"]
+    print(f"{b['seconds']:.1f}s, {b['images_per_s'] or 0:.0f} images/s")
     return 0
 
 
+def _expand(path: str) -> list[str]:
+    """A build with --holdout has OUT/train and OUT/heldout: inspect each."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir() and not (p / "manifest.json").exists() and not any(p.glob("*.tar")):
+        subs = sorted(str(d) for d in p.iterdir() if (d / "manifest.json").is_file())
+        if subs:
+            return subs
+    return [path]
+
+
 def run_inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mmfm.data.shards.inspect import contact_sheet, summary, verify
 
-    print(summary(args.path))
     status = 0
-    if args.verify:
-        problems = verify(args.path, decode=args.decode, progress=not args.no_progress and sys.stderr.isatty())
-        for tar, problem in problems:
-            print(f"CORRUPT {tar}: {problem}", file=sys.stderr)
-        print(f"verify: {'FAILED, ' + str(len(problems)) + ' corrupt shard(s)' if problems else 'all shards OK'}")
-        status = 1 if problems else 0
-    if args.sheet:
-        print(f"contact sheet: {contact_sheet(args.path, args.sheet, n=args.n)}")
+    paths = _expand(args.path)
+    for path in paths:
+        print(summary(path))
+        if args.verify:
+            problems = verify(path, decode=args.decode, progress=not args.no_progress and sys.stderr.isatty())
+            for tar, problem in problems:
+                print(f"CORRUPT {tar}: {problem}", file=sys.stderr)
+            print(f"verify: {'FAILED, ' + str(len(problems)) + ' corrupt shard(s)' if problems else 'all shards OK'}")
+            status = max(status, 1 if problems else 0)
+        if args.sheet:
+            sheet = Path(args.sheet)
+            if len(paths) > 1:
+                sheet = sheet.with_name(f"{sheet.stem}_{Path(path).name}{sheet.suffix}")
+            print(f"contact sheet: {contact_sheet(path, sheet, n=args.n)}")
     return status
 
 

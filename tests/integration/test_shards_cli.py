@@ -78,3 +78,15 @@ def test_build_errors_are_clear(tmp_path, capsys):
     assert main(["shards", "build", "--recipe", "image_folder", "--out", str(tmp_path / "o"),
                  "--set", "image.sise=3"]) == 2
     assert "Did you mean 'size'" in capsys.readouterr().err
+
+
+def test_inspect_holdout_root_inspects_both_splits(tmp_path, repo_root, capsys):
+    fixture = str(repo_root / "data_recipes/noto_emoji/fixture/emoji-test.txt")
+    out = tmp_path / "emoji"
+    assert main(["shards", "build", "--recipe", "noto_emoji", "--input", fixture, "--out", str(out),
+                 "--size", "24", "--holdout", "0.3", "--workers", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["shards", "inspect", str(out), "--verify", "--no-progress", "--sheet", str(tmp_path / "s.png")]) == 0
+    text = capsys.readouterr().out
+    assert "split: train" in text and "split: heldout" in text and "classes: 9" in text
+    assert (tmp_path / "s_train.png").is_file() and (tmp_path / "s_heldout.png").is_file()

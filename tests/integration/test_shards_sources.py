@@ -151,3 +151,11 @@ def test_existing_output_needs_resume_or_overwrite(tmp_path):
     m = build(resolve_options("image_folder", ["workers=0", "image.size=24"]), tmp_path / "out", overwrite=True,
               progress=False)[""]
     assert m["total_samples"] == 6 and m["args"]["image"]["size"] == 24
+
+
+def test_resume_refuses_folders_it_did_not_build(tmp_path):
+    from mmfm.data.shards import write_shards
+    write_shards([{"__key__": "a", "txt": "x"}], tmp_path / "out")
+    with pytest.raises(ConfigError, match="not written by `mmfm shards build`"):
+        build(resolve_options("image_folder", ["workers=0"]), tmp_path / "out", resume=True, progress=False)
+    assert (tmp_path / "out" / "shard-000000.tar").is_file()      # nothing was deleted

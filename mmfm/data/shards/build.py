@@ -76,7 +76,14 @@ def _shard_number(name: str) -> int:
 def _split_of(item: dict, opts: BuildOptions, names: list[str]) -> int:
     if len(names) == 1:
         return 0
-    value = item.get("meta", {}).get(opts.holdout_by) if opts.holdout_by else item.get("split_key")
+    if opts.holdout_by:
+        meta = item.get("meta", {})
+        if opts.holdout_by not in meta and not item.get("error"):
+            raise ConfigError(f"holdout_by: the source has no field '{opts.holdout_by}' "
+                              f"(fields: {', '.join(sorted(meta)) or 'none'})")
+        value = meta.get(opts.holdout_by)
+    else:
+        value = item.get("split_key")
     h = hashlib.sha1(f"{opts.holdout_seed}:{value}".encode("utf-8", "surrogatepass")).digest()
     return 1 if int.from_bytes(h[:8], "big") / 2**64 < opts.holdout else 0
 
@@ -107,6 +114,9 @@ def _prepare_out(out: Path, splits: list[Split], opts: BuildOptions, resume: boo
     args_path = out / BUILD_ARGS
     has_output = args_path.exists() or any(any(s.folder.glob("shard-*")) or (s.folder / MANIFEST).exists()
                                            for s in splits)
+    if resume and not args_path.exists() and has_output:
+        raise ConfigError(f"--resume: {out} has shards but no {BUILD_ARGS}, so it was not written by "
+                          "`mmfm shards build`; nothing to resume (use --overwrite or another --out)")
     if resume and args_path.exists():
         before = json.loads(args_path.read_text(encoding="utf-8"))
         changed = _diff(before, _fingerprint(opts))
@@ -205,8 +215,9 @@ def build(opts: BuildOptions, out_dir: str | os.PathLike, *, resume: bool = Fals
 
     t0, written = time.monotonic(), Counter()
     bar = _progress(source.total, restart, progress)
+    results = _results(opts, _chunks(tagged(), CHUNK))
     try:
-        for res in _results(opts, _chunks(tagged(), CHUNK)):
+        for res in results:
             index, status = res[0], res[1]
             split = splits[split_of.pop(index)]
             if status == "ok" and opts.dedup:
@@ -231,6 +242,7 @@ def build(opts: BuildOptions, out_dir: str | os.PathLike, *, resume: bool = Fals
             s.sink.abort()
         raise
     finally:
+        results.close()   # stops the worker pool at once on errors and Ctrl-C
         bar.close()
     seconds = time.monotonic() - t0
     rate = sum(written.values()) / seconds if seconds > 0 else None
