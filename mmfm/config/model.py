@@ -26,6 +26,8 @@ class VisionConfig:
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None     # local weights file (safetensors / .pth); None = random init
     image_size: int | None = None     # overrides timm's default input size
+    preprocess: dict[str, Any] = field(default_factory=dict)   # overrides timm's data config: mean, std,
+                                      # crop_pct, interpolation, ... and train keys (scale, ratio, hflip, ...)
     lock: bool = False                # freeze the tower (LiT)
     unlock_last_groups: int = 0       # with lock: unfreeze the last N blocks
     grad_checkpointing: bool = False

@@ -62,7 +62,8 @@ def _build_clip(cfg: ModelConfig, init_weights: bool) -> nn.Module:
     tokenizer = build_text_tokenizer(cfg)
     _check_token_ids(cfg, tokenizer)
     v, t = cfg.vision, cfg.text
-    visual = TimmVisionTower(v.timm_model, v.timm_kwargs, v.pretrained if init_weights else None, v.image_size)
+    visual = TimmVisionTower(v.timm_model, v.timm_kwargs, v.pretrained if init_weights else None, v.image_size,
+                             v.preprocess)
     if t.type == "hf":
         text = HFTextTower(t.hf_path, cfg.embed_dim, t.pooling, load_weights=init_weights)
     else:

@@ -70,7 +70,7 @@ class TimmVisionTower(nn.Module):
     ``forward_tokens(image) -> (B, N, width)``. ``.preprocess`` is timm's resolved data config."""
 
     def __init__(self, timm_model: str, timm_kwargs: dict | None = None, pretrained: str | None = None,
-                 image_size: int | None = None):
+                 image_size: int | None = None, preprocess: dict | None = None):
         super().__init__()
         from timm.data import resolve_data_config
 
@@ -80,7 +80,9 @@ class TimmVisionTower(nn.Module):
         if image_size is not None:
             cfg["input_size"] = (3, int(image_size), int(image_size))
         keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-        self.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in keys}
+        cfg = {k: v for k, v in cfg.items() if k in keys}
+        cfg.update(preprocess or {})            # user overrides (validated by mmfm.data.transforms)
+        self.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.trunk(image)

@@ -154,6 +154,10 @@ def test_vision_tower_tokens_and_local_pretrained_weights(tmp_path):
     loaded = TimmVisionTower("vit_tiny_patch16_224", kwargs, pretrained=str(tmp_path / "w.safetensors"), image_size=32)
     for k, v in tower.trunk.state_dict().items():
         assert torch.equal(v, loaded.trunk.state_dict()[k]), k
+    clip_style = TimmVisionTower("vit_tiny_patch16_224", kwargs, image_size=32,
+                                 preprocess={"crop_pct": 1.0, "mean": [0.1, 0.2, 0.3], "scale": [0.5, 1.0]})
+    assert clip_style.preprocess["crop_pct"] == 1.0 and clip_style.preprocess["mean"] == [0.1, 0.2, 0.3]
+    assert clip_style.preprocess["input_size"] == [3, 32, 32] and clip_style.preprocess["scale"] == [0.5, 1.0]
     cnn = TimmVisionTower("resnet18", {}, image_size=64)
     assert cnn.preprocess["input_size"] == [3, 64, 64]
     assert cnn.forward_tokens(torch.randn(1, 3, 64, 64)).shape == (1, 4, 512)
