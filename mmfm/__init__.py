@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 def load(checkpoint, device="cpu"):
     """Load an mmfm checkpoint (or exported folder): returns a model with ``.preprocess`` and ``.tokenizer``.
 
-    See ``mmfm.models.checkpoint.load_pretrained``.
+    Accepts a checkpoint dir, a run dir, an exported folder, or ``openclip:NAME[:FILE]``; see ``mmfm.models.loading.load_pretrained``.
     """
     from mmfm.models.loading import load_pretrained
     return load_pretrained(checkpoint, device=device)
