@@ -248,3 +248,62 @@ def rank_answers(model, images: torch.Tensor, questions: Sequence[str], candidat
                   for c, t, m in zip(candidates[qi], total, mean)]
         out.append(sorted(scored, key=lambda d: -d["logprob"]))
     return out
+
+
+# ---------------------------------------------------------------- command-line settings
+_PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "generate")
+
+
+def add_generate_args(p) -> None:
+    """Decoding flags shared by ``mmfm caption``, ``mmfm vqa`` and ``mmfm eval``; unset flags keep the
+    checkpoint's stored settings."""
+    g = p.add_argument_group("decoding (default: the settings stored with the checkpoint)")
+    g.add_argument("--preset", metavar="NAME|YAML", help="a decoding preset: greedy, beam, sample, alt_text, "
+                   "or a YAML file with generate settings (configs/generate/)")
+    g.add_argument("--num-beams", type=int)
+    g.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy/beam")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--min-new-tokens", type=int)
+    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("--no-repeat-ngram-size", type=int)
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--length-penalty", type=float)
+    g.add_argument("--no-cache", action="store_true", help="decode without the KV cache (slower; for checks)")
+    g.add_argument("--prompt", help="decoder prompt (default: the one the model was trained with)")
+    g.add_argument("--seed", type=int, help="seed for --do-sample")
+    g.add_argument("--batch-size", type=int)
+
+
+def load_preset(spec: str) -> dict:
+    from mmfm.config import read_yaml
+
+    path = spec if spec.endswith((".yaml", ".yml")) else os.path.join(_PRESET_DIR, f"{spec}.yaml")
+    if not os.path.isfile(path):
+        known = sorted(f[:-5] for f in os.listdir(_PRESET_DIR) if f.endswith(".yaml")) if os.path.isdir(
+            _PRESET_DIR) else []
+        raise ConfigError(f"--preset: no decoding preset '{spec}' (known: {', '.join(known) or 'none'})")
+    data = read_yaml(path)
+    return data.get("generate", data)
+
+
+def generate_config_from_args(base: GenerateConfig, args) -> GenerateConfig:
+    """The checkpoint's settings, then a preset, then explicit flags; validated."""
+    from mmfm.config import from_dict, to_dict
+
+    data = to_dict(base)
+    if getattr(args, "preset", None):
+        preset = load_preset(args.preset)
+        data = {**data, **{k: v for k, v in preset.items() if k != "alt_text"},
+                "alt_text": {**data["alt_text"], **(preset.get("alt_text") or {})}}
+    for field in ("num_beams", "do_sample", "temperature", "top_p", "top_k", "min_new_tokens", "max_new_tokens",
+                  "no_repeat_ngram_size", "repetition_penalty", "length_penalty", "prompt", "seed", "batch_size"):
+        value = getattr(args, field, None)
+        if value is not None:
+            data[field] = value
+    if getattr(args, "no_cache", False):
+        data["use_cache"] = False
+    if data["min_new_tokens"] > data["max_new_tokens"]:
+        data["min_new_tokens"] = min(data["min_new_tokens"], data["max_new_tokens"])
+    return from_dict(GenerateConfig, data, prefix="generate")

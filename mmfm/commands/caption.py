@@ -1,0 +1,110 @@
+"""``mmfm caption``: alt text for images with a captioner checkpoint (JSONL + an HTML page of thumbnails)."""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mmfm.generate import add_generate_args
+
+    p = argparse.ArgumentParser(
+        prog="mmfm caption",
+        description="Write alt text for images: one JSON line per image ({image, alt_text, caption, error}). "
+                    "An image that fails to decode gets an error line; the others still get captions.",
+        epilog="example: mmfm caption --model runs/cap photos/ --out alt.jsonl --html alt.html --preset alt_text",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--model", required=True, help="captioner checkpoint dir, run dir or exported folder")
+    p.add_argument("--out", required=True, help="output JSONL file")
+    p.add_argument("--html", metavar="PAGE", help="also write an HTML page with thumbnails beside the alt text")
+    p.add_argument("--raw", action="store_true", help="no alt-text post-processing (alt_text = raw caption)")
+    p.add_argument("--keep-prefix", action="store_true", help='keep "an image of ..." prefixes')
+    p.add_argument("--max-chars", type=int, help="alt-text length limit (0 = none; default from the checkpoint)")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_generate_args(p)
+    return p
+
+
+def collect_images(inputs: list[str]) -> list[str]:
+    """Files as given (decode errors are reported later, per image); folders expanded to their images."""
+    from mmfm.config import ConfigError
+    from mmfm.eval.folder import _is_image, _walk_files
+
+    out: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in _walk_files(p) if _is_image(f.name))
+            if not found:
+                print(f"mmfm caption: warning: no images in folder {p}", file=sys.stderr)
+            out.extend(found)
+        elif p.exists():
+            out.append(str(p))
+        else:
+            raise ConfigError(f"no such file or folder: {item}")
+    if not out:
+        raise ConfigError("no images to caption")
+    return out
+
+
+def write_jsonl(rows: list[dict], path: str) -> None:
+    from mmfm.config import atomic_write_text
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def render_html(rows: list[dict], title: str, settings: dict) -> str:
+    from mmfm.eval.report import thumbnail_data_uri
+
+    cards = []
+    for r in rows:
+        uri = thumbnail_data_uri(r["image"], 200) if not r["error"] else None
+        img = f'<img src="{uri}" alt="{html.escape(r["alt_text"] or "", quote=True)}">' if uri else \
+            '<div class="noimg">no preview</div>'
+        body = (f'<p class="alt">{html.escape(r["alt_text"])}</p><p class="raw">raw: {html.escape(r["caption"])}</p>'
+                if not r["error"] else f'<p class="err">failed: {html.escape(r["error"])}</p>')
+        cards.append(f'<div class="card">{img}<div><p class="name">{html.escape(os.path.basename(r["image"]))}</p>'
+                     f'{body}</div></div>')
+    ok = sum(1 for r in rows if not r["error"])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
+body{{font-family:system-ui,sans-serif;margin:2em;background:#fafafa}} .card{{display:flex;gap:1em;align-items:center;
+background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6em;margin:.5em 0}} img{{max-width:200px;
+max-height:200px}} .noimg{{width:200px;height:80px;background:#eee;display:flex;align-items:center;
+justify-content:center;color:#888}} .alt{{font-size:1.15em;margin:.2em 0}} .raw,.name{{color:#777;margin:.2em 0;
+font-size:.85em}} .err{{color:#b00}} code{{font-size:.8em}}</style></head><body>
+<h1>{html.escape(title)}</h1><p>{ok} of {len(rows)} images captioned. Decoding: <code>{html.escape(json.dumps(settings))}</code></p>
+{''.join(cards)}</body></html>"""
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    import dataclasses
+
+    from mmfm.config import atomic_write_text
+    from mmfm.eval.common import resolve_device
+    from mmfm.generate import caption_images, generate_config_from_args, load_captioner, settings_dict
+
+    paths = collect_images(args.images)
+    model, stored = load_captioner(args.model, device=resolve_device(args.device))
+    gen = generate_config_from_args(stored, args)
+    alt = gen.alt_text
+    if args.keep_prefix:
+        alt = dataclasses.replace(alt, strip_prefix=False)
+    if args.max_chars is not None:
+        alt = dataclasses.replace(alt, max_chars=args.max_chars)
+    gen = dataclasses.replace(gen, alt_text=alt)
+    rows = caption_images(model, paths, gen, alt_text=not args.raw, progress=not args.quiet)
+    write_jsonl(rows, args.out)
+    if args.html:
+        atomic_write_text(args.html, render_html(rows, f"Alt text by {args.model}", settings_dict(gen, model)))
+    failed = [r for r in rows if r["error"]]
+    for r in failed:
+        print(f"mmfm caption: {r['image']}: {r['error']}", file=sys.stderr)
+    print(f"captioned {len(rows) - len(failed)} of {len(rows)} images -> {args.out}"
+          + (f" and {args.html}" if args.html else "") + (f"; {len(failed)} failed" if failed else ""))
+    return 0 if len(failed) < len(rows) else 1
