@@ -1,0 +1,48 @@
+"""``mmfm export``: write a checkpoint as safetensors, ONNX graphs, an open_clip/transformers folder, or int8."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mmfm export",
+        description="Export a checkpoint for another runtime. Every format is written to a temp folder and renamed "
+                    "into place, and checked right after writing (ONNX: onnxruntime vs PyTorch; hf: the target "
+                    "library's outputs vs mmfm's).",
+        epilog="formats:\n"
+               "  safetensors  model.safetensors + config.json (mmfm.load reads it)\n"
+               "  onnx         CLIP: image_encoder.onnx + text_encoder.onnx; captioner: vision_encoder.onnx +\n"
+               "               decoder.onnx; onnx_config.json holds preprocessing, tokenizer, parity figures\n"
+               "  hf           open_clip folder (open_clip.create_model_and_transforms('local-dir:OUT')) for CLIP;\n"
+               "               transformers VisionEncoderDecoderModel (or decoder + timm encoder) for captioners\n"
+               "  int8         dynamic int8 Linear layers for CPU inference (mmfm.compress.load_quantized)\n"
+               "example: mmfm export --model runs/clip --format onnx --out exports/clip_onnx",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint dir, run dir, exported folder or openclip:NAME[:FILE]")
+    p.add_argument("--format", required=True, choices=["onnx", "safetensors", "hf", "int8"])
+    p.add_argument("--out", required=True, help="output folder (replaced atomically if it exists)")
+    p.add_argument("--onnx-exporter", default="dynamo", choices=["dynamo", "torchscript"],
+                   help="dynamo: torch.export based (PyTorch's default); torchscript: the legacy tracer, faster")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--atol", type=float, default=1e-4, help="ONNX parity tolerance (max |onnxruntime - torch|)")
+    p.add_argument("--no-check", action="store_true", help="hf: skip loading the folder back with the target library")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from mmfm.export import export
+
+    opts: dict = {}
+    if args.format == "onnx":
+        opts = {"exporter": args.onnx_exporter, "opset": args.opset, "atol": args.atol}
+    elif args.format == "hf":
+        opts = {"check": not args.no_check}
+    info = export(args.model, args.format, args.out, **opts)
+    summary = {k: info.get(k) for k in ("format", "kind", "loader", "portable", "parity", "parity_max_abs_diff",
+                                        "not_covered", "bytes", "quantized_linears", "export_seconds") if k in info}
+    summary["out"] = str(args.out)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0

@@ -1,0 +1,299 @@
+"""Post-training dynamic int8 quantization of Linear layers, for CPU inference of CLIP models and captioners.
+
+``quantize_model(model)`` returns a copy whose ``nn.Linear`` layers (and transformers' GPT-2 ``Conv1D``
+layers, converted to Linear first) are ``torch.ao.nn.quantized.dynamic.Linear``: int8 weights, activations
+quantized on the fly per batch (``torch.ao.quantization.quantize_dynamic``). Embeddings, norms, convolutions
+and the attention in-projections that ``nn.MultiheadAttention`` keeps as raw parameters stay float.
+
+Saved format (``save_quantized``), safe to load (safetensors only, no pickled code)::
+
+    OUT/model.int8.safetensors   float tensors + per quantized Linear: NAME.weight_int8 (int8), NAME.weight_scale,
+                                 NAME.weight_zero_point (and NAME.weight_axis for per-channel), NAME.bias
+    OUT/config.yaml              the source checkpoint's resolved config (rebuilds the float architecture)
+    OUT/meta.json                the source meta + ``quantization`` {method, dtype, modules, converted, ...}
+
+``load_quantized(OUT)`` rebuilds the float model from config.yaml (no weights read), quantizes its structure,
+then fills every tensor from the safetensors file; ``load_model(PATH)`` loads either kind.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmfm.config import ConfigError
+
+__all__ = ["quantize_model", "save_quantized", "load_quantized", "load_model", "is_quantized_dir",
+           "model_size_bytes", "quantized_state_dict", "QUANT_WEIGHTS"]
+
+QUANT_WEIGHTS = "model.int8.safetensors"
+QUANT_FORMAT = "mmfm-int8-dynamic/1"
+
+
+def _quiet():
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.simplefilter("ignore", DeprecationWarning)   # torch.ao.quantization's migration notice
+    warnings.simplefilter("ignore", UserWarning)          # quantized tensor creation notice
+    return ctx
+
+
+def _dynamic_linear_cls():
+    from torch.ao.nn.quantized.dynamic import Linear as DynLinear
+    return DynLinear
+
+
+def convert_conv1d(model: nn.Module) -> list[str]:
+    """Replace transformers' ``Conv1D`` (GPT-2's linear layers, weight stored (in, out)) by equivalent
+    ``nn.Linear`` modules so dynamic quantization reaches them. Returns the converted module names."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return []
+    done = []
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, Conv1D):
+                lin = nn.Linear(child.weight.shape[0], child.weight.shape[1], bias=child.bias is not None)
+                with torch.no_grad():
+                    lin.weight.copy_(child.weight.T)
+                    if child.bias is not None:
+                        lin.bias.copy_(child.bias)
+                setattr(mod, child_name, lin)
+                done.append(f"{name}.{child_name}" if name else child_name)
+    return done
+
+
+def quantize_model(model: nn.Module, dtype: str = "qint8", inplace: bool = False) -> nn.Module:
+    """A CPU copy of ``model`` with dynamic int8 Linear layers (eval mode). Keeps ``.preprocess``,
+    ``.tokenizer``, ``.model_cfg`` and the scripting API; ``model.quantization`` describes what was done."""
+    from torch.ao.quantization import quantize_dynamic
+
+    if dtype != "qint8":
+        raise ConfigError(f"quantization dtype {dtype!r}: only qint8 (dynamic int8) is supported")
+    if getattr(model, "quantization", None):
+        raise ConfigError("this model is already quantized")
+    q = model if inplace else copy.deepcopy(model)
+    q = q.float().cpu().eval()
+    converted = convert_conv1d(q)
+    ctx = _quiet()
+    try:
+        q = quantize_dynamic(q, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    finally:
+        ctx.__exit__(None, None, None)
+    n = sum(isinstance(m, _dynamic_linear_cls()) for m in q.modules())
+    if n == 0:
+        raise ConfigError(f"{type(model).__name__} has no nn.Linear layer to quantize")
+    q.quantization = {"format": QUANT_FORMAT, "method": "torch.ao.quantization.quantize_dynamic",
+                      "dtype": dtype, "modules": ["Linear"], "converted_conv1d": converted,
+                      "quantized_linears": n, "torch_version": torch.__version__}
+    return q
+
+
+# ----------------------------------------------------------------------------- state dict <-> safetensors
+def quantized_state_dict(q: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain tensors for every weight of a quantized model (int8 weights with their scale / zero point)."""
+    dyn = _dynamic_linear_cls()
+    out: dict[str, torch.Tensor] = {}
+    qnames = {name for name, m in q.named_modules() if isinstance(m, dyn)}
+    for name, m in q.named_modules():
+        if name not in qnames:
+            continue
+        w, b = m._packed_params._weight_bias()
+        out[f"{name}.weight_int8"] = w.int_repr().contiguous()
+        if w.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            out[f"{name}.weight_scale"] = torch.tensor(float(w.q_scale()), dtype=torch.float64)
+            out[f"{name}.weight_zero_point"] = torch.tensor(int(w.q_zero_point()), dtype=torch.int64)
+        else:
+            out[f"{name}.weight_scale"] = w.q_per_channel_scales().to(torch.float64).contiguous()
+            out[f"{name}.weight_zero_point"] = w.q_per_channel_zero_points().to(torch.int64).contiguous()
+            out[f"{name}.weight_axis"] = torch.tensor(int(w.q_per_channel_axis()), dtype=torch.int64)
+        if b is not None:
+            out[f"{name}.bias"] = b.detach().contiguous()
+    seen = set()
+    for key, t in q.state_dict().items():
+        owner = key.rsplit(".", 1)[0]
+        if any(key.startswith(f"{n}.") for n in qnames if owner.startswith(n)):
+            continue                      # packed params / output scale of a quantized Linear: stored above
+        if not isinstance(t, torch.Tensor) or t.is_quantized:
+            continue
+        ptr = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
+        if ptr is not None and ptr in seen:
+            continue                      # tied tensors stored once
+        if ptr is not None:
+            seen.add(ptr)
+        out[key] = t.detach().cpu().contiguous()
+    return out
+
+
+def _restore(q: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    dyn = _dynamic_linear_cls()
+    used = set()
+    problems = []
+    for name, m in q.named_modules():
+        if not isinstance(m, dyn):
+            continue
+        key = f"{name}.weight_int8"
+        if key not in sd:
+            problems.append(f"missing {key}")
+            continue
+        w8, scale, zp = sd[key], sd.get(f"{name}.weight_scale"), sd.get(f"{name}.weight_zero_point")
+        expected = tuple(m._packed_params._weight_bias()[0].shape)
+        if tuple(w8.shape) != expected:
+            problems.append(f"{key}: shape {tuple(w8.shape)} vs model {expected}")
+            continue
+        if f"{name}.weight_axis" in sd:
+            qw = torch._make_per_channel_quantized_tensor(w8, scale.double(), zp.long(), int(sd[f"{name}.weight_axis"]))
+        else:
+            qw = torch._make_per_tensor_quantized_tensor(w8, float(scale), int(zp))
+        m.set_weight_bias(qw, sd.get(f"{name}.bias"))
+        used.update(k for k in (key, f"{name}.weight_scale", f"{name}.weight_zero_point", f"{name}.weight_axis",
+                                f"{name}.bias") if k in sd)
+    rest = {k: v for k, v in sd.items() if k not in used}
+    qnames = [n for n, m in q.named_modules() if isinstance(m, dyn)]
+    own = {k: v for k, v in q.state_dict(keep_vars=True).items()
+           if isinstance(v, torch.Tensor) and not v.is_quantized and not any(k.startswith(f"{n}.") for n in qnames)}
+    unexpected = [k for k in rest if k not in own]
+    shape = [f"{k} {tuple(rest[k].shape)} vs {tuple(own[k].shape)}" for k in rest if k in own
+             and tuple(rest[k].shape) != tuple(own[k].shape)]
+    with torch.no_grad():
+        for k, v in rest.items():
+            if k in own and tuple(v.shape) == tuple(own[k].shape):
+                own[k].copy_(v)
+    missing = [k for k in own if k not in rest and not _tied_alias(q, k, rest)]
+    problems += [f"unexpected {k}" for k in unexpected] + [f"shape {s}" for s in shape]
+    problems += [f"missing {k}" for k in missing]
+    if problems:
+        from mmfm.models.loading import CheckpointMismatchError
+        raise CheckpointMismatchError(f"{source} does not fit the quantized model: " + "; ".join(problems[:20])
+                                      + (f" ... (+{len(problems) - 20} more)" if len(problems) > 20 else ""))
+
+
+def _tied_alias(q: nn.Module, key: str, loaded: dict) -> bool:
+    """A tied tensor stored under another name (e.g. a decoder's output embedding)."""
+    t = q.state_dict().get(key)
+    if t is None or not t.numel():
+        return False
+    sd = q.state_dict()
+    ptr = (t.untyped_storage().data_ptr(), t.storage_offset())
+    return any(k in loaded for k, v in sd.items() if k != key and isinstance(v, torch.Tensor) and v.numel()
+               and not v.is_quantized and (v.untyped_storage().data_ptr(), v.storage_offset()) == ptr)
+
+
+# ----------------------------------------------------------------------------- save / load
+def is_quantized_dir(path: str | os.PathLike) -> bool:
+    p = Path(os.path.expanduser(str(path)))
+    return p.is_dir() and (p / QUANT_WEIGHTS).is_file()
+
+
+def save_quantized(model_or_path, out_dir: str | os.PathLike, dtype: str = "qint8") -> dict:
+    """Quantize a checkpoint (path or loaded model) and save it under ``out_dir`` atomically."""
+    from safetensors.torch import save_file
+
+    from mmfm.config import ExperimentConfig, save_config
+    from mmfm.models.loading import CONFIG_YAML, META, _atomic_dir, _meta_for, read_checkpoint_config
+
+    if isinstance(model_or_path, nn.Module):
+        model, source = model_or_path, getattr(model_or_path, "checkpoint_path", None)
+    else:
+        import mmfm
+        source = str(model_or_path)
+        model = mmfm.load(source)
+    cfg = None
+    if source and not source.startswith("openclip:"):
+        try:
+            cfg = read_checkpoint_config(source)
+        except ConfigError:
+            cfg = None
+    if cfg is None:
+        from mmfm.config.model import ModelConfig
+        mc = getattr(model, "model_cfg", None)
+        if not isinstance(mc, ModelConfig):
+            raise ConfigError(f"int8 export: {type(model).__name__} has no model config to save")
+        cfg = ExperimentConfig(model=mc)
+    q = quantize_model(model, dtype)
+    sd = quantized_state_dict(q)
+    meta = dict(getattr(model, "checkpoint_meta", None) or {})
+    meta.update(_meta_for(model, {"quantization": {**q.quantization, "source": source}}))
+
+    def fill(tmp: Path) -> None:
+        save_file(sd, str(tmp / QUANT_WEIGHTS), metadata={"format": QUANT_FORMAT})
+        save_config(cfg, tmp / CONFIG_YAML)
+        (tmp / META).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+
+    out = _atomic_dir(Path(out_dir), fill)
+    return {**q.quantization, "format": "int8", "out": str(out), "files": sorted(p.name for p in out.iterdir()),
+            "bytes": (out / QUANT_WEIGHTS).stat().st_size}
+
+
+def load_quantized(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
+    """Load a folder written by ``save_quantized``: float architecture from config.yaml, quantized structure,
+    then every tensor from model.int8.safetensors (read with safetensors; nothing is unpickled)."""
+    from safetensors.torch import load_file
+
+    from mmfm.models.loading import CONFIG_YAML, META, _build
+
+    d = Path(os.path.expanduser(str(path)))
+    if not is_quantized_dir(d):
+        raise ConfigError(f"not an int8 checkpoint: {d} (expected {QUANT_WEIGHTS} + {CONFIG_YAML} + {META})")
+    if str(device) != "cpu":
+        raise ConfigError(f"int8 dynamic quantization runs on the CPU only (device={device})")
+    meta = json.loads((d / META).read_text(encoding="utf-8")) if (d / META).is_file() else {}
+    info = meta.get("quantization") or {}
+    if info.get("format") != QUANT_FORMAT:
+        raise ConfigError(f"{d / META}: quantization format {info.get('format')!r}, expected {QUANT_FORMAT}")
+    if not (d / CONFIG_YAML).is_file():
+        raise ConfigError(f"{d}: {CONFIG_YAML} is missing (it rebuilds the architecture)")
+    cfg = read_checkpoint_config_file(d / CONFIG_YAML)
+    float_model = _build(cfg.model)
+    q = quantize_model(float_model, info.get("dtype", "qint8"), inplace=True)
+    try:
+        sd = load_file(str(d / QUANT_WEIGHTS), device="cpu")
+    except Exception as e:  # noqa: BLE001 - truncated / foreign file
+        raise ConfigError(f"cannot read {d / QUANT_WEIGHTS}: {e}") from e
+    _restore(q, sd, str(d / QUANT_WEIGHTS))
+    if meta.get("preprocess"):
+        q.preprocess = dict(meta["preprocess"])
+    q.quantization = info
+    q.checkpoint_path = str(d)
+    q.checkpoint_meta = meta
+    return q.eval()
+
+
+def read_checkpoint_config_file(path: Path):
+    from mmfm.config import ExperimentConfig, from_dict, read_yaml
+    return from_dict(ExperimentConfig, read_yaml(path))
+
+
+def load_model(path, device: str = "cpu") -> nn.Module:
+    """``mmfm.load`` for float checkpoints, ``load_quantized`` for int8 folders."""
+    if not isinstance(path, nn.Module) and is_quantized_dir(path):
+        return load_quantized(path, device)
+    import mmfm
+    return mmfm.load(path, device=device)
+
+
+def model_size_bytes(model_or_path) -> int:
+    """On-disk size of a checkpoint's weights file, or the bytes a model's weights take in safetensors."""
+    if isinstance(model_or_path, nn.Module):
+        m = model_or_path
+        sd = quantized_state_dict(m) if getattr(m, "quantization", None) else m.state_dict()
+        seen, total = set(), 0
+        for t in sd.values():
+            if isinstance(t, torch.Tensor) and not t.is_quantized and t.numel():
+                key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+                if key not in seen:
+                    seen.add(key)
+                    total += t.numel() * t.element_size()
+        return total
+    p = Path(str(model_or_path))
+    for name in (QUANT_WEIGHTS, "model.safetensors"):
+        if (p / name).is_file():
+            return (p / name).stat().st_size
+    from mmfm.models.loading import WEIGHTS, resolve_checkpoint
+    return (resolve_checkpoint(p) / WEIGHTS).stat().st_size

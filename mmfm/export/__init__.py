@@ -1,0 +1,50 @@
+"""Export checkpoints for other runtimes: ``export(model_path, format, out)``.
+
+Formats:
+
+* ``safetensors``: ``model.safetensors`` + ``config.json`` (model config, preprocessing, tokenizer);
+  ``mmfm.load(OUT)`` reads it back identically (``mmfm.models.loading.export_pretrained``).
+* ``onnx``: CLIP image and text towers as two graphs, captioners as vision encoder + decoder; each
+  graph is checked against PyTorch in onnxruntime right after export (``mmfm.export.onnx``).
+* ``hf``: a folder open_clip's / transformers' own loaders open (``mmfm.export.hf`` lists the combinations).
+* ``int8``: dynamic int8 quantization of the Linear layers for CPU inference, saved as safetensors
+  (``mmfm.compress.quantize``); ``mmfm.compress.load_quantized(OUT)`` reads it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mmfm.config import ConfigError
+
+__all__ = ["export", "FORMATS"]
+
+FORMATS = ("onnx", "safetensors", "hf", "int8")
+
+
+def export(model_path, format: str, out: str | os.PathLike, **options) -> dict:
+    """Export the checkpoint at ``model_path`` (anything ``mmfm.load`` accepts, or a loaded model) as ``format``
+    into the folder ``out`` (written atomically). Returns a summary dict (files, checks)."""
+    if format not in FORMATS:
+        import difflib
+        close = difflib.get_close_matches(str(format), FORMATS, n=1)
+        raise ConfigError(f"export format {format!r} is not one of {', '.join(FORMATS)}."
+                          + (f" Did you mean '{close[0]}'?" if close else ""))
+    source = None if hasattr(model_path, "parameters") else str(model_path)
+    if format == "int8":
+        from mmfm.compress.quantize import save_quantized
+        return save_quantized(model_path, out, **options)
+    if source is not None:
+        import mmfm
+        model = mmfm.load(source)
+    else:
+        model = model_path
+    if format == "safetensors":
+        from mmfm.models.loading import export_pretrained
+        path = export_pretrained(model, out)
+        return {"format": "safetensors", "out": str(path), "files": sorted(p.name for p in Path(path).iterdir())}
+    if format == "onnx":
+        from .onnx import export_onnx
+        return export_onnx(model, out, source=source, **options)
+    from .hf import export_hf
+    return export_hf(model, out, source=source, **options)
