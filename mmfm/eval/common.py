@@ -114,23 +114,69 @@ def split_transform(transform, device):
     return T.Compose(list(ops[:-2]) + [T.PILToTensor()]), DeviceNormalize(norm.mean, norm.std)
 
 
+def _trimmed_openclip_text(model):
+    """For an open_clip ``CLIP`` (wrapped by mmfm's adapter) whose text tower is causal and pooled at the
+    end-of-text token, an encoder that runs only up to the longest prompt of the batch instead of the full
+    77-token context. Earlier tokens never attend to later padding under the causal mask and pooling reads
+    the EOT position, so the embeddings are the same (to float rounding) at a fraction of the cost.
+    None for any other model (their own ``encode_text`` is used)."""
+    oc = getattr(model, "model", None)
+    try:
+        from open_clip.model import CLIP as OpenCLIP
+        from open_clip.transformer import text_global_pool
+    except ImportError:
+        return None
+    if (type(oc) is not OpenCLIP or getattr(oc, "text_pool_type", None) != "argmax"
+            or getattr(oc, "attn_mask", None) is None):
+        return None
+    import torch.nn.functional as F
+    from torch import nn
+
+    def encode(ids, mask):
+        n = int(mask.sum(1).max()) if mask is not None else ids.shape[1]
+        ids = ids[:, :max(n, 1)]
+        cast = oc.transformer.get_cast_dtype()
+        x = oc.token_embedding(ids).to(cast) + oc.positional_embedding[:ids.shape[1]].to(cast)
+        x = oc.transformer(x, attn_mask=oc.attn_mask[:ids.shape[1], :ids.shape[1]])
+        x = text_global_pool(oc.ln_final(x), ids, oc.text_pool_type, eos_token_id=getattr(oc, "text_eos_id", None))
+        proj = oc.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return F.normalize(x, dim=-1)
+    return encode
+
+
 def encode_texts(model, texts: list[str], *, batch_size: int = 256, precision: str = "auto",
                  progress: bool = False, desc: str = "texts"):
-    """L2-normalised text embeddings (N, D), float32 on the CPU."""
+    """L2-normalised text embeddings (N, D), float32 on the CPU.
+
+    Prompts are batched by token length (then put back in order), so each batch carries little padding
+    for text towers that skip it (mmfm's own towers trim trailing padding; open_clip CLIPs go through
+    ``_trimmed_openclip_text``)."""
     import torch
     from tqdm.auto import tqdm
+    if not texts:
+        return torch.zeros(0, 0)
     device = model_device(model)
-    out = []
-    starts = range(0, len(texts), batch_size)
+    tok = model.tokenizer(list(texts))
+    ids_all, mask_all = tok["text_ids"], tok.get("attention_mask")
+    order = torch.argsort(mask_all.sum(1), stable=True) if mask_all is not None else torch.arange(len(texts))
+    trimmed = _trimmed_openclip_text(model) if mask_all is not None else None
+    out = torch.empty(0)
     with torch.inference_mode(), autocast(device, precision):
-        for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
-            tok = model.tokenizer(texts[s:s + batch_size])
-            ids = tok["text_ids"].to(device, non_blocking=True)
-            mask = tok.get("attention_mask")
-            mask = mask.to(device, non_blocking=True) if mask is not None else None
-            feats = model.encode_text(ids, attention_mask=mask, normalize=True)
-            out.append(feats.float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, 0)
+        for s in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress, leave=False):
+            idx = order[s:s + batch_size]
+            ids = ids_all[idx].to(device, non_blocking=True)
+            mask = mask_all[idx].to(device, non_blocking=True) if mask_all is not None else None
+            if trimmed is not None:
+                feats = trimmed(ids, mask)
+            else:
+                feats = model.encode_text(ids, attention_mask=mask, normalize=True)
+            feats = feats.float().cpu()
+            if out.numel() == 0:
+                out = torch.empty(len(texts), feats.shape[1])
+            out[idx] = feats
+    return out
 
 
 def logit_scale(model) -> float:

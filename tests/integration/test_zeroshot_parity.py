@@ -99,3 +99,14 @@ def test_classifier_cache_hit_and_key(oc, folder, tmp_path):
     c = zeroshot_classify(oc["spec"], folder, templates="simple", workers=0, cache=cache, use_cache=False,
                           progress=False)
     assert [r["pred"] for r in c.predictions] == [r["pred"] for r in a.predictions]
+
+
+def test_length_sorted_trimmed_text_encoding_equals_open_clip(oc):
+    import mmfm
+    from mmfm.eval.common import _trimmed_openclip_text, encode_texts
+    model = mmfm.load(oc["spec"])
+    assert _trimmed_openclip_text(model) is not None                  # the fast path is the one tested here
+    texts = ["a cat.", "itap of a very small and very fluffy dog in the snow.", "x " * 120, "", "a photo of a {}."]
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(oc["model"].encode_text(oc["tokenizer"](texts)), dim=-1)
+    assert torch.allclose(encode_texts(model, texts, batch_size=2), ref, atol=1e-5)
