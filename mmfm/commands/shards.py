@@ -10,7 +10,7 @@ FLAGS = {
     "image_column": "source.image_column", "caption_column": "source.caption_column",
     "extra_columns": "source.extra_columns", "template": "source.template", "questions": "source.questions",
     "limit": "source.limit", "size": "image.size", "resize_mode": "image.resize_mode",
-    "resize_side": "image.resize_side", "format": "image.format", "quality": "image.quality",
+    "resize_side": "image.resize_side", "resample": "image.resample", "format": "image.format", "quality": "image.quality",
     "min_size": "image.min_size", "max_size": "image.max_size", "max_aspect_ratio": "image.max_aspect_ratio",
     "max_pixels": "image.max_pixels", "min_caption_length": "text.min_caption_length",
     "timeout": "download.timeout", "retries": "download.retries", "max_bytes": "download.max_bytes",
@@ -47,6 +47,8 @@ def _build_parser(sub) -> None:
     g.add_argument("--size", type=int, help="target size in pixels (default 256)")
     g.add_argument("--resize-mode", choices=["no", "keep_ratio", "center_crop", "border"])
     g.add_argument("--resize-side", choices=["shortest", "longest"], help="keep_ratio: side that becomes --size")
+    g.add_argument("--resample", choices=["auto", "bilinear", "bicubic", "lanczos", "box"],
+                   help="resize filter (auto: antialiased bilinear down, bicubic up)")
     g.add_argument("--format", choices=["jpg", "png", "webp"])
     g.add_argument("--quality", type=int)
     g.add_argument("--min-size", type=int, help="skip images whose shorter side is smaller")

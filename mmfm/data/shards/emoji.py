@@ -81,13 +81,17 @@ _FONTS: dict = {}
 
 
 def render(emoji: str, font_path: str):
-    """One emoji -> RGBA image (136x128 for Noto Color Emoji), transparent background."""
+    """One emoji -> RGBA image (136x128 for Noto Color Emoji), transparent background.
+
+    A colour bitmap font draws every glyph in the same cell, so the cell is measured once per font."""
     from PIL import Image, ImageDraw, ImageFont
 
-    font = _FONTS.get(font_path)
-    if font is None:
-        font = _FONTS[font_path] = ImageFont.truetype(font_path, FONT_SIZE)
-    left, top, right, bottom = font.getbbox(emoji)
-    img = Image.new("RGBA", (max(1, right - left), max(1, bottom - top)), (0, 0, 0, 0))
-    ImageDraw.Draw(img).text((-left, -top), emoji, font=font, embedded_color=True)
+    cached = _FONTS.get(font_path)
+    if cached is None:
+        font = ImageFont.truetype(font_path, FONT_SIZE)
+        left, top, right, bottom = font.getbbox("\U0001F600")
+        cached = _FONTS[font_path] = (font, (-left, -top), (max(1, right - left), max(1, bottom - top)))
+    font, origin, cell = cached
+    img = Image.new("RGBA", cell, (0, 0, 0, 0))
+    ImageDraw.Draw(img).text(origin, emoji, font=font, embedded_color=True)
     return img

@@ -13,7 +13,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .options import ImageOptions
 from .writer import encode_image
 
-_RESAMPLE = Image.Resampling.BICUBIC
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX}
 
 
 class Skip(Exception):
@@ -121,7 +122,11 @@ def resize(img: Image.Image, opts: ImageOptions) -> Image.Image:
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         if mode == "center_crop":  # the short side must be exactly `size`
             nw, nh = (size, max(size, nh)) if w <= h else (max(size, nw), size)
-        img = img.resize((nw, nh), _RESAMPLE, reducing_gap=None)
+        if opts.resample == "auto":  # antialiased bilinear (torchvision's default) down, bicubic up
+            method = _RESAMPLE["bilinear" if nw * nh <= w * h else "bicubic"]
+        else:
+            method = _RESAMPLE[opts.resample]
+        img = img.resize((nw, nh), method, reducing_gap=None)
     if mode == "center_crop" and img.size != (size, size):
         w, h = img.size
         left, top = (w - size) // 2, (h - size) // 2

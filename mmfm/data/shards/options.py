@@ -37,6 +37,7 @@ class ImageOptions:
     resize_mode: Literal["no", "keep_ratio", "center_crop", "border"] = "keep_ratio"
     resize_side: Literal["shortest", "longest"] = "shortest"   # keep_ratio: which side becomes `size`
     resize_only_if_bigger: bool = False
+    resample: Literal["auto", "bilinear", "bicubic", "lanczos", "box"] = "auto"  # auto: bilinear down, bicubic up
     format: Literal["jpg", "png", "webp"] = "jpg"
     quality: int = 95
     background: list[int] = field(default_factory=lambda: [255, 255, 255])  # alpha and border fill
