@@ -75,7 +75,8 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     with F.FaultServer(REMOTE) as server:
         table = _write_inputs(root, server.url)
-        opts = resolve_options(None, OPTS + ["workers=0", "source.extra_columns=[name]"], {"source": {"path": str(table)}})
+        opts = resolve_options(None, OPTS + ["workers=0", "source.extra_columns=[name]"],
+                               {"source": {"path": str(table)}})
         manifest = build(opts, root / "out", progress=False)[""]
         hits = dict(server.hits)
     failed = {json.loads(line)["index"]: json.loads(line)
@@ -165,7 +166,8 @@ def test_worker_processes_give_identical_shards(built, tmp_path):
     """workers=2 (real processes, forkserver) writes byte-identical shards in the same order."""
     with F.FaultServer(REMOTE) as server:
         table = _write_inputs(tmp_path, server.url)
-        opts = resolve_options(None, OPTS + ["workers=2", "source.extra_columns=[name]"], {"source": {"path": str(table)}})
+        opts = resolve_options(None, OPTS + ["workers=2", "source.extra_columns=[name]"],
+                               {"source": {"path": str(table)}})
         m = build(opts, tmp_path / "out", progress=False)[""]
     ref = built["manifest"]
     assert m["failures"] == ref["failures"] and m["total_samples"] == ref["total_samples"]

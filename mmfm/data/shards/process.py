@@ -85,7 +85,8 @@ def make_sample(index: int, item: dict, texts: list[str], opts: BuildOptions, da
     if "question" in item:
         meta.update(question=texts[0], answers=item.get("answers") or [], answer_type=item.get("answer_type"))
     sample = {"__key__": sample_key(index), opts.image.format: image, "txt": texts[0].encode("utf-8"),
-              "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")}
+              "json": json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8",
+                                                                                                "replace")}
     if item.get("cls") is not None:
         sample["cls"] = str(int(item["cls"])).encode("ascii")
     return sample, digest
