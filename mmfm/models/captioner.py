@@ -315,10 +315,11 @@ class Captioner(nn.Module):
             raise ValueError(f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({max_new}) exceeds the decoder's "
                              f"{self.max_positions} positions")
         tok = self.tokenizer
+        kwargs = {"use_cache": True, **generate_kwargs}
         gen = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                               pad_token_id=tok.pad_token_id, **generate_kwargs)
+                               pad_token_id=tok.pad_token_id, **kwargs)
         extra = {}
-        if gen.use_cache:   # decoder-only models get a self-attention-only cache from generate(); give both
+        if kwargs["use_cache"]:   # decoder-only models get a self-attention-only cache from generate(); give both
             c = self.decoder.config
             extra["past_key_values"] = EncoderDecoderCache(DynamicCache(config=c), DynamicCache(config=c))
         with _quiet_transformers():
