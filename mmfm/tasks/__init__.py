@@ -1,7 +1,8 @@
 """Tasks: ``nn.Module``s holding ``.model`` and the loss; ``task(batch) -> {"loss": ..., ...}``.
 
 ``build_task(cfg)`` picks the task by ``cfg.task.name`` (imported lazily):
-``contrastive`` -> ContrastiveTask, ``caption`` -> CaptionTask, ``vqa`` -> VQATask.
+``contrastive`` -> ContrastiveTask, ``caption`` -> CaptionTask, ``vqa`` -> VQATask,
+``distill`` -> DistillTask (student CLIP from a teacher checkpoint).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ TASKS = {
     "contrastive": ("mmfm.tasks.contrastive", "ContrastiveTask"),
     "caption": ("mmfm.tasks.caption", "CaptionTask"),
     "vqa": ("mmfm.tasks.vqa", "VQATask"),
+    "distill": ("mmfm.tasks.distill", "DistillTask"),
 }
 
 __all__ = ["TASKS", "build_task", "task_class"]
