@@ -214,3 +214,18 @@ def test_continued_pretraining_with_replay(data, tmp_path):
     train_rows = [r for r in rows if "train/lr" in r]
     assert train_rows[0]["train/lr"] == pytest.approx(cfg.train.lr * 0.5)   # warmup restarted
     assert trainer.train_data.samples_per_epoch == 40                      # 32 new samples / 0.8
+
+
+def test_contrastive_experiment_configs_load_and_build(repo_root):
+    """Every configs/experiments/contrastive/*.yaml loads strictly and builds its task (data not needed)."""
+    from mmfm.config import load_experiment
+    from mmfm.tasks import build_task
+    paths = sorted((repo_root / "configs" / "experiments" / "contrastive").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        cfg = load_experiment(path)
+        task = build_task(cfg)
+        trainable = [n for n, p in task.named_parameters() if p.requires_grad]
+        assert trainable and cfg.data.train
+        if "lit" in path.stem:
+            assert not any(n.startswith("model.text.") and "proj" not in n for n in trainable)
