@@ -64,9 +64,33 @@ def _run_vqa(args) -> dict:
                               mode=args.mode, candidates=candidates, progress=not args.quiet)
 
 
+def _bias_args(p: argparse.ArgumentParser) -> None:
+    from mmfm.eval.bias import add_arguments
+    add_arguments(p)
+
+
+def _run_bias(args) -> int:
+    from mmfm.eval.bias import run
+    return run(args)
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    from mmfm.compress.compare import add_arguments
+    add_arguments(p)
+
+
+def _run_compare(args) -> int:
+    from mmfm.compress.compare import run
+    return run(args)
+
+
 SUBCOMMANDS = {
     "caption": ("BLEU-1..4, ROUGE-L, CIDEr-D + degenerate-output report", _caption_args, _run_caption),
     "vqa": ("VQAv2 accuracy by answer type (yes/no, number, other)", _vqa_args, _run_vqa),
+    "bias": ("zero-shot accuracy and caption quality per group of a sensitive attribute, best-worst gap",
+             _bias_args, _run_bias),
+    "compare": ("size, CPU latency per image and metric drop of int8 / distilled variants vs the original",
+                _compare_args, _run_compare),
 }
 
 
@@ -101,6 +125,8 @@ def main(argv: list[str]) -> int:
     from mmfm.eval.caption_eval import write_eval
 
     res = SUBCOMMANDS[args.what][2](args)
+    if isinstance(res, int):                       # sub-commands that write and print their own results
+        return res
     out = args.out or f"runs/eval/{args.what}-{res['split']}"
     paths = write_eval(res, out)
     print(f"{res['samples']} samples ({res['failed']} failed to decode), split {res['split']!r}")

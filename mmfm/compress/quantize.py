@@ -5,10 +5,15 @@ layers, converted to Linear first) are ``torch.ao.nn.quantized.dynamic.Linear``:
 quantized on the fly per batch (``torch.ao.quantization.quantize_dynamic``). Embeddings, norms, convolutions
 and the attention in-projections that ``nn.MultiheadAttention`` keeps as raw parameters stay float.
 
+For CLIP models the token embeddings are also stored as 8-bit rows (weight-only, per-row scale/offset), since
+they are most of a small text tower. ``int8_original_dtype`` is set on the quantized layers so open_clip's
+text tower (which asks its first MLP layer for the weight dtype) keeps working.
+
 Saved format (``save_quantized``), safe to load (safetensors only, no pickled code)::
 
     OUT/model.int8.safetensors   float tensors + per quantized Linear: NAME.weight_int8 (int8), NAME.weight_scale,
-                                 NAME.weight_zero_point (and NAME.weight_axis for per-channel), NAME.bias
+                                 NAME.weight_zero_point (and NAME.weight_axis for per-channel), NAME.bias;
+                                 per quantized Embedding: NAME.weight_uint8, NAME.weight_scale, NAME.weight_zero_point
     OUT/config.yaml              the source checkpoint's resolved config (rebuilds the float architecture)
     OUT/meta.json                the source meta + ``quantization`` {method, dtype, modules, converted, ...}
 
@@ -28,7 +33,7 @@ from torch import nn
 
 from mmfm.config import ConfigError
 
-__all__ = ["quantize_model", "save_quantized", "load_quantized", "load_model", "is_quantized_dir",
+__all__ = ["quantize_model", "save_quantized", "load_quantized", "load_model", "is_quantized_dir", "read_config",
            "model_size_bytes", "quantized_state_dict", "QUANT_WEIGHTS"]
 
 QUANT_WEIGHTS = "model.int8.safetensors"
@@ -46,6 +51,34 @@ def _quiet():
 def _dynamic_linear_cls():
     from torch.ao.nn.quantized.dynamic import Linear as DynLinear
     return DynLinear
+
+
+def _qembedding_cls():
+    from torch.ao.nn.quantized import Embedding as QEmbedding
+    return QEmbedding
+
+
+_CONTIGUOUS_QEMBEDDING = None
+
+
+def _contiguous_qembedding():
+    """torch's quantized Embedding, accepting non-contiguous indices (text towers slice off padding columns)."""
+    global _CONTIGUOUS_QEMBEDDING
+    if _CONTIGUOUS_QEMBEDDING is None:
+        base = _qembedding_cls()
+
+        class ContiguousQEmbedding(base):
+            def forward(self, indices: torch.Tensor) -> torch.Tensor:
+                return super().forward(indices.contiguous())
+
+            @classmethod
+            def from_float(cls, mod, use_precomputed_fake_quant=False):
+                q = base.from_float(mod, use_precomputed_fake_quant)
+                q.__class__ = cls
+                return q
+
+        _CONTIGUOUS_QEMBEDDING = ContiguousQEmbedding
+    return _CONTIGUOUS_QEMBEDDING
 
 
 def convert_conv1d(model: nn.Module) -> list[str]:
@@ -69,11 +102,18 @@ def convert_conv1d(model: nn.Module) -> list[str]:
     return done
 
 
-def quantize_model(model: nn.Module, dtype: str = "qint8", inplace: bool = False) -> nn.Module:
+def quantize_model(model: nn.Module, dtype: str = "qint8", inplace: bool = False,
+                   embeddings: bool | None = None) -> nn.Module:
     """A CPU copy of ``model`` with dynamic int8 Linear layers (eval mode). Keeps ``.preprocess``,
-    ``.tokenizer``, ``.model_cfg`` and the scripting API; ``model.quantization`` describes what was done."""
-    from torch.ao.quantization import quantize_dynamic
+    ``.tokenizer``, ``.model_cfg`` and the scripting API; ``model.quantization`` describes what was done.
 
+    ``embeddings`` (default: CLIP yes, captioners no): also store token embeddings as 8-bit rows
+    (weight-only, per-row scale and offset), which is most of a small text tower's size. A captioner's
+    decoder embedding stays float (it is tied to the output layer and used by generate)."""
+    from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig, quantize_dynamic
+
+    if embeddings is None:
+        embeddings = getattr(getattr(model, "model_cfg", None), "kind", "clip") == "clip"
     if dtype != "qint8":
         raise ConfigError(f"quantization dtype {dtype!r}: only qint8 (dynamic int8) is supported")
     if getattr(model, "quantization", None):
@@ -81,28 +121,47 @@ def quantize_model(model: nn.Module, dtype: str = "qint8", inplace: bool = False
     q = model if inplace else copy.deepcopy(model)
     q = q.float().cpu().eval()
     converted = convert_conv1d(q)
+    from torch.ao.quantization.quantization_mappings import get_default_dynamic_quant_module_mappings
+
+    spec = {nn.Linear: default_dynamic_qconfig}
+    mapping = dict(get_default_dynamic_quant_module_mappings())
+    if embeddings:
+        spec[nn.Embedding] = float_qparams_weight_only_qconfig
+        mapping[nn.Embedding] = _contiguous_qembedding()
     ctx = _quiet()
     try:
-        q = quantize_dynamic(q, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        q = quantize_dynamic(q, spec, dtype=torch.qint8, mapping=mapping, inplace=True)
     finally:
         ctx.__exit__(None, None, None)
-    n = sum(isinstance(m, _dynamic_linear_cls()) for m in q.modules())
+    n = 0
+    for m in q.modules():
+        if isinstance(m, _dynamic_linear_cls()):
+            m.int8_original_dtype = torch.float32     # open_clip reads it instead of .weight.dtype (a method here)
+            n += 1
     if n == 0:
         raise ConfigError(f"{type(model).__name__} has no nn.Linear layer to quantize")
+    n_emb = sum(isinstance(m, _qembedding_cls()) for m in q.modules())
     q.quantization = {"format": QUANT_FORMAT, "method": "torch.ao.quantization.quantize_dynamic",
-                      "dtype": dtype, "modules": ["Linear"], "converted_conv1d": converted,
-                      "quantized_linears": n, "torch_version": torch.__version__}
+                      "dtype": dtype, "modules": ["Linear"] + (["Embedding"] if n_emb else []),
+                      "converted_conv1d": converted, "quantized_linears": n, "quantized_embeddings": n_emb,
+                      "embeddings": bool(embeddings), "torch_version": torch.__version__}
     return q
 
 
 # ----------------------------------------------------------------------------- state dict <-> safetensors
 def quantized_state_dict(q: nn.Module) -> dict[str, torch.Tensor]:
     """Plain tensors for every weight of a quantized model (int8 weights with their scale / zero point)."""
-    dyn = _dynamic_linear_cls()
+    dyn, qemb = _dynamic_linear_cls(), _qembedding_cls()
     out: dict[str, torch.Tensor] = {}
-    qnames = {name for name, m in q.named_modules() if isinstance(m, dyn)}
+    qnames = {name for name, m in q.named_modules() if isinstance(m, (dyn, qemb))}
     for name, m in q.named_modules():
         if name not in qnames:
+            continue
+        if isinstance(m, qemb):
+            w = m.weight()
+            out[f"{name}.weight_uint8"] = w.int_repr().contiguous()
+            out[f"{name}.weight_scale"] = w.q_per_channel_scales().contiguous()          # float32 per row
+            out[f"{name}.weight_zero_point"] = w.q_per_channel_zero_points().contiguous()
             continue
         w, b = m._packed_params._weight_bias()
         out[f"{name}.weight_int8"] = w.int_repr().contiguous()
@@ -132,10 +191,22 @@ def quantized_state_dict(q: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _restore(q: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
-    dyn = _dynamic_linear_cls()
+    dyn, qemb = _dynamic_linear_cls(), _qembedding_cls()
     used = set()
     problems = []
     for name, m in q.named_modules():
+        if isinstance(m, qemb):
+            key = f"{name}.weight_uint8"
+            if key not in sd:
+                problems.append(f"missing {key}")
+                continue
+            if tuple(sd[key].shape) != tuple(m.weight().shape):
+                problems.append(f"{key}: shape {tuple(sd[key].shape)} vs model {tuple(m.weight().shape)}")
+                continue
+            m.set_weight(torch._make_per_channel_quantized_tensor(
+                sd[key], sd[f"{name}.weight_scale"].double(), sd[f"{name}.weight_zero_point"], 0))
+            used.update((key, f"{name}.weight_scale", f"{name}.weight_zero_point"))
+            continue
         if not isinstance(m, dyn):
             continue
         key = f"{name}.weight_int8"
@@ -155,7 +226,7 @@ def _restore(q: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
         used.update(k for k in (key, f"{name}.weight_scale", f"{name}.weight_zero_point", f"{name}.weight_axis",
                                 f"{name}.bias") if k in sd)
     rest = {k: v for k, v in sd.items() if k not in used}
-    qnames = [n for n, m in q.named_modules() if isinstance(m, dyn)]
+    qnames = [n for n, m in q.named_modules() if isinstance(m, (dyn, qemb))]
     own = {k: v for k, v in q.state_dict(keep_vars=True).items()
            if isinstance(v, torch.Tensor) and not v.is_quantized and not any(k.startswith(f"{n}.") for n in qnames)}
     unexpected = [k for k in rest if k not in own]
@@ -251,7 +322,8 @@ def load_quantized(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
         raise ConfigError(f"{d}: {CONFIG_YAML} is missing (it rebuilds the architecture)")
     cfg = read_checkpoint_config_file(d / CONFIG_YAML)
     float_model = _build(cfg.model)
-    q = quantize_model(float_model, info.get("dtype", "qint8"), inplace=True)
+    q = quantize_model(float_model, info.get("dtype", "qint8"), inplace=True,
+                       embeddings=bool(info.get("embeddings", False)))
     try:
         sd = load_file(str(d / QUANT_WEIGHTS), device="cpu")
     except Exception as e:  # noqa: BLE001 - truncated / foreign file
@@ -268,6 +340,14 @@ def load_quantized(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
 def read_checkpoint_config_file(path: Path):
     from mmfm.config import ExperimentConfig, from_dict, read_yaml
     return from_dict(ExperimentConfig, read_yaml(path))
+
+
+def read_config(spec):
+    """The ExperimentConfig stored with a float checkpoint or an int8 folder (ConfigError otherwise)."""
+    if is_quantized_dir(spec):
+        return read_checkpoint_config_file(Path(os.path.expanduser(str(spec))) / "config.yaml")
+    from mmfm.models.loading import read_checkpoint_config
+    return read_checkpoint_config(spec)
 
 
 def load_model(path, device: str = "cpu") -> nn.Module:

@@ -1,0 +1,217 @@
+"""``mmfm eval compare``: a compressed model against its original, side by side: size, CPU latency per image
+and the metric, with the drop.
+
+Variants: ``int8`` (dynamic int8 quantization of the original, done here), an int8 folder written by
+``mmfm export --format int8``, or any other checkpoint of the same kind (e.g. a student from
+``task.name: distill``). Metric: zero-shot top-1 for CLIP (an image folder with class subfolders, or shards
+with ``--label-field``, default the manifest class), CIDEr-D (+ BLEU-4) for captioners (shards or a
+JSONL/CSV with captions). Latency: batch 1 on the CPU with ``--threads`` torch threads, after warm-up,
+over the first ``--latency-images`` images (CLIP: image embedding; captioner: a full caption with the
+decoding settings).
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from mmfm.config import ConfigError
+
+__all__ = ["compare_models", "format_comparison"]
+
+
+def _load(spec, original=None):
+    from .quantize import load_model, quantize_model
+    if spec == "int8":
+        if original is None:
+            raise ConfigError("variant int8: needs the original model")
+        return quantize_model(original), "int8 (dynamic, quantized here)"
+    return load_model(spec), str(spec)
+
+
+def _size(model, spec) -> int:
+    from .quantize import is_quantized_dir, model_size_bytes
+    if isinstance(spec, str) and spec not in ("int8",) and Path(spec).exists():
+        try:
+            if is_quantized_dir(spec) or not getattr(model, "quantization", None):
+                return model_size_bytes(spec)
+        except ConfigError:
+            pass
+    return model_size_bytes(model)
+
+
+def _kind(model) -> str:
+    return getattr(getattr(model, "model_cfg", None), "kind", "clip")
+
+
+# ----------------------------------------------------------------------------- data
+class _Data:
+    """The evaluation images (decoded once) and what the metric needs."""
+
+    def __init__(self, data: str, kind: str, max_samples: int | None, label_field: str):
+        self.data, self.kind = str(data), kind
+        self.folder = Path(data).is_dir() and not (Path(data) / "manifest.json").is_file() and not any(
+            Path(data).glob("*.tar"))
+        if kind == "captioner":
+            from mmfm.eval.caption_eval import read_caption_data
+            self.items = read_caption_data(self.data, max_samples)
+        elif self.folder:
+            from mmfm.eval.folder import scan_folder
+            self.spec = scan_folder(self.data, max_samples=max_samples)
+            if not self.spec.labelled:
+                raise ConfigError(f"{data}: a flat folder has no labels; give one subfolder per class")
+            self.items = [{"image": str(Path(self.spec.root) / p)} for p in self.spec.paths]
+        else:
+            from mmfm.eval.bias import _labels, is_shards, shard_records
+            if not is_shards(self.data):
+                raise ConfigError(f"{data}: expected an image folder with class subfolders, or shards")
+            recs = []
+            for r in shard_records(self.data):
+                if r["image"] is not None:
+                    recs.append(r)
+                if max_samples and len(recs) >= max_samples:
+                    break
+            if not recs:
+                raise ConfigError(f"{data}: no samples with images")
+            self.labels, self.label_field = _labels(recs, label_field, self.data)
+            self.items = recs
+
+    def images(self, n: int) -> list:
+        from mmfm.eval.folder import decode_image
+        return [decode_image(it["image"]) for it in self.items[:n]]
+
+
+# ----------------------------------------------------------------------------- measurements
+def _latency(model, kind: str, images: list, gen, threads: int, warmup: int = 2) -> dict:
+    from mmfm.models.clip import eval_transform
+    tf = eval_transform(model.preprocess)
+    xs = [tf(im).unsqueeze(0) for im in images]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    times = []
+    try:
+        with torch.inference_mode():
+            if kind == "captioner":
+                from mmfm.generate import caption_tensors
+                run = lambda x: caption_tensors(model, x, gen)  # noqa: E731
+            else:
+                run = lambda x: model.encode_image(x, normalize=True)  # noqa: E731
+            for x in xs[:warmup]:
+                run(x)
+            for x in xs:
+                t0 = time.perf_counter()
+                run(x)
+                times.append(1000 * (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(old)
+    return {"ms_per_image": statistics.mean(times), "p50_ms": statistics.median(times),
+            "p90_ms": sorted(times)[max(0, int(0.9 * len(times)) - 1)], "images": len(times), "threads": threads}
+
+
+def _metric(model, kind: str, data: _Data, gen, templates) -> dict:
+    if kind == "captioner":
+        from mmfm.eval.caption_eval import evaluate_captions
+        res = evaluate_captions(model, data.data, gen, max_samples=len(data.items), progress=False)
+        m = res["metrics"]
+        return {"name": "CIDEr-D", "value": m["CIDEr-D"], "BLEU-4": m["BLEU-4"], "samples": res["samples"]}
+    if data.folder:
+        from mmfm.eval.zeroshot import zeroshot_classify
+        res = zeroshot_classify(model, data.spec, templates=templates, workers=0, use_cache=False, progress=False)
+        return {"name": "zero-shot top-1", "value": res.metrics["top1"], "samples": res.metrics["n_samples"]}
+    from mmfm.eval.bias import zero_shot_samples
+    preds = zero_shot_samples(model, data.items, data.labels, templates)
+    acc = sum(p == y for p, y in zip(preds, data.labels)) / len(preds)
+    return {"name": "zero-shot top-1", "value": acc, "samples": len(preds), "label_field": data.label_field}
+
+
+def compare_models(original: str, data: str, variants: list[str] | None = None, *, max_samples: int | None = 500,
+                   latency_images: int = 16, threads: int = 1, templates="simple", label_field: str = "auto",
+                   gen=None, progress: bool = True) -> dict:
+    """Measure the original and each variant on the same data; returns ``{"rows": [...], ...}``."""
+    import mmfm
+    from .quantize import load_model
+
+    variants = list(variants or ["int8"])
+    if isinstance(templates, str) and "{" in templates and not Path(templates).is_file():
+        templates = [templates]
+    base = load_model(original)
+    kind = _kind(base)
+    if kind == "captioner" and gen is None:
+        from mmfm.eval.bias import _stored_generate
+        gen = _stored_generate(original)
+    data_ = _Data(data, kind, max_samples, label_field)
+    images = data_.images(latency_images)
+    rows = []
+    for i, spec in enumerate([original] + variants):
+        model, name = (base, str(original)) if i == 0 else _load(spec, base)
+        if _kind(model) != kind:
+            raise ConfigError(f"variant {spec} is a {_kind(model)}, the original is a {kind}")
+        if progress:
+            print(f"measuring {name} ...", flush=True)
+        row = {"model": name, "role": "original" if i == 0 else "variant",
+               "int8": bool(getattr(model, "quantization", None)),
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "size_bytes": _size(model, spec), "latency": _latency(model, kind, images, gen, threads),
+               "metric": _metric(model, kind, data_, gen, templates)}
+        rows.append(row)
+    ref = rows[0]
+    for r in rows:
+        r["size_ratio"] = r["size_bytes"] / ref["size_bytes"]
+        r["speedup"] = ref["latency"]["ms_per_image"] / r["latency"]["ms_per_image"]
+        r["metric_drop"] = ref["metric"]["value"] - r["metric"]["value"]
+    return {"task": "compare", "kind": kind, "data": str(data), "metric": ref["metric"]["name"],
+            "backend": f"mmfm {mmfm.__version__} (torch {torch.__version__}), CPU", "threads": threads,
+            "max_samples": max_samples, "rows": rows,
+            "decoding": None if gen is None else dataclasses.asdict(gen)}
+
+
+def format_comparison(res: dict) -> str:
+    head = ["model", "size MB", "x size", "ms/image", "speedup", res["metric"], "drop"]
+    rows = []
+    for r in res["rows"]:
+        rows.append([r["model"] if len(r["model"]) < 48 else "..." + r["model"][-45:],
+                     f"{r['size_bytes'] / 2 ** 20:.2f}", f"{r['size_ratio']:.2f}",
+                     f"{r['latency']['ms_per_image']:.2f}", f"{r['speedup']:.2f}x",
+                     f"{r['metric']['value']:.4f}", "-" if r["role"] == "original" else f"{r['metric_drop']:+.4f}"])
+    widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+# ----------------------------------------------------------------------------- CLI (mmfm eval compare)
+def add_arguments(p) -> None:
+    from mmfm.generate import add_generate_args
+
+    p.add_argument("data", help="CLIP: image folder (class subfolders) or shards; captioner: shards or JSONL/CSV")
+    p.add_argument("--model", required=True, help="the original (float) checkpoint")
+    p.add_argument("--variant", action="append", default=None,
+                   help="int8 (quantize the original here), an int8 folder, or another checkpoint such as a "
+                        "distilled student; repeatable (default: int8)")
+    p.add_argument("--max-samples", type=int, default=500, help="images for the metric (default 500)")
+    p.add_argument("--latency-images", type=int, default=16, help="images timed one by one (default 16)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads while timing (default 1)")
+    p.add_argument("--templates", default="simple", help="zero-shot templates: a name, a file or a literal with {}")
+    p.add_argument("--label-field", default="auto", help="shards: json field or cls for zero-shot labels")
+    p.add_argument("--out", help="write the comparison JSON here")
+    p.add_argument("--quiet", action="store_true")
+    add_generate_args(p)
+
+
+def run(args) -> int:
+    gen = None
+    from mmfm.eval.bias import _is_captioner, _stored_generate
+    if _is_captioner(args.model):
+        from mmfm.generate import generate_config_from_args
+        gen = generate_config_from_args(_stored_generate(args.model), args)
+    res = compare_models(args.model, args.data, args.variant, max_samples=args.max_samples,
+                         latency_images=args.latency_images, threads=args.threads, templates=args.templates,
+                         label_field=args.label_field, gen=gen, progress=not args.quiet)
+    print(format_comparison(res))
+    if args.out:
+        from mmfm.eval.common import write_json
+        write_json(args.out, res)
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,470 @@
+"""Bias report: zero-shot accuracy and caption quality per group of a sensitive attribute, with the gap
+between the best and the worst group (``mmfm eval bias --model CKPT DATA --attribute FIELD``).
+
+* DATA: shards whose json holds the attribute (e.g. the emoji recipe's ``skin_tone``: ``none`` = the default
+  yellow, ``light`` ... ``dark``; ``mixed`` = several people with different tones).
+* Groups: ``--groups a,b,...`` or, by default, every value found (for ``skin_tone``: the default + the 5 tones).
+* Matched comparison (``--match-by FIELD``, default ``base_name`` when the json has it): only items whose FIELD
+  value exists in *every* group are kept, so each group holds the same emoji in its own tone and a gap cannot
+  come from different content.
+* Zero-shot: each image is classified among the distinct labels (``--label-field``, default ``base_name``
+  when present, else the manifest class of ``cls``) with ``--templates``; top-1 per group with a Wilson 95%
+  interval. The labels carry no tone, so the model is asked the same question for every group.
+* Captions: generated with the checkpoint's decoding settings and scored against the json ``captions``
+  (else ``txt``); per-image CIDEr-D / BLEU-4 / ROUGE-L are computed once over the whole set (one IDF for
+  all groups) and averaged per group.
+Writes ``bias.json`` (numbers + how they were made), ``bias.md`` (the table), ``bias.png`` (bars with
+intervals) and ``predictions.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from mmfm.config import ConfigError
+
+__all__ = ["bias_report", "read_samples", "select_groups", "zero_shot_samples", "caption_samples",
+           "format_table", "bias_table_html", "write_bias_report", "SKIN_TONE_ORDER"]
+
+SKIN_TONE_ORDER = ["none", "light", "medium-light", "medium", "medium-dark", "dark"]
+CAPTION_METRICS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
+
+
+# ----------------------------------------------------------------------------- data
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+def shard_records(data: str):
+    """Raw shard samples: ``{"key", "image" (bytes or None), "meta" (json dict), "txt", "cls", "name"}``."""
+    import os as _os
+
+    import webdataset as wds
+
+    from .retrieval import shard_urls
+
+    for s in wds.WebDataset(shard_urls(str(data)), shardshuffle=False, nodesplitter=None, empty_check=False):
+        try:
+            meta = json.loads(s["json"]) if "json" in s else {}
+        except (ValueError, UnicodeDecodeError):
+            meta = {}
+        try:
+            cls = int(s["cls"].decode().strip()) if "cls" in s else None
+        except ValueError:
+            cls = None
+        key = next((k for k in IMAGE_KEYS if k in s), None)
+        yield {"key": s["__key__"], "image": s[key] if key else None, "meta": meta if isinstance(meta, dict) else {},
+               "txt": s["txt"].decode("utf-8", "replace").strip() if "txt" in s else "", "cls": cls,
+               "name": f"{_os.path.basename(s.get('__url__', '?'))}:{s['__key__']}"}
+
+
+def is_shards(data: str) -> bool:
+    p = Path(str(data))
+    return "{" in str(data) or p.suffix == ".tar" or (p.is_dir() and (
+        (p / "manifest.json").is_file() or any(p.glob("*.tar"))))
+
+
+def read_samples(data: str, attribute: str, max_samples: int | None = None) -> tuple[list[dict], dict]:
+    """Shard samples with their attribute value: ``[{"key", "image", "meta", "txt", "name", "cls", "group"}]``
+    and counts of what was left out (no attribute, no image)."""
+    if not is_shards(data):
+        raise ConfigError(f"bias data: {data} is not a shard folder, .tar or brace pattern")
+    out, skipped, keys_seen = [], Counter(), set()
+    for r in shard_records(str(data)):
+        meta = r["meta"]
+        keys_seen.update(meta)
+        if r["image"] is None:
+            skipped["no image"] += 1
+            continue
+        value = meta.get(attribute)
+        if value is None:
+            skipped[f"no '{attribute}' in json"] += 1
+            continue
+        out.append({**r, "group": str(value)})
+        if max_samples and len(out) >= max_samples:
+            break
+    if not out:
+        hint = f" (json keys seen: {', '.join(sorted(keys_seen)[:20])})" if keys_seen else " (the samples have no json)"
+        raise ConfigError(f"--attribute {attribute}: no sample in {data} has it{hint}")
+    return out, dict(skipped)
+
+
+def _order(values, attribute: str) -> list[str]:
+    values = list(dict.fromkeys(values))
+    if attribute == "skin_tone":
+        known = [v for v in SKIN_TONE_ORDER + ["mixed"] if v in values]
+        return known + sorted(v for v in values if v not in known)
+    return sorted(values)
+
+
+def select_groups(samples: list[dict], attribute: str, groups: list[str] | None = None,
+                  match_by: str | None = "auto") -> tuple[list[dict], dict]:
+    """Keep the chosen groups and, with ``match_by``, only items whose ``match_by`` value is in every group."""
+    found = Counter(s["group"] for s in samples)
+    if groups is None:
+        groups = [g for g in SKIN_TONE_ORDER if g in found] if attribute == "skin_tone" else _order(found, attribute)
+    missing = [g for g in groups if g not in found]
+    if missing:
+        raise ConfigError(f"--groups: {missing} not found in '{attribute}' (values: {dict(found)})")
+    if len(groups) < 2:
+        raise ConfigError(f"--attribute {attribute}: need at least two groups to compare, found {dict(found)}")
+    kept = [s for s in samples if s["group"] in groups]
+    info = {"groups": list(groups), "found": dict(found), "match_by": None}
+    if match_by == "auto":
+        match_by = "base_name" if all("base_name" in s["meta"] for s in kept) else None
+    if match_by:
+        if not all(match_by in s["meta"] for s in kept):
+            raise ConfigError(f"--match-by {match_by}: not every sample's json has it")
+        per_value = defaultdict(set)
+        for s in kept:
+            per_value[s["meta"][match_by]].add(s["group"])
+        full = {v for v, gs in per_value.items() if len(gs) == len(groups)}
+        if not full:
+            raise ConfigError(f"--match-by {match_by}: no {match_by} value appears in all groups {groups}; "
+                              f"use --match-by none or fewer --groups")
+        seen = set()
+        matched = []
+        for s in kept:                                   # one item per (value, group): duplicates would weigh more
+            k = (s["meta"][match_by], s["group"])
+            if s["meta"][match_by] in full and k not in seen:
+                seen.add(k)
+                matched.append(s)
+        info.update({"match_by": match_by, "matched_values": len(full), "unmatched_values": len(per_value) - len(full)})
+        kept = matched
+    info["n_per_group"] = {g: sum(1 for s in kept if s["group"] == g) for g in groups}
+    return kept, info
+
+
+# ----------------------------------------------------------------------------- models
+def _decode_batch(model, samples: list[dict]):
+    import torch
+
+    from mmfm.models.clip import eval_transform
+
+    from .folder import decode_image
+
+    tf = eval_transform(model.preprocess)
+    return torch.stack([tf(decode_image(s["image"])) for s in samples])
+
+
+def _labels(samples: list[dict], label_field: str, data: str) -> tuple[list[str], str]:
+    if label_field == "auto":
+        label_field = "base_name" if all("base_name" in s["meta"] for s in samples) else "cls"
+    if label_field == "cls":
+        from mmfm.data.shards import read_manifest
+        classes = read_manifest(data).get("classes") if Path(data).is_dir() else None
+        if not classes:
+            raise ConfigError(f"--label-field cls: {data} has no manifest 'classes'; name a json field instead")
+        out = []
+        for s in samples:
+            c = s.get("cls")
+            if c is None:
+                raise ConfigError(f"--label-field cls: sample {s['name']} has no class")
+            out.append(classes[int(c)])
+        return out, "cls"
+    missing = [s["name"] for s in samples if label_field not in s["meta"]]
+    if missing:
+        raise ConfigError(f"--label-field {label_field}: {len(missing)} samples lack it (e.g. {missing[0]})")
+    return [str(s["meta"][label_field]) for s in samples], label_field
+
+
+def zero_shot_samples(model, samples: list[dict], labels: list[str], templates, *, batch_size: int = 64,
+                      progress: bool = False) -> list[str]:
+    """Predicted label per sample, classifying among the distinct ``labels`` (open_clip's classifier recipe)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .templates import load_templates
+    from .zeroshot import build_classifier
+
+    classes = sorted(set(labels))
+    _, tmpl = load_templates(templates)
+    was_training = model.training
+    model.eval()
+    preds = []
+    try:
+        weights = build_classifier(model, classes, tmpl, precision="fp32")
+        with torch.inference_mode():
+            for i in tqdm(range(0, len(samples), batch_size), desc="bias zero-shot", disable=not progress):
+                x = _decode_batch(model, samples[i: i + batch_size])
+                feats = model.encode_image(x, normalize=True).float()
+                preds += [classes[j] for j in (feats @ weights.float()).argmax(1).tolist()]
+    finally:
+        model.train(was_training)
+    return preds
+
+
+def caption_samples(model, samples: list[dict], gen, *, batch_size: int | None = None,
+                    progress: bool = False) -> list[str]:
+    from mmfm.generate import caption_images
+
+    res = caption_images(model, [s["image"] for s in samples], gen, names=[s["name"] for s in samples],
+                         batch_size=batch_size, alt_text=False, progress=progress)
+    bad = [r for r in res if r["error"]]
+    if bad:
+        raise ConfigError(f"{len(bad)} images failed to decode (e.g. {bad[0]['image']}: {bad[0]['error']})")
+    return [r["caption"] for r in res]
+
+
+def _references(s: dict) -> list[str]:
+    refs = [c.strip() for c in s["meta"].get("captions") or [] if isinstance(c, str) and c.strip()]
+    return refs or ([s["txt"]] if s["txt"] else [])
+
+
+# ----------------------------------------------------------------------------- statistics
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score interval for k successes of n."""
+    if n == 0:
+        return [0.0, 0.0]
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [round(max(0.0, c - h), 6), round(min(1.0, c + h), 6)]
+
+
+def _gap(per_group: dict, key: str) -> dict:
+    vals = {g: v[key] for g, v in per_group.items() if v.get(key) is not None}
+    best = max(vals, key=vals.get)
+    worst = min(vals, key=vals.get)
+    return {"best": best, "worst": worst, "best_value": vals[best], "worst_value": vals[worst],
+            "gap": vals[best] - vals[worst], "ratio": vals[worst] / vals[best] if vals[best] else None}
+
+
+# ----------------------------------------------------------------------------- report
+def _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch_size, progress) -> tuple[dict, list]:
+    labels, field = _labels(kept, label_field, data)
+    preds = zero_shot_samples(model, kept, labels, templates, batch_size=batch_size, progress=progress)
+    per_group = {}
+    for g in info["groups"]:
+        idx = [i for i, s in enumerate(kept) if s["group"] == g]
+        k = sum(preds[i] == labels[i] for i in idx)
+        per_group[g] = {"n": len(idx), "top1": k / len(idx) if idx else None, "ci95": wilson(k, len(idx))}
+    part = {"model": spec, "label_field": field, "n_classes": len(set(labels)),
+            "templates": templates if isinstance(templates, str) else list(templates),
+            "per_group": per_group, "gap": _gap(per_group, "top1")}
+    return part, [{"label": lab, "pred": p, "correct": lab == p} for lab, p in zip(labels, preds)]
+
+
+def _caption_part(model, spec, kept, info, gen, batch_size, progress) -> tuple[dict, list]:
+    from mmfm.generate import settings_dict
+
+    from .caption_metrics import score_captions
+
+    caps = caption_samples(model, kept, gen, batch_size=batch_size, progress=progress)
+    keys = [f"{i}:{s['key']}" for i, s in enumerate(kept)]
+    scores = score_captions(dict(zip(keys, caps)), {k: _references(s) for k, s in zip(keys, kept)}, per_image=True)
+    per_image = scores.pop("per_image")
+    per_group = {}
+    for g in info["groups"]:
+        ks = [k for k, s in zip(keys, kept) if s["group"] == g]
+        per_group[g] = {"n": len(ks), **{m: sum(per_image[k][m] for k in ks) / len(ks) if ks else None
+                                         for m in CAPTION_METRICS}}
+    part = {"model": spec, "decoding": settings_dict(gen, model), "overall": scores,
+            "per_group": per_group, "gap": {m: _gap(per_group, m) for m in CAPTION_METRICS}}
+    return part, [{"caption": c, "references": _references(s), "CIDEr-D": per_image[k]["CIDEr-D"]}
+                  for c, s, k in zip(caps, kept, keys)]
+
+
+def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | None = None,
+                match_by: str | None = "auto", label_field: str = "auto", templates="{}", gen=None,
+                max_samples: int | None = None, batch_size: int = 64, progress: bool = True) -> dict:
+    """Run the CLIP model(s) (zero-shot) and captioner(s) (caption quality) among ``models`` over DATA and
+    report per group of ``attribute``. A model is a checkpoint path or a loaded model."""
+    import torch
+
+    import mmfm
+    from mmfm.compress.quantize import load_model
+
+    t0 = time.perf_counter()
+    if isinstance(templates, str) and "{" in templates and not os.path.isfile(templates):
+        templates = [templates]                       # a literal template such as "{}" or "an emoji of {}"
+    samples, skipped = read_samples(data, attribute, max_samples)
+    kept, info = select_groups(samples, attribute, groups, match_by)
+    report = {"task": "bias", "attribute": attribute, "data": str(data), **info, "n_samples": len(kept),
+              "skipped": skipped, "backend": f"mmfm {mmfm.__version__} (torch {torch.__version__})",
+              "mmfm_version": mmfm.__version__}
+    rows = [{"key": s["key"], "name": s["name"], "group": s["group"]} for s in kept]
+    for m in models:
+        spec = None if hasattr(m, "parameters") else str(m)
+        model = m if spec is None else load_model(spec)
+        spec = spec or getattr(model, "checkpoint_path", None) or type(model).__name__
+        kind = getattr(getattr(model, "model_cfg", None), "kind", "clip")
+        if kind == "clip":
+            if "zeroshot" in report:
+                raise ConfigError("bias: give at most one CLIP model and one captioner")
+            report["zeroshot"], extra = _zero_shot_part(model, spec, kept, info, data, label_field, templates,
+                                                        batch_size, progress)
+        else:
+            if "caption" in report:
+                raise ConfigError("bias: give at most one CLIP model and one captioner")
+            if gen is None:
+                gen = _stored_generate(m)
+            report["caption"], extra = _caption_part(model, spec, kept, info, gen, None, progress)
+        for r, e in zip(rows, extra):
+            r.update(e)
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    report["predictions"] = rows
+    return report
+
+
+# ----------------------------------------------------------------------------- output
+def _fmt(v, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}" if pct else f"{v:.3f}"
+
+
+def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["group", "n"]
+    zs, cap = report.get("zeroshot"), report.get("caption")
+    if zs:
+        head += ["zero-shot top-1 %", "95% CI"]
+    if cap:
+        head += list(CAPTION_METRICS)
+    rows = []
+    for g in report["groups"]:
+        row = [g, str(report["n_per_group"][g])]
+        if zs:
+            pg = zs["per_group"][g]
+            row += [_fmt(pg["top1"], True), f"{100 * pg['ci95'][0]:.1f}-{100 * pg['ci95'][1]:.1f}"]
+        if cap:
+            row += [_fmt(cap["per_group"][g][m]) for m in CAPTION_METRICS]
+        rows.append(row)
+    gap = ["best - worst", ""]
+    if zs:
+        gz = zs["gap"]
+        gap += [f"{100 * gz['gap']:.1f} ({gz['best']} vs {gz['worst']})", ""]
+    if cap:
+        gap += [f"{cap['gap'][m]['gap']:.3f} ({cap['gap'][m]['best']} vs {cap['gap'][m]['worst']})"
+                for m in CAPTION_METRICS]
+    rows.append(gap)
+    return head, rows
+
+
+def format_table(report: dict) -> str:
+    head, rows = table_rows(report)
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+
+def bias_table_html(report: dict) -> str:
+    """The table as an HTML fragment (for the demo report)."""
+    import html
+    head, rows = table_rows(report)
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    note = (f"Attribute <code>{html.escape(report['attribute'])}</code>, {report['n_samples']} images"
+            + (f", matched by <code>{html.escape(report['match_by'])}</code> ({report.get('matched_values')} "
+               f"items in every group)" if report.get("match_by") else "") + ".")
+    return f'<table class="bias"><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table><p>{note}</p>'
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [p for p in ("zeroshot", "caption") if p in report]
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 3.6), squeeze=False)
+    groups = report["groups"]
+    for ax, part in zip(axes[0], parts):
+        pg = report[part]["per_group"]
+        if part == "zeroshot":
+            vals = [100 * (pg[g]["top1"] or 0) for g in groups]
+            err = [[v - 100 * pg[g]["ci95"][0] for v, g in zip(vals, groups)],
+                   [100 * pg[g]["ci95"][1] - v for v, g in zip(vals, groups)]]
+            ax.bar(groups, vals, yerr=err, capsize=3, color="#4477aa")
+            ax.set_ylabel("zero-shot top-1 (%)")
+        else:
+            ax.bar(groups, [pg[g]["CIDEr-D"] or 0 for g in groups], color="#cc6677")
+            ax.set_ylabel("CIDEr-D")
+        ax.set_title(f"{part} by {report['attribute']}")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_bias_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
+    from .common import atomic_write, write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    preds = report.get("predictions", [])
+    body = {k: v for k, v in report.items() if k != "predictions"}
+    paths = {"json": write_json(out / "bias.json", body),
+             "table": atomic_write(out / "bias.md", format_table(report) + "\n"),
+             "predictions": atomic_write(out / "predictions.jsonl",
+                                         "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))}
+    _plot(report, out / "bias.png")
+    paths["plot"] = out / "bias.png"
+    return paths
+
+
+# ----------------------------------------------------------------------------- CLI (mmfm eval bias)
+def add_arguments(p) -> None:
+    from mmfm.generate import add_generate_args
+
+    p.add_argument("data", help="shard folder / .tar / brace pattern whose json holds the attribute")
+    p.add_argument("--model", action="append", required=True,
+                   help="a CLIP checkpoint (zero-shot) and/or a captioner (caption quality); repeat for both")
+    p.add_argument("--attribute", required=True, help="json field naming the group, e.g. skin_tone")
+    p.add_argument("--groups", help="comma-separated groups to compare (default: all; skin_tone: default + 5 tones)")
+    p.add_argument("--match-by", default="auto",
+                   help="json field that must exist in every group (default: base_name when present; 'none' = off)")
+    p.add_argument("--label-field", default="auto",
+                   help="zero-shot label: a json field or 'cls' (default: base_name when present, else cls)")
+    p.add_argument("--templates", default="{}", help="prompt templates: a name (simple, openai), a file, or a "
+                                                      "literal with {} (default '{}': the label itself)")
+    p.add_argument("--max-samples", type=int, help="read at most N samples")
+    p.add_argument("--out", help="output folder (default runs/eval/bias-ATTRIBUTE)")
+    p.add_argument("--quiet", action="store_true")
+    add_generate_args(p)
+
+
+def run(args) -> int:
+    from mmfm.generate import generate_config_from_args
+
+    gen = None
+    caps = [m for m in args.model if _is_captioner(m)]
+    if caps:
+        gen = generate_config_from_args(_stored_generate(caps[0]), args)
+    templates = args.templates
+    report = bias_report(args.model, args.data, args.attribute,
+                         groups=[g.strip() for g in args.groups.split(",")] if args.groups else None,
+                         match_by=None if args.match_by == "none" else args.match_by, label_field=args.label_field,
+                         templates=templates, gen=gen, max_samples=args.max_samples, progress=not args.quiet)
+    out = args.out or f"runs/eval/bias-{args.attribute}"
+    paths = write_bias_report(report, out)
+    print(format_table(report))
+    print(f"{report['n_samples']} images, groups {report['groups']}"
+          + (f", matched by {report['match_by']}" if report.get("match_by") else ""))
+    print(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}")
+    return 0
+
+
+def _is_captioner(spec: str) -> bool:
+    from mmfm.compress.quantize import read_config
+    try:
+        return read_config(spec).model.kind == "captioner"
+    except ConfigError:
+        return False
+
+
+def _stored_generate(m):
+    """The decoding settings stored with a captioner checkpoint (defaults for a loaded model without one)."""
+    from mmfm.compress.quantize import read_config
+    from mmfm.config.caption import GenerateConfig
+
+    spec = getattr(m, "checkpoint_path", None) if hasattr(m, "parameters") else m
+    try:
+        return read_config(spec).generate if spec else GenerateConfig()
+    except ConfigError:
+        return GenerateConfig()

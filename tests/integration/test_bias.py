@@ -1,0 +1,101 @@
+"""Bias report on real emoji shards (Noto Color Emoji rendered by the shard builder): skin-tone groups, matched
+by base emoji, zero-shot accuracy and caption quality per group with the best-worst gap; the numbers are
+re-derived from the written predictions, and the zero-shot predictions agree with mmfm's own classifier."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmfm.config import ConfigError
+from mmfm.eval.bias import SKIN_TONE_ORDER, bias_report, bias_table_html, write_bias_report
+from mmfm.models import build_model, save_pretrained
+
+EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
+FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+BASES = ("waving hand", "thumbs up", "clapping hands", "folded hands")
+pytestmark = pytest.mark.skipif(not (EMOJI_TEST.is_file() and FONT.is_file()),
+                                reason="needs Debian's unicode-data and fonts-noto-color-emoji (make test installs them)")
+
+
+@pytest.fixture(scope="module")
+def emoji_shards(tmp_path_factory):
+    from mmfm.data.shards.build import build
+    from mmfm.data.shards.recipes import resolve_options
+
+    d = tmp_path_factory.mktemp("emoji")
+    lines = ["# group: People & Body", "# subgroup: hand"]
+    for line in EMOJI_TEST.read_text(encoding="utf-8").splitlines():
+        if "fully-qualified" in line and any(f" {b}" in line.split("#", 1)[1] for b in BASES):
+            name = line.split("#", 1)[1].split(" ", 3)[-1]
+            if name.split(":")[0] in BASES:
+                lines.append(line)
+    lines += ["# group: Animals & Nature", "# subgroup: animal-mammal",
+              "1F436                                                  ; fully-qualified     # 🐶 E0.6 dog face"]
+    src = d / "emoji-test.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    opts = resolve_options("noto_emoji", ["workers=0", "image.size=32", "holdout=0", "dedup=false"],
+                           {"source": {"path": str(src)}})
+    build(opts, d / "shards", progress=False)
+    return d / "shards"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    save_pretrained(build_model("tiny"), None, d / "clip")
+    save_pretrained(build_model("tiny_captioner"), None, d / "captioner")
+    return d
+
+
+def test_skin_tone_report_per_group_with_gap(emoji_shards, models, tmp_path):
+    report = bias_report([str(models / "clip"), str(models / "captioner")], str(emoji_shards), "skin_tone",
+                         progress=False)
+    assert report["groups"] == SKIN_TONE_ORDER and report["match_by"] == "base_name"
+    assert report["n_per_group"] == {g: 4 for g in SKIN_TONE_ORDER}            # 4 emoji x (default + 5 tones)
+    assert report["found"]["none"] == 5                                        # the dog is there, unmatched
+    zs, cap = report["zeroshot"], report["caption"]
+    assert zs["label_field"] == "base_name" and zs["n_classes"] == 4
+    paths = write_bias_report(report, tmp_path / "out")
+    rows = [json.loads(x) for x in paths["predictions"].read_text().splitlines()]
+    assert len(rows) == 24
+    for g in SKIN_TONE_ORDER:                                                   # re-derive from predictions
+        mine = [r for r in rows if r["group"] == g]
+        assert zs["per_group"][g]["top1"] == pytest.approx(sum(r["correct"] for r in mine) / len(mine))
+        assert cap["per_group"][g]["CIDEr-D"] == pytest.approx(sum(r["CIDEr-D"] for r in mine) / len(mine))
+        lo, hi = zs["per_group"][g]["ci95"]
+        assert 0 <= lo <= zs["per_group"][g]["top1"] <= hi <= 1
+        assert all(not any(t in r["label"] for t in ("skin tone", "light", "dark")) for r in mine)
+    accs = {g: v["top1"] for g, v in zs["per_group"].items()}
+    assert zs["gap"]["gap"] == pytest.approx(max(accs.values()) - min(accs.values()))
+    assert zs["gap"]["best"] in accs and zs["gap"]["worst"] in accs
+    body = json.loads(paths["json"].read_text())
+    assert body["caption"]["decoding"]["max_new_tokens"] > 0 and "backend" in body
+    assert "best - worst" in paths["table"].read_text() and paths["plot"].stat().st_size > 1000
+    assert "<table" in bias_table_html(report)
+
+
+def test_zero_shot_predictions_agree_with_mmfm_classify(emoji_shards, models):
+    import mmfm
+    from mmfm.eval.bias import read_samples, select_groups, zero_shot_samples
+    from mmfm.eval.folder import decode_image
+
+    samples, _ = read_samples(str(emoji_shards), "skin_tone")
+    kept, _ = select_groups(samples, "skin_tone")
+    clip = mmfm.load(models / "clip")
+    labels = [s["meta"]["base_name"] for s in kept]
+    preds = zero_shot_samples(clip, kept, labels, ["{}"])
+    classes = sorted(set(labels))
+    ref = [r["label"] for r in clip.classify([decode_image(s["image"]) for s in kept], classes, templates="{}")]
+    assert preds == ref
+
+
+def test_bad_attribute_and_groups_are_named(emoji_shards, models):
+    clip = str(models / "clip")
+    with pytest.raises(ConfigError, match="no sample .* has it .*skin_tone"):
+        bias_report([clip], str(emoji_shards), "gender", progress=False)
+    with pytest.raises(ConfigError, match=r"--groups: \['purple'\]"):
+        bias_report([clip], str(emoji_shards), "skin_tone", groups=["none", "purple"], progress=False)
+    with pytest.raises(ConfigError, match="not a shard folder"):
+        bias_report([clip], str(emoji_shards / "nope"), "skin_tone", progress=False)

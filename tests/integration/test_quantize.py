@@ -1,0 +1,118 @@
+"""int8 dynamic quantization for CPU inference: save/load through safetensors only is bit-exact, outputs stay
+close to the float model (CLIP and captioner, GPT-2 Conv1D included), broken files fail clearly, and
+``mmfm eval compare`` puts size, latency and the metric drop side by side."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mmfm
+from mmfm.compress import load_quantized, quantize_model
+from mmfm.compress.compare import compare_models
+from mmfm.config import ConfigError
+from mmfm.export import export
+from mmfm.models import build_model, save_pretrained
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / "data_recipes"
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("q")
+    torch.manual_seed(0)
+    save_pretrained(build_model("tiny"), None, d / "clip")
+    save_pretrained(build_model("tiny_captioner"), None, d / "captioner")
+    return d
+
+
+def test_clip_int8_round_trip_is_exact_and_close_to_float(ckpts, tmp_path):
+    info = export(ckpts / "clip", "int8", tmp_path / "int8")
+    assert sorted(info["files"]) == ["config.yaml", "meta.json", "model.int8.safetensors"]
+    assert info["quantized_linears"] > 10 and info["quantized_embeddings"] == 1      # + the token embedding
+    assert info["bytes"] < 0.35 * (ckpts / "clip" / "model.safetensors").stat().st_size
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "int8" / "model.int8.safetensors"), "pt") as f:     # plain tensors, no pickle
+        assert f.get_tensor("visual.trunk.blocks.0.attn.qkv.weight_int8").dtype == torch.int8
+        assert f.get_tensor("text.token_embedding.weight_uint8").dtype == torch.uint8
+    meta = json.loads((tmp_path / "int8" / "meta.json").read_text())
+    assert meta["quantization"]["format"] == "mmfm-int8-dynamic/1"
+    float_model = mmfm.load(ckpts / "clip")
+    loaded, fresh = load_quantized(tmp_path / "int8"), quantize_model(float_model)
+    x = torch.randn(4, 3, 32, 32)
+    texts = ["a red circle", "two blue squares"]
+    with torch.no_grad():
+        a, b, c = (m.encode_image(x, normalize=True) for m in (float_model, fresh, loaded))
+    assert torch.equal(b, c)                                                 # saved == quantized in memory
+    assert F.cosine_similarity(a, c).min() > 0.99
+    assert torch.allclose(fresh.embed_texts(texts), loaded.embed_texts(texts))
+    assert F.cosine_similarity(float_model.embed_texts(texts), loaded.embed_texts(texts)).min() > 0.99
+    assert loaded.classify(x[:1], ["a", "b"])[0]["label"] in ("a", "b")      # the scripting API still works
+
+
+def test_captioner_int8_converts_conv1d_and_generates(ckpts, tmp_path):
+    export(ckpts / "captioner", "int8", tmp_path / "int8")
+    model, q = mmfm.load(ckpts / "captioner"), load_quantized(tmp_path / "int8")
+    from transformers.pytorch_utils import Conv1D
+    assert len(q.quantization["converted_conv1d"]) == 14     # 2 layers x (self c_attn/c_proj, cross c_attn/q_attn/
+    assert not any(isinstance(m, Conv1D) for m in q.modules())  # c_proj, mlp c_fc/c_proj): all int8 now
+    x = torch.randn(2, 3, 32, 32)
+    ids = torch.randint(3, 40000, (2, 7))
+    with torch.no_grad():
+        a = model(image=x, text_ids=ids, attention_mask=torch.ones_like(ids))["logits"]
+        b = q(image=x, text_ids=ids, attention_mask=torch.ones_like(ids))["logits"]
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+    out = q.generate_ids(x, [[]] * 2, max_new_tokens=5, min_new_tokens=5)
+    assert out.shape == (2, 5)
+
+
+def test_broken_int8_folders_fail_clearly(ckpts, tmp_path):
+    export(ckpts / "clip", "int8", tmp_path / "int8")
+    weights = tmp_path / "int8" / "model.int8.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ConfigError, match="model.int8.safetensors"):
+        load_quantized(tmp_path / "int8")
+    with pytest.raises(ConfigError, match="not an int8 checkpoint"):
+        load_quantized(ckpts / "clip")
+    with pytest.raises(ConfigError, match="already quantized"):
+        quantize_model(quantize_model(mmfm.load(ckpts / "clip")))
+    export(ckpts / "clip", "int8", tmp_path / "int8b")
+    meta = json.loads((tmp_path / "int8b" / "meta.json").read_text())
+    meta["quantization"]["format"] = "something-else/9"
+    (tmp_path / "int8b" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="quantization format"):
+        load_quantized(tmp_path / "int8b")
+
+
+def test_compare_clip_on_an_image_folder(ckpts, tmp_path):
+    export(ckpts / "clip", "int8", tmp_path / "int8")
+    res = compare_models(str(ckpts / "clip"), str(FIXTURE / "image_folder" / "fixture"),
+                         ["int8", str(tmp_path / "int8")], latency_images=3, progress=False)
+    orig, here, saved = res["rows"]
+    assert res["metric"] == "zero-shot top-1" and orig["metric"]["samples"] == 6
+    assert here["metric"]["value"] == saved["metric"]["value"]               # same int8 weights either way
+    assert saved["size_bytes"] == (tmp_path / "int8" / "model.int8.safetensors").stat().st_size
+    assert here["size_ratio"] < 0.5 and orig["size_ratio"] == 1.0
+    assert here["metric_drop"] == pytest.approx(orig["metric"]["value"] - here["metric"]["value"])
+    assert all(r["latency"]["ms_per_image"] > 0 and r["latency"]["images"] == 3 for r in res["rows"])
+
+
+@pytest.mark.slow
+def test_eval_compare_cli_for_a_captioner(ckpts, tmp_path):
+    rows = [{"image": str(FIXTURE / "csv_pairs/fixture/images" / n), "caption": c}
+            for n, c in (("0.jpg", "a red circle"), ("1.jpg", "a blue square"), ("3.jpg", "a red square"))]
+    data = tmp_path / "caps.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "cmp.json"
+    proc = subprocess.run([sys.executable, "-m", "mmfm", "eval", "compare", "--model", str(ckpts / "captioner"),
+                           str(data), "--latency-images", "2", "--max-new-tokens", "5", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CIDEr-D" in proc.stdout and "int8" in proc.stdout
+    res = json.loads(out.read_text())
+    assert [r["role"] for r in res["rows"]] == ["original", "variant"] and res["decoding"]["max_new_tokens"] == 5
+    assert res["rows"][1]["int8"] and res["rows"][0]["metric"]["samples"] == 3
