@@ -189,3 +189,15 @@ def test_overfit_one_batch_then_greedy_decodes_exactly(tok_dir):
                 break
     assert loss.item() < 0.1, loss.item()
     assert got == CAPTIONS
+
+
+def test_coca_style_joint_loss(tok_dir):
+    t = build_task(_cfg({"name": "tiny_captioner_coca"}, tok_dir, caption={"contrastive_weight": 0.5}))
+    out = t(_batch(t))
+    assert {"caption_loss", "contrastive_loss", "token_acc"} <= set(out)
+    assert torch.allclose(out["loss"], out["caption_loss"] + 0.5 * out["contrastive_loss"])
+    out["loss"].backward()
+    assert t.model.text_proj.weight.grad.abs().sum() > 0 and t.model.image_proj.weight.grad.abs().sum() > 0
+    assert t.model.proj[0].in_features == 32 and t.model.hidden_size == 48      # 32-wide tokens projected to 48
+    with pytest.raises(ConfigError, match="contrastive_head"):
+        build_task(_cfg(tokenizer=tok_dir, caption={"contrastive_weight": 0.5}))
