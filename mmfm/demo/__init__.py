@@ -1,0 +1,1 @@
+"""``mmfm demo``: the end-to-end run on real emoji data (stages, settings, report)."""

@@ -1,0 +1,178 @@
+"""The demo's data: emoji shards via the ``noto_emoji`` recipe, the held-out folder tree, and VQA pairs.
+
+Everything here goes through the library: shards are built by ``mmfm.data.shards.build`` (the noto_emoji
+recipe for images + names, the ``vqa`` source for question/answer shards), and the held-out images are
+exported as a plain image folder (one subfolder per emoji group) so the zero-shot stage runs exactly what
+``mmfm zeroshot FOLDER`` runs.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+from mmfm.config import atomic_write_text
+
+SKIN_TONES = ("none", "light", "medium-light", "medium", "medium-dark", "dark", "mixed")
+
+
+def slug(text: str) -> str:
+    """'Smileys & Emotion' -> 'smileys_emotion' (a safe folder name)."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def subsample_emoji_test(src: Path, dst: Path, every: int) -> Path:
+    """A copy of emoji-test.txt keeping every ``every``-th emoji line (all group headers kept), so a quick run
+    still sees all 9 groups."""
+    lines, n = [], 0
+    for line in src.read_text(encoding="utf-8").splitlines(keepends=True):
+        if line.strip() and not line.startswith("#"):
+            n += 1
+            if (n - 1) % every:
+                continue
+        lines.append(line)
+    atomic_write_text(dst, "".join(lines))
+    return dst
+
+
+def build_emoji_shards(out: Path, *, size: int, holdout: float, limit: int | None, caption_template: str | None,
+                       subsample: int = 1, workers: int = 2, progress: bool = True) -> dict:
+    """``mmfm shards build --recipe noto_emoji`` in-process; resumes after the last complete shard."""
+    from mmfm.data.shards.build import build
+    from mmfm.data.shards.recipes import resolve_options
+
+    data: dict = {"image": {"size": size}, "holdout": holdout, "workers": workers}
+    if limit:
+        data.setdefault("source", {})["limit"] = limit
+    if subsample > 1:
+        src = Path(resolve_options("noto_emoji").source.path)
+        data.setdefault("source", {})["path"] = str(subsample_emoji_test(src, out / "emoji-test.subset.txt", subsample))
+    if caption_template:
+        data.setdefault("source", {})["template"] = caption_template
+    opts = resolve_options("noto_emoji", None, data)
+    resume = (out / "train").is_dir() or (out / "heldout").is_dir()
+    manifests = build(opts, out, resume=resume, overwrite=False, progress=progress)
+    return {split: {"samples": m["total_samples"], "shards": len(m["shards"]), "failures": m["failures"]}
+            for split, m in manifests.items()}
+
+
+def iter_samples(folder: Path) -> Iterator[dict]:
+    """Read a shard folder (our own, trusted output) -> {key, image bytes, ext, txt, meta, cls}."""
+    for tar_path in sorted(Path(folder).glob("*.tar")):
+        groups: dict[str, dict] = {}
+        with tarfile.open(tar_path) as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                key, _, ext = m.name.partition(".")
+                f = tf.extractfile(m)
+                groups.setdefault(key, {"key": key})[ext] = f.read() if f else b""
+        for key, s in groups.items():
+            ext = next((e for e in ("jpg", "png", "webp") if e in s), None)
+            if ext is None:
+                continue
+            meta = json.loads(s["json"]) if "json" in s else {}
+            yield {"key": key, "image": s[ext], "ext": ext, "txt": s.get("txt", b"").decode("utf-8"),
+                   "meta": meta, "cls": int(s["cls"]) if "cls" in s else None}
+
+
+def load_split(folder: Path) -> list[dict]:
+    return list(iter_samples(folder))
+
+
+def export_images(samples: list[dict], root: Path, *, by_group: bool) -> list[Path]:
+    """Write each sample's image bytes to ``root/[group]/KEY.ext`` (atomic per file); returns the paths."""
+    paths = []
+    for s in samples:
+        sub = root / slug(s["meta"].get("group", "unknown")) if by_group else root
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / f"{s['key']}.{s['ext']}"
+        if not path.is_file():
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(s["image"])
+            tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+def write_zeroshot_folder(samples: list[dict], classes: list[str], root: Path) -> tuple[Path, Path]:
+    """Held-out images as ``root/images/<group>/KEY.jpg`` plus ``root/classnames.txt`` (folder -> group name)."""
+    images = root / "images"
+    export_images(samples, images, by_group=True)
+    # scan_folder sorts class folders by name; the classnames file follows that order. Only groups with
+    # held-out images get a folder (the full demo holds out emoji of all 9 groups).
+    present = {s["meta"].get("group", "unknown") for s in samples}
+    order = sorted((g for g in classes if g in present), key=slug)
+    names = root / "classnames.txt"
+    atomic_write_text(names, "".join(f"{g}\n" for g in order))
+    return images, names
+
+
+# ----------------------------------------------------------------------------- VQA pairs
+QUESTIONS = {
+    "group": "which group is this emoji in?",
+    "flag": "is this a flag?",
+    "skin": "what skin tone is this?",
+}
+
+
+def qa_pairs(meta: dict) -> list[dict]:
+    """Questions drawn from an emoji's metadata, with VQAv2-style answer lists (10 identical answers).
+
+    Answers are written the way VQAv2 annotations are, already normalised by the official evaluation's rules
+    ("medium-dark" -> "medium dark"); "none" would normalise to "0", so an emoji without a skin tone answers
+    "no skin tone"."""
+    from mmfm.eval.vqa_metrics import normalize_answer
+
+    group = meta.get("group", "")
+    tone = meta.get("skin_tone") or "none"
+    flag = bool(meta.get("is_flag", group == "Flags"))
+    tone = "no skin tone" if tone == "none" else tone
+    pairs = [
+        {"kind": "group", "question": QUESTIONS["group"], "answer": group.lower(), "answer_type": "other"},
+        {"kind": "flag", "question": QUESTIONS["flag"], "answer": "yes" if flag else "no", "answer_type": "yes/no"},
+        {"kind": "skin", "question": QUESTIONS["skin"], "answer": tone, "answer_type": "other"},
+    ]
+    for p in pairs:
+        p["answer"] = normalize_answer(p["answer"])
+    return pairs
+
+
+def write_vqa_json(samples: list[dict], image_paths: list[Path], path: Path) -> list[dict]:
+    """A LAVIS-style VQA list ``[{image, question, answers, answer_type, question_id}]`` for the vqa source."""
+    records = []
+    for s, img in zip(samples, image_paths):
+        for j, qa in enumerate(qa_pairs(s["meta"])):
+            records.append({"image": str(img), "question": qa["question"], "answers": [qa["answer"]] * 10,
+                            "answer_type": qa["answer_type"], "question_id": f"{s['key']}_{qa['kind']}",
+                            "kind": qa["kind"]})
+    atomic_write_text(path, json.dumps(records, ensure_ascii=False))
+    return records
+
+
+def build_vqa_shards(vqa_json: Path, out: Path, *, size: int, workers: int = 2, progress: bool = True) -> dict:
+    """The ``vqa`` source of the shard builder on our generated question list."""
+    from mmfm.data.shards.build import build
+    from mmfm.data.shards.recipes import resolve_options
+
+    data = {"source": {"type": "vqa", "path": str(vqa_json)},
+            "image": {"size": size, "resize_mode": "border", "format": "jpg", "quality": 95},
+            "dedup": False, "workers": workers, "shard_size": 4000}
+    opts = resolve_options(None, None, data)
+    resume = out.is_dir() and any(out.glob("*.tar"))
+    m = build(opts, out, resume=resume, overwrite=False, progress=progress)[""]
+    return {"samples": m["total_samples"], "shards": len(m["shards"]), "failures": m["failures"]}
+
+
+def thumbnail_uri(image: bytes, size: int = 64) -> str:
+    import base64
+
+    from PIL import Image
+    img = Image.open(io.BytesIO(image)).convert("RGB")
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -1,0 +1,291 @@
+"""The five demo stages on real data (Noto emoji), each a thin call into the library.
+
+1. shards   -- ``mmfm shards build --recipe noto_emoji`` with a held-out split by base name
+2. clip     -- ``mmfm train configs/experiments/demo/clip.yaml`` (timm ViT from scratch + locked MiniLM, LiT)
+3. zeroshot -- held-out images exported as a folder tree by group, then ``mmfm zeroshot``'s library call
+4. caption  -- ``mmfm train .../caption.yaml`` on the names, then ``mmfm eval caption`` on the held-out split
+5. vqa      -- questions drawn from the metadata -> VQA shards -> ``mmfm train .../vqa.yaml`` -> ``mmfm eval vqa``
+6. report   -- ``OUT/report.html`` and the metrics table in the terminal
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmfm.config import ConfigError
+
+from . import data as D
+from .stages import Stage
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "demo"
+
+
+@dataclass
+class DemoContext:
+    out: Path
+    quick: bool = False
+    progress: bool = True
+    config_dir: Path = CONFIG_DIR
+    results: dict = field(default_factory=dict)
+
+    @property
+    def variant(self) -> str:
+        return "quick" if self.quick else "full"
+
+    def config(self, name: str) -> Path:
+        path = self.config_dir / (f"quick_{name}.yaml" if self.quick else f"{name}.yaml")
+        if not path.is_file():
+            raise ConfigError(f"demo config not found: {path}")
+        return path
+
+    def demo_settings(self) -> dict:
+        """``demo.yaml``: shard size, held-out fraction, emoji limit, zero-shot prompts, report grid."""
+        from mmfm.config import load_config, to_dict
+
+        from .settings import DemoSettings
+        return to_dict(load_config(self.config("demo"), DemoSettings))
+
+    @property
+    def shards(self) -> Path:
+        return self.out / "shards"
+
+
+def _files_digest(*paths: Path) -> dict:
+    return {p.name: p.read_text(encoding="utf-8") for p in paths if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- 1. shards
+def stage_shards(ctx: DemoContext) -> dict:
+    s = ctx.demo_settings()["shards"]
+    summary = D.build_emoji_shards(ctx.shards, size=int(s["image_size"]), holdout=float(s["holdout"]),
+                                   limit=s.get("limit"), caption_template=s.get("caption_template"),
+                                   subsample=int(s.get("subsample", 1)),
+                                   workers=int(s.get("workers", 2)), progress=ctx.progress)
+    heldout = D.load_split(ctx.shards / "heldout")
+    classes = json.loads((ctx.shards / "train" / "manifest.json").read_text())["classes"]
+    images, names = D.write_zeroshot_folder(heldout, classes, ctx.shards / "heldout_by_group")
+    summary["classes"] = classes
+    summary["zeroshot_folder"] = str(images)
+    return summary
+
+
+# ----------------------------------------------------------------------------- training via `mmfm train`
+def _train(ctx: DemoContext, config: Path, out_dir: Path, extra: list[str]) -> dict:
+    """Run ``mmfm train CONFIG`` in this process, resuming from the run's last checkpoint if there is one."""
+    from mmfm.commands import train as train_cmd
+
+    argv = [str(config), "--output-dir", str(out_dir), *extra]
+    if (out_dir / "checkpoints" / "latest").exists():
+        argv += ["--resume", "latest"]
+    if not ctx.progress:
+        argv.append("--no-progress")
+    rc = train_cmd.main(argv)
+    if rc != 0:
+        raise RuntimeError(f"mmfm train {config.name} failed with exit code {rc} (see the log above)")
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = next((r for r in reversed(rows) if "train/loss" in r), {})
+    return {"steps": last.get("step"), "final_train_loss": last.get("train/loss"),
+            "samples_per_s": last.get("train/samples_per_s"), "run": str(out_dir)}
+
+
+def _set(key: str, value) -> list[str]:
+    return ["--set", f"{key}={value}"]
+
+
+def stage_clip(ctx: DemoContext) -> dict:
+    extra = _set("data.train", json.dumps([{"path": str(ctx.shards / "train")}]))
+    extra += _set("data.val", json.dumps([{"path": str(ctx.shards / "heldout")}]))
+    return _train(ctx, ctx.config("clip"), ctx.out / "clip", extra)
+
+
+# ----------------------------------------------------------------------------- 3. zero-shot
+def stage_zeroshot(ctx: DemoContext) -> dict:
+    import numpy as np
+
+    import mmfm
+    from mmfm.eval.report import write_report
+    from mmfm.eval.zeroshot import zeroshot_classify
+
+    s = ctx.demo_settings()["zeroshot"]
+    root = ctx.shards / "heldout_by_group"
+    model = mmfm.load(str(ctx.out / "clip"))
+    res = zeroshot_classify(model, str(root / "images"), classnames_file=str(root / "classnames.txt"),
+                            templates=list(s["templates"]), batch_size=128, workers=0, use_cache=False,
+                            progress=ctx.progress)
+    files = write_report(res, ctx.out / "zeroshot", thumbnails=False)
+    support = res.confusion.sum(axis=1)
+    present = int((support > 0).sum())
+    majority = int(np.argmax(support))
+    return {"top1": res.metrics["top1"], "top5": res.metrics.get("top5"),
+            "mean_per_class_recall": res.metrics["mean_per_class_recall"],
+            "chance_top1": 1.0 / present, "chance_recall": 1.0 / present,
+            "majority_class": res.classnames[majority], "majority_top1": float(support[majority] / support.sum()),
+            "images": int(support.sum()), "classes": res.classnames,
+            "per_class": [{"class": r["classname"], "n": r["n"], "recall": r["recall"]} for r in res.per_class],
+            "confusion_png": str(files.get("confusion", "")), "predictions": str(files["predictions"])}
+
+
+# ----------------------------------------------------------------------------- 4. caption
+def stage_caption(ctx: DemoContext) -> dict:
+    from mmfm.eval.caption_eval import evaluate_captions, write_eval
+    from mmfm.generate import load_captioner
+
+    from .report import constant_caption_baseline
+
+    extra = _set("data.train", json.dumps([{"path": str(ctx.shards / "train")}]))
+    extra += _set("model.clip_checkpoint", str(ctx.out / "clip"))
+    summary = _train(ctx, ctx.config("caption"), ctx.out / "caption", extra)
+    model, gen = load_captioner(str(ctx.out / "caption"))
+    res = evaluate_captions(model, str(ctx.shards / "heldout"), gen, split="heldout", progress=ctx.progress)
+    write_eval(res, ctx.out / "caption" / "eval")
+    refs = {p["key"]: p["references"] for p in res["predictions"]}
+    train_caps = [s["txt"] for s in D.iter_samples(ctx.shards / "train")]
+    base = constant_caption_baseline(refs, train_caps)
+    summary.update({k: res["metrics"][k] for k in ("CIDEr-D", "BLEU-4", "BLEU-1", "ROUGE-L")})
+    summary["constant_baseline"] = base
+    summary["degenerate"] = {k: res["degenerate"][k] for k in ("distinct_frac", "empty", "repetition_loops",
+                                                                "collapsed")}
+    summary["captions"] = {p["key"]: p["caption"] for p in res["predictions"]}
+    summary["decoding"] = res.get("decoding")
+    return summary
+
+
+# ----------------------------------------------------------------------------- 5. VQA
+def _vqa_split(ctx: DemoContext, split: str, size: int) -> tuple[Path, list[dict]]:
+    samples = D.load_split(ctx.shards / split)
+    img_dir = ctx.out / "vqa" / "images" / split
+    paths = D.export_images(samples, img_dir, by_group=False)
+    records = D.write_vqa_json(samples, paths, ctx.out / "vqa" / f"{split}.json")
+    shards = ctx.out / "vqa" / f"shards_{split}"
+    D.build_vqa_shards(ctx.out / "vqa" / f"{split}.json", shards, size=size, progress=ctx.progress)
+    return shards, records
+
+
+def stage_vqa(ctx: DemoContext) -> dict:
+    from collections import Counter, defaultdict
+
+    from mmfm.config import load_experiment
+    from mmfm.eval.caption_eval import evaluate_vqa_model, write_eval
+    from mmfm.generate import load_captioner
+
+    size = int(ctx.demo_settings()["shards"]["image_size"])
+    train_shards, train_records = _vqa_split(ctx, "train", size)
+    held_shards, held_records = _vqa_split(ctx, "heldout", size)
+    extra = _set("data.train", json.dumps([{"path": str(train_shards)}]))
+    extra += _set("model.clip_checkpoint", str(ctx.out / "clip"))
+    init = ctx.out / "caption"
+    if not (ctx.out / "vqa" / "run" / "checkpoints" / "latest").exists():
+        extra += ["--init-from", str(init)]
+    summary = _train(ctx, ctx.config("vqa"), ctx.out / "vqa" / "run", extra)
+    model, gen = load_captioner(str(ctx.out / "vqa" / "run"))
+    vqa_cfg = load_experiment(ctx.config("vqa")).task.vqa
+    res = evaluate_vqa_model(model, str(held_shards), gen, vqa_cfg, split="heldout", progress=ctx.progress)
+    write_eval(res, ctx.out / "vqa" / "eval")
+    kind_of = {r["question_id"]: r["kind"] for r in held_records}
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    for p in res["predictions"]:
+        by_kind[kind_of.get(str(p["question_id"]), "?")].append(p["accuracy"])
+    # majority baseline: each question kind answered with its most frequent training answer
+    top = {}
+    for kind in {r["kind"] for r in train_records}:
+        top[kind] = Counter(r["answers"][0] for r in train_records if r["kind"] == kind).most_common(1)[0][0]
+    base_by_kind: dict[str, list[float]] = defaultdict(list)
+    for r in held_records:
+        base_by_kind[r["kind"]].append(100.0 if top.get(r["kind"]) == r["answers"][0] else 0.0)
+    base_all = [a for v in base_by_kind.values() for a in v]
+    summary.update({
+        "overall": res["metrics"]["overall"],
+        "per_question_type": {k: 100.0 * sum(v) / len(v) for k, v in by_kind.items()},
+        "majority_baseline": sum(base_all) / max(len(base_all), 1),
+        "majority_by_type": {k: sum(v) / len(v) for k, v in base_by_kind.items()},
+        "majority_answers": top, "questions": res["samples"],
+        "answers": {str(p["question_id"]): p["answer"] for p in res["predictions"]},
+    })
+    return summary
+
+
+# ----------------------------------------------------------------------------- 6. report
+def stage_report(ctx: DemoContext) -> dict:
+    from . import report as R
+
+    results = ctx.results
+    rows = R.metrics_rows(results)
+    curves = R.plot_curves({"CLIP (LiT) pre-training": ctx.out / "clip", "captioner": ctx.out / "caption",
+                            "VQA": ctx.out / "vqa" / "run"}, ctx.out / "training_curves.png")
+    items = _grid_items(ctx, int(ctx.demo_settings()["report"].get("grid", 48)))
+    zs = results.get("zeroshot", {})
+    info = {"summary": _summary_line(ctx), "details": _details(ctx)}
+    conf = Path(zs["confusion_png"]) if zs.get("confusion_png") else None
+    path = R.write_report(ctx.out, rows=rows, curves=curves, confusion=conf, items=items, info=info)
+    table = R.format_table(rows)
+    (ctx.out / "metrics.txt").write_text(table + "\n", encoding="utf-8")
+    (ctx.out / "metrics.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    return {"report": str(path), "table": table}
+
+
+def _grid_items(ctx: DemoContext, n: int) -> list[dict]:
+    """Held-out emoji spread over the groups: thumbnail, true name, caption, zero-shot label, VQA answers."""
+    import random
+
+    zs_pred = {}
+    pred_file = ctx.out / "zeroshot" / "predictions.jsonl"
+    if pred_file.is_file():
+        names = (ctx.shards / "heldout_by_group" / "classnames.txt").read_text(encoding="utf-8").split("\n")
+        by_slug = {D.slug(x): x for x in names if x}
+        for line in pred_file.read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            zs_pred[Path(r["path"]).stem] = by_slug.get(r["pred"], r["pred"])
+    captions = (ctx.results.get("caption") or {}).get("captions", {})
+    answers = (ctx.results.get("vqa") or {}).get("answers", {})
+    samples = D.load_split(ctx.shards / "heldout")
+    random.Random(0).shuffle(samples)
+    samples.sort(key=lambda s: s["meta"].get("group", ""))
+    step = max(1, len(samples) // max(n, 1))
+    items = []
+    for s in samples[::step][:n]:
+        qa = [(D.QUESTIONS[k], answers[f"{s['key']}_{k}"]) for k in D.QUESTIONS if f"{s['key']}_{k}" in answers]
+        items.append({"thumb": D.thumbnail_uri(s["image"]), "name": s["txt"], "group": s["meta"].get("group", ""),
+                      "caption": captions.get(s["key"], "-"), "zeroshot": zs_pred.get(s["key"], "-"), "answers": qa})
+    return items
+
+
+def _summary_line(ctx: DemoContext) -> str:
+    sh = ctx.results.get("shards", {})
+    tr, ho = (sh.get("train") or {}).get("samples"), (sh.get("heldout") or {}).get("samples")
+    return (f"{tr} training emoji and {ho} held-out emoji (split by base name: no skin-tone variant of a held-out "
+            f"emoji was seen in training). Every number below is measured on the held-out emoji.")
+
+
+def _details(ctx: DemoContext) -> dict:
+    out = {"output folder": str(ctx.out), "variant": ctx.variant}
+    for name in ("clip", "caption", "vqa"):
+        r = ctx.results.get(name) or {}
+        if r:
+            out[f"{name} run"] = f"{r.get('run')} ({r.get('steps')} steps, final train loss {r.get('final_train_loss')})"
+    out["configs"] = str(ctx.config_dir)
+    out["reproduce"] = "mmfm demo --out " + str(ctx.out) + (" --quick" if ctx.quick else "")
+    return out
+
+
+# ----------------------------------------------------------------------------- the stage list
+def _fp(ctx: DemoContext, *names: str) -> dict:
+    files = [ctx.config("demo")] + [ctx.config(n) for n in names]
+    return {"variant": ctx.variant, "configs": _files_digest(*files)}
+
+
+def build_stages() -> list[Stage]:
+    return [
+        Stage("shards", "Build emoji shards (noto_emoji recipe, held-out split by base name)", stage_shards,
+              lambda c: _fp(c), ("shards",)),
+        Stage("clip", "Pre-train CLIP: timm vision tower from scratch + locked MiniLM text tower (LiT)", stage_clip,
+              lambda c: _fp(c, "clip"), ("clip",)),
+        Stage("zeroshot", "Zero-shot classify the held-out emoji into 9 groups", stage_zeroshot,
+              lambda c: _fp(c, "clip"), ("zeroshot",)),
+        Stage("caption", "Fine-tune a captioner on emoji names, caption the held-out emoji", stage_caption,
+              lambda c: _fp(c, "clip", "caption"), ("caption",)),
+        Stage("vqa", "Train VQA on questions from the metadata, answer them for held-out emoji", stage_vqa,
+              lambda c: _fp(c, "clip", "caption", "vqa"), ("vqa",)),
+        Stage("report", "Write the report", stage_report, lambda c: {"always": os.urandom(8).hex()}),
+    ]

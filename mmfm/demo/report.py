@@ -1,0 +1,203 @@
+"""The demo report: training curves, the metrics table with baselines, and one HTML page.
+
+``runs/demo/report.html`` is self-contained (PNG plots and thumbnails are inlined as data URIs), so it can
+be mailed or opened from any folder. The terminal gets the same metrics table as plain text.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+from mmfm.config import atomic_write_text
+
+
+# ----------------------------------------------------------------------------- baselines
+def constant_caption_baseline(references: dict[str, list[str]], candidates: list[str], *,
+                              max_candidates: int = 60) -> dict:
+    """The best single caption given to every image, among the most frequent training captions and their
+    most frequent words and word pairs (a strong constant baseline: it knows the training distribution)."""
+    from mmfm.eval.caption_metrics import score_captions
+
+    cands = _constant_candidates(candidates, max_candidates)
+    best: dict = {}
+    for cand in cands:
+        scores = score_captions({k: cand for k in references}, references)
+        if not best or scores["CIDEr-D"] > best["CIDEr-D"]:
+            best = {"caption": cand, "CIDEr-D": scores["CIDEr-D"], "BLEU-4": scores["BLEU-4"]}
+    best["candidates"] = len(cands)
+    best["most_frequent"] = cands[0] if cands else ""
+    return best
+
+
+def _constant_candidates(captions: list[str], limit: int) -> list[str]:
+    counts = Counter(captions)
+    words: Counter = Counter()
+    pairs: Counter = Counter()
+    for c in captions:
+        toks = c.replace(":", " ").replace(",", " ").split()
+        words.update(toks)
+        pairs.update(" ".join(p) for p in zip(toks, toks[1:]))
+    out: list[str] = []
+    for source in (counts, pairs, words):
+        for text, _ in source.most_common(limit // 3 or 1):
+            if text not in out:
+                out.append(text)
+    return out
+
+
+def majority_vqa_baseline(train_answers: dict[str, list[str]], heldout: dict[str, dict]) -> float:
+    """Accuracy (%) of answering each question kind with its most frequent training answer."""
+    from mmfm.eval.vqa_metrics import evaluate_vqa
+
+    top = {kind: Counter(answers).most_common(1)[0][0] for kind, answers in train_answers.items() if answers}
+    preds = {qid: top.get(ann.get("question_type", ""), "") for qid, ann in heldout.items()}
+    return evaluate_vqa(preds, heldout)["overall"]
+
+
+# ----------------------------------------------------------------------------- plots
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def plot_curves(runs: dict[str, Path], path: Path) -> Path | None:
+    """One panel per training run: train loss (and validation loss where logged) against step."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    series = {name: read_metrics(Path(run) / "metrics.jsonl") for name, run in runs.items()}
+    series = {k: v for k, v in series.items() if any("train/loss" in r for r in v)}
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.2), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], series.items()):
+        tr = [(r["step"], r["train/loss"]) for r in rows if isinstance(r.get("train/loss"), (int, float))]
+        ax.plot(*zip(*tr), label="train loss", color="tab:blue")
+        val = [(r["step"], r["val/loss"]) for r in rows if isinstance(r.get("val/loss"), (int, float))]
+        if val:
+            ax.plot(*zip(*val), "o-", label="held-out loss", color="tab:orange")
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    from mmfm.eval.common import atomic_write
+    return atomic_write(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- table
+def metrics_rows(results: dict) -> list[dict]:
+    """[{"metric", "value", "baseline", "baseline_name"}] from the stage summaries (missing stages skipped)."""
+    rows = []
+    zs = results.get("zeroshot") or {}
+    if zs:
+        chance = zs.get("chance_top1")
+        rows.append({"metric": "zero-shot top-1 (9 groups)", "value": zs.get("top1"), "baseline": chance,
+                     "baseline_name": "chance (uniform guess)"})
+        rows.append({"metric": "zero-shot mean per-class recall", "value": zs.get("mean_per_class_recall"),
+                     "baseline": zs.get("chance_recall"), "baseline_name": "chance"})
+        rows.append({"metric": "zero-shot top-1, majority-class guess", "value": zs.get("majority_top1"),
+                     "baseline": None, "baseline_name": f"always '{zs.get('majority_class', '?')}'"})
+    cap = results.get("caption") or {}
+    if cap:
+        base = cap.get("constant_baseline") or {}
+        rows.append({"metric": "caption CIDEr-D", "value": cap.get("CIDEr-D"), "baseline": base.get("CIDEr-D"),
+                     "baseline_name": f"best constant caption '{base.get('caption', '')}'"})
+        rows.append({"metric": "caption BLEU-4", "value": cap.get("BLEU-4"), "baseline": base.get("BLEU-4"),
+                     "baseline_name": "same constant caption"})
+    vqa = results.get("vqa") or {}
+    if vqa:
+        rows.append({"metric": "VQA accuracy (%)", "value": vqa.get("overall"), "baseline": vqa.get("majority_baseline"),
+                     "baseline_name": "most frequent training answer per question"})
+        for kind, acc in sorted((vqa.get("per_question_type") or {}).items()):
+            rows.append({"metric": f"  VQA '{kind}' questions (%)", "value": acc,
+                         "baseline": (vqa.get("majority_by_type") or {}).get(kind), "baseline_name": ""})
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def format_table(rows: list[dict]) -> str:
+    w = max([len("metric")] + [len(r["metric"]) for r in rows])
+    lines = [f"{'metric'.ljust(w)}  {'mmfm':>8}  {'baseline':>8}  baseline is", "-" * (w + 40)]
+    for r in rows:
+        lines.append(f"{r['metric'].ljust(w)}  {_fmt(r['value']):>8}  {_fmt(r['baseline']):>8}  {r['baseline_name']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- HTML
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:10px}
+.card{border:1px solid #ddd;border-radius:6px;padding:6px;font-size:12px}.card img{width:64px;height:64px}
+.ok{color:#18794e}.bad{color:#c0392b}.muted{color:#777}img.plot{max-width:100%}code{background:#f3f3f3}"""
+
+
+def _table_html(rows: list[dict]) -> str:
+    body = "".join(f"<tr><td>{html.escape(r['metric'])}</td><td class=num><b>{_fmt(r['value'])}</b></td>"
+                   f"<td class=num>{_fmt(r['baseline'])}</td><td>{html.escape(r['baseline_name'])}</td></tr>"
+                   for r in rows)
+    return f"<table><tr><th>metric (held-out emoji)</th><th>mmfm</th><th>baseline</th><th>baseline is</th></tr>{body}</table>"
+
+
+def _card(item: dict) -> str:
+    zs_ok = item.get("zeroshot") == item.get("group")
+    cls = "ok" if zs_ok else "bad"
+    vqa = "".join(f"<div class=muted>{html.escape(q)} <b>{html.escape(a)}</b></div>"
+                  for q, a in item.get("answers", []))
+    return (f"<div class=card><img src='{item['thumb']}' alt='{html.escape(item['name'])}'>"
+            f"<div>true: <b>{html.escape(item['name'])}</b></div>"
+            f"<div>caption: <i>{html.escape(item.get('caption', '-'))}</i></div>"
+            f"<div class={cls}>zero-shot: {html.escape(item.get('zeroshot', '-'))}</div>"
+            f"<div class=muted>group: {html.escape(item.get('group', '-'))}</div>{vqa}</div>")
+
+
+def render_html(*, rows: list[dict], curves: Path | None, confusion: Path | None, items: list[dict],
+                info: dict) -> str:
+    parts = [f"<!doctype html><meta charset=utf-8><title>mmfm demo report</title><style>{_CSS}</style>",
+             "<h1>mmfm demo: CLIP, zero-shot, captions and VQA on held-out emoji</h1>",
+             f"<p>{html.escape(info.get('summary', ''))}</p>", "<h2>Metrics</h2>", _table_html(rows)]
+    if curves is not None and Path(curves).is_file():
+        parts += ["<h2>Training curves</h2>", f"<img class=plot src='{_png_uri(Path(curves).read_bytes())}'>"]
+    if confusion is not None and Path(confusion).is_file():
+        parts += ["<h2>Zero-shot confusion matrix (held-out emoji, 9 groups)</h2>",
+                  f"<img class=plot style='max-width:640px' src='{_png_uri(Path(confusion).read_bytes())}'>"]
+    parts += [f"<h2>Held-out emoji ({len(items)} shown): true name, generated caption, zero-shot group</h2>",
+              "<div class=grid>" + "".join(_card(i) for i in items) + "</div>"]
+    details = "".join(f"<tr><td>{html.escape(str(k))}</td><td><code>{html.escape(str(v))}</code></td></tr>"
+                      for k, v in info.get("details", {}).items())
+    if details:
+        parts += ["<h2>How this was made</h2>", f"<table>{details}</table>"]
+    return "\n".join(parts)
+
+
+def write_report(out: Path, **kwargs) -> Path:
+    path = Path(out) / "report.html"
+    atomic_write_text(path, render_html(**kwargs))
+    return path

