@@ -51,6 +51,44 @@ def resolve_preprocess(preprocess: dict | None) -> dict:
     return pre
 
 
+class ToNormalizedTensor:
+    """``ToTensor`` + ``Normalize`` fused: RGB PIL (or uint8 HWC array) -> float32 (3, H, W) in one
+    conversion and two in-place passes (torchvision's pair makes five full passes and four allocations)."""
+
+    def __init__(self, mean, std):
+        import torch
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(-1, 1, 1)
+        self.offset = torch.tensor([-m / s for m, s in zip(self.mean, self.std)]).view(-1, 1, 1)
+
+    def __call__(self, img):
+        import numpy as np
+        import torch
+        if isinstance(img, torch.Tensor):   # already a tensor (after e.g. RandomErasing): just normalise
+            return (img - torch.tensor(self.mean).view(-1, 1, 1)) / torch.tensor(self.std).view(-1, 1, 1)
+        arr = np.asarray(img, dtype=np.uint8)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        hwc = torch.from_numpy(arr.copy() if not arr.flags.writeable else arr)
+        out = torch.empty((hwc.shape[2], hwc.shape[0], hwc.shape[1]), dtype=torch.float32)
+        out.copy_(hwc.permute(2, 0, 1))
+        return out.mul_(self.scale).add_(self.offset)
+
+    def __repr__(self) -> str:
+        return f"ToNormalizedTensor(mean={self.mean}, std={self.std})"
+
+
+def _fuse_to_tensor(transform, mean, std):
+    """Replace a trailing ``(Maybe)ToTensor, Normalize`` pair of a timm Compose with ToNormalizedTensor."""
+    ts = getattr(transform, "transforms", None)
+    if not ts or len(ts) < 2:
+        return transform
+    to_tensor, norm = ts[-2], ts[-1]
+    if type(to_tensor).__name__ in ("MaybeToTensor", "ToTensor") and type(norm).__name__ == "Normalize":
+        transform.transforms = list(ts[:-2]) + [ToNormalizedTensor(mean, std)]
+    return transform
+
+
 def build_transform(preprocess: dict | None, train: bool):
     """A torchvision-style callable: RGB ``PIL.Image`` -> float tensor (3, H, W), normalised."""
     from timm.data import create_transform
@@ -59,11 +97,13 @@ def build_transform(preprocess: dict | None, train: bool):
     common = dict(input_size=pre["input_size"], mean=pre["mean"], std=pre["std"],
                   interpolation=pre["interpolation"] or "bicubic")
     if not train:
-        return create_transform(is_training=False, crop_pct=pre["crop_pct"], crop_mode=pre["crop_mode"], **common)
+        tf = create_transform(is_training=False, crop_pct=pre["crop_pct"], crop_mode=pre["crop_mode"], **common)
+        return _fuse_to_tensor(tf, pre["mean"], pre["std"])
     aug = {k: pre.get(k, v) for k, v in TRAIN_DEFAULTS.items()}
-    return create_transform(is_training=True, scale=tuple(aug["scale"]), ratio=tuple(aug["ratio"]),
-                            hflip=float(aug["hflip"]), color_jitter=aug["color_jitter"],
-                            auto_augment=aug["auto_augment"], re_prob=float(aug["re_prob"]), **common)
+    tf = create_transform(is_training=True, scale=tuple(aug["scale"]), ratio=tuple(aug["ratio"]),
+                          hflip=float(aug["hflip"]), color_jitter=aug["color_jitter"],
+                          auto_augment=aug["auto_augment"], re_prob=float(aug["re_prob"]), **common)
+    return _fuse_to_tensor(tf, pre["mean"], pre["std"])
 
 
 def decode_size(preprocess: dict | None, train: bool) -> int:

@@ -257,3 +257,24 @@ def test_sample_split_is_exact_on_few_big_shards(tmp_path, caplog):
                      data_cfg=cfg(split="sample"))
     keys = keys_of(b)
     assert len(keys) == 32 and len(set(keys)) == 32       # 17 batches -> 16 (whole rounds), no repeats
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_build_transform_is_timms_with_a_fused_to_tensor(train):
+    import random
+
+    import numpy as np
+    from timm.data import create_transform
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    pre = {"input_size": 32, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)}
+    ref = create_transform(32, is_training=train, crop_pct=1.0, interpolation="bicubic", mean=pre["mean"],
+                           std=pre["std"], scale=(0.9, 1.0), hflip=0.0, color_jitter=None)
+    mine = build_transform(pre, train)
+    assert type(mine.transforms[-1]).__name__ == "ToNormalizedTensor"
+    random.seed(1)
+    torch.manual_seed(1)
+    a = ref(img)
+    random.seed(1)
+    torch.manual_seed(1)
+    b = mine(img)
+    assert a.shape == b.shape == (3, 32, 32) and torch.allclose(a, b, atol=1e-5)
