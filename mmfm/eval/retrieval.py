@@ -23,7 +23,7 @@ from pathlib import Path
 from mmfm.config import ConfigError
 
 from .common import (autocast, default_workers, effective_precision, encode_texts, eval_transform, load_clip,
-                     model_device)
+                     model_device, split_transform)
 from .folder import DEFAULT_MAX_PIXELS, decode_image
 
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "path", "file", "filename", "img", "jpg")
@@ -171,9 +171,8 @@ def collate_list(items):
 
 
 # ----------------------------------------------------------------------------- embedding
-def _image_batches(model, data, *, batch_size, workers, max_pixels, max_samples):
+def _image_batches(model, data, transform, *, batch_size, workers, max_pixels, max_samples):
     from torch.utils.data import DataLoader
-    transform = eval_transform(model)
     kw = dict(batch_size=batch_size, num_workers=workers, collate_fn=collate_list, pin_memory=False)
     if workers:
         kw["prefetch_factor"] = 4
@@ -206,14 +205,17 @@ def embed_pairs(model, data, *, batch_size=64, workers=None, precision="auto", m
     workers = default_workers(device) if workers is None else workers
     feats, captions, owner, skipped, n_img = [], [], [], [], 0
     with torch.inference_mode(), autocast(device, precision):
-        batches = _image_batches(model, data, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
-                                 max_samples=max_samples)
+        transform, finish = split_transform(eval_transform(model), device)   # uint8 + GPU normalise on CUDA
+        batches = _image_batches(model, data, transform, batch_size=batch_size, workers=workers,
+                                 max_pixels=max_pixels, max_samples=max_samples)
         for batch in tqdm(batches, desc="retrieval images", unit="batch", disable=not progress):
             ok = [b for b in batch if b["image"] is not None]
             skipped += [{"path": b["name"], "reason": b["reason"]} for b in batch if b["image"] is None]
             if not ok:
                 continue
             img = torch.stack([b["image"] for b in ok]).to(device, non_blocking=True)
+            if finish is not None:
+                img = finish(img)
             feats.append(model.encode_image(img, normalize=True).float().cpu())
             for b in ok:
                 captions += b["captions"]
