@@ -37,7 +37,11 @@ OPENCLIP_MAIN = ("import sys, open_clip; open_clip.add_model_config(sys.argv.pop
                  "from open_clip_train.main import main; main(sys.argv[1:])")
 
 
+THREADS: int | None = None
+
+
 def env(threads: int | None = None) -> dict:
+    threads = threads or THREADS
     e = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
              PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if threads:
@@ -142,7 +146,7 @@ def run_openclip(shards: Path, out: Path, steps: int, batch: int, workers: int, 
 def steady(durations: list[float], warmup: int, batch: int) -> tuple[float, float]:
     """(mean, median) samples/s over the steps after ``warmup``; the median resists a busy machine."""
     import statistics
-    tail = durations[max(warmup - 1, 0):]
+    tail = durations[max(warmup - 1, 0):] if warmup else list(durations)
     if not tail or sum(tail) <= 0:
         return float("nan"), float("nan")
     return batch * len(tail) / sum(tail), batch / statistics.median(tail)
@@ -197,10 +201,15 @@ def cpu_bench(args) -> None:
     print(f"data: {shards} ({n} samples); {steps} steps of batch {args.batch}, {args.workers} workers, "
           f"fp32, steady state after step {args.warmup}", flush=True)
     runs = BENCH / "runs"
-    mm = run_mmfm(shards, runs / "train_mmfm", "bench_vit_tiny", steps, args.batch, args.workers, "fp32")
-    oc = [] if args.skip_anchor else run_openclip(shards, runs / "train_openclip", steps, args.batch,
-                                                  args.workers, n)
-    (mm_sps, mm_med), (oc_sps, oc_med) = steady(mm, args.warmup, args.batch), steady(oc, args.warmup, args.batch)
+    mm_runs, oc_runs = [], []
+    for _ in range(args.repeats):        # alternate the sides so a busy machine hurts both alike
+        mm_runs.append(run_mmfm(shards, runs / "train_mmfm", "bench_vit_tiny", steps, args.batch, args.workers,
+                                "fp32"))
+        if not args.skip_anchor:
+            oc_runs.append(run_openclip(shards, runs / "train_openclip", steps, args.batch, args.workers, n))
+    mm = [d for r in mm_runs for d in r[max(args.warmup - 1, 0):]]
+    oc = [d for r in oc_runs for d in r[max(args.warmup - 1, 0):]]
+    (mm_sps, mm_med), (oc_sps, oc_med) = steady(mm, 0, args.batch), steady(oc, 0, args.batch)
     flops = step_flops("bench_vit_tiny", args.batch, "cpu", shards)
     peak = matmul_peak("cpu")
     achieved = flops * mm_sps / args.batch
@@ -288,10 +297,17 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--skip-anchor", action="store_true", help="mmfm only")
+    p.add_argument("--repeats", type=int, default=1, help="alternate mmfm / open_clip runs this many times")
+    p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both sides (default: unset)")
     p.add_argument("--cuda", action="store_true", help="ViT-B/32 bf16 on the GPU (mmfm only)")
     p.add_argument("--compile", action="store_true", help="with --cuda: train.compile=true")
     p.add_argument("--samples", type=int, default=20000, help="--cuda: synthetic samples to write")
     args = p.parse_args()
+    global THREADS
+    THREADS = args.threads
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     if args.cuda:
         cuda_bench(args)
     else:
