@@ -32,3 +32,4 @@ class TrainConfig:
     min_lr_ratio: float = 0.0             # cosine decays to lr * min_lr_ratio
     dist_timeout_minutes: float = 30.0    # bound on every collective (a dead rank fails the others)
     device: str | None = None             # default: cuda:LOCAL_RANK when available, else cpu
+    find_unused_parameters: bool = False  # DDP: set for models with parameters some steps do not use

@@ -129,7 +129,8 @@ class Trainer:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = self._ddp = DDP(model, device_ids=ids, broadcast_buffers=False)
+            model = self._ddp = DDP(model, device_ids=ids, broadcast_buffers=False,
+                                    find_unused_parameters=self.tc.find_unused_parameters)
         if self.tc.compile:
             model = torch.compile(model)
         return model
