@@ -75,6 +75,21 @@ class _TarHandler:
         return True
 
 
+class _RNGGuard:
+    """Save and restore the global RNGs around per-sample seeding when the loader runs in-process."""
+
+    def __enter__(self):
+        import numpy as np
+        self.state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+
+    def __exit__(self, *exc):
+        import numpy as np
+        random.setstate(self.state[0])
+        np.random.set_state(self.state[1])
+        torch.set_rng_state(self.state[2])
+        return False
+
+
 class StreamDataset(IterableDataset):
     """One rank's stream of collated batches (see module docstring). Picklable; workers rebuild state."""
 
@@ -199,10 +214,15 @@ class StreamDataset(IterableDataset):
             stream = islice(stream, raw_pos, None)    # fast-forward: no decoding
         buf: list[dict] = []
         failures = 0
+        guard = _RNGGuard() if info is None else None    # in-process: keep the trainer's RNG untouched
         for raw in stream:
             raw_pos += 1
             try:
-                buf.append(self._process(raw))
+                if guard is None:
+                    buf.append(self._process(raw))
+                else:
+                    with guard:
+                        buf.append(self._process(raw))
                 failures = 0
             except (CorruptSample, OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
                 failures += 1
@@ -253,7 +273,10 @@ class LoaderBundle:
     @property
     def loader(self) -> DataLoader:
         n = self.num_workers
-        kw = dict(batch_size=None, num_workers=n, pin_memory=self.pin_memory)
+        # worker base seeds come from this generator, not the global RNG: the training process's RNG
+        # stream (dropout ...) must not depend on when loaders are created (exact resume)
+        gen = torch.Generator().manual_seed(_seed(self.dataset.seed, self.epoch, self.dataset.rank, "loader"))
+        kw = dict(batch_size=None, num_workers=n, pin_memory=self.pin_memory, generator=gen)
         if n:
             kw.update(timeout=self.timeout_s, prefetch_factor=self.prefetch, persistent_workers=False)
         return DataLoader(self.dataset, **kw)

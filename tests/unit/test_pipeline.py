@@ -278,3 +278,12 @@ def test_build_transform_is_timms_with_a_fused_to_tensor(train):
     torch.manual_seed(1)
     b = mine(img)
     assert a.shape == b.shape == (3, 32, 32) and torch.allclose(a, b, atol=1e-5)
+
+
+def test_in_process_loading_leaves_the_global_rng_alone(four):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    b = build_loader(str(four), Proc(), batch_size=5, workers=0, train=True, world=(0, 1), data_cfg=cfg())
+    list(b)
+    assert torch.equal(torch.rand(3), expected)
