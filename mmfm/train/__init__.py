@@ -1,0 +1,18 @@
+"""The trainer shared by every task: ``from mmfm.train import Trainer; Trainer(cfg, task, train_data).fit()``.
+
+Modules: ``trainer`` (the loop), ``builder`` (task + loaders + hooks from a config), ``distributed``
+(torchrun process group), ``optim`` (AdamW groups, warmup + cosine), ``checkpoint``, ``logging``.
+"""
+from __future__ import annotations
+
+__all__ = ["NonFiniteLoss", "Trainer", "build_run"]
+
+
+def __getattr__(name: str):
+    if name in ("Trainer", "NonFiniteLoss"):
+        from . import trainer
+        return getattr(trainer, name)
+    if name == "build_run":
+        from .builder import build_run
+        return build_run
+    raise AttributeError(f"module 'mmfm.train' has no attribute {name!r}")
