@@ -167,8 +167,8 @@ def caption_images(model, items: Sequence, gen: GenerateConfig | None = None, *,
     from tqdm import tqdm
 
     gen = gen or GenerateConfig()
-    names = list(names) if names is not None else [str(i) if not isinstance(i, (str, os.PathLike)) else str(i)
-                                                   for i in items]
+    names = list(names) if names is not None else [str(x) if isinstance(x, (str, os.PathLike)) else f"image_{n}"
+                                                   for n, x in enumerate(items)]
     bs = int(batch_size or gen.batch_size)
     transform = _eval_transform(model)
     was_training = model.training
