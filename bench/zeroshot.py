@@ -240,10 +240,10 @@ def main(argv=None) -> int:
     c = results["clip_benchmark"]
     for side in (s for s in sides if s != "clip_benchmark"):
         m = results[side]
-        print(f"{"ratio " + side:>22}: {c['seconds'] / m['seconds']:.2f}x wall, "
+        print(f"{'ratio ' + side:>22}: {c['seconds'] / m['seconds']:.2f}x wall, "
               f"{c['cpu_seconds'] / m['cpu_seconds']:.2f}x CPU time (vs CLIP_benchmark; target >= 1.2x)")
     m = results["mmfm"]
-    print(f"{"top-1 agree":>22}: {abs(m['top1'] - c['top1']) < 1e-9} (mmfm {m['top1']:.4f}, "
+    print(f"{'top-1 agree':>22}: {abs(m['top1'] - c['top1']) < 1e-9} (mmfm {m['top1']:.4f}, "
           f"CLIP_benchmark {c['top1']:.4f})")
     print(json.dumps({"model": a.model, "n": a.n, "device": a.device, "batch_size": a.batch_size,
                       "workers": a.workers, **results, "ratio_wall": c["seconds"] / m["seconds"],
