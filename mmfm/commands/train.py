@@ -2,7 +2,7 @@
 
 Runs unchanged under torchrun: ``torchrun --nproc_per_node 8 -m mmfm train cfg.yaml`` (gloo on CPU,
 nccl on CUDA; multi-node through torchrun's rendezvous). Exit codes: 0 done, 2 config/data error,
-3 non-finite loss.
+3 non-finite loss, 143 stopped by SIGTERM after saving a checkpoint (continue with --resume latest).
 """
 from __future__ import annotations
 
@@ -59,6 +59,10 @@ def main(argv: list[str]) -> int:
         return 3
     finally:
         D.cleanup()
+    if "stopped" in result:
+        if dist.is_main:
+            print(f"mmfm train: {result['stopped']}", file=sys.stderr)
+        return 143                                  # terminated by SIGTERM, checkpoint saved
     if dist.is_main:
         shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
         print(f"mmfm train: done ({shown}); checkpoints in {Path(cfg.train.output_dir) / 'checkpoints'}")

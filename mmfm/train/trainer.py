@@ -108,6 +108,7 @@ class Trainer:
         self.step, self.epoch, self.samples_seen = 0, 0, 0
         self.last_ckpt: Path | None = None
         self._saved_step = -1
+        self._stop_signal = None
         self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self._ddp = None
         self.model = self._wrap()
@@ -263,13 +264,35 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ the loop
-    def _check_finite(self) -> None:
-        if D.any_rank(bool(self._bad.item()), self.device):
+    def _check(self) -> bool:
+        """Collective: raise NonFiniteLoss if any rank saw a NaN/inf loss; True if any rank got SIGTERM."""
+        flags = torch.tensor([float(self._bad.item()), float(self._stop_signal is not None)], device=self.device)
+        D.all_reduce(flags, "max")
+        if flags[0] > 0:
             where = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written"
             msg = (f"loss is NaN/inf at step {self.step} (epoch {self.epoch}); stopping without saving. "
                    f"{where}. Resume with --resume latest and a lower train.lr, or check the data.")
             log.error(msg)
             raise NonFiniteLoss(msg)
+        return bool(flags[1] > 0)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGTERM (preemption, scancel, torchrun shutting down) -> checkpoint at the next step, then stop."""
+        import signal
+        import threading
+        self._stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, self._on_signal)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def _due(self, every: int | None) -> bool:
         return bool(every) and self.step % every == 0
@@ -296,14 +319,19 @@ class Trainer:
                  self.total_steps, self.steps_per_epoch, global_batch, self.dist.world_size,
                  self.train_data.dataset.batch_size, self.accum, self.amp_dtype or "fp32", self.device)
         try:
-            if eval_at_start:
-                self.evaluate()
-            self.task.train()
-            self._loop(global_batch)
-            self._check_finite()
-            final = {}
-            if self._saved_step != self.step:
-                self.save()
+            with self._signals():
+                if eval_at_start:
+                    self.evaluate()
+                self.task.train()
+                stopped = self._loop(global_batch)
+                self._check()
+                final = {}
+                if self._saved_step != self.step:
+                    self.save()
+                if stopped:
+                    msg = f"stopped by signal {self._stop_signal} at step {self.step}; continue with --resume latest"
+                    self.progress.write(msg)
+                    return {"step": self.step, "epoch": self.epoch, "stopped": msg}
             if self.hooks or (self.val_data is not None and self.cfg.eval.val_loss):
                 final = self.evaluate()
             return {"step": self.step, "epoch": self.epoch, **final}
@@ -311,7 +339,8 @@ class Trainer:
             self.progress.close()
             self.metrics.close()
 
-    def _loop(self, global_batch: int) -> None:
+    def _loop(self, global_batch: int) -> bool:
+        """Train until ``total_steps``; returns True when stopped early by a signal."""
         tc = self.tc
         check_every = 1 if self.device.type == "cpu" else max(tc.log_every, 1)
         sums: dict = {}
@@ -334,10 +363,10 @@ class Trainer:
                 self.samples_seen += global_batch
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0) + v
-                if self.step % check_every == 0:
-                    self._check_finite()
-                if self._due(tc.log_every) or self.step == self.total_steps:
-                    self._check_finite()
+                log_due = self._due(tc.log_every) or self.step == self.total_steps
+                if (self.step % check_every == 0 or log_due) and self._check():
+                    return True
+                if log_due:
                     t_now = time.perf_counter()
                     self._log(sums, steps_log, global_batch * steps_log / max(t_now - t_log, 1e-9))
                     sums, t_log, steps_log = {}, t_now, 0
@@ -346,10 +375,12 @@ class Trainer:
                 if self._due(self.cfg.eval.every_steps) and self.step < self.total_steps:
                     self.evaluate()
                 if self._ckpt_due() and self.step < self.total_steps:
-                    self._check_finite()
+                    if self._check():
+                        return True
                     self.save()
             if self.train_data.batches >= self.train_data.batches_per_epoch:
                 self.epoch += 1
+        return False
 
     def _log(self, sums: dict, n: int, samples_per_s: float) -> None:
         keys = sorted(sums)

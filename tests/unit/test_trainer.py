@@ -149,6 +149,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
     assert (ckpts / "latest").resolve().name == "step_00000002"
 
 
+def test_sigterm_saves_a_checkpoint_and_stops(data, tmp_path):
+    import os
+    import signal
+
+    def term(task, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {}
+    cfg = make_cfg(tmp_path, data["train"], **{"train.max_steps": 8, "eval.every_steps": 1})
+    previous = signal.getsignal(signal.SIGTERM)
+    _, result = fit(cfg, hooks=[term])
+    assert "stopped by signal" in result["stopped"] and result["step"] == 3
+    assert (tmp_path / "checkpoints" / "latest").resolve().name == "step_00000003"
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
 def test_unwritable_output_fails_before_training(data, tmp_path, capsys):
     from mmfm.cli import main
     blocker = tmp_path / "file"
@@ -170,7 +186,7 @@ def test_init_from_other_architecture_lists_tensors(data, tmp_path):
 # ---------------------------------------------------------------------------------- checkpoints
 def test_checkpoints_are_complete_rotated_and_loadable(data, tmp_path):
     import mmfm
-    cfg = make_cfg(tmp_path, data["train"], **{"train.max_steps": 5, "train.ckpt_every_steps": 1,
+    cfg = make_cfg(tmp_path, data["train"], **{"train.max_steps": 5, "train.ckpt_every_minutes": 1e-6,
                                                "train.keep_last": 2, "train.tensorboard": True})
     trainer, _ = fit(cfg)
     ckpts = tmp_path / "checkpoints"
