@@ -5,7 +5,7 @@ Variants: ``int8`` (dynamic int8 quantization of the original, done here), an in
 ``mmfm export --format int8``, or any other checkpoint of the same kind (e.g. a student from
 ``task.name: distill``). Metric: zero-shot top-1 for CLIP (an image folder with class subfolders, or shards
 with ``--label-field``, default the manifest class), CIDEr-D (+ BLEU-4) for captioners (shards or a
-JSONL/CSV with captions). Latency: batch 1 on the CPU with ``--threads`` torch threads, after warm-up,
+JSONL/CSV with captions), on an even subsample of ``--max-samples`` items. Latency: batch 1 on the CPU with ``--threads`` torch threads, after warm-up,
 over the first ``--latency-images`` images (CLIP: image embedding; captioner: a full caption with the
 decoding settings).
 """
@@ -57,7 +57,7 @@ class _Data:
             Path(data).glob("*.tar"))
         if kind == "captioner":
             from mmfm.eval.caption_eval import read_caption_data
-            self.items = read_caption_data(self.data, max_samples)
+            self.items = _even(read_caption_data(self.data), max_samples)
         elif self.folder:
             from mmfm.eval.folder import scan_folder
             self.spec = scan_folder(self.data, max_samples=max_samples)
@@ -68,20 +68,23 @@ class _Data:
             from mmfm.eval.bias import _labels, is_shards, shard_records
             if not is_shards(self.data):
                 raise ConfigError(f"{data}: expected an image folder with class subfolders, or shards")
-            recs = []
-            for r in shard_records(self.data):
-                if r["image"] is not None:
-                    recs.append(r)
-                if max_samples and len(recs) >= max_samples:
-                    break
+            recs = _even([r for r in shard_records(self.data) if r["image"] is not None], max_samples)
             if not recs:
                 raise ConfigError(f"{data}: no samples with images")
             self.labels, self.label_field = _labels(recs, label_field, self.data)
             self.items = recs
 
     def images(self, n: int) -> list:
+        """The first ``n`` evaluation images, decoded (for timing)."""
         from mmfm.eval.folder import decode_image
         return [decode_image(it["image"]) for it in self.items[:n]]
+
+
+def _even(items: list, n: int | None) -> list:
+    """An even subsample of ``n`` items (all when ``n`` is None or larger), so a sorted dataset keeps its mix."""
+    if not n or len(items) <= n:
+        return items
+    return [items[int(i * len(items) / n)] for i in range(n)]
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -113,10 +116,15 @@ def _latency(model, kind: str, images: list, gen, threads: int, warmup: int = 2)
 
 def _metric(model, kind: str, data: _Data, gen, templates) -> dict:
     if kind == "captioner":
-        from mmfm.eval.caption_eval import evaluate_captions
-        res = evaluate_captions(model, data.data, gen, max_samples=len(data.items), progress=False)
-        m = res["metrics"]
-        return {"name": "CIDEr-D", "value": m["CIDEr-D"], "BLEU-4": m["BLEU-4"], "samples": res["samples"]}
+        from mmfm.eval.caption_metrics import score_captions
+        from mmfm.generate import caption_images
+        res = caption_images(model, [it["image"] for it in data.items], gen, names=[it["name"] for it in data.items],
+                             alt_text=False)
+        preds = {str(i): r["caption"] for i, r in enumerate(res) if not r["error"]}
+        if not preds:
+            raise ConfigError(f"{data.data}: no image could be decoded")
+        m = score_captions(preds, {k: data.items[int(k)]["references"] for k in preds})
+        return {"name": "CIDEr-D", "value": m["CIDEr-D"], "BLEU-4": m["BLEU-4"], "samples": len(preds)}
     if data.folder:
         from mmfm.eval.zeroshot import zeroshot_classify
         res = zeroshot_classify(model, data.spec, templates=templates, workers=0, use_cache=False, progress=False)

@@ -5,8 +5,8 @@ layers, converted to Linear first) are ``torch.ao.nn.quantized.dynamic.Linear``:
 quantized on the fly per batch (``torch.ao.quantization.quantize_dynamic``). Embeddings, norms, convolutions
 and the attention in-projections that ``nn.MultiheadAttention`` keeps as raw parameters stay float.
 
-For CLIP models the token embeddings are also stored as 8-bit rows (weight-only, per-row scale/offset), since
-they are most of a small text tower. ``int8_original_dtype`` is set on the quantized layers so open_clip's
+Embedding tables are also stored as 8-bit rows (weight-only, per-row scale/offset), since token embeddings are
+most of a small text tower or decoder. ``int8_original_dtype`` is set on the quantized layers so open_clip's
 text tower (which asks its first MLP layer for the weight dtype) keeps working.
 
 Saved format (``save_quantized``), safe to load (safetensors only, no pickled code)::
@@ -107,13 +107,13 @@ def quantize_model(model: nn.Module, dtype: str = "qint8", inplace: bool = False
     """A CPU copy of ``model`` with dynamic int8 Linear layers (eval mode). Keeps ``.preprocess``,
     ``.tokenizer``, ``.model_cfg`` and the scripting API; ``model.quantization`` describes what was done.
 
-    ``embeddings`` (default: CLIP yes, captioners no): also store token embeddings as 8-bit rows
-    (weight-only, per-row scale and offset), which is most of a small text tower's size. A captioner's
-    decoder embedding stays float (it is tied to the output layer and used by generate)."""
+    ``embeddings`` (default yes): also store embedding tables as 8-bit rows (weight-only, per-row scale and
+    offset). Token embeddings are most of a small text tower or decoder; a decoder's output layer, tied to its
+    input embedding in float, becomes a separate int8 Linear."""
     from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig, quantize_dynamic
 
     if embeddings is None:
-        embeddings = getattr(getattr(model, "model_cfg", None), "kind", "clip") == "clip"
+        embeddings = True
     if dtype != "qint8":
         raise ConfigError(f"quantization dtype {dtype!r}: only qint8 (dynamic int8) is supported")
     if getattr(model, "quantization", None):

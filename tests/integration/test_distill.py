@@ -37,7 +37,7 @@ def _cfg(tmp_path, teacher, shards, **distill):
         "model": SMALL,
         "data": {"train": [{"path": shards}], "batch_size": 16, "workers": 0, "shuffle_buffer": 16,
                  "train_augment": False},
-        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 24, "warmup_steps": 2, "lr": 3e-3,
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 16, "warmup_steps": 2, "lr": 3e-3,
                   "weight_decay": 0.0, "log_every": 1, "ckpt_every_steps": None, "progress": False,
                   "tensorboard": False}}))
     return path

@@ -56,6 +56,10 @@ def test_clip_int8_round_trip_is_exact_and_close_to_float(ckpts, tmp_path):
 
 def test_captioner_int8_converts_conv1d_and_generates(ckpts, tmp_path):
     export(ckpts / "captioner", "int8", tmp_path / "int8")
+    info = json.loads((tmp_path / "int8" / "meta.json").read_text())["quantization"]
+    assert info["quantized_embeddings"] == 2                                  # token + position embeddings
+    assert (tmp_path / "int8" / "model.int8.safetensors").stat().st_size < \
+        0.6 * (ckpts / "captioner" / "model.safetensors").stat().st_size
     model, q = mmfm.load(ckpts / "captioner"), load_quantized(tmp_path / "int8")
     from transformers.pytorch_utils import Conv1D
     assert len(q.quantization["converted_conv1d"]) == 14     # 2 layers x (self c_attn/c_proj, cross c_attn/q_attn/
