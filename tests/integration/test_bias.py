@@ -99,3 +99,15 @@ def test_bad_attribute_and_groups_are_named(emoji_shards, models):
         bias_report([clip], str(emoji_shards), "skin_tone", groups=["none", "purple"], progress=False)
     with pytest.raises(ConfigError, match="not a shard folder"):
         bias_report([clip], str(emoji_shards / "nope"), "skin_tone", progress=False)
+
+
+def test_eval_bias_command_writes_the_report(emoji_shards, models, tmp_path, capsys):
+    from mmfm.commands.eval import main as eval_main
+    out = tmp_path / "bias"
+    assert eval_main(["bias", "--model", str(models / "clip"), str(emoji_shards), "--attribute", "skin_tone",
+                      "--groups", "none,light,dark", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "best - worst" in printed and "zero-shot top-1 %" in printed and "CIDEr-D" not in printed
+    body = json.loads((out / "bias.json").read_text())
+    assert body["groups"] == ["none", "light", "dark"] and "caption" not in body
+    assert body["n_per_group"] == {"none": 4, "light": 4, "dark": 4}
