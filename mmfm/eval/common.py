@@ -101,17 +101,23 @@ class DeviceNormalize:
 
 
 def split_transform(transform, device):
-    """``(worker_transform, finish)``: on CUDA, when the transform ends in ToTensor + Normalize, workers
-    stop at a uint8 tensor and ``finish`` scales/normalises the batch on the GPU; otherwise identity."""
+    """``(worker_transform, finish)``: on CUDA, when the transform ends in ToTensor + Normalize (or mmfm's
+    fused ``ToNormalizedTensor``), workers stop at a uint8 tensor and ``finish`` scales and normalises the
+    batch on the GPU with torchvision's exact ops; otherwise ``(transform, None)``."""
     import torch
     from torchvision import transforms as T
     ops = getattr(transform, "transforms", None)
-    if torch.device(device).type != "cuda" or not ops or len(ops) < 2:
+    if torch.device(device).type != "cuda" or not ops:
         return transform, None
-    to_tensor, norm = ops[-2], ops[-1]
-    if not isinstance(norm, T.Normalize) or type(to_tensor).__name__ not in ("ToTensor", "MaybeToTensor"):
+    last = ops[-1]
+    if type(last).__name__ == "ToNormalizedTensor":
+        prefix = list(ops[:-1])
+    elif (len(ops) >= 2 and isinstance(last, T.Normalize)
+          and type(ops[-2]).__name__ in ("ToTensor", "MaybeToTensor")):
+        prefix = list(ops[:-2])
+    else:
         return transform, None
-    return T.Compose(list(ops[:-2]) + [T.PILToTensor()]), DeviceNormalize(norm.mean, norm.std)
+    return T.Compose(prefix + [T.PILToTensor()]), DeviceNormalize(last.mean, last.std)
 
 
 def _trimmed_openclip_text(model):

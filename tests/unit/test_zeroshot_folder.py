@@ -142,13 +142,17 @@ def test_fast_decode_draft_keeps_short_side_and_is_opt_in(tmp_path):
 
 def test_uint8_worker_transform_plus_device_normalize_is_bit_identical():
     import torch
+    from timm.data import create_transform
 
     from mmfm.data.transforms import build_transform
     from mmfm.eval.common import split_transform
-    tf = build_transform({"input_size": (3, 32, 32), "crop_pct": 0.9}, train=False)
+    pre = {"input_size": (3, 32, 32), "crop_pct": 0.9, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)}
+    reference = create_transform(32, is_training=False, crop_pct=0.9, interpolation="bicubic",
+                                 mean=pre["mean"], std=pre["std"])      # timm: ToTensor + Normalize
     g = torch.Generator().manual_seed(0)
     img = Image.fromarray((torch.rand(50, 70, 3, generator=g) * 255).byte().numpy())
-    worker, finish = split_transform(tf, "cuda")             # the CUDA split, evaluated here on CPU tensors
-    assert finish is not None and worker(img).dtype == torch.uint8
-    assert torch.equal(finish(worker(img)[None])[0], tf(img))
-    assert split_transform(tf, "cpu") == (tf, None)
+    for tf in (build_transform(pre, train=False), reference):
+        worker, finish = split_transform(tf, "cuda")          # the CUDA split, evaluated here on CPU tensors
+        assert finish is not None and worker(img).dtype == torch.uint8
+        assert torch.equal(finish(worker(img)[None])[0], reference(img))
+        assert split_transform(tf, "cpu") == (tf, None)
