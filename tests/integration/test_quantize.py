@@ -2,8 +2,6 @@
 close to the float model (CLIP and captioner, GPT-2 Conv1D included), broken files fail clearly, and
 ``mmfm eval compare`` puts size, latency and the metric drop side by side."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -105,18 +103,17 @@ def test_compare_clip_on_an_image_folder(ckpts, tmp_path):
     assert all(r["latency"]["ms_per_image"] > 0 and r["latency"]["images"] == 3 for r in res["rows"])
 
 
-@pytest.mark.slow
-def test_eval_compare_cli_for_a_captioner(ckpts, tmp_path):
+def test_eval_compare_cli_for_a_captioner(ckpts, tmp_path, capsys):
+    from mmfm.commands.eval import main as eval_main
     rows = [{"image": str(FIXTURE / "csv_pairs/fixture/images" / n), "caption": c}
             for n, c in (("0.jpg", "a red circle"), ("1.jpg", "a blue square"), ("3.jpg", "a red square"))]
     data = tmp_path / "caps.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "cmp.json"
-    proc = subprocess.run([sys.executable, "-m", "mmfm", "eval", "compare", "--model", str(ckpts / "captioner"),
-                           str(data), "--latency-images", "2", "--max-new-tokens", "5", "--out", str(out), "--quiet"],
-                          capture_output=True, text=True, timeout=240, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "CIDEr-D" in proc.stdout and "int8" in proc.stdout
+    assert eval_main(["compare", "--model", str(ckpts / "captioner"), str(data), "--latency-images", "2",
+                      "--max-new-tokens", "5", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "CIDEr-D" in printed and "int8" in printed
     res = json.loads(out.read_text())
     assert [r["role"] for r in res["rows"]] == ["original", "variant"] and res["decoding"]["max_new_tokens"] == 5
     assert res["rows"][1]["int8"] and res["rows"][0]["metric"]["samples"] == 3
