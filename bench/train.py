@@ -210,6 +210,7 @@ def cpu_bench(args) -> None:
     mm = [d for r in mm_runs for d in r[max(args.warmup - 1, 0):]]
     oc = [d for r in oc_runs for d in r[max(args.warmup - 1, 0):]]
     (mm_sps, mm_med), (oc_sps, oc_med) = steady(mm, 0, args.batch), steady(oc, 0, args.batch)
+    step_mm, step_oc = step_compare(shards, args.batch, args.step_reps)
     flops = step_flops("bench_vit_tiny", args.batch, "cpu", shards)
     peak = matmul_peak("cpu")
     achieved = flops * mm_sps / args.batch
@@ -218,6 +219,8 @@ def cpu_bench(args) -> None:
     print(f"{'mmfm train':28s}{mm_sps:10.1f}{mm_med:10.1f}")
     print(f"{'open_clip_train 3.3.0':28s}{oc_sps:10.1f}{oc_med:10.1f}")
     print(f"ratio mmfm / open_clip: {mm_sps / oc_sps:.2f}x mean, {mm_med / oc_med:.2f}x median  (target >= 1.3x)")
+    print(f"training step alone (same real batch, one process, alternating, median of {args.step_reps}): "
+          f"mmfm {step_mm:.1f} vs open_clip {step_oc:.1f} samples/s = {step_mm / step_oc:.2f}x")
     print(f"mmfm FLOP/s: {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of this machine's fp32 "
           f"matmul peak ({peak / 1e9:.1f} GFLOP/s; {flops / 1e9:.2f} GFLOP per real step of {args.batch})")
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
@@ -270,6 +273,72 @@ def trainer_only(model_name: str, shards: Path, batch: int, steps: int, warmup: 
     return steady([b - a for a, b in zip(times, times[1:])], warmup, batch)[0]
 
 
+def step_compare(shards: Path, batch: int, reps: int) -> tuple[float, float]:
+    """In one process, alternating, on the same real batch: the median time of one training step
+    (forward, loss, backward, clipping, optimizer) of mmfm's Trainer.train_step vs open_clip_train's
+    equivalent (open_clip model + ClipLoss + torch AdamW with its two param groups, as open_clip_train
+    builds them). Robust to a busy machine; no data loading on either side."""
+    import math
+    import statistics
+
+    import open_clip
+    import torch
+    from open_clip.loss import ClipLoss
+
+    from mmfm.config import ExperimentConfig, from_dict
+    from mmfm.data.pipeline import build_loader
+    from mmfm.tasks import build_task
+    from mmfm.train.trainer import Trainer
+    out = BENCH / "runs" / "step_compare"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = from_dict(ExperimentConfig, {"model": {"name": "bench_vit_tiny"}, "train": {
+        "output_dir": str(out), "max_steps": reps, "lr": 5e-4, "weight_decay": 0.2, "grad_clip": 1.0,
+        "progress": False, "tensorboard": False, "precision": "fp32"}})
+    torch.manual_seed(0)
+    task = build_task(cfg)
+    real = next(iter(build_loader(str(shards), task.processor(train=True), batch_size=batch, workers=0,
+                                  train=True, world=(0, 1), data_cfg=cfg.data)))
+    trainer = Trainer(cfg, task, RepeatBatch(real, reps))
+
+    cfg_dir = out / "model_configs"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    (cfg_dir / "mmfm-bench-tiny.json").write_text(json.dumps(OPENCLIP_TINY))
+    open_clip.add_model_config(str(cfg_dir))
+    oc = open_clip.create_model("mmfm-bench-tiny", output_dict=True)
+    texts = real["text_ids"]            # mmfm's openclip tokenizer gives open_clip's ids, padded to 32
+    named = list(oc.named_parameters())
+    excl = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
+    opt = torch.optim.AdamW([{"params": [p for n, p in named if excl(n, p)], "weight_decay": 0.0},
+                             {"params": [p for n, p in named if not excl(n, p)], "weight_decay": 0.2}],
+                            lr=5e-4, betas=(0.9, 0.98), eps=1e-6)
+    loss_fn = ClipLoss()
+    images = real["image"]
+
+    def oc_step():
+        f = oc(images, texts)
+        loss = loss_fn(f["image_features"], f["text_features"], f["logit_scale"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(oc.parameters(), 1.0, norm_type=2.0)
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            oc.logit_scale.clamp_(0, math.log(100))
+        loss.item()
+
+    def mm_step():
+        trainer.train_step([real])
+        trainer._bad.item()
+
+    times = {"mm": [], "oc": []}
+    for _ in range(reps):
+        for key, fn in (("mm", mm_step), ("oc", oc_step)):
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v[2:]) for k, v in times.items()}
+    return batch / med["mm"], batch / med["oc"]
+
+
 def cuda_bench(args) -> None:
     import torch
     if not torch.cuda.is_available():
@@ -297,6 +366,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--skip-anchor", action="store_true", help="mmfm only")
+    p.add_argument("--step-reps", type=int, default=12, help="in-process step comparison repetitions")
     p.add_argument("--repeats", type=int, default=1, help="alternate mmfm / open_clip runs this many times")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both sides (default: unset)")
     p.add_argument("--cuda", action="store_true", help="ViT-B/32 bf16 on the GPU (mmfm only)")
