@@ -9,7 +9,8 @@ between the best and the worst group (``mmfm eval bias --model CKPT DATA --attri
   come from different content.
 * Zero-shot: each image is classified among the distinct labels (``--label-field``, default ``base_name``
   when present, else the manifest class of ``cls``) with ``--templates``; top-1 per group with a Wilson 95%
-  interval. The labels carry no tone, so the model is asked the same question for every group.
+  interval, and, when matched, an exact McNemar test of the best against the worst group on the same items.
+  The labels carry no tone, so the model is asked the same question for every group.
 * Captions: generated with the checkpoint's decoding settings and scored against the json ``captions``
   (else ``txt``); per-image CIDEr-D / BLEU-4 / ROUGE-L are computed once over the whole set (one IDF for
   all groups) and averaged per group.
@@ -226,6 +227,28 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
     return [round(max(0.0, c - h), 6), round(min(1.0, c + h), 6)]
 
 
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for b vs c discordant pairs."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def _paired(kept: list[dict], correct: list[bool], match_by: str, best: str, worst: str) -> dict:
+    """Best vs worst group on the same items (matched by ``match_by``): exact McNemar test."""
+    by = defaultdict(dict)
+    for s, ok in zip(kept, correct):
+        by[s["meta"][match_by]][s["group"]] = ok
+    pairs = [(v[best], v[worst]) for v in by.values() if best in v and worst in v]
+    b = sum(1 for x, y in pairs if x and not y)
+    c = sum(1 for x, y in pairs if y and not x)
+    return {"test": f"exact McNemar, best vs worst group paired by {match_by} (the pair is chosen after looking, "
+                    f"so treat p as optimistic)", "pairs": len(pairs),
+            "best_only_correct": b, "worst_only_correct": c, "p_value": round(mcnemar_exact(b, c), 6)}
+
+
 def _gap(per_group: dict, key: str) -> dict:
     vals = {g: v[key] for g, v in per_group.items() if v.get(key) is not None}
     best = max(vals, key=vals.get)
@@ -243,9 +266,13 @@ def _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch
         idx = [i for i, s in enumerate(kept) if s["group"] == g]
         k = sum(preds[i] == labels[i] for i in idx)
         per_group[g] = {"n": len(idx), "top1": k / len(idx) if idx else None, "ci95": wilson(k, len(idx))}
+    gap = _gap(per_group, "top1")
+    if info.get("match_by"):
+        gap["paired"] = _paired(kept, [p == y for p, y in zip(preds, labels)], info["match_by"], gap["best"],
+                                gap["worst"])
     part = {"model": spec, "label_field": field, "n_classes": len(set(labels)),
             "templates": templates if isinstance(templates, str) else list(templates),
-            "per_group": per_group, "gap": _gap(per_group, "top1")}
+            "per_group": per_group, "gap": gap}
     return part, [{"label": lab, "pred": p, "correct": lab == p} for lab, p in zip(labels, preds)]
 
 
@@ -446,6 +473,11 @@ def run(args) -> int:
     print(format_table(report))
     print(f"{report['n_samples']} images, groups {report['groups']}"
           + (f", matched by {report['match_by']}" if report.get("match_by") else ""))
+    paired = report.get("zeroshot", {}).get("gap", {}).get("paired")
+    if paired:
+        print(f"zero-shot best vs worst on the same {paired['pairs']} emoji: {paired['best_only_correct']} right only "
+              f"in the best group, {paired['worst_only_correct']} only in the worst; exact McNemar p = "
+              f"{paired['p_value']:.3g}")
     print(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}")
     return 0
 

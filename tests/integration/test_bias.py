@@ -70,6 +70,10 @@ def test_skin_tone_report_per_group_with_gap(emoji_shards, models, tmp_path):
     accs = {g: v["top1"] for g, v in zs["per_group"].items()}
     assert zs["gap"]["gap"] == pytest.approx(max(accs.values()) - min(accs.values()))
     assert zs["gap"]["best"] in accs and zs["gap"]["worst"] in accs
+    paired = zs["gap"]["paired"]
+    assert paired["pairs"] == 4 and 0 < paired["p_value"] <= 1
+    from mmfm.eval.bias import mcnemar_exact
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64) and mcnemar_exact(3, 3) == 1.0
     body = json.loads(paths["json"].read_text())
     assert body["caption"]["decoding"]["max_new_tokens"] > 0 and "backend" in body
     assert "best - worst" in paths["table"].read_text() and paths["plot"].stat().st_size > 1000
