@@ -31,3 +31,12 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     w2 = load_weights(tmp_path / "two" / "checkpoints" / "latest")
     assert max_diff(w1, w2) < 1e-5
     assert abs(l1[0] - l1[1]) > 1e-4            # the first step changed the weights: the check has teeth
+
+    # DDP + gradient accumulation (2 ranks x 2 micro-batches x 2): no_sync on the first micro-batch and the
+    # features-mode recompute still give the one-process step, negatives from every rank and micro-batch
+    acc = write_config(tmp_path / "acc.yaml", shards, tmp_path / "acc", data={"batch_size": 2},
+                       train_cfg={"max_steps": 2, "grad_accum": 2})
+    proc = torchrun(2, "train", str(acc))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(tmp_path / "acc") == pytest.approx(l1, rel=1e-5, abs=1e-6)
+    assert max_diff(w1, load_weights(tmp_path / "acc" / "checkpoints" / "latest")) < 1e-5
