@@ -124,3 +124,11 @@ def test_misconfigurations_fail_with_the_key(teacher, tmp_path):
                                          "model": SMALL}))
     with pytest.raises(ConfigError, match="temperature"):
         load_experiment(data={"task": {"name": "distill", "distill": {"temperature": 0}}})
+
+
+def test_example_config_loads_strictly_and_builds(teacher, repo_root):
+    cfg = load_experiment(repo_root / "configs/experiments/distill/emoji_student.yaml",
+                          [f"task.distill.teacher={teacher}"])
+    task = build_task(cfg)
+    assert cfg.task.name == "distill" and task.model.embed_dim == 128 and task.dc.temperature == 2.0
+    assert task.teacher_size == (32, 32) and not task.same_pixels          # 48 px student, 32 px fixture teacher
