@@ -350,6 +350,7 @@ class Trainer:
             it = iter(self.train_data)
             while self.step < self.total_steps:
                 micro = []
+                t_wait = time.perf_counter()
                 for _ in range(self.accum):
                     b = next(it, None)
                     if b is None:
@@ -357,7 +358,9 @@ class Trainer:
                     micro.append(b)
                 if len(micro) < self.accum:
                     break                       # epoch done (every rank has the same count)
+                t_wait = time.perf_counter() - t_wait
                 out = self.train_step(micro)
+                out["data_time"] = torch.tensor(t_wait)     # seconds this step waited for the loader
                 self.step += 1
                 steps_log += 1
                 self.samples_seen += global_batch
