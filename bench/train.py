@@ -364,7 +364,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5, help="steps excluded from the steady state")
     p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 2 on CPU, 10 with --cuda)")
     p.add_argument("--skip-anchor", action="store_true", help="mmfm only")
     p.add_argument("--step-reps", type=int, default=12, help="in-process step comparison repetitions")
     p.add_argument("--repeats", type=int, default=1, help="alternate mmfm / open_clip runs this many times")
@@ -375,6 +375,8 @@ def main() -> int:
     args = p.parse_args()
     global THREADS
     THREADS = args.threads
+    if args.workers is None:
+        args.workers = 10 if args.cuda else 2
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
