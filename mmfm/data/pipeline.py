@@ -46,8 +46,8 @@ def _seed(*parts: Any) -> int:
 
 
 def assign_shards(shards: list, readers: int, rng: random.Random | None) -> list[list]:
-    """Shuffle ``shards`` with ``rng`` (None: keep order) and deal them to ``readers``, largest-first
-    onto the reader with the fewest samples (plain round-robin when counts are unknown)."""
+    """Shuffle ``shards`` with ``rng`` (None: keep order) and deal them, in that order, each to the reader
+    holding the fewest samples so far (plain round-robin when counts are unknown)."""
     order = list(shards)
     if rng is not None:
         rng.shuffle(order)
