@@ -1,6 +1,6 @@
 """Build everything a run needs from an ExperimentConfig: task, train/val loaders, eval hooks.
 
-``build_run(cfg, dist)`` is what ``mmfm train`` calls between loading the config and ``Trainer.fit()``;
+``build_run(cfg, rank, world, device_type)`` is what ``mmfm train`` calls between loading the config and ``Trainer.fit()``;
 benchmarks and tests call it too, so they train exactly what the CLI trains.
 """
 from __future__ import annotations
