@@ -17,6 +17,7 @@ reduced DCT scale (fast, bounded memory), any other format above the limit is re
 from __future__ import annotations
 
 import contextlib
+import threading
 import json
 import math
 import os
@@ -197,16 +198,23 @@ class ImageTooLarge(ValueError):
     pass
 
 
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _no_pil_bomb_check():
-    """Our own guard replaces PIL's global one while a header is read (restored afterwards)."""
+    """Our own guard replaces PIL's global one while a header is read (restored afterwards).
+
+    PIL's limit is process-global: the lock keeps concurrent decodes (loader threads, the service's
+    worker pool) from saving each other's ``None`` and leaving the limit off for good."""
     from PIL import Image
-    old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
+    with _PIL_LIMIT_LOCK:
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
 
 
 def decode_image(src, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None):

@@ -156,3 +156,14 @@ def test_uint8_worker_transform_plus_device_normalize_is_bit_identical():
         assert finish is not None and worker(img).dtype == torch.uint8
         assert torch.equal(finish(worker(img)[None])[0], reference(img))
         assert split_transform(tf, "cpu") == (tf, None)
+
+
+def test_concurrent_decodes_leave_pil_bomb_limit_in_place(tmp_path):
+    """Threads (loader, service pool) decoding at once must not leave PIL's global limit switched off."""
+    from concurrent.futures import ThreadPoolExecutor
+    paths = [str(_img(tmp_path / f"i{i}.jpg", size=(64 + i, 48))) for i in range(8)]
+    before = Image.MAX_IMAGE_PIXELS
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(lambda p: decode_image(p).size, paths * 50))
+    assert len(sizes) == 400
+    assert Image.MAX_IMAGE_PIXELS == before == 89_478_485
