@@ -227,14 +227,10 @@ def load_engine(models: list[str], *, quantize: bool = False, threads: int | Non
 
 
 def _generate_settings(spec: str):
+    from mmfm.compress.quantize import read_config
     from mmfm.config.caption import GenerateConfig
-    from mmfm.compress.quantize import is_quantized_dir, read_checkpoint_config_file
 
     try:
-        if is_quantized_dir(spec):
-            from pathlib import Path
-            return read_checkpoint_config_file(Path(spec) / "config.yaml").generate
-        from mmfm.models.loading import read_checkpoint_config
-        return read_checkpoint_config(spec).generate
+        return read_config(spec).generate
     except ConfigError:
         return GenerateConfig()
