@@ -354,8 +354,8 @@ def load_model(path, device: str = "cpu") -> nn.Module:
     """``mmfm.load`` for float checkpoints, ``load_quantized`` for int8 folders."""
     if not isinstance(path, nn.Module) and is_quantized_dir(path):
         return load_quantized(path, device)
-    import mmfm
-    return mmfm.load(path, device=device)
+    from mmfm.models.loading import load_pretrained
+    return load_pretrained(path, device=device)
 
 
 def model_size_bytes(model_or_path) -> int:

@@ -46,6 +46,8 @@ def test_clip_int8_round_trip_is_exact_and_close_to_float(ckpts, tmp_path):
     with torch.no_grad():
         a, b, c = (m.encode_image(x, normalize=True) for m in (float_model, fresh, loaded))
     assert torch.equal(b, c)                                                 # saved == quantized in memory
+    with torch.no_grad():                                                    # mmfm.load opens int8 folders too
+        assert torch.equal(mmfm.load(tmp_path / "int8").encode_image(x, normalize=True), c)
     assert F.cosine_similarity(a, c).min() > 0.99
     assert torch.allclose(fresh.embed_texts(texts), loaded.embed_texts(texts))
     assert F.cosine_similarity(float_model.embed_texts(texts), loaded.embed_texts(texts)).min() > 0.99
