@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a scaled-down run (few emoji, few steps) that checks the wiring in about a minute")
     p.add_argument("--redo", action="append", default=[], choices=[*STAGES, "all"], metavar="STAGE",
                    help=f"run STAGE again even if it is done, and every stage after it ({', '.join(STAGES)}, all)")
+    p.add_argument("--until", choices=STAGES, default=None, metavar="STAGE",
+                   help="stop after STAGE (the report then waits for a later run)")
     p.add_argument("--config-dir", default=None,
                    help="folder with demo.yaml, clip.yaml, caption.yaml, vqa.yaml (default: configs/experiments/demo)")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
@@ -68,7 +70,13 @@ def main(argv: list[str]) -> int:
                       config_dir=Path(args.config_dir) if args.config_dir else CONFIG_DIR)
     redo = set(args.redo)
     t0 = time.monotonic()
-    results = StageRunner(out, build_stages(), force=redo).run(ctx)
+    stages = build_stages()
+    if args.until:
+        stages = stages[: [s.name for s in stages].index(args.until) + 1]
+    results = StageRunner(out, stages, force=redo).run(ctx)
+    if "report" not in results:
+        print(f"\nmmfm demo: stopped after '{args.until}' in {time.monotonic() - t0:.0f}s")
+        return 0
     print(f"\nmmfm demo: finished in {time.monotonic() - t0:.0f}s; report: {results['report']['report']}\n")
     print(results["report"]["table"])
     sys.stdout.flush()

@@ -38,20 +38,18 @@ def subsample_emoji_test(src: Path, dst: Path, every: int) -> Path:
     return dst
 
 
-def build_emoji_shards(out: Path, *, size: int, holdout: float, limit: int | None, caption_template: str | None,
-                       subsample: int = 1, workers: int = 2, progress: bool = True) -> dict:
+def build_emoji_shards(out: Path, *, size: int, holdout: float, limit: int | None, subsample: int = 1,
+                       shard_size: int = 1000, workers: int = 2, progress: bool = True) -> dict:
     """``mmfm shards build --recipe noto_emoji`` in-process; resumes after the last complete shard."""
     from mmfm.data.shards.build import build
     from mmfm.data.shards.recipes import resolve_options
 
-    data: dict = {"image": {"size": size}, "holdout": holdout, "workers": workers}
+    data: dict = {"image": {"size": size}, "holdout": holdout, "workers": workers, "shard_size": shard_size}
     if limit:
         data.setdefault("source", {})["limit"] = limit
     if subsample > 1:
         src = Path(resolve_options("noto_emoji").source.path)
         data.setdefault("source", {})["path"] = str(subsample_emoji_test(src, out / "emoji-test.subset.txt", subsample))
-    if caption_template:
-        data.setdefault("source", {})["template"] = caption_template
     opts = resolve_options("noto_emoji", None, data)
     resume = (out / "train").is_dir() or (out / "heldout").is_dir()
     manifests = build(opts, out, resume=resume, overwrite=False, progress=progress)
@@ -109,6 +107,30 @@ def write_zeroshot_folder(samples: list[dict], classes: list[str], root: Path) -
     names = root / "classnames.txt"
     atomic_write_text(names, "".join(f"{g}\n" for g in order))
     return images, names
+
+
+def build_caption_shards(samples: list[dict], image_paths: list[Path], template: str, out: Path, *, size: int,
+                         shard_size: int = 1000, workers: int = 2, progress: bool = True) -> dict:
+    """Shards pairing each image with a caption made from its metadata (``template.format(**meta)``, e.g.
+    ``"a {group} emoji"``), through the builder's JSONL source. Used as a second, weighted training source.
+    Rows are shuffled (seeded) so that consecutive samples are not all of one group."""
+    import random
+
+    from mmfm.data.shards.build import build
+    from mmfm.data.shards.recipes import resolve_options
+
+    table = out.parent / f"{out.name}.jsonl"
+    rows = [{"image": str(p), "caption": template.format(**s["meta"]), "key": s["key"]}
+            for s, p in zip(samples, image_paths)]
+    random.Random(0).shuffle(rows)
+    atomic_write_text(table, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    data = {"source": {"type": "jsonl", "path": str(table), "extra_columns": ["key"]},
+            "image": {"size": size, "resize_mode": "no", "format": "jpg", "quality": 95},
+            "dedup": False, "workers": workers, "shard_size": shard_size}
+    opts = resolve_options(None, None, data)
+    resume = out.is_dir() and any(out.glob("*.tar"))
+    m = build(opts, out, resume=resume, overwrite=False, progress=progress)[""]
+    return {"samples": m["total_samples"], "shards": len(m["shards"]), "template": template}
 
 
 # ----------------------------------------------------------------------------- VQA pairs

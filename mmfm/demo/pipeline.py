@@ -60,14 +60,22 @@ def _files_digest(*paths: Path) -> dict:
 def stage_shards(ctx: DemoContext) -> dict:
     s = ctx.demo_settings()["shards"]
     summary = D.build_emoji_shards(ctx.shards, size=int(s["image_size"]), holdout=float(s["holdout"]),
-                                   limit=s.get("limit"), caption_template=s.get("caption_template"),
-                                   subsample=int(s.get("subsample", 1)),
+                                   limit=s.get("limit"),
+                                   subsample=int(s.get("subsample", 1)), shard_size=int(s["shard_size"]),
                                    workers=int(s.get("workers", 2)), progress=ctx.progress)
     heldout = D.load_split(ctx.shards / "heldout")
     classes = json.loads((ctx.shards / "train" / "manifest.json").read_text())["classes"]
     images, names = D.write_zeroshot_folder(heldout, classes, ctx.shards / "heldout_by_group")
     summary["classes"] = classes
     summary["zeroshot_folder"] = str(images)
+    train = D.load_split(ctx.shards / "train")
+    train_images = D.export_images(train, ctx.shards / "train_images", by_group=False)
+    g = ctx.demo_settings()["group_captions"]
+    if g["template"]:
+        summary["group_captions"] = D.build_caption_shards(train, train_images, g["template"],
+                                                           ctx.shards / "train_groups", size=int(s["image_size"]),
+                                                           shard_size=int(s["shard_size"]),
+                                                           progress=ctx.progress)
     return summary
 
 
@@ -95,7 +103,13 @@ def _set(key: str, value) -> list[str]:
 
 
 def stage_clip(ctx: DemoContext) -> dict:
-    extra = _set("data.train", json.dumps([{"path": str(ctx.shards / "train")}]))
+    g = ctx.demo_settings()["group_captions"]
+    sources = [{"path": str(ctx.shards / "train"), "weight": 1.0 - g["weight"]}]
+    if g["template"]:
+        sources.append({"path": str(ctx.shards / "train_groups"), "weight": g["weight"]})
+    else:
+        sources[0]["weight"] = 1.0
+    extra = _set("data.train", json.dumps(sources))
     extra += _set("data.val", json.dumps([{"path": str(ctx.shards / "heldout")}]))
     return _train(ctx, ctx.config("clip"), ctx.out / "clip", extra)
 
@@ -105,7 +119,7 @@ def stage_zeroshot(ctx: DemoContext) -> dict:
     import numpy as np
 
     import mmfm
-    from mmfm.eval.report import write_report
+    from mmfm.eval.report import plot_confusion, write_report
     from mmfm.eval.zeroshot import zeroshot_classify
 
     s = ctx.demo_settings()["zeroshot"]
@@ -115,6 +129,8 @@ def stage_zeroshot(ctx: DemoContext) -> dict:
                             templates=list(s["templates"]), batch_size=128, workers=0, use_cache=False,
                             progress=ctx.progress)
     files = write_report(res, ctx.out / "zeroshot", thumbnails=False)
+    # the same matrix, labelled with the group names instead of their folder names
+    files["confusion"] = plot_confusion(res.confusion, res.classnames, ctx.out / "zeroshot" / "confusion.png")
     support = res.confusion.sum(axis=1)
     present = int((support > 0).sum())
     majority = int(np.argmax(support))
@@ -155,7 +171,7 @@ def stage_caption(ctx: DemoContext) -> dict:
 # ----------------------------------------------------------------------------- 5. VQA
 def _vqa_split(ctx: DemoContext, split: str, size: int) -> tuple[Path, list[dict]]:
     samples = D.load_split(ctx.shards / split)
-    img_dir = ctx.out / "vqa" / "images" / split
+    img_dir = ctx.shards / f"{split}_images"
     paths = D.export_images(samples, img_dir, by_group=False)
     records = D.write_vqa_json(samples, paths, ctx.out / "vqa" / f"{split}.json")
     shards = ctx.out / "vqa" / f"shards_{split}"

@@ -111,7 +111,8 @@ def metrics_rows(results: dict) -> list[dict]:
     zs = results.get("zeroshot") or {}
     if zs:
         chance = zs.get("chance_top1")
-        rows.append({"metric": "zero-shot top-1 (9 groups)", "value": zs.get("top1"), "baseline": chance,
+        n = len(zs.get("classes") or []) or 9
+        rows.append({"metric": f"zero-shot top-1 ({n} groups)", "value": zs.get("top1"), "baseline": chance,
                      "baseline_name": "chance (uniform guess)"})
         rows.append({"metric": "zero-shot mean per-class recall", "value": zs.get("mean_per_class_recall"),
                      "baseline": zs.get("chance_recall"), "baseline_name": "chance"})

@@ -13,12 +13,25 @@ class ShardSettings:
     holdout: float = 0.2                 # fraction of base names held out (never seen in training)
     limit: int | None = None             # only the first N emoji
     subsample: int = 1                   # keep every N-th emoji of emoji-test.txt (quick runs: all groups)
-    caption_template: str | None = None  # noto_emoji caption, e.g. "{name} ({group})"; None: the CLDR name
+    shard_size: int = 64                 # small shards: the loader shuffles shard order every epoch, so batches
+                                         # mix all groups although the recipe writes emoji in file (group) order
     workers: int = 2
 
     def validate(self) -> None:
         if not 0 < self.holdout < 1:
             raise ConfigError(f"holdout: must be in (0, 1), got {self.holdout}")
+
+
+@dataclass
+class GroupCaptionSettings:
+    """A second CLIP training source: each training image paired with a caption made from its metadata.
+    Mixed into the name captions with ``weight`` (share of samples), it aligns images with group concepts."""
+    template: str | None = "a {group} emoji"   # None: train on the CLDR names only
+    weight: float = 0.3
+
+    def validate(self) -> None:
+        if not 0 < self.weight < 1:
+            raise ConfigError(f"weight: must be in (0, 1), got {self.weight}")
 
 
 @dataclass
@@ -34,5 +47,6 @@ class ReportSettings:
 @dataclass
 class DemoSettings:
     shards: ShardSettings = field(default_factory=ShardSettings)
+    group_captions: GroupCaptionSettings = field(default_factory=GroupCaptionSettings)
     zeroshot: ZeroShotSettings = field(default_factory=ZeroShotSettings)
     report: ReportSettings = field(default_factory=ReportSettings)

@@ -75,7 +75,7 @@ def test_report_page_and_table(quick_demo):
     assert page.count("data:image/png;base64,") >= 3          # curves, confusion, thumbnails inlined
     assert (out / "training_curves.png").stat().st_size > 1000
     rows = {r["metric"].strip(): r for r in json.loads((out / "metrics.json").read_text())}
-    zs = rows["zero-shot top-1 (9 groups)"]
+    zs = next(r for name, r in rows.items() if name.startswith("zero-shot top-1 ("))
     assert 0.0 <= zs["value"] <= 1.0 and 0.1 <= zs["baseline"] <= 0.5
     assert 0.0 <= rows["zero-shot mean per-class recall"]["value"] <= 1.0
     cider = rows["caption CIDEr-D"]
@@ -84,7 +84,7 @@ def test_report_page_and_table(quick_demo):
     vqa = rows["VQA accuracy (%)"]
     assert 0.0 <= vqa["value"] <= 100.0 and 0.0 < vqa["baseline"] <= 100.0
     # the terminal shows the same table
-    assert "zero-shot top-1 (9 groups)" in proc.stdout and "caption CIDEr-D" in proc.stdout
+    assert "zero-shot top-1 (" in proc.stdout and "caption CIDEr-D" in proc.stdout
     assert "report.html" in proc.stdout
 
 
