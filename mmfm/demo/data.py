@@ -120,7 +120,7 @@ def build_caption_shards(samples: list[dict], image_paths: list[Path], template:
     from mmfm.data.shards.recipes import resolve_options
 
     table = out.parent / f"{out.name}.jsonl"
-    rows = [{"image": str(p), "caption": template.format(**s["meta"]), "key": s["key"]}
+    rows = [{"image": str(Path(p).resolve()), "caption": template.format(**s["meta"]), "key": s["key"]}
             for s, p in zip(samples, image_paths)]
     random.Random(0).shuffle(rows)
     atomic_write_text(table, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
