@@ -56,6 +56,9 @@ def main(argv: list[str]) -> int:
     import time
     from pathlib import Path
 
+    # Sleeping (not spinning) OpenMP threads: with the loader's worker process beside torch's two threads on a
+    # 2-core machine, spinning threads made training steps up to 8x slower. Read when torch is first imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

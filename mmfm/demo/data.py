@@ -189,6 +189,31 @@ def build_vqa_shards(vqa_json: Path, out: Path, *, size: int, workers: int = 2, 
     return {"samples": m["total_samples"], "shards": len(m["shards"]), "failures": m["failures"]}
 
 
+def train_caption_tokenizer(texts: list[str], folder: Path, vocab_size: int = 2000) -> Path:
+    """A byte-level BPE tokenizer (transformers folder) fitted to the training captions and questions.
+
+    Emoji names use ~2,000 distinct words; a 2k vocabulary instead of a 30k one makes the decoder's output layer
+    15x cheaper on the CPU, and byte-level BPE still spells any word (held-out names included) and decodes
+    back to exactly the text it encoded ("flag: Germany", "medium-dark")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    fast.save_pretrained(str(tmp))
+    if folder.exists():
+        import shutil
+        shutil.rmtree(folder)
+    tmp.replace(folder)
+    return folder
+
+
 def thumbnail_uri(image: bytes, size: int = 64) -> str:
     import base64
 

@@ -144,6 +144,24 @@ def stage_zeroshot(ctx: DemoContext) -> dict:
 
 
 # ----------------------------------------------------------------------------- 4. caption
+def _tokenizer_dir(ctx: DemoContext) -> Path:
+    """The captioner's small vocabulary, fitted to the training names and the VQA questions/answers."""
+    folder = ctx.shards / "tokenizer"
+    if not (folder / "tokenizer.json").is_file():
+        texts = [s["txt"] for s in D.iter_samples(ctx.shards / "train")]
+        texts += list(D.QUESTIONS.values()) + [qa["answer"] for s in D.iter_samples(ctx.shards / "train")
+                                               for qa in D.qa_pairs(s["meta"])]
+        D.train_caption_tokenizer(texts, folder)
+    return folder
+
+
+def _decoder_overrides(ctx: DemoContext) -> list[str]:
+    out = _set("model.clip_checkpoint", str(ctx.out / "clip"))
+    if ctx.demo_settings()["caption"]["small_vocab"]:
+        out += _set("model.decoder.tokenizer", str(_tokenizer_dir(ctx)))
+    return out
+
+
 def stage_caption(ctx: DemoContext) -> dict:
     from mmfm.eval.caption_eval import evaluate_captions, write_eval
     from mmfm.generate import load_captioner
@@ -151,7 +169,7 @@ def stage_caption(ctx: DemoContext) -> dict:
     from .report import constant_caption_baseline
 
     extra = _set("data.train", json.dumps([{"path": str(ctx.shards / "train")}]))
-    extra += _set("model.clip_checkpoint", str(ctx.out / "clip"))
+    extra += _decoder_overrides(ctx)
     summary = _train(ctx, ctx.config("caption"), ctx.out / "caption", extra)
     model, gen = load_captioner(str(ctx.out / "caption"))
     res = evaluate_captions(model, str(ctx.shards / "heldout"), gen, split="heldout", progress=ctx.progress)
@@ -190,7 +208,7 @@ def stage_vqa(ctx: DemoContext) -> dict:
     train_shards, train_records = _vqa_split(ctx, "train", size)
     held_shards, held_records = _vqa_split(ctx, "heldout", size)
     extra = _set("data.train", json.dumps([{"path": str(train_shards)}]))
-    extra += _set("model.clip_checkpoint", str(ctx.out / "clip"))
+    extra += _decoder_overrides(ctx)
     init = ctx.out / "caption"
     if not (ctx.out / "vqa" / "run" / "checkpoints" / "latest").exists():
         extra += ["--init-from", str(init)]

@@ -40,6 +40,11 @@ class ZeroShotSettings:
 
 
 @dataclass
+class CaptionSettings:
+    small_vocab: bool = True             # fit a 2k byte-level BPE to the training names (else caption.yaml's tokenizer)
+
+
+@dataclass
 class ReportSettings:
     grid: int = 48                       # held-out emoji shown on the page
 
@@ -49,4 +54,5 @@ class DemoSettings:
     shards: ShardSettings = field(default_factory=ShardSettings)
     group_captions: GroupCaptionSettings = field(default_factory=GroupCaptionSettings)
     zeroshot: ZeroShotSettings = field(default_factory=ZeroShotSettings)
+    caption: CaptionSettings = field(default_factory=CaptionSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
