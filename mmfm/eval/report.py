@@ -59,7 +59,9 @@ def write_report(result, out_dir: str | os.PathLike, *, thumbnails: bool = True,
                                      "".join(f"{s['path']}\t{s['reason']}\n" for s in result.skipped))}
     if result.confusion is not None:
         files["per_class"] = atomic_write(out / "per_class.csv", _per_class_csv(result.per_class))
-        files["confusion"] = plot_confusion(result.confusion, result.classes, out / "confusion.png")
+        # the picture is for people: label it with the class names the prompts used, not the folder names
+        files["confusion"] = plot_confusion(result.confusion, list(result.classnames or result.classes),
+                                            out / "confusion.png")
         files["confusion_csv"] = atomic_write(out / "confusion.csv", _confusion_csv(result.confusion, result.classes))
     files["html"] = atomic_write(out / "index.html", render_html(result, thumbnails=thumbnails,
                                                                  max_thumbs=max_thumbs))
@@ -94,21 +96,39 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], path: str | os.PathLike) -> Path:
-    """Row-normalised confusion matrix (recall per true class) as a PNG; counts in cells when small."""
+def axis_label(name: str, width: int = 18, lines: int = 2) -> str:
+    """A class name as a tick label: wrapped at word boundaries into at most ``lines`` lines of ``width``
+    characters, with an ellipsis only when it still does not fit ('Smileys & Emotion' stays whole)."""
+    import textwrap
+    name = " ".join(str(name).replace("_", " ").split())
+    wrapped = textwrap.wrap(name, width=width, break_long_words=True) or [""]
+    if len(wrapped) > lines:
+        wrapped = wrapped[:lines]
+        wrapped[-1] = wrapped[-1][: width - 1].rstrip() + "\u2026"
+    return "\n".join(wrapped)
+
+
+def confusion_figure(cm: np.ndarray, classes: list[str]):
+    """The matplotlib figure behind :func:`plot_confusion` (callers close it)."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     n = len(classes)
+    if cm.shape != (n, n):
+        raise ValueError(f"confusion matrix is {cm.shape[0]}x{cm.shape[1]} but {n} class labels were given")
     support = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, support, out=np.zeros(cm.shape, dtype=float), where=support > 0)
-    size = min(4 + 0.35 * n, 30)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    labels = [axis_label(c) for c in classes]
+    longest = max((len(line) for lab in labels for line in lab.split("\n")), default=1)
+    fontsize = 9 if n <= 12 else 8 if n <= 30 else 6
+    margin = 0.25 + longest * fontsize / 72 * 0.6          # inches the tick labels need
+    side = min(max(3.0, 0.45 * n), 24)
+    fig, ax = plt.subplots(figsize=(side + margin + 1.6, side + margin + 0.8))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     if n <= 60:
-        ax.set_xticks(range(n), labels=classes, rotation=90, fontsize=8)
-        ax.set_yticks(range(n), labels=classes, fontsize=8)
+        ax.set_xticks(range(n), labels=labels, rotation=90, fontsize=fontsize)
+        ax.set_yticks(range(n), labels=labels, fontsize=fontsize)
     if n <= 25:
         for i in range(n):
             for j in range(n):
@@ -118,10 +138,19 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: str | os.PathLike) 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     acc = np.trace(cm) / max(cm.sum(), 1)
-    ax.set_title(f"zero-shot confusion matrix (top-1 {acc:.3f}, n={int(cm.sum())})")
+    ax.set_title(f"zero-shot confusion matrix: {n} classes, top-1 {acc:.3f}, n={int(cm.sum())}")
     fig.tight_layout()
+    return fig
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: str | os.PathLike) -> Path:
+    """Row-normalised confusion matrix (recall per true class) as a PNG; counts in cells when small.
+
+    ``classes`` are the labels shown on both axes (the human-readable class names); long names are wrapped."""
+    import matplotlib.pyplot as plt
+    fig = confusion_figure(cm, classes)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return atomic_write(path, buf.getvalue())
 

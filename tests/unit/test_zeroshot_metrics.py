@@ -83,3 +83,59 @@ def test_unlabelled_report_shows_predictions(tmp_path):
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "Predictions (2)" in page and not (tmp_path / "rep" / "confusion.png").exists()
     assert (tmp_path / "rep" / "predictions.jsonl").read_text().count("\n") == 2
+
+
+EMOJI_GROUPS = ["Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink", "Travel & Places",
+                "Activities", "Objects", "Symbols", "Flags"]
+
+
+def test_axis_label_keeps_names_whole_and_wraps_long_ones():
+    from mmfm.eval.report import axis_label
+    assert axis_label("Smileys & Emotion") == "Smileys & Emotion"       # 17 characters: never cut
+    assert axis_label("animals_nature") == "animals nature"
+    long = axis_label("a very long class name that goes on and on and on")
+    assert len(long.split("\n")) == 2 and long.endswith("\u2026") and all(len(x) <= 18 for x in long.split("\n"))
+
+
+@pytest.mark.parametrize("classes", [EMOJI_GROUPS, EMOJI_GROUPS[:4], [f"class number {i}" for i in range(40)]])
+def test_confusion_tick_labels_are_readable(classes):
+    """The group names on both axes are the full names, lie inside the saved picture, and do not overlap."""
+    import matplotlib.pyplot as plt
+
+    from mmfm.eval.report import confusion_figure
+    n = len(classes)
+    cm = np.arange(n * n).reshape(n, n) % 7
+    fig = confusion_figure(cm, classes)
+    try:
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        renderer = fig.canvas.get_renderer()
+        full = fig.bbox.transformed(fig.dpi_scale_trans.inverted())   # the figure itself, in inches
+        for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+            assert [t.get_text() for t in ticks] == classes
+            boxes = [t.get_window_extent(renderer) for t in ticks]
+            for t, b in zip(ticks, boxes):
+                b_in = b.transformed(fig.dpi_scale_trans.inverted())
+                assert full.x0 - 1e-6 <= b_in.x0 and b_in.x1 <= full.x1 + 1e-6, t.get_text()
+                assert full.y0 - 1e-6 <= b_in.y0 and b_in.y1 <= full.y1 + 1e-6, t.get_text()
+            for a, b in zip(boxes, boxes[1:]):
+                inter_w = min(a.x1, b.x1) - max(a.x0, b.x0)
+                inter_h = min(a.y1, b.y1) - max(a.y0, b.y0)
+                assert inter_w <= 0 or inter_h <= 0, (a, b)        # neighbouring labels do not overlap
+        assert f"{n} classes" in ax.get_title()
+    finally:
+        plt.close(fig)
+
+
+def test_confusion_rejects_mismatched_labels():
+    from mmfm.eval.report import confusion_figure
+    with pytest.raises(ValueError, match="3x3 but 2 class labels"):
+        confusion_figure(np.zeros((3, 3), dtype=int), ["a", "b"])
+
+
+def test_report_confusion_uses_classnames_not_folder_names(tmp_path):
+    res = _result(tmp_path)
+    res.classes, res.classnames = ["food_drink", "smileys_emotion"], ["Food & Drink", "Smileys & Emotion"]
+    files = write_report(res, tmp_path / "rep")
+    assert files["confusion"].stat().st_size > 1000
+    assert (tmp_path / "rep" / "confusion.csv").read_text().splitlines()[0] == "true\\pred,food_drink,smileys_emotion"
