@@ -25,13 +25,18 @@ def slug(text: str) -> str:
 
 
 def subsample_emoji_test(src: Path, dst: Path, every: int) -> Path:
-    """A copy of emoji-test.txt keeping every ``every``-th emoji line (all group headers kept), so a quick run
-    still sees all 9 groups."""
-    lines, n = [], 0
+    """A copy of emoji-test.txt keeping every ``every``-th emoji *with all its skin-tone variants* (all group
+    headers kept), so a quick run still sees every group and the skin-tone bias table still has emoji that exist
+    in all six tones."""
+    from mmfm.data.shards.emoji import base_name, line_name
+
+    lines, order = [], {}
     for line in src.read_text(encoding="utf-8").splitlines(keepends=True):
         if line.strip() and not line.startswith("#"):
-            n += 1
-            if (n - 1) % every:
+            name = line_name(line)
+            base = base_name(name) if name else line
+            idx = order.setdefault(base, len(order))
+            if idx % every:
                 continue
         lines.append(line)
     atomic_write_text(dst, "".join(lines))
@@ -163,11 +168,24 @@ def qa_pairs(meta: dict) -> list[dict]:
     return pairs
 
 
+def _keep_flag_question(meta: dict, share: float) -> bool:
+    """Ask "is this a flag?" of every flag and of a deterministic ``share`` of the other emoji, so that yes and
+    no are about equally frequent (as VQAv2 balances its yes/no questions); otherwise "no" alone scores 93%."""
+    import zlib
+    if meta.get("is_flag"):
+        return True
+    return zlib.crc32(meta.get("base_name", meta.get("name", "")).encode()) % 10_000 < share * 10_000
+
+
 def write_vqa_json(samples: list[dict], image_paths: list[Path], path: Path) -> list[dict]:
     """A LAVIS-style VQA list ``[{image, question, answers, answer_type, question_id}]`` for the vqa source."""
+    flags = sum(1 for s in samples if s["meta"].get("is_flag"))
+    share = flags / max(len(samples) - flags, 1)
     records = []
     for s, img in zip(samples, image_paths):
-        for j, qa in enumerate(qa_pairs(s["meta"])):
+        for qa in qa_pairs(s["meta"]):
+            if qa["kind"] == "flag" and not _keep_flag_question(s["meta"], share):
+                continue
             records.append({"image": str(img), "question": qa["question"], "answers": [qa["answer"]] * 10,
                             "answer_type": qa["answer_type"], "question_id": f"{s['key']}_{qa['kind']}",
                             "kind": qa["kind"]})

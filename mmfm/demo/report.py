@@ -105,14 +105,28 @@ def plot_curves(runs: dict[str, Path], path: Path) -> Path | None:
 
 
 # ----------------------------------------------------------------------------- table
+def group_count(zs: dict) -> int | None:
+    """How many groups the held-out images were classified into: the groups that have images (the chance
+    baseline is 1/this), from the zero-shot summary; None when it is unknown. Never a fixed number: a
+    --quick run or a smaller recipe has fewer groups than the full emoji set."""
+    if zs.get("groups"):
+        return int(zs["groups"])
+    per_class = zs.get("per_class") or []
+    if per_class:
+        return sum(1 for r in per_class if r.get("n"))
+    return len(zs.get("classes") or []) or None
+
+
 def metrics_rows(results: dict) -> list[dict]:
     """[{"metric", "value", "baseline", "baseline_name"}] from the stage summaries (missing stages skipped)."""
     rows = []
     zs = results.get("zeroshot") or {}
     if zs:
         chance = zs.get("chance_top1")
-        n = len(zs.get("classes") or []) or 9
-        rows.append({"metric": f"zero-shot top-1 ({n} groups)", "value": zs.get("top1"), "baseline": chance,
+        n = group_count(zs)
+        label = "zero-shot top-1" + (f" ({n} group{'s' if n != 1 else ''})" if n else "")
+        rows.append({"metric": label, "value": zs.get("top1"),
+                     "baseline": chance,
                      "baseline_name": "chance (uniform guess)"})
         rows.append({"metric": "zero-shot mean per-class recall", "value": zs.get("mean_per_class_recall"),
                      "baseline": zs.get("chance_recall"), "baseline_name": "chance"})
@@ -179,16 +193,40 @@ def _card(item: dict) -> str:
             f"<div class=muted>group: {html.escape(item.get('group', '-'))}</div>{vqa}</div>")
 
 
+def _bias_html(bias: dict) -> list[str]:
+    """The skin-tone section: the table from ``mmfm eval bias`` and its bar chart, or why it is missing."""
+    if not bias:
+        return []
+    title = f"<h2>Bias: {html.escape(str(bias.get('attribute', 'skin_tone')))} (held-out emoji)</h2>"
+    if bias.get("skipped"):
+        return [title, f"<p class=muted>{html.escape(bias['skipped'])}</p>"]
+    parts = [title, "<p>The same held-out emoji in each group (matched by base name), so a gap between groups "
+                    "cannot come from different content. Zero-shot picks the emoji's name among all matched names; "
+                    "captions are scored against the full CLDR name, tone included.</p>", bias["html"]]
+    paired = (bias.get("zeroshot_gap") or {}).get("paired")
+    if paired:
+        parts.append(f"<p>Zero-shot, best vs worst group on the same {paired['pairs']} emoji: "
+                     f"{paired['best_only_correct']} right only in the best group, {paired['worst_only_correct']} "
+                     f"only in the worst; exact McNemar p = {paired['p_value']:.3g} (the pair is picked after "
+                     f"looking, so p is optimistic).</p>")
+    png = Path(bias.get("png") or "")
+    if png.is_file():
+        parts.append(f"<img class=plot style='max-width:820px' src='{_png_uri(png.read_bytes())}'>")
+    return parts
+
+
 def render_html(*, rows: list[dict], curves: Path | None, confusion: Path | None, items: list[dict],
-                info: dict) -> str:
+                info: dict, groups: int | None = None, bias: dict | None = None) -> str:
     parts = [f"<!doctype html><meta charset=utf-8><title>mmfm demo report</title><style>{_CSS}</style>",
              "<h1>mmfm demo: CLIP, zero-shot, captions and VQA on held-out emoji</h1>",
              f"<p>{html.escape(info.get('summary', ''))}</p>", "<h2>Metrics</h2>", _table_html(rows)]
     if curves is not None and Path(curves).is_file():
         parts += ["<h2>Training curves</h2>", f"<img class=plot src='{_png_uri(Path(curves).read_bytes())}'>"]
     if confusion is not None and Path(confusion).is_file():
-        parts += ["<h2>Zero-shot confusion matrix (held-out emoji, 9 groups)</h2>",
+        where = f"held-out emoji, {groups} groups" if groups else "held-out emoji"
+        parts += [f"<h2>Zero-shot confusion matrix ({where})</h2>",
                   f"<img class=plot style='max-width:640px' src='{_png_uri(Path(confusion).read_bytes())}'>"]
+    parts += _bias_html(bias or {})
     parts += [f"<h2>Held-out emoji ({len(items)} shown): true name, generated caption, zero-shot group</h2>",
               "<div class=grid>" + "".join(_card(i) for i in items) + "</div>"]
     details = "".join(f"<tr><td>{html.escape(str(k))}</td><td><code>{html.escape(str(v))}</code></td></tr>"

@@ -12,7 +12,7 @@ class ShardSettings:
     image_size: int = 64                 # rendered glyph fitted into this square (noto_emoji recipe: border mode)
     holdout: float = 0.2                 # fraction of base names held out (never seen in training)
     limit: int | None = None             # only the first N emoji
-    subsample: int = 1                   # keep every N-th emoji of emoji-test.txt (quick runs: all groups)
+    subsample: int = 1                   # keep every N-th emoji (with all its skin tones; quick runs)
     shard_size: int = 64                 # small shards: the loader shuffles shard order every epoch, so batches
                                          # mix all groups although the recipe writes emoji in file (group) order
     workers: int = 2
@@ -45,6 +45,14 @@ class CaptionSettings:
 
 
 @dataclass
+class BiasSettings:
+    """The skin-tone bias table (``mmfm eval bias``): the CLIP and the captioner on the held-out emoji, per group
+    of ``attribute``, matched by base name so every group holds the same emoji in its own tone."""
+    attribute: str = "skin_tone"
+    templates: list[str] = field(default_factory=lambda: ["a {} emoji"])
+
+
+@dataclass
 class ReportSettings:
     grid: int = 48                       # held-out emoji shown on the page
 
@@ -55,4 +63,5 @@ class DemoSettings:
     group_captions: GroupCaptionSettings = field(default_factory=GroupCaptionSettings)
     zeroshot: ZeroShotSettings = field(default_factory=ZeroShotSettings)
     caption: CaptionSettings = field(default_factory=CaptionSettings)
+    bias: BiasSettings = field(default_factory=BiasSettings)
     report: ReportSettings = field(default_factory=ReportSettings)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("shards", "clip", "zeroshot", "caption", "vqa", "report")
+STAGES = ("shards", "clip", "zeroshot", "caption", "bias", "vqa", "report")
 
 pytestmark = pytest.mark.slow
 
@@ -83,6 +83,11 @@ def test_report_page_and_table(quick_demo):
     assert 0.0 <= rows["caption BLEU-4"]["value"] <= 1.0
     vqa = rows["VQA accuracy (%)"]
     assert 0.0 <= vqa["value"] <= 100.0 and 0.0 < vqa["baseline"] <= 100.0
+    # the group count is the number of groups that have held-out images, not a fixed 9
+    present = [p for p in (out / "shards" / "heldout_by_group" / "images").iterdir() if any(p.iterdir())]
+    assert f"zero-shot top-1 ({len(present)} groups)" in rows, sorted(rows)
+    assert zs["baseline"] == pytest.approx(1 / len(present))
+    assert f"confusion matrix (held-out emoji, {len(present)} groups)" in page
     # the terminal shows the same table
     assert "zero-shot top-1 (" in proc.stdout and "caption CIDEr-D" in proc.stdout
     assert "report.html" in proc.stdout
@@ -93,8 +98,8 @@ def test_rerun_skips_done_stages_and_resumes_an_interrupted_one(quick_demo):
     proc = _demo(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for i, stage in enumerate(STAGES[:-1], 1):
-        assert f"[{i}/6]" in proc.stdout
-    assert proc.stdout.count("done already") == 5, proc.stdout
+        assert f"[{i}/{len(STAGES)}]" in proc.stdout
+    assert proc.stdout.count("done already") == len(STAGES) - 1, proc.stdout
     # an interrupted VQA stage: no done-marker, and its newest checkpoint is step 2 of 4 -> only vqa (+ report)
     # run again, and training resumes at step 2 instead of starting over
     ckpts = out / "vqa" / "run" / "checkpoints"
@@ -106,7 +111,26 @@ def test_rerun_skips_done_stages_and_resumes_an_interrupted_one(quick_demo):
     (ckpts / "latest").symlink_to("step_00000002")
     proc = _demo(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("done already") == 4, proc.stdout
+    assert proc.stdout.count("done already") == len(STAGES) - 2, proc.stdout
     log = proc.stdout + proc.stderr
     assert "resumed from" in log and "at step 2" in log, log[-3000:]
     assert (ckpts / "step_00000004").is_dir() and (out / ".done" / "vqa.json").is_file()
+
+
+def test_report_has_the_skin_tone_bias_table(quick_demo):
+    """Issue 7: the demo report gains the bias table (zero-shot + captions per skin tone on the same emoji)."""
+    out, proc = quick_demo
+    bias = json.loads((out / "bias" / "bias.json").read_text())
+    assert bias["attribute"] == "skin_tone" and bias["match_by"] == "base_name"
+    assert bias["groups"] == ["none", "light", "medium-light", "medium", "medium-dark", "dark"]
+    n = set(bias["n_per_group"].values())
+    assert len(n) == 1 and n.pop() == bias["matched_values"] >= 1      # the same emoji in every tone
+    for part in ("zeroshot", "caption"):
+        assert set(bias[part]["per_group"]) == set(bias["groups"]), part
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Bias: skin_tone" in page and '<table class="bias">' in page
+    for tone in bias["groups"]:
+        assert f"<td>{tone}</td>" in page, tone
+    assert "best - worst" in page and "CIDEr-D" in page
+    assert "skin_tone bias on held-out emoji" in proc.stdout and "| medium-dark" in proc.stdout
+    assert (out / "bias" / "bias.png").stat().st_size > 1000

@@ -45,6 +45,13 @@ def parse_emoji_test(path: str | Path) -> list[dict]:
     return out
 
 
+def line_name(line: str) -> str | None:
+    """The CLDR name on one emoji line of emoji-test.txt ('1F44B 1F3FD ; fully-qualified # ... waving hand:
+    medium skin tone' -> 'waving hand: medium skin tone'); None for headers, comments and other lines."""
+    m = _LINE.match(line.rstrip("\n"))
+    return m.group(5).strip() if m else None
+
+
 def base_name(name: str) -> str:
     """The name without skin-tone parts: 'waving hand: medium skin tone' -> 'waving hand'.
 
