@@ -65,13 +65,13 @@ class _Data:
                 raise ConfigError(f"{data}: a flat folder has no labels; give one subfolder per class")
             self.items = [{"image": str(Path(self.spec.root) / p)} for p in self.spec.paths]
         else:
-            from mmfm.eval.bias import _labels, is_shards, shard_records
+            from mmfm.eval.bias import is_shards, sample_labels, shard_records
             if not is_shards(self.data):
                 raise ConfigError(f"{data}: expected an image folder with class subfolders, or shards")
             recs = _even([r for r in shard_records(self.data) if r["image"] is not None], max_samples)
             if not recs:
                 raise ConfigError(f"{data}: no samples with images")
-            self.labels, self.label_field = _labels(recs, label_field, self.data)
+            self.labels, self.label_field = sample_labels(recs, label_field, self.data)
             self.items = recs
 
     def images(self, n: int) -> list:
@@ -148,8 +148,8 @@ def compare_models(original: str, data: str, variants: list[str] | None = None, 
     base = load_model(original)
     kind = _kind(base)
     if kind == "captioner" and gen is None:
-        from mmfm.eval.bias import _stored_generate
-        gen = _stored_generate(original)
+        from mmfm.eval.bias import stored_generate
+        gen = stored_generate(original)
     data_ = _Data(data, kind, max_samples, label_field)
     images = data_.images(latency_images)
     rows = []
@@ -210,10 +210,10 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     gen = None
-    from mmfm.eval.bias import _is_captioner, _stored_generate
-    if _is_captioner(args.model):
+    from mmfm.eval.bias import is_captioner, stored_generate
+    if is_captioner(args.model):
         from mmfm.generate import generate_config_from_args
-        gen = generate_config_from_args(_stored_generate(args.model), args)
+        gen = generate_config_from_args(stored_generate(args.model), args)
     res = compare_models(args.model, args.data, args.variant, max_samples=args.max_samples,
                          latency_images=args.latency_images, threads=args.threads, templates=args.templates,
                          label_field=args.label_field, gen=gen, progress=not args.quiet)

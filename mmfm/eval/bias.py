@@ -28,11 +28,13 @@ from pathlib import Path
 
 from mmfm.config import ConfigError
 
-__all__ = ["bias_report", "read_samples", "select_groups", "zero_shot_samples", "caption_samples",
-           "format_table", "bias_table_html", "write_bias_report", "SKIN_TONE_ORDER"]
+from .bias_output import CAPTION_METRICS, bias_table_html, format_table, write_bias_report
+
+__all__ = ["bias_report", "read_samples", "select_groups", "zero_shot_samples", "caption_samples", "sample_labels",
+           "stored_generate", "is_captioner", "format_table", "bias_table_html", "write_bias_report",
+           "SKIN_TONE_ORDER"]
 
 SKIN_TONE_ORDER = ["none", "light", "medium-light", "medium", "medium-dark", "dark"]
-CAPTION_METRICS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
 
 
 # ----------------------------------------------------------------------------- data
@@ -151,7 +153,7 @@ def _decode_batch(model, samples: list[dict]):
     return torch.stack([tf(decode_image(s["image"])) for s in samples])
 
 
-def _labels(samples: list[dict], label_field: str, data: str) -> tuple[list[str], str]:
+def sample_labels(samples: list[dict], label_field: str, data: str) -> tuple[list[str], str]:
     if label_field == "auto":
         label_field = "base_name" if all("base_name" in s["meta"] for s in samples) else "cls"
     if label_field == "cls":
@@ -259,7 +261,7 @@ def _gap(per_group: dict, key: str) -> dict:
 
 # ----------------------------------------------------------------------------- report
 def _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch_size, progress) -> tuple[dict, list]:
-    labels, field = _labels(kept, label_field, data)
+    labels, field = sample_labels(kept, label_field, data)
     preds = zero_shot_samples(model, kept, labels, templates, batch_size=batch_size, progress=progress)
     per_group = {}
     for g in info["groups"]:
@@ -329,110 +331,13 @@ def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | 
             if "caption" in report:
                 raise ConfigError("bias: give at most one CLIP model and one captioner")
             if gen is None:
-                gen = _stored_generate(m)
+                gen = stored_generate(m)
             report["caption"], extra = _caption_part(model, spec, kept, info, gen, None, progress)
         for r, e in zip(rows, extra):
             r.update(e)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     report["predictions"] = rows
     return report
-
-
-# ----------------------------------------------------------------------------- output
-def _fmt(v, pct: bool = False) -> str:
-    if v is None:
-        return "-"
-    return f"{100 * v:.1f}" if pct else f"{v:.3f}"
-
-
-def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["group", "n"]
-    zs, cap = report.get("zeroshot"), report.get("caption")
-    if zs:
-        head += ["zero-shot top-1 %", "95% CI"]
-    if cap:
-        head += list(CAPTION_METRICS)
-    rows = []
-    for g in report["groups"]:
-        row = [g, str(report["n_per_group"][g])]
-        if zs:
-            pg = zs["per_group"][g]
-            row += [_fmt(pg["top1"], True), f"{100 * pg['ci95'][0]:.1f}-{100 * pg['ci95'][1]:.1f}"]
-        if cap:
-            row += [_fmt(cap["per_group"][g][m]) for m in CAPTION_METRICS]
-        rows.append(row)
-    gap = ["best - worst", ""]
-    if zs:
-        gz = zs["gap"]
-        gap += [f"{100 * gz['gap']:.1f} ({gz['best']} vs {gz['worst']})", ""]
-    if cap:
-        gap += [f"{cap['gap'][m]['gap']:.3f} ({cap['gap'][m]['best']} vs {cap['gap'][m]['worst']})"
-                for m in CAPTION_METRICS]
-    rows.append(gap)
-    return head, rows
-
-
-def format_table(report: dict) -> str:
-    head, rows = table_rows(report)
-    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
-
-
-def bias_table_html(report: dict) -> str:
-    """The table as an HTML fragment (for the demo report)."""
-    import html
-    head, rows = table_rows(report)
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    note = (f"Attribute <code>{html.escape(report['attribute'])}</code>, {report['n_samples']} images"
-            + (f", matched by <code>{html.escape(report['match_by'])}</code> ({report.get('matched_values')} "
-               f"items in every group)" if report.get("match_by") else "") + ".")
-    return f'<table class="bias"><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table><p>{note}</p>'
-
-
-def _plot(report: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    parts = [p for p in ("zeroshot", "caption") if p in report]
-    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 3.6), squeeze=False)
-    groups = report["groups"]
-    for ax, part in zip(axes[0], parts):
-        pg = report[part]["per_group"]
-        if part == "zeroshot":
-            vals = [100 * (pg[g]["top1"] or 0) for g in groups]
-            err = [[v - 100 * pg[g]["ci95"][0] for v, g in zip(vals, groups)],
-                   [100 * pg[g]["ci95"][1] - v for v, g in zip(vals, groups)]]
-            ax.bar(groups, vals, yerr=err, capsize=3, color="#4477aa")
-            ax.set_ylabel("zero-shot top-1 (%)")
-        else:
-            ax.bar(groups, [pg[g]["CIDEr-D"] or 0 for g in groups], color="#cc6677")
-            ax.set_ylabel("CIDEr-D")
-        ax.set_title(f"{part} by {report['attribute']}")
-        ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def write_bias_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
-    from .common import atomic_write, write_json
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    preds = report.get("predictions", [])
-    body = {k: v for k, v in report.items() if k != "predictions"}
-    paths = {"json": write_json(out / "bias.json", body),
-             "table": atomic_write(out / "bias.md", format_table(report) + "\n"),
-             "predictions": atomic_write(out / "predictions.jsonl",
-                                         "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))}
-    _plot(report, out / "bias.png")
-    paths["plot"] = out / "bias.png"
-    return paths
 
 
 # ----------------------------------------------------------------------------- CLI (mmfm eval bias)
@@ -460,9 +365,9 @@ def run(args) -> int:
     from mmfm.generate import generate_config_from_args
 
     gen = None
-    caps = [m for m in args.model if _is_captioner(m)]
+    caps = [m for m in args.model if is_captioner(m)]
     if caps:
-        gen = generate_config_from_args(_stored_generate(caps[0]), args)
+        gen = generate_config_from_args(stored_generate(caps[0]), args)
     templates = args.templates
     report = bias_report(args.model, args.data, args.attribute,
                          groups=[g.strip() for g in args.groups.split(",")] if args.groups else None,
@@ -482,7 +387,7 @@ def run(args) -> int:
     return 0
 
 
-def _is_captioner(spec: str) -> bool:
+def is_captioner(spec: str) -> bool:
     from mmfm.compress.quantize import read_config
     try:
         return read_config(spec).model.kind == "captioner"
@@ -490,7 +395,7 @@ def _is_captioner(spec: str) -> bool:
         return False
 
 
-def _stored_generate(m):
+def stored_generate(m):
     """The decoding settings stored with a captioner checkpoint (defaults for a loaded model without one)."""
     from mmfm.compress.quantize import read_config
     from mmfm.config.caption import GenerateConfig

@@ -1,0 +1,108 @@
+"""Rendering a bias report (see :mod:`mmfm.eval.bias`): the table as text and HTML, the bar chart with 95%
+intervals, and the files ``bias.json``, ``bias.md``, ``bias.png`` and ``predictions.jsonl`` (each written
+atomically)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+CAPTION_METRICS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
+
+
+def _fmt(v, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}" if pct else f"{v:.3f}"
+
+
+def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["group", "n"]
+    zs, cap = report.get("zeroshot"), report.get("caption")
+    if zs:
+        head += ["zero-shot top-1 %", "95% CI"]
+    if cap:
+        head += list(CAPTION_METRICS)
+    rows = []
+    for g in report["groups"]:
+        row = [g, str(report["n_per_group"][g])]
+        if zs:
+            pg = zs["per_group"][g]
+            row += [_fmt(pg["top1"], True), f"{100 * pg['ci95'][0]:.1f}-{100 * pg['ci95'][1]:.1f}"]
+        if cap:
+            row += [_fmt(cap["per_group"][g][m]) for m in CAPTION_METRICS]
+        rows.append(row)
+    gap = ["best - worst", ""]
+    if zs:
+        gz = zs["gap"]
+        gap += [f"{100 * gz['gap']:.1f} ({gz['best']} vs {gz['worst']})", ""]
+    if cap:
+        gap += [f"{cap['gap'][m]['gap']:.3f} ({cap['gap'][m]['best']} vs {cap['gap'][m]['worst']})"
+                for m in CAPTION_METRICS]
+    rows.append(gap)
+    return head, rows
+
+
+def format_table(report: dict) -> str:
+    head, rows = table_rows(report)
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+
+def bias_table_html(report: dict) -> str:
+    """The table as an HTML fragment (for the demo report)."""
+    import html
+    head, rows = table_rows(report)
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    note = (f"Attribute <code>{html.escape(report['attribute'])}</code>, {report['n_samples']} images"
+            + (f", matched by <code>{html.escape(report['match_by'])}</code> ({report.get('matched_values')} "
+               f"items in every group)" if report.get("match_by") else "") + ".")
+    return f'<table class="bias"><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table><p>{note}</p>'
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [p for p in ("zeroshot", "caption") if p in report]
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 3.6), squeeze=False)
+    groups = report["groups"]
+    for ax, part in zip(axes[0], parts):
+        pg = report[part]["per_group"]
+        if part == "zeroshot":
+            vals = [100 * (pg[g]["top1"] or 0) for g in groups]
+            err = [[v - 100 * pg[g]["ci95"][0] for v, g in zip(vals, groups)],
+                   [100 * pg[g]["ci95"][1] - v for v, g in zip(vals, groups)]]
+            ax.bar(groups, vals, yerr=err, capsize=3, color="#4477aa")
+            ax.set_ylabel("zero-shot top-1 (%)")
+        else:
+            ax.bar(groups, [pg[g]["CIDEr-D"] or 0 for g in groups], color="#cc6677")
+            ax.set_ylabel("CIDEr-D")
+        ax.set_title(f"{part} by {report['attribute']}")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_bias_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
+    from .common import atomic_write, write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    preds = report.get("predictions", [])
+    body = {k: v for k, v in report.items() if k != "predictions"}
+    paths = {"json": write_json(out / "bias.json", body),
+             "table": atomic_write(out / "bias.md", format_table(report) + "\n"),
+             "predictions": atomic_write(out / "predictions.jsonl",
+                                         "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))}
+    _plot(report, out / "bias.png")
+    paths["plot"] = out / "bias.png"
+    return paths
+
+
