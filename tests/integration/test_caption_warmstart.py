@@ -11,13 +11,7 @@ from mmfm.config.model import ModelConfig, expand_model_dict
 from mmfm.models.factory import build_model
 from mmfm.models.loading import load_pretrained, save_pretrained
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model_cfg(d: dict) -> ModelConfig:

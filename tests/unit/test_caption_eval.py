@@ -9,13 +9,7 @@ from mmfm.config import ConfigError
 from mmfm.eval.caption_eval import (degenerate_report, evaluate_captions, evaluate_vqa_model, read_vqa_data,
                                     write_eval)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_degenerate_report_flags_loops_empties_and_collapse():

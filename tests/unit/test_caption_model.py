@@ -10,38 +10,18 @@ from PIL import Image
 from mmfm.config import ConfigError, load_experiment
 from mmfm.data.collate import collate_dicts
 from mmfm.tasks import build_task
+from tests.helpers import word_tokenizer
 
 CAPTIONS = ["a red square on white", "a green field", "two blue birds flying over the sea"]
 COLORS = [(255, 0, 0), (0, 160, 0), (0, 0, 255)]
 WORDS = sorted({w for c in CAPTIONS for w in c.split()} | {"picture", "of", "cat", "dog"})
 
-
-def word_tokenizer(folder) -> str:
-    """A real transformers tokenizer with a 20-word vocabulary (a small LM head keeps CPU tests fast)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[BOS]", "[EOS]", "[UNK]"] + WORDS)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.decoder = decoders.WordPiece(prefix="##")
-    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]",
-                            eos_token="[EOS]").save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not fight other tests for the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
-    return word_tokenizer(tmp_path_factory.mktemp("wordtok"))
+    return word_tokenizer(tmp_path_factory.mktemp("wordtok"), WORDS)
 
 
 def _cfg(model=None, tokenizer=None, **task):

@@ -10,6 +10,7 @@ from PIL import Image
 from mmfm.config import ConfigError, load_experiment
 from mmfm.data.collate import collate_dicts
 from mmfm.tasks import build_task
+from tests.helpers import word_tokenizer
 from mmfm.tasks.vqa import target_answers
 
 QUESTIONS = ["what color is it", "how many birds", "is it a dog"]
@@ -17,31 +18,12 @@ ANSWERS = [["red"] * 8 + ["orange"] * 2, ["2"] * 6 + ["two"] * 2 + ["3"] * 2, ["
 WORDS = ["question", "answer", ":", "what", "color", "is", "it", "how", "many", "birds", "a", "dog", "red",
          "orange", "2", "3", "no", "yes", "blue"]
 
-
-def word_tokenizer(folder) -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[BOS]", "[EOS]", "[UNK]"] + WORDS)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.decoder = decoders.WordPiece(prefix="##")
-    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]",
-                            eos_token="[EOS]").save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
-    tok = word_tokenizer(tmp_path_factory.mktemp("vqatok"))
+    tok = word_tokenizer(tmp_path_factory.mktemp("vqatok"), WORDS)
     return load_experiment(data={
         "task": {"name": "vqa", "vqa": {"max_answers": 3, "max_question_tokens": 6}},
         "model": {"name": "tiny_captioner", "decoder": {"tokenizer": tok, "max_length": 16}},
