@@ -81,7 +81,10 @@ def _plot(report: dict, path: Path) -> None:
         else:
             ax.bar(groups, [pg[g]["CIDEr-D"] or 0 for g in groups], color="#cc6677")
             ax.set_ylabel("CIDEr-D")
-        ax.set_title(f"{part} by {report['attribute']}")
+        what = "zero-shot top-1 (95% interval)" if part == "zeroshot" else "caption CIDEr-D"
+        sizes = sorted({pg[g]["n"] for g in groups})
+        per = f"{sizes[0]} images per group" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]} images per group"
+        ax.set_title(f"{what} by {report['attribute']}\n{per}", fontsize=10)
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
