@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     from mmfm.demo.pipeline import CONFIG_DIR, DemoContext, build_stages
     from mmfm.demo.stages import StageRunner
 
-    out = Path(args.out)
+    out = Path(args.out).expanduser().resolve()   # stages hand paths to builders that resolve against other folders
     out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out=out, quick=args.quick, progress=not args.no_progress,
                       config_dir=Path(args.config_dir) if args.config_dir else CONFIG_DIR)

@@ -186,7 +186,9 @@ def write_vqa_json(samples: list[dict], image_paths: list[Path], path: Path) -> 
         for qa in qa_pairs(s["meta"]):
             if qa["kind"] == "flag" and not _keep_flag_question(s["meta"], share):
                 continue
-            records.append({"image": str(img), "question": qa["question"], "answers": [qa["answer"]] * 10,
+            # absolute: the VQA shard builder resolves relative paths against the json's folder, not the cwd
+            records.append({"image": str(Path(img).resolve()), "question": qa["question"],
+                            "answers": [qa["answer"]] * 10,
                             "answer_type": qa["answer_type"], "question_id": f"{s['key']}_{qa['kind']}",
                             "kind": qa["kind"]})
     atomic_write_text(path, json.dumps(records, ensure_ascii=False))
