@@ -122,7 +122,7 @@ def confusion_figure(cm: np.ndarray, classes: list[str]):
     longest = max((len(line) for lab in labels for line in lab.split("\n")), default=1)
     fontsize = 9 if n <= 12 else 8 if n <= 30 else 6
     margin = 0.25 + longest * fontsize / 72 * 0.6          # inches the tick labels need
-    side = min(max(3.0, 0.45 * n), 24)
+    side = min(max(5.0, 0.45 * n), 24)
     fig, ax = plt.subplots(figsize=(side + margin + 1.6, side + margin + 0.8))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
@@ -133,7 +133,7 @@ def confusion_figure(cm: np.ndarray, classes: list[str]):
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
+                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8 if n <= 12 else 7,
                             color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
