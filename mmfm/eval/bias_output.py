@@ -3,9 +3,12 @@ intervals, and the files ``bias.json``, ``bias.md``, ``bias.png`` and ``predicti
 atomically)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
+
+from mmfm.config import atomic_write
 
 CAPTION_METRICS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
 
@@ -87,14 +90,14 @@ def _plot(report: dict, path: Path) -> None:
         ax.set_title(f"{what} by {report['attribute']}\n{per}", fontsize=10)
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write(path, buf.getvalue())
 
 
 def write_bias_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
-    from .common import atomic_write, write_json
+    from .common import write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from mmfm.config import ConfigError
+from mmfm.config import ConfigError, atomic_write
 
 
 def load_clip(model, device: str | None = None):
@@ -222,16 +222,6 @@ def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     base = os.environ.get("MMFM_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mmfm")
     return Path(base)
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, p)
-    return p
 
 
 def write_json(path, obj) -> Path:

@@ -51,7 +51,6 @@ def build_classifier(model, classnames: list[str], templates: list[str], *, batc
                      precision: str = "auto", cache: str | None = None, model_id: str | None = None,
                      progress: bool = False):
     """Zero-shot weights (D, C): open_clip's recipe, batched over all prompts; cached when ``model_id``."""
-    import torch
     prec = effective_precision(model_device(model), precision)
     key = classifier_key(model_id, classnames, templates, prec)
     path = cache_dir(cache) / "zeroshot" / f"{key}.safetensors" if key else None
@@ -72,14 +71,11 @@ def build_classifier(model, classnames: list[str], templates: list[str], *, batc
 
 
 def _save_classifier(path, weights, model_id, classnames, templates) -> None:
-    import os
+    from safetensors.torch import save
 
-    from safetensors.torch import save_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    from mmfm.config import atomic_write
     meta = {"model_id": str(model_id), "n_classes": str(len(classnames)), "n_templates": str(len(templates))}
-    save_file({"classifier": weights}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_write(path, save({"classifier": weights}, metadata=meta))
 
 
 # ----------------------------------------------------------------------------- images
@@ -120,14 +116,6 @@ def encode_batches(model, batches, finish=None, *, precision: str = "auto", prog
     if not feats:
         raise ConfigError(f"no image in {root} could be decoded ({len(failed)} failed)")
     return torch.cat(feats), indices, failed
-
-
-def encode_folder(model, spec: FolderSpec, *, batch_size: int = 64, workers: int | None = None,
-                  precision: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True):
-    """Image embeddings for every file of ``spec`` that decodes: ``(features (N, D), indices, failed)``."""
-    loader, finish = folder_loader(model, spec, batch_size=batch_size, workers=workers, max_pixels=max_pixels)
-    return encode_batches(model, loader, finish, precision=precision, progress=progress, total=len(loader),
-                          root=spec.root)
 
 
 # ----------------------------------------------------------------------------- metrics

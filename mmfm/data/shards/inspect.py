@@ -2,7 +2,6 @@
 counts, tar structure, optional image decode); ``--sheet out.png`` draws a contact sheet with captions."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -10,7 +9,9 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from .manifest import IMAGE_EXTS, MANIFEST, ShardError, read_manifest
+from mmfm.config import atomic_write
+
+from .manifest import IMAGE_EXTS, MANIFEST, ShardError, read_manifest, sha256_file
 
 
 def list_shards(path: str | os.PathLike) -> tuple[list[Path], dict | None]:
@@ -116,11 +117,7 @@ def verify_tar(tar_path: Path, expected: dict | None = None, decode: bool = Fals
     if not tar_path.is_file():
         return 0, "file is missing"
     if expected is not None:
-        h = hashlib.sha256()
-        with open(tar_path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        if h.hexdigest() != expected["sha256"]:
+        if sha256_file(tar_path) != expected["sha256"]:
             return 0, "sha256 does not match manifest.json"
     n, end = 0, {}
     try:
@@ -202,12 +199,9 @@ def contact_sheet(path: str | os.PathLike, out_png: str | os.PathLike, n: int = 
             caption += f" [{classes[label] if label < len(classes) else label}]"
         draw.multiline_text((x + 4, y + cell), _wrap(draw, caption, font, cell - 8), fill="black", font=font,
                             spacing=1)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    sheet.save(tmp)
-    os.replace(tmp, out_png)
-    return out_png
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return atomic_write(out_png, buf.getvalue())
 
 
 def _wrap(draw, text: str, font, width: int, max_lines: int = 3) -> str:

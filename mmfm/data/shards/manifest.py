@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmfm.config import ConfigError
+from mmfm.config import ConfigError, atomic_write
 
 FORMAT = "mmfm-shards/1"
 MANIFEST = "manifest.json"
@@ -49,15 +49,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to ``path`` via a temp file + ``os.replace`` (never half-written)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, ensure_ascii=False, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON to ``path`` via a temp file + ``os.replace`` (never half-written), synced to disk."""
+    atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n", fsync=True)
 
 
 def make_manifest(shards: list[dict], keys: dict[str, str], args: dict | None = None,
