@@ -10,18 +10,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-STAGES = ("shards", "clip", "zeroshot", "caption", "vqa", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mmfm.demo.pipeline import build_stages
+
+    stages = [s.name for s in build_stages()]        # the pipeline's own list: a new stage is accepted at once
     p = argparse.ArgumentParser(prog="mmfm demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true",
                    help="a scaled-down run (few emoji, few steps) that checks the wiring in about a minute")
-    p.add_argument("--redo", action="append", default=[], choices=[*STAGES, "all"], metavar="STAGE",
-                   help=f"run STAGE again even if it is done, and every stage after it ({', '.join(STAGES)}, all)")
-    p.add_argument("--until", choices=STAGES, default=None, metavar="STAGE",
+    p.add_argument("--redo", action="append", default=[], choices=[*stages, "all"], metavar="STAGE",
+                   help=f"run STAGE again even if it is done, and every stage after it ({', '.join(stages)}, all)")
+    p.add_argument("--until", choices=stages, default=None, metavar="STAGE",
                    help="stop after STAGE (the report then waits for a later run)")
     p.add_argument("--config-dir", default=None,
                    help="folder with demo.yaml, clip.yaml, caption.yaml, vqa.yaml (default: configs/experiments/demo)")

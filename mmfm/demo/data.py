@@ -7,14 +7,12 @@ exported as a plain image folder (one subfolder per emoji group) so the zero-sho
 """
 from __future__ import annotations
 
-import io
 import json
 import re
-import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from mmfm.config import atomic_write_text
+from mmfm.config import atomic_write, atomic_write_text
 
 SKIN_TONES = ("none", "light", "medium-light", "medium", "medium-dark", "dark", "mixed")
 
@@ -63,22 +61,17 @@ def build_emoji_shards(out: Path, *, size: int, holdout: float, limit: int | Non
 
 
 def iter_samples(folder: Path) -> Iterator[dict]:
-    """Read a shard folder (our own, trusted output) -> {key, image bytes, ext, txt, meta, cls}."""
-    for tar_path in sorted(Path(folder).glob("*.tar")):
-        groups: dict[str, dict] = {}
-        with tarfile.open(tar_path) as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                key, _, ext = m.name.partition(".")
-                f = tf.extractfile(m)
-                groups.setdefault(key, {"key": key})[ext] = f.read() if f else b""
-        for key, s in groups.items():
+    """Read a shard folder (our own output) -> {key, image bytes, ext, txt, meta, cls}, via the shard library's
+    own tar reader."""
+    from mmfm.data.shards.inspect import iter_samples as iter_tar, list_shards
+
+    for tar_path in list_shards(folder)[0]:
+        for s in iter_tar(tar_path):
             ext = next((e for e in ("jpg", "png", "webp") if e in s), None)
             if ext is None:
                 continue
             meta = json.loads(s["json"]) if "json" in s else {}
-            yield {"key": key, "image": s[ext], "ext": ext, "txt": s.get("txt", b"").decode("utf-8"),
+            yield {"key": s["__key__"], "image": s[ext], "ext": ext, "txt": s.get("txt", b"").decode("utf-8"),
                    "meta": meta, "cls": int(s["cls"]) if "cls" in s else None}
 
 
@@ -94,9 +87,7 @@ def export_images(samples: list[dict], root: Path, *, by_group: bool) -> list[Pa
         sub.mkdir(parents=True, exist_ok=True)
         path = sub / f"{s['key']}.{s['ext']}"
         if not path.is_file():
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(s["image"])
-            tmp.replace(path)
+            atomic_write(path, s["image"])
         paths.append(path)
     return paths
 
@@ -232,14 +223,3 @@ def train_caption_tokenizer(texts: list[str], folder: Path, vocab_size: int = 20
         shutil.rmtree(folder)
     tmp.replace(folder)
     return folder
-
-
-def thumbnail_uri(image: bytes, size: int = 64) -> str:
-    import base64
-
-    from PIL import Image
-    img = Image.open(io.BytesIO(image)).convert("RGB")
-    img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

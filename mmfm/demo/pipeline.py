@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
-from mmfm.config import ConfigError
+from mmfm.config import ConfigError, atomic_write_text
 
 from . import data as D
+from .settings import DemoSettings
 from .stages import Stage
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "demo"
@@ -41,41 +43,44 @@ class DemoContext:
             raise ConfigError(f"demo config not found: {path}")
         return path
 
-    def demo_settings(self) -> dict:
-        """``demo.yaml``: shard size, held-out fraction, emoji limit, zero-shot prompts, report grid."""
-        from mmfm.config import load_config, to_dict
-
-        from .settings import DemoSettings
-        return to_dict(load_config(self.config("demo"), DemoSettings))
+    @cached_property
+    def settings(self) -> DemoSettings:
+        """``demo.yaml`` (typed, read once): shard size, held-out fraction, emoji limit, prompts, report grid."""
+        from mmfm.config import load_config
+        return load_config(self.config("demo"), DemoSettings)
 
     @property
     def shards(self) -> Path:
         return self.out / "shards"
 
 
-def _files_digest(*paths: Path) -> dict:
-    return {p.name: p.read_text(encoding="utf-8") for p in paths if p.is_file()}
+def _configs_digest(*paths: Path) -> dict:
+    """The configs as they resolve (``_base_`` files followed): editing a base config makes the stages that use
+    it stale, editing only a comment does not."""
+    from mmfm.config import read_yaml
+    return {p.name: read_yaml(p) for p in paths}
 
 
 # ----------------------------------------------------------------------------- 1. shards
 def stage_shards(ctx: DemoContext) -> dict:
-    s = ctx.demo_settings()["shards"]
-    summary = D.build_emoji_shards(ctx.shards, size=int(s["image_size"]), holdout=float(s["holdout"]),
-                                   limit=s.get("limit"),
-                                   subsample=int(s.get("subsample", 1)), shard_size=int(s["shard_size"]),
-                                   workers=int(s.get("workers", 2)), progress=ctx.progress)
+    from mmfm.data.shards import read_manifest
+
+    s = ctx.settings.shards
+    summary = D.build_emoji_shards(ctx.shards, size=s.image_size, holdout=s.holdout, limit=s.limit,
+                                   subsample=s.subsample, shard_size=s.shard_size, workers=s.workers,
+                                   progress=ctx.progress)
     heldout = D.load_split(ctx.shards / "heldout")
-    classes = json.loads((ctx.shards / "train" / "manifest.json").read_text())["classes"]
+    classes = read_manifest(ctx.shards / "train")["classes"]
     images, names = D.write_zeroshot_folder(heldout, classes, ctx.shards / "heldout_by_group")
     summary["classes"] = classes
     summary["zeroshot_folder"] = str(images)
     train = D.load_split(ctx.shards / "train")
     train_images = D.export_images(train, ctx.shards / "train_images", by_group=False)
-    g = ctx.demo_settings()["group_captions"]
-    if g["template"]:
-        summary["group_captions"] = D.build_caption_shards(train, train_images, g["template"],
-                                                           ctx.shards / "train_groups", size=int(s["image_size"]),
-                                                           shard_size=int(s["shard_size"]),
+    g = ctx.settings.group_captions
+    if g.template:
+        summary["group_captions"] = D.build_caption_shards(train, train_images, g.template,
+                                                           ctx.shards / "train_groups", size=s.image_size,
+                                                           shard_size=s.shard_size, workers=s.workers,
                                                            progress=ctx.progress)
     return summary
 
@@ -93,7 +98,8 @@ def _train(ctx: DemoContext, config: Path, out_dir: Path, extra: list[str]) -> d
     rc = train_cmd.main(argv)
     if rc != 0:
         raise RuntimeError(f"mmfm train {config.name} failed with exit code {rc} (see the log above)")
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from .report import read_metrics
+    rows = read_metrics(out_dir / "metrics.jsonl")
     last = next((r for r in reversed(rows) if "train/loss" in r), {})
     return {"steps": last.get("step"), "final_train_loss": last.get("train/loss"),
             "samples_per_s": last.get("train/samples_per_s"), "run": str(out_dir)}
@@ -104,10 +110,10 @@ def _set(key: str, value) -> list[str]:
 
 
 def stage_clip(ctx: DemoContext) -> dict:
-    g = ctx.demo_settings()["group_captions"]
-    sources = [{"path": str(ctx.shards / "train"), "weight": 1.0 - g["weight"]}]
-    if g["template"]:
-        sources.append({"path": str(ctx.shards / "train_groups"), "weight": g["weight"]})
+    g = ctx.settings.group_captions
+    sources = [{"path": str(ctx.shards / "train"), "weight": 1.0 - g.weight}]
+    if g.template:
+        sources.append({"path": str(ctx.shards / "train_groups"), "weight": g.weight})
     else:
         sources[0]["weight"] = 1.0
     extra = _set("data.train", json.dumps(sources))
@@ -123,11 +129,11 @@ def stage_zeroshot(ctx: DemoContext) -> dict:
     from mmfm.eval.report import write_report
     from mmfm.eval.zeroshot import zeroshot_classify
 
-    s = ctx.demo_settings()["zeroshot"]
+    s = ctx.settings.zeroshot
     root = ctx.shards / "heldout_by_group"
     model = mmfm.load(str(ctx.out / "clip"))
     res = zeroshot_classify(model, str(root / "images"), classnames_file=str(root / "classnames.txt"),
-                            templates=list(s["templates"]), batch_size=128, workers=0, use_cache=False,
+                            templates=list(s.templates), batch_size=128, workers=0, use_cache=False,
                             progress=ctx.progress)
     files = write_report(res, ctx.out / "zeroshot", thumbnails=False)  # confusion axes carry the group names
     support = res.confusion.sum(axis=1)
@@ -137,7 +143,7 @@ def stage_zeroshot(ctx: DemoContext) -> dict:
             "mean_per_class_recall": res.metrics["mean_per_class_recall"],
             "chance_top1": 1.0 / present, "chance_recall": 1.0 / present,
             "majority_class": res.classnames[majority], "majority_top1": float(support[majority] / support.sum()),
-            "images": int(support.sum()), "classes": res.classnames, "groups": present,
+            "images": int(support.sum()), "classes": res.classnames,
             "per_class": [{"class": r["classname"], "n": r["n"], "recall": r["recall"]} for r in res.per_class],
             "confusion_png": str(files.get("confusion", "")), "predictions": str(files["predictions"])}
 
@@ -147,16 +153,17 @@ def _tokenizer_dir(ctx: DemoContext) -> Path:
     """The captioner's small vocabulary, fitted to the training names and the VQA questions/answers."""
     folder = ctx.shards / "tokenizer"
     if not (folder / "tokenizer.json").is_file():
-        texts = [s["txt"] for s in D.iter_samples(ctx.shards / "train")]
-        texts += list(D.QUESTIONS.values()) + [qa["answer"] for s in D.iter_samples(ctx.shards / "train")
-                                               for qa in D.qa_pairs(s["meta"])]
-        D.train_caption_tokenizer(texts, folder)
+        names, answers = [], []
+        for s in D.iter_samples(ctx.shards / "train"):         # one pass over the split
+            names.append(s["txt"])
+            answers += [qa["answer"] for qa in D.qa_pairs(s["meta"])]
+        D.train_caption_tokenizer(names + list(D.QUESTIONS.values()) + answers, folder)
     return folder
 
 
 def _decoder_overrides(ctx: DemoContext) -> list[str]:
     out = _set("model.clip_checkpoint", str(ctx.out / "clip"))
-    if ctx.demo_settings()["caption"]["small_vocab"]:
+    if ctx.settings.caption.small_vocab:
         out += _set("model.decoder.tokenizer", str(_tokenizer_dir(ctx)))
     return out
 
@@ -186,26 +193,26 @@ def stage_caption(ctx: DemoContext) -> dict:
 
 
 # ----------------------------------------------------------------------------- 5. VQA
-def _vqa_split(ctx: DemoContext, split: str, size: int) -> tuple[Path, list[dict]]:
+def _vqa_split(ctx: DemoContext, split: str) -> tuple[Path, list[dict]]:
     samples = D.load_split(ctx.shards / split)
-    img_dir = ctx.shards / f"{split}_images"
-    paths = D.export_images(samples, img_dir, by_group=False)
-    records = D.write_vqa_json(samples, paths, ctx.out / "vqa" / f"{split}.json")
+    paths = D.export_images(samples, ctx.shards / f"{split}_images", by_group=False)
+    questions = ctx.out / "vqa" / f"{split}.json"
+    records = D.write_vqa_json(samples, paths, questions)
     shards = ctx.out / "vqa" / f"shards_{split}"
-    D.build_vqa_shards(ctx.out / "vqa" / f"{split}.json", shards, size=size, progress=ctx.progress)
+    s = ctx.settings.shards
+    D.build_vqa_shards(questions, shards, size=s.image_size, workers=s.workers, progress=ctx.progress)
     return shards, records
 
 
 def stage_vqa(ctx: DemoContext) -> dict:
     from collections import Counter, defaultdict
 
-    from mmfm.config import load_experiment
     from mmfm.eval.caption_eval import evaluate_vqa_model, write_eval
     from mmfm.generate import load_captioner
+    from mmfm.models.loading import read_checkpoint_config
 
-    size = int(ctx.demo_settings()["shards"]["image_size"])
-    train_shards, train_records = _vqa_split(ctx, "train", size)
-    held_shards, held_records = _vqa_split(ctx, "heldout", size)
+    train_shards, train_records = _vqa_split(ctx, "train")
+    held_shards, held_records = _vqa_split(ctx, "heldout")
     extra = _set("data.train", json.dumps([{"path": str(train_shards)}]))
     extra += _decoder_overrides(ctx)
     init = ctx.out / "caption"
@@ -213,7 +220,7 @@ def stage_vqa(ctx: DemoContext) -> dict:
         extra += ["--init-from", str(init)]
     summary = _train(ctx, ctx.config("vqa"), ctx.out / "vqa" / "run", extra)
     model, gen = load_captioner(str(ctx.out / "vqa" / "run"))
-    vqa_cfg = load_experiment(ctx.config("vqa")).task.vqa
+    vqa_cfg = read_checkpoint_config(str(ctx.out / "vqa" / "run")).task.vqa   # what the run trained with
     res = evaluate_vqa_model(model, str(held_shards), gen, vqa_cfg, split="heldout", progress=ctx.progress)
     write_eval(res, ctx.out / "vqa" / "eval")
     kind_of = {r["question_id"]: r["kind"] for r in held_records}
@@ -245,10 +252,10 @@ def stage_bias(ctx: DemoContext) -> dict:
     tone, matched by base name so every tone holds the same emoji."""
     from mmfm.eval.bias import bias_report, bias_table_html, format_table, write_bias_report
 
-    s = ctx.demo_settings()["bias"]
+    s = ctx.settings.bias
     try:
         rep = bias_report([str(ctx.out / "clip"), str(ctx.out / "caption")], str(ctx.shards / "heldout"),
-                          s["attribute"], templates=list(s["templates"]), progress=ctx.progress)
+                          s.attribute, templates=list(s.templates), progress=ctx.progress)
     except ConfigError as e:           # e.g. a tiny custom split with no emoji in every tone: say so in the report
         return {"skipped": f"bias table not made: {e}"}
     paths = write_bias_report(rep, ctx.out / "bias")
@@ -259,20 +266,6 @@ def stage_bias(ctx: DemoContext) -> dict:
             "png": str(paths["plot"]), "json": str(paths["json"])}
 
 
-def _bias_text(b: dict) -> str:
-    if not b:
-        return ""
-    if b.get("skipped"):
-        return b["skipped"]
-    lines = [f"{b['attribute']} bias on held-out emoji ({b['n_samples']} images: {b.get('matched_values')} emoji "
-             f"in each of {len(b['groups'])} groups)", b["table"]]
-    paired = (b.get("zeroshot_gap") or {}).get("paired")
-    if paired:
-        lines.append(f"zero-shot best vs worst on the same {paired['pairs']} emoji: exact McNemar p = "
-                     f"{paired['p_value']:.3g}")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- 7. report
 def stage_report(ctx: DemoContext) -> dict:
     from . import report as R
@@ -281,7 +274,7 @@ def stage_report(ctx: DemoContext) -> dict:
     rows = R.metrics_rows(results)
     curves = R.plot_curves({"CLIP (LiT) pre-training": ctx.out / "clip", "captioner": ctx.out / "caption",
                             "VQA": ctx.out / "vqa" / "run"}, ctx.out / "training_curves.png")
-    items = _grid_items(ctx, int(ctx.demo_settings()["report"].get("grid", 48)))
+    items = _grid_items(ctx, ctx.settings.report.grid)
     zs = results.get("zeroshot", {})
     info = {"summary": _summary_line(ctx), "details": _details(ctx)}
     conf = Path(zs["confusion_png"]) if zs.get("confusion_png") else None
@@ -290,15 +283,17 @@ def stage_report(ctx: DemoContext) -> dict:
                           groups=R.group_count(zs), bias=bias)
     table = R.format_table(rows)
     if bias:
-        table += "\n\n" + _bias_text(bias)
-    (ctx.out / "metrics.txt").write_text(table + "\n", encoding="utf-8")
-    (ctx.out / "metrics.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        table += "\n\n" + R.format_bias(bias)
+    atomic_write_text(ctx.out / "metrics.txt", table + "\n")
+    atomic_write_text(ctx.out / "metrics.json", json.dumps(rows, indent=1))
     return {"report": str(path), "table": table}
 
 
 def _grid_items(ctx: DemoContext, n: int) -> list[dict]:
     """Held-out emoji spread over the groups: thumbnail, true name, caption, zero-shot label, VQA answers."""
     import random
+
+    from mmfm.eval.report import thumbnail_data_uri
 
     zs_pred = {}
     pred_file = ctx.out / "zeroshot" / "predictions.jsonl"
@@ -317,7 +312,7 @@ def _grid_items(ctx: DemoContext, n: int) -> list[dict]:
     items = []
     for s in samples[::step][:n]:
         qa = [(D.QUESTIONS[k], answers[f"{s['key']}_{k}"]) for k in D.QUESTIONS if f"{s['key']}_{k}" in answers]
-        items.append({"thumb": D.thumbnail_uri(s["image"]), "name": s["txt"], "group": s["meta"].get("group", ""),
+        items.append({"thumb": thumbnail_data_uri(s["image"], 64, fmt="PNG"), "name": s["txt"], "group": s["meta"].get("group", ""),
                       "caption": captions.get(s["key"], "-"), "zeroshot": zs_pred.get(s["key"], "-"), "answers": qa})
     return items
 
@@ -350,15 +345,15 @@ def _run_line(run: Path, r: dict) -> str:
 
 
 def _details(ctx: DemoContext) -> dict:
-    st = ctx.demo_settings()
-    g = st["group_captions"]
+    st = ctx.settings
+    g = st.group_captions
     out = {"output folder": str(ctx.out), "variant": ctx.variant,
-           "held-out split": f"{st['shards']['holdout']:.0%} of base names (skin-tone variants stay together), "
+           "held-out split": f"{st.shards.holdout:.0%} of base names (skin-tone variants stay together), "
                              f"never seen in any training stage"}
-    if g["template"]:
-        out["CLIP training captions"] = (f"the CLDR name ({1 - g['weight']:.0%} of samples) or "
-                                         f"'{g['template']}' ({g['weight']:.0%}), for training images only")
-    out["zero-shot prompts"] = ", ".join(st["zeroshot"]["templates"])
+    if g.template:
+        out["CLIP training captions"] = (f"the CLDR name ({1 - g.weight:.0%} of samples) or "
+                                         f"'{g.template}' ({g.weight:.0%}), for training images only")
+    out["zero-shot prompts"] = ", ".join(st.zeroshot.templates)
     for name, run in (("clip", ctx.out / "clip"), ("caption", ctx.out / "caption"), ("vqa", ctx.out / "vqa" / "run")):
         r = ctx.results.get(name) or {}
         if r:
@@ -371,7 +366,7 @@ def _details(ctx: DemoContext) -> dict:
 # ----------------------------------------------------------------------------- the stage list
 def _fp(ctx: DemoContext, *names: str) -> dict:
     files = [ctx.config("demo")] + [ctx.config(n) for n in names]
-    return {"variant": ctx.variant, "configs": _files_digest(*files)}
+    return {"variant": ctx.variant, "configs": _configs_digest(*files)}
 
 
 def build_stages() -> list[Stage]:

@@ -49,15 +49,6 @@ def _constant_candidates(captions: list[str], limit: int) -> list[str]:
     return out
 
 
-def majority_vqa_baseline(train_answers: dict[str, list[str]], heldout: dict[str, dict]) -> float:
-    """Accuracy (%) of answering each question kind with its most frequent training answer."""
-    from mmfm.eval.vqa_metrics import evaluate_vqa
-
-    top = {kind: Counter(answers).most_common(1)[0][0] for kind, answers in train_answers.items() if answers}
-    preds = {qid: top.get(ann.get("question_type", ""), "") for qid, ann in heldout.items()}
-    return evaluate_vqa(preds, heldout)["overall"]
-
-
 # ----------------------------------------------------------------------------- plots
 def _png_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
@@ -107,14 +98,8 @@ def plot_curves(runs: dict[str, Path], path: Path) -> Path | None:
 # ----------------------------------------------------------------------------- table
 def group_count(zs: dict) -> int | None:
     """How many groups the held-out images were classified into: the groups that have images (the chance
-    baseline is 1/this), from the zero-shot summary; None when it is unknown. Never a fixed number: a
-    --quick run or a smaller recipe has fewer groups than the full emoji set."""
-    if zs.get("groups"):
-        return int(zs["groups"])
-    per_class = zs.get("per_class") or []
-    if per_class:
-        return sum(1 for r in per_class if r.get("n"))
-    return len(zs.get("classes") or []) or None
+    baseline is 1/this), never a fixed number (a --quick run or a smaller recipe has fewer); None if unknown."""
+    return sum(1 for r in zs.get("per_class") or [] if r.get("n")) or None
 
 
 def metrics_rows(results: dict) -> list[dict]:
@@ -162,6 +147,21 @@ def format_table(rows: list[dict]) -> str:
     lines = [f"{'metric'.ljust(w)}  {'mmfm':>8}  {'baseline':>8}  baseline is", "-" * (w + 40)]
     for r in rows:
         lines.append(f"{r['metric'].ljust(w)}  {_fmt(r['value']):>8}  {_fmt(r['baseline']):>8}  {r['baseline_name']}")
+    return "\n".join(lines)
+
+
+def format_bias(b: dict) -> str:
+    """The bias stage's summary for the terminal and metrics.txt: a heading, the table, the paired test."""
+    if not b:
+        return ""
+    if b.get("skipped"):
+        return b["skipped"]
+    lines = [f"{b['attribute']} bias on held-out emoji ({b['n_samples']} images: {b.get('matched_values')} emoji "
+             f"in each of {len(b['groups'])} groups)", b["table"]]
+    paired = (b.get("zeroshot_gap") or {}).get("paired")
+    if paired:
+        lines.append(f"zero-shot best vs worst on the same {paired['pairs']} emoji: exact McNemar p = "
+                     f"{paired['p_value']:.3g}")
     return "\n".join(lines)
 
 

@@ -155,16 +155,18 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: str | os.PathLike) 
     return atomic_write(path, buf.getvalue())
 
 
-def thumbnail_data_uri(path: str, size: int = 160) -> str | None:
+def thumbnail_data_uri(src, size: int = 160, fmt: str = "JPEG") -> str | None:
+    """A ``data:`` URI of a thumbnail of ``src`` (a path or image bytes), or None when it cannot be decoded.
+    JPEG for photos; PNG keeps flat-colour art (emoji, icons) crisp."""
     from .folder import decode_image
     try:
-        img = decode_image(path, max_pixels=64_000_000)
+        img = decode_image(src, max_pixels=64_000_000)
         img.thumbnail((size, size))
         buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=80)
+        img.save(buf, format=fmt, **({"quality": 80} if fmt == "JPEG" else {}))
     except Exception:  # noqa: BLE001 - a file that cannot be thumbnailed is shown by name only
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse}

@@ -59,3 +59,27 @@ def test_real_emoji_subset_has_full_tone_families():
         tones[base_name(e["name"])].add(e["skin_tone"])
     full = [b for b, t in tones.items() if {"none", "light", "medium-light", "medium", "medium-dark", "dark"} <= t]
     assert len({e["group"] for e in kept}) == 9 and len(full) >= 5
+
+
+def test_every_pipeline_stage_is_a_valid_redo_and_until_choice():
+    from mmfm.commands.demo import build_parser
+    from mmfm.demo.pipeline import build_stages
+    for stage in build_stages():
+        args = build_parser().parse_args(["--redo", stage.name, "--until", stage.name])
+        assert args.redo == [stage.name] and args.until == stage.name
+
+
+def test_stage_fingerprint_follows_the_resolved_config(tmp_path):
+    """Editing a `_base_` config makes the --quick stages stale; editing only a comment does not."""
+    import shutil
+
+    from mmfm.demo.pipeline import CONFIG_DIR, DemoContext, _fp
+    cfg = tmp_path / "cfg"
+    shutil.copytree(CONFIG_DIR, cfg)
+    ctx = DemoContext(out=tmp_path / "out", quick=True, config_dir=cfg)
+    before = _fp(ctx, "clip")
+    base = cfg / "clip.yaml"                         # quick_clip.yaml inherits it
+    base.write_text(base.read_text() + "\n# only a comment\n")
+    assert _fp(ctx, "clip") == before
+    base.write_text(base.read_text() + "\ntrain: {lr: 0.123}\n")
+    assert _fp(ctx, "clip") != before
