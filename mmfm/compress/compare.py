@@ -24,12 +24,14 @@ __all__ = ["compare_models", "format_comparison"]
 
 
 def _load(spec, original=None):
-    from .quantize import load_model, quantize_model
+    import mmfm
+
+    from .quantize import quantize_model
     if spec == "int8":
         if original is None:
             raise ConfigError("variant int8: needs the original model")
         return quantize_model(original), "int8 (dynamic, quantized here)"
-    return load_model(spec), str(spec)
+    return mmfm.load(spec), str(spec)
 
 
 def _size(model, spec) -> int:

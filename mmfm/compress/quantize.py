@@ -351,11 +351,9 @@ def read_config(spec):
 
 
 def load_model(path, device: str = "cpu") -> nn.Module:
-    """``mmfm.load`` for float checkpoints, ``load_quantized`` for int8 folders."""
-    if not isinstance(path, nn.Module) and is_quantized_dir(path):
-        return load_quantized(path, device)
-    from mmfm.models.loading import load_pretrained
-    return load_pretrained(path, device=device)
+    """``mmfm.load``: float checkpoints and int8 folders (kept as ``mmfm.compress.load_model`` for scripts)."""
+    import mmfm
+    return mmfm.load(path, device)
 
 
 def model_size_bytes(model_or_path) -> int:

@@ -306,7 +306,6 @@ def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | 
     import torch
 
     import mmfm
-    from mmfm.compress.quantize import load_model
 
     t0 = time.perf_counter()
     if isinstance(templates, str) and "{" in templates and not os.path.isfile(templates):
@@ -319,7 +318,7 @@ def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | 
     rows = [{"key": s["key"], "name": s["name"], "group": s["group"]} for s in kept]
     for m in models:
         spec = None if hasattr(m, "parameters") else str(m)
-        model = m if spec is None else load_model(spec)
+        model = m if spec is None else mmfm.load(spec)
         spec = spec or getattr(model, "checkpoint_path", None) or type(model).__name__
         kind = getattr(getattr(model, "model_cfg", None), "kind", "clip")
         if kind == "clip":

@@ -48,8 +48,18 @@ def _load_image(item):
 class ClipApiMixin:
     """``embed_images``, ``embed_texts`` and ``classify`` on top of ``encode_image`` / ``encode_text``.
 
-    Needs ``.preprocess`` (timm data config), ``.tokenizer`` and ``.logit_scale`` on the host module.
+    Needs ``.preprocess`` (timm data config), ``.tokenizer``, ``.logit_scale`` and ``.logit_bias`` on the host
+    module. ``forward`` is the training contract shared by every CLIP: normalised features + scale + bias.
     """
+
+    def forward(self, image: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+        return {
+            "image_features": self.encode_image(image, normalize=True) if image is not None else None,
+            "text_features": self.encode_text(text_ids, attention_mask, normalize=True) if text_ids is not None else None,
+            "logit_scale": self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
+            "logit_bias": self.logit_bias,
+        }
 
     def image_transform(self, train: bool = False):
         """A callable PIL RGB image -> normalised tensor, from this model's ``.preprocess`` (timm data config)."""
@@ -176,15 +186,6 @@ class CLIP(ClipApiMixin, nn.Module):
                     normalize: bool = False) -> torch.Tensor:
         x = self.text(text_ids, attention_mask)
         return F.normalize(x, dim=-1) if normalize else x
-
-    def forward(self, image: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
-        return {
-            "image_features": self.encode_image(image, normalize=True) if image is not None else None,
-            "text_features": self.encode_text(text_ids, attention_mask, normalize=True) if text_ids is not None else None,
-            "logit_scale": self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
-            "logit_bias": self.logit_bias,
-        }
 
     def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:
         self.visual.lock(unlocked_groups, freeze_bn_stats)

@@ -6,7 +6,6 @@ Every model has ``.preprocess`` (timm data config dict), ``.tokenizer`` and ``.m
 """
 from __future__ import annotations
 
-import dataclasses
 
 from torch import nn
 
@@ -97,7 +96,7 @@ def build_model(model_cfg: ModelConfig | dict | str | None = None, *, init_weigh
             from mmfm.models.captioner import build_captioner
         except ImportError as e:
             raise ConfigError(f"model.kind=captioner: the captioner module is unavailable ({e})") from e
-        return build_captioner(cfg)
+        return build_captioner(cfg, init_weights=init_weights)
     if cfg.openclip:
         from .openclip import build_openclip_model
         return build_openclip_model(cfg)
@@ -108,6 +107,3 @@ def is_clip_model(model: nn.Module) -> bool:
     """True for models with the CLIP encode API (mmfm CLIP, open_clip adapter)."""
     return all(callable(getattr(model, m, None)) for m in ("encode_image", "encode_text"))
 
-
-def replace_model_cfg(cfg: ModelConfig, **changes) -> ModelConfig:
-    return dataclasses.replace(cfg, **changes)

@@ -9,7 +9,6 @@ Weights are only ever read with safetensors (or open_clip's ``torch.load(weights
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -236,13 +235,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
 
 
 def _build(cfg: ModelConfig) -> nn.Module:
+    """The architecture only: the checkpoint about to be loaded replaces any pretrained tower weights."""
     from .factory import build_model
-
-    if cfg.kind == "captioner":
-        from mmfm.models import captioner
-        if "init_weights" in inspect.signature(captioner.build_captioner).parameters:
-            return captioner.build_captioner(cfg, init_weights=False)
-        return captioner.build_captioner(cfg)
     return build_model(cfg, init_weights=False)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from mmfm.config import ConfigError
 
-from .clip import MAX_LOGIT_SCALE, ClipApiMixin
+from .clip import ClipApiMixin
 
 __all__ = ["OpenCLIPModel", "build_openclip_model", "preprocess_from_openclip", "parse_openclip_spec"]
 
@@ -117,15 +117,6 @@ class OpenCLIPModel(ClipApiMixin, nn.Module):
     def encode_text(self, text_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     normalize: bool = False) -> torch.Tensor:
         return self.model.encode_text(text_ids, normalize=normalize)
-
-    def forward(self, image: torch.Tensor | None = None, text_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> dict:
-        return {
-            "image_features": self.encode_image(image, normalize=True) if image is not None else None,
-            "text_features": self.encode_text(text_ids, attention_mask, normalize=True) if text_ids is not None else None,
-            "logit_scale": self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp(),
-            "logit_bias": self.logit_bias,
-        }
 
     def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:
         self.model.lock_image_tower(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)

@@ -202,7 +202,8 @@ def _parse(name: str, raw):
 def load_engine(models: list[str], *, quantize: bool = False, threads: int | None = None,
                 max_pixels: int = 40_000_000) -> Engine:
     """Load each checkpoint (float or int8 folder); the kind in its config decides its role."""
-    from mmfm.compress.quantize import load_model, quantize_model
+    import mmfm
+    from mmfm.compress.quantize import quantize_model
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -210,7 +211,7 @@ def load_engine(models: list[str], *, quantize: bool = False, threads: int | Non
     names = {}
     for spec in models:
         t0 = time.perf_counter()
-        model = load_model(spec, device="cpu")
+        model = mmfm.load(spec, device="cpu")
         if quantize and not getattr(model, "quantization", None):
             model = quantize_model(model)
         kind = getattr(getattr(model, "model_cfg", None), "kind", "clip")
