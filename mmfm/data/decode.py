@@ -50,8 +50,9 @@ class Decoder:
         try:
             if self.decode_size and img.format == "JPEG" and min(w, h) > 2 * self.decode_size:
                 img.draft("RGB", (self.decode_size, self.decode_size))
-            img = ImageOps.exif_transpose(img)
-            return img.convert("RGB")
+            img.load()                                   # decode here, so a truncated file counts as corrupt
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when there is no orientation tag
+            return img if img.mode == "RGB" else img.convert("RGB")
         except Exception as e:  # noqa: BLE001 - truncated / corrupt pixel data
             raise CorruptSample("corrupt_image", f"{where}: {type(e).__name__}: {e}") from None
 

@@ -21,12 +21,12 @@ the next batch is exactly the batch the uninterrupted run would have produced.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import zlib
 from itertools import islice
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -79,11 +79,9 @@ class _RNGGuard:
     """Save and restore the global RNGs around per-sample seeding when the loader runs in-process."""
 
     def __enter__(self):
-        import numpy as np
         self.state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
 
     def __exit__(self, *exc):
-        import numpy as np
         random.setstate(self.state[0])
         np.random.set_state(self.state[1])
         torch.set_rng_state(self.state[2])
@@ -181,11 +179,7 @@ class StreamDataset(IterableDataset):
         s = _seed(self.seed, self.epoch, raw.get("__url__"), raw.get("__key__"))
         random.seed(s)
         torch.default_generator.manual_seed(s)
-        try:
-            import numpy as np
-            np.random.seed(s)
-        except ImportError:  # pragma: no cover
-            pass
+        np.random.seed(s)
         out = self.processor(sample)
         if not isinstance(out, dict):
             raise TypeError(f"processor returned {type(out).__name__}, expected a dict")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -42,7 +42,6 @@ class Source:
     weight: float = 1.0
     keys: dict | None = None             # manifest "keys" (ext -> role) when known
     samples: int | None = None           # total samples, when known
-    notes: list[str] = field(default_factory=list)
 
 
 def _expand(spec: str) -> list[str]:
@@ -75,9 +74,7 @@ def resolve_source(spec: str, weight: float = 1.0) -> Source:
         tars = sorted(str(p) for p in path.glob("*.tar"))
         if not tars:
             raise ShardError(f"{spec}: folder has no manifest.json and no .tar shards")
-        src = Source(spec, [Shard(t) for t in tars], weight)
-        src.notes.append(f"{spec}: no manifest.json; sample counts come from scanning the tars")
-        return src
+        return Source(spec, [Shard(t) for t in tars], weight)   # counts come from scanning the tars
     if path.name == MANIFEST:
         return _from_manifest(path, spec, weight)
     urls = _expand(spec)

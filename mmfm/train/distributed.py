@@ -42,7 +42,6 @@ def _pick_device(local_rank: int, device: str | None) -> torch.device:
 def init_distributed(timeout_minutes: float = 30.0, device: str | None = None) -> DistInfo:
     """Join the torchrun process group if there is one (idempotent). Returns rank/world/device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _pick_device(local_rank, device)
     if dev.type == "cuda":
@@ -54,14 +53,6 @@ def init_distributed(timeout_minutes: float = 30.0, device: str | None = None) -
         kw = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes), **kw)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, dist.get_backend())
-
-
-def current() -> DistInfo:
-    """The DistInfo of an already initialised process (rank 0 of 1 when there is no process group)."""
-    if dist.is_available() and dist.is_initialized():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local, _pick_device(local, None), dist.get_backend())
-    return DistInfo(device=_pick_device(0, None))
 
 
 def barrier() -> None:
@@ -96,12 +87,6 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], device=device)
     dist.broadcast(t, 0)
     return bool(t.item())
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on any rank."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    return bool(all_reduce(t, "max").item() > 0)
 
 
 def cleanup() -> None:

@@ -105,6 +105,7 @@ class Trainer:
             raise ConfigError("train: nothing to do (train.max_steps / train.epochs give 0 steps)")
         self.optimizer = build_optimizer(self.task, self.tc)
         self.scheduler = build_scheduler(self.optimizer, self.tc, self.total_steps)
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]   # for clipping, once
         self.step, self.epoch, self.samples_seen = 0, 0, 0
         self.last_ckpt: Path | None = None
         self._saved_step = -1
@@ -225,8 +226,7 @@ class Trainer:
                     if isinstance(v, torch.Tensor) and v.ndim == 0:
                         logged[k] = logged.get(k, 0) + v.detach().float() / n
         if self.tc.grad_clip:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.tc.grad_clip)
+            logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(self._params, self.tc.grad_clip)
         logged["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])   # the lr this step used
         self.optimizer.step()
         self.scheduler.step()
