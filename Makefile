@@ -4,19 +4,23 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PKGS := fonts-noto-color-emoji unicode-data chromium
+DEMO_PKGS := fonts-noto-color-emoji unicode-data
+TEST_PKGS := $(DEMO_PKGS) chromium   # chromium: the service page's browser test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv apt-deps clean help
+.PHONY: demo test venv apt-deps demo-deps clean help
 
 help:
 	@echo "make demo   - build emoji shards, train CLIP + captioner, evaluate, write runs/demo/report.html"
 	@echo "make test   - run the test suite (CPU, offline)"
 
 apt-deps:
-	@bash tools/ensure_apt.sh $(APT_PKGS)
+	@bash tools/ensure_apt.sh $(TEST_PKGS)
+
+demo-deps:
+	@bash tools/ensure_apt.sh $(DEMO_PKGS)
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +34,7 @@ venv: $(VENV)/.installed
 test: apt-deps venv
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
-demo: apt-deps venv
+demo: demo-deps venv
 	$(VENV)/bin/mmfm demo --out runs/demo
 
 clean:
