@@ -142,12 +142,9 @@ def compare_models(original: str, data: str, variants: list[str] | None = None, 
                    gen=None, progress: bool = True) -> dict:
     """Measure the original and each variant on the same data; returns ``{"rows": [...], ...}``."""
     import mmfm
-    from .quantize import load_model
 
     variants = list(variants or ["int8"])
-    if isinstance(templates, str) and "{" in templates and not Path(templates).is_file():
-        templates = [templates]
-    base = load_model(original)
+    base = mmfm.load(original)
     kind = _kind(base)
     if kind == "captioner" and gen is None:
         from mmfm.eval.bias import stored_generate

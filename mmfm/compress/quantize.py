@@ -103,7 +103,7 @@ def convert_conv1d(model: nn.Module) -> list[str]:
 
 
 def quantize_model(model: nn.Module, dtype: str = "qint8", inplace: bool = False,
-                   embeddings: bool | None = None) -> nn.Module:
+                   embeddings: bool = True) -> nn.Module:
     """A CPU copy of ``model`` with dynamic int8 Linear layers (eval mode). Keeps ``.preprocess``,
     ``.tokenizer``, ``.model_cfg`` and the scripting API; ``model.quantization`` describes what was done.
 
@@ -112,8 +112,6 @@ def quantize_model(model: nn.Module, dtype: str = "qint8", inplace: bool = False
     input embedding in float, becomes a separate int8 Linear."""
     from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig, quantize_dynamic
 
-    if embeddings is None:
-        embeddings = True
     if dtype != "qint8":
         raise ConfigError(f"quantization dtype {dtype!r}: only qint8 (dynamic int8) is supported")
     if getattr(model, "quantization", None):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -261,8 +260,11 @@ def _gap(per_group: dict, key: str) -> dict:
 
 # ----------------------------------------------------------------------------- report
 def _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch_size, progress) -> tuple[dict, list]:
+    from .templates import load_templates
+
+    tmpl_name, tmpl = load_templates(templates)
     labels, field = sample_labels(kept, label_field, data)
-    preds = zero_shot_samples(model, kept, labels, templates, batch_size=batch_size, progress=progress)
+    preds = zero_shot_samples(model, kept, labels, tmpl, batch_size=batch_size, progress=progress)
     per_group = {}
     for g in info["groups"]:
         idx = [i for i, s in enumerate(kept) if s["group"] == g]
@@ -273,7 +275,7 @@ def _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch
         gap["paired"] = _paired(kept, [p == y for p, y in zip(preds, labels)], info["match_by"], gap["best"],
                                 gap["worst"])
     part = {"model": spec, "label_field": field, "n_classes": len(set(labels)),
-            "templates": templates if isinstance(templates, str) else list(templates),
+            "templates": tmpl_name if tmpl_name != "custom" else tmpl,
             "per_group": per_group, "gap": gap}
     return part, [{"label": lab, "pred": p, "correct": lab == p} for lab, p in zip(labels, preds)]
 
@@ -308,8 +310,6 @@ def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | 
     import mmfm
 
     t0 = time.perf_counter()
-    if isinstance(templates, str) and "{" in templates and not os.path.isfile(templates):
-        templates = [templates]                       # a literal template such as "{}" or "an emoji of {}"
     samples, skipped = read_samples(data, attribute, max_samples)
     kept, info = select_groups(samples, attribute, groups, match_by)
     report = {"task": "bias", "attribute": attribute, "data": str(data), **info, "n_samples": len(kept),

@@ -78,12 +78,9 @@ def effective_precision(device, precision: str) -> str:
 
 
 def eval_transform(model):
-    """The model's own eval preprocessing (a callable PIL -> tensor)."""
-    fn = getattr(model, "transform", None) or getattr(model, "eval_transform", None)
-    if callable(fn):
-        return fn
-    from mmfm.data.transforms import build_transform
-    return build_transform(model.preprocess, train=False)
+    """The model's own eval preprocessing (a callable PIL -> tensor), from its ``.preprocess`` data config."""
+    from mmfm.models.clip import eval_transform as from_preprocess
+    return from_preprocess(model.preprocess)
 
 
 class DeviceNormalize:

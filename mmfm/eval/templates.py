@@ -41,13 +41,16 @@ def builtin_names() -> list[str]:
 
 
 def load_templates(spec: str | list[str]) -> tuple[str, list[str]]:
-    """Resolve ``spec`` (a built-in name, a file path, or a list of strings) to ``(name, templates)``."""
+    """Resolve ``spec`` (a built-in name, a file path, one literal template with ``{}``, or a list of strings)
+    to ``(name, templates)``."""
     if isinstance(spec, (list, tuple)):
         templates, name = [str(t) for t in spec], "custom"
     elif spec in _BUILTIN:
         templates, name = _BUILTIN[spec](), spec
     elif Path(spec).is_file():
         templates, name = _read_file(Path(spec)), str(Path(spec).resolve())
+    elif any(p in str(spec) for p in _PLACEHOLDERS):       # one literal template, e.g. "an emoji of {}"
+        templates, name = [str(spec)], "custom"
     else:
         close = difflib.get_close_matches(str(spec), builtin_names(), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""

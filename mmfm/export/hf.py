@@ -115,9 +115,7 @@ def _native_state_dict(model) -> dict[str, torch.Tensor]:
     for k, v in state_dict_to_save(model).items():
         if k == "image_proj.weight":
             k = "visual.head.proj.weight"
-        elif k.startswith("text.proj."):          # HF text tower projection
-            k = "text.proj." + k[len("text.proj."):]
-        out[k] = v
+        out[k] = v                                 # text.* (the HF text tower's proj included) keeps its name
     return out
 
 

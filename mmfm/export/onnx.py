@@ -162,7 +162,7 @@ def _image_shape(model: nn.Module) -> tuple[int, int, int]:
 
 
 # ----------------------------------------------------------------------------- CLIP
-def _export_clip(model: nn.Module, out: Path, exporter: str, opset: int, atol: float) -> dict:
+def _export_clip(model: nn.Module, out: Path, exporter: str, opset: int) -> dict:
     c, h, w = _image_shape(model)
     g = torch.Generator().manual_seed(0)
     graphs, parity = {}, {}
@@ -207,7 +207,7 @@ def _check_captioner_api(model: nn.Module) -> None:
                           f"this captioner does not provide them")
 
 
-def _export_captioner(model: nn.Module, out: Path, exporter: str, opset: int, atol: float) -> dict:
+def _export_captioner(model: nn.Module, out: Path, exporter: str, opset: int) -> dict:
     _check_captioner_api(model)
     c, h, w = _image_shape(model)
     g = torch.Generator().manual_seed(0)
@@ -286,7 +286,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, exporter: str =
     def fill(tmp: Path) -> None:
         t0 = time.perf_counter()
         with torch.no_grad():
-            info = (_export_clip if kind == "clip" else _export_captioner)(model, tmp, exporter, opset, atol)
+            info = (_export_clip if kind == "clip" else _export_captioner)(model, tmp, exporter, opset)
         bad = {k: v for k, v in info["parity"].items() if not v <= atol}
         if bad:
             raise ConfigError(f"ONNX export: onnxruntime output differs from PyTorch beyond atol={atol}: "

@@ -17,20 +17,10 @@ from torch import nn
 __all__ = ["CLIP", "ClipApiMixin", "MAX_LOGIT_SCALE", "eval_transform"]
 
 MAX_LOGIT_SCALE = math.log(100.0)
-_TIMM_TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-
-
 def eval_transform(preprocess: dict):
-    """The eval transform for a timm data config (mmfm.data.transforms when present, else timm's)."""
-    try:
-        from mmfm.data.transforms import build_transform
-    except ImportError:
-        build_transform = None
-    if build_transform is not None:
-        return build_transform(preprocess, train=False)
-    from timm.data import create_transform
-    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in preprocess.items() if k in _TIMM_TRANSFORM_KEYS}
-    return create_transform(**cfg, is_training=False)
+    """The eval transform for a timm data config (``mmfm.data.transforms.build_transform``)."""
+    from mmfm.data.transforms import build_transform
+    return build_transform(preprocess, train=False)
 
 
 def _load_image(item):

@@ -127,6 +127,8 @@ def test_templates_builtin_file_and_errors(tmp_path):
         load_templates(str(bad))
     with pytest.raises(ConfigError, match="Did you mean 'openai'"):
         load_templates("opneai")
+    assert load_templates("an emoji of {}") == ("custom", ["an emoji of {}"])   # one literal template
+    assert load_templates("{}") == ("custom", ["{}"])
 
 
 def test_tidy_classname():
