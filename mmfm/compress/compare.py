@@ -67,7 +67,8 @@ class _Data:
                 raise ConfigError(f"{data}: a flat folder has no labels; give one subfolder per class")
             self.items = [{"image": str(Path(self.spec.root) / p)} for p in self.spec.paths]
         else:
-            from mmfm.eval.bias import is_shards, sample_labels, shard_records
+            from mmfm.eval.bias import sample_labels
+            from mmfm.eval.records import is_shards, shard_records
             if not is_shards(self.data):
                 raise ConfigError(f"{data}: expected an image folder with class subfolders, or shards")
             recs = _even([r for r in shard_records(self.data) if r["image"] is not None], max_samples)

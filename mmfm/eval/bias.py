@@ -19,7 +19,6 @@ intervals) and ``predictions.jsonl``.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter, defaultdict
@@ -28,6 +27,7 @@ from pathlib import Path
 from mmfm.config import ConfigError
 
 from .bias_output import CAPTION_METRICS, bias_table_html, format_table, write_bias_report
+from .records import is_shards, references, shard_records
 
 __all__ = ["bias_report", "read_samples", "select_groups", "zero_shot_samples", "caption_samples", "sample_labels",
            "stored_generate", "is_captioner", "format_table", "bias_table_html", "write_bias_report",
@@ -37,38 +37,6 @@ SKIN_TONE_ORDER = ["none", "light", "medium-light", "medium", "medium-dark", "da
 
 
 # ----------------------------------------------------------------------------- data
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-
-
-def shard_records(data: str):
-    """Raw shard samples: ``{"key", "image" (bytes or None), "meta" (json dict), "txt", "cls", "name"}``."""
-    import os as _os
-
-    import webdataset as wds
-
-    from .retrieval import shard_urls
-
-    for s in wds.WebDataset(shard_urls(str(data)), shardshuffle=False, nodesplitter=None, empty_check=False):
-        try:
-            meta = json.loads(s["json"]) if "json" in s else {}
-        except (ValueError, UnicodeDecodeError):
-            meta = {}
-        try:
-            cls = int(s["cls"].decode().strip()) if "cls" in s else None
-        except ValueError:
-            cls = None
-        key = next((k for k in IMAGE_KEYS if k in s), None)
-        yield {"key": s["__key__"], "image": s[key] if key else None, "meta": meta if isinstance(meta, dict) else {},
-               "txt": s["txt"].decode("utf-8", "replace").strip() if "txt" in s else "", "cls": cls,
-               "name": f"{_os.path.basename(s.get('__url__', '?'))}:{s['__key__']}"}
-
-
-def is_shards(data: str) -> bool:
-    p = Path(str(data))
-    return "{" in str(data) or p.suffix == ".tar" or (p.is_dir() and (
-        (p / "manifest.json").is_file() or any(p.glob("*.tar"))))
-
-
 def read_samples(data: str, attribute: str, max_samples: int | None = None) -> tuple[list[dict], dict]:
     """Shard samples with their attribute value: ``[{"key", "image", "meta", "txt", "name", "cls", "group"}]``
     and counts of what was left out (no attribute, no image)."""
@@ -211,11 +179,6 @@ def caption_samples(model, samples: list[dict], gen, *, batch_size: int | None =
     return [r["caption"] for r in res]
 
 
-def _references(s: dict) -> list[str]:
-    refs = [c.strip() for c in s["meta"].get("captions") or [] if isinstance(c, str) and c.strip()]
-    return refs or ([s["txt"]] if s["txt"] else [])
-
-
 # ----------------------------------------------------------------------------- statistics
 def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
     """Wilson score interval for k successes of n."""
@@ -287,7 +250,7 @@ def _caption_part(model, spec, kept, info, gen, batch_size, progress) -> tuple[d
 
     caps = caption_samples(model, kept, gen, batch_size=batch_size, progress=progress)
     keys = [f"{i}:{s['key']}" for i, s in enumerate(kept)]
-    scores = score_captions(dict(zip(keys, caps)), {k: _references(s) for k, s in zip(keys, kept)}, per_image=True)
+    scores = score_captions(dict(zip(keys, caps)), {k: references(s) for k, s in zip(keys, kept)}, per_image=True)
     per_image = scores.pop("per_image")
     per_group = {}
     for g in info["groups"]:
@@ -296,7 +259,7 @@ def _caption_part(model, spec, kept, info, gen, batch_size, progress) -> tuple[d
                                          for m in CAPTION_METRICS}}
     part = {"model": spec, "decoding": settings_dict(gen, model), "overall": scores,
             "per_group": per_group, "gap": {m: _gap(per_group, m) for m in CAPTION_METRICS}}
-    return part, [{"caption": c, "references": _references(s), "CIDEr-D": per_image[k]["CIDEr-D"]}
+    return part, [{"caption": c, "references": references(s), "CIDEr-D": per_image[k]["CIDEr-D"]}
                   for c, s, k in zip(caps, kept, keys)]
 
 

@@ -13,9 +13,10 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
 
 from mmfm.config import ConfigError
+
+from .records import references, shard_records
 
 __all__ = ["read_caption_data", "read_vqa_data", "degenerate_report", "evaluate_captions", "evaluate_vqa_model",
            "write_eval", "CAPTION_BACKEND", "VQA_BACKEND"]
@@ -23,29 +24,9 @@ __all__ = ["read_caption_data", "read_vqa_data", "degenerate_report", "evaluate_
 CAPTION_BACKEND = ("mmfm.eval.caption_metrics: pure-Python BLEU-1..4 / ROUGE-L / CIDEr-D equal to pycocoevalcap 1.2 "
                    "(PTB tokenization reproduced in Python)")
 VQA_BACKEND = "mmfm.eval.vqa_metrics: port of the official VQAv2 vqaEval.py (GT-Vision-Lab/VQA master)"
-SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 # ---------------------------------------------------------------- reading
-def _shard_records(data: str) -> Iterator[dict]:
-    import webdataset as wds
-
-    from .retrieval import shard_urls
-
-    ds = wds.WebDataset(shard_urls(data), shardshuffle=False, nodesplitter=None, empty_check=False)
-    for s in ds:
-        meta = {}
-        if "json" in s:
-            try:
-                meta = json.loads(s["json"])
-            except (ValueError, UnicodeDecodeError):
-                meta = {}
-        txt = s["txt"].decode("utf-8", "replace").strip() if "txt" in s else ""
-        key = next((k for k in SHARD_IMAGE_KEYS if k in s), None)
-        yield {"key": s["__key__"], "image": s[key] if key else None, "meta": meta, "txt": txt,
-               "name": f"{os.path.basename(s.get('__url__', '?'))}:{s['__key__']}"}
-
-
 def _jsonl_rows(path: Path) -> list[dict]:
     from .retrieval import _read_rows
     return _read_rows(path)
@@ -60,9 +41,8 @@ def read_caption_data(data: str, max_samples: int | None = None) -> list[dict]:
     """``[{"key", "image" (bytes or path), "references": [str, ...], "name"}]``."""
     items = []
     if _is_shards(data):
-        for r in _shard_records(data):
-            refs = [c.strip() for c in r["meta"].get("captions") or [] if isinstance(c, str) and c.strip()]
-            refs = refs or ([r["txt"]] if r["txt"] else [])
+        for r in shard_records(data):
+            refs = references(r)
             if not refs:
                 raise ConfigError(f"{data}: sample {r['name']} has no reference caption (json captions or txt)")
             items.append({"key": r["key"], "image": r["image"], "references": refs, "name": r["name"]})
@@ -90,7 +70,7 @@ def read_vqa_data(data: str, max_samples: int | None = None) -> list[dict]:
     items = []
     if _is_shards(data):
         rows = ({**r["meta"], "_image": r["image"], "_key": str(r["meta"].get("question_id", r["key"])),
-                 "_name": r["name"], "question": r["meta"].get("question") or r["txt"]} for r in _shard_records(data))
+                 "_name": r["name"], "question": r["meta"].get("question") or r["txt"]} for r in shard_records(data))
     else:
         p = Path(data)
         rows = []

@@ -25,10 +25,10 @@ from mmfm.config import ConfigError
 from .common import (autocast, default_workers, effective_precision, encode_texts, eval_transform, load_clip,
                      model_device, split_transform)
 from .folder import DEFAULT_MAX_PIXELS, decode_image
+from .records import SHARD_IMAGE_KEYS
 
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "path", "file", "filename", "img", "jpg")
 CAPTION_COLUMNS = ("captions", "caption", "text", "title", "txt", "alt")
-SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass
