@@ -51,6 +51,24 @@ def generation_kwargs(gen: GenerateConfig, **overrides) -> dict[str, Any]:
     return kw
 
 
+_DEFAULT = object()
+
+
+def stored_generate(model_or_spec, default=_DEFAULT) -> GenerateConfig | None:
+    """The decoding settings stored with a captioner (``config.yaml``'s ``generate:``; float checkpoints, run
+    dirs and int8 folders alike). ``model_or_spec``: a path, or a loaded model (its ``checkpoint_path`` is read).
+    Without stored settings: ``default``, or the GenerateConfig defaults when none is given."""
+    from mmfm.compress.quantize import read_config
+
+    spec = getattr(model_or_spec, "checkpoint_path", None) if hasattr(model_or_spec, "parameters") else model_or_spec
+    try:
+        if spec:
+            return read_config(spec).generate
+    except (ConfigError, OSError):
+        pass
+    return GenerateConfig() if default is _DEFAULT else default
+
+
 def settings_dict(gen: GenerateConfig, model=None) -> dict:
     """The decoding settings as recorded in result JSONs (the prompt resolved against the model)."""
     d = dataclasses.asdict(gen)
@@ -101,7 +119,7 @@ def to_alt_text(caption: str, alt: AltTextConfig | None = None) -> str:
 # ---------------------------------------------------------------- loading
 def load_captioner(path: str, device: str = "cpu"):
     """``(model, GenerateConfig)`` from a captioner checkpoint (the generate settings stored with it)."""
-    from mmfm.models.loading import load_pretrained, read_checkpoint_config
+    from mmfm.models.loading import load_pretrained
 
     if not str(path).startswith("openclip:") and not os.path.exists(os.path.expanduser(str(path))):
         raise ConfigError(f"checkpoint not found: {path}")
@@ -110,11 +128,7 @@ def load_captioner(path: str, device: str = "cpu"):
         kind = getattr(getattr(model, "model_cfg", None), "kind", "?")
         raise ConfigError(f"{path} is not a captioner checkpoint (model.kind={kind}); captioning and VQA need "
                           f"model.kind: captioner")
-    try:
-        gen = read_checkpoint_config(path).generate
-    except ConfigError:
-        gen = GenerateConfig()
-    return model, gen
+    return model, stored_generate(path)
 
 
 def _device(model) -> torch.device:

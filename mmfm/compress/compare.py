@@ -148,7 +148,7 @@ def compare_models(original: str, data: str, variants: list[str] | None = None, 
     base = mmfm.load(original)
     kind = _kind(base)
     if kind == "captioner" and gen is None:
-        from mmfm.eval.bias import stored_generate
+        from mmfm.generate import stored_generate
         gen = stored_generate(original)
     data_ = _Data(data, kind, max_samples, label_field)
     images = data_.images(latency_images)
@@ -210,7 +210,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     gen = None
-    from mmfm.eval.bias import is_captioner, stored_generate
+    from mmfm.eval.bias import is_captioner
+    from mmfm.generate import stored_generate
     if is_captioner(args.model):
         from mmfm.generate import generate_config_from_args
         gen = generate_config_from_args(stored_generate(args.model), args)

@@ -30,7 +30,7 @@ from .bias_output import CAPTION_METRICS, bias_table_html, format_table, write_b
 from .records import is_shards, references, shard_records
 
 __all__ = ["bias_report", "read_samples", "select_groups", "zero_shot_samples", "caption_samples", "sample_labels",
-           "stored_generate", "is_captioner", "format_table", "bias_table_html", "write_bias_report",
+           "is_captioner", "format_table", "bias_table_html", "write_bias_report",
            "SKIN_TONE_ORDER"]
 
 SKIN_TONE_ORDER = ["none", "light", "medium-light", "medium", "medium-dark", "dark"]
@@ -293,6 +293,7 @@ def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | 
             if "caption" in report:
                 raise ConfigError("bias: give at most one CLIP model and one captioner")
             if gen is None:
+                from mmfm.generate import stored_generate
                 gen = stored_generate(m)
             report["caption"], extra = _caption_part(model, spec, kept, info, gen, None, progress)
         for r, e in zip(rows, extra):
@@ -324,7 +325,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from mmfm.generate import generate_config_from_args
+    from mmfm.generate import generate_config_from_args, stored_generate
 
     gen = None
     caps = [m for m in args.model if is_captioner(m)]
@@ -355,15 +356,3 @@ def is_captioner(spec: str) -> bool:
         return read_config(spec).model.kind == "captioner"
     except ConfigError:
         return False
-
-
-def stored_generate(m):
-    """The decoding settings stored with a captioner checkpoint (defaults for a loaded model without one)."""
-    from mmfm.compress.quantize import read_config
-    from mmfm.config.caption import GenerateConfig
-
-    spec = getattr(m, "checkpoint_path", None) if hasattr(m, "parameters") else m
-    try:
-        return read_config(spec).generate if spec else GenerateConfig()
-    except ConfigError:
-        return GenerateConfig()

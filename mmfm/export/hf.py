@@ -200,15 +200,9 @@ def _generation_config(model):
     from transformers import GenerationConfig
 
     tok = model.tokenizer
-    kw = {}
-    path = getattr(model, "checkpoint_path", None)
-    if path:
-        try:
-            from mmfm.generate import generation_kwargs
-            from mmfm.models.loading import read_checkpoint_config
-            kw = generation_kwargs(read_checkpoint_config(path).generate)
-        except (ConfigError, ImportError, OSError):
-            kw = {}
+    from mmfm.generate import generation_kwargs, stored_generate
+    gen = stored_generate(model, default=None)
+    kw = generation_kwargs(gen) if gen is not None else {}
     return GenerationConfig(decoder_start_token_id=tok.bos_token_id, bos_token_id=tok.bos_token_id,
                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kw)
 

@@ -251,14 +251,9 @@ def _export_captioner(model: nn.Module, out: Path, exporter: str, opset: int) ->
 def _generation(model) -> dict | None:
     """The decoding settings stored with the checkpoint (config.yaml's ``generate:``), when it has them."""
     from mmfm.config import to_dict
-    path = getattr(model, "checkpoint_path", None)
-    if not path:
-        return None
-    try:
-        from mmfm.models.loading import read_checkpoint_config
-        return to_dict(read_checkpoint_config(path).generate)
-    except (ConfigError, OSError):
-        return None
+    from mmfm.generate import stored_generate
+    gen = stored_generate(model, default=None)
+    return to_dict(gen) if gen is not None else None
 
 
 # ----------------------------------------------------------------------------- entry point

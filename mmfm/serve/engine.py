@@ -204,6 +204,7 @@ def load_engine(models: list[str], *, quantize: bool = False, threads: int | Non
     """Load each checkpoint (float or int8 folder); the kind in its config decides its role."""
     import mmfm
     from mmfm.compress.quantize import quantize_model
+    from mmfm.generate import stored_generate
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -219,7 +220,7 @@ def load_engine(models: list[str], *, quantize: bool = False, threads: int | Non
         if (captioner if role == "caption" else clip) is not None:
             raise ConfigError(f"mmfm serve: two {kind} checkpoints given ({spec}); give one captioner and/or one CLIP")
         if role == "caption":
-            captioner, gen = model, _generate_settings(spec)
+            captioner, gen = model, stored_generate(spec)
         else:
             clip = model
         names[role] = str(spec)
@@ -227,11 +228,3 @@ def load_engine(models: list[str], *, quantize: bool = False, threads: int | Non
     return Engine(captioner, clip, gen, max_pixels=max_pixels, names=names)
 
 
-def _generate_settings(spec: str):
-    from mmfm.compress.quantize import read_config
-    from mmfm.config.caption import GenerateConfig
-
-    try:
-        return read_config(spec).generate
-    except ConfigError:
-        return GenerateConfig()
