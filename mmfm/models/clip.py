@@ -119,12 +119,10 @@ class ClipApiMixin:
         for t in templates:
             if "{}" not in t and "{c}" not in t:
                 raise ValueError(f"template {t!r} has no '{{}}' placeholder for the class name")
-        weights = []
-        for label in labels:
-            prompts = [t.replace("{c}", "{}").format(label) for t in templates]
-            emb = self.embed_texts(prompts).mean(0)
-            weights.append(F.normalize(emb, dim=-1))
-        return torch.stack(weights, dim=1)
+        labels = list(labels)
+        prompts = [t.replace("{c}", "{}").format(label) for label in labels for t in templates]
+        emb = self.embed_texts(prompts).view(len(labels), len(templates), -1).mean(1)   # all prompts in batches
+        return F.normalize(emb, dim=-1).T
 
     @torch.no_grad()
     def classify(self, images, labels: Sequence[str], templates: Sequence[str] | str | None = None,
