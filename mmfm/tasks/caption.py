@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmfm.config import ConfigError
+from mmfm.data.transforms import build_transform
 
 __all__ = ["CaptionTask", "CaptionProcessor", "shifted_token_loss", "check_captioner"]
 
@@ -84,11 +85,6 @@ def check_captioner(model: nn.Module, task: str) -> None:
                           f"{type(model).__name__} (kind={kind})")
 
 
-def _transform(preprocess: dict, train: bool):
-    from mmfm.data.transforms import build_transform
-    return build_transform(preprocess, train)
-
-
 class CaptionTask(nn.Module):
     """``task(batch) -> {"loss", "caption_loss", "token_acc"[, "contrastive_loss"]}``."""
 
@@ -120,7 +116,7 @@ class CaptionTask(nn.Module):
         data = getattr(self.cfg, "data", None)
         augment = train and (data.train_augment if data is not None else True)
         text_key = data.text_key if data is not None else "txt"
-        return CaptionProcessor(_transform(self.model.preprocess, augment), self.model.layout, self.prompt_ids,
+        return CaptionProcessor(build_transform(self.model.preprocess, augment), self.model.layout, self.prompt_ids,
                                 text_key, self.loss_cfg.caption_key, train)
 
     def forward(self, batch: dict) -> dict:

@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from mmfm.config import ConfigError
+from mmfm.data.transforms import build_transform
 
-from .losses import ContrastiveLoss
+from .losses import build_contrastive_loss
 
 __all__ = ["ContrastiveTask", "ContrastiveProcessor"]
 
@@ -35,11 +36,6 @@ class ContrastiveProcessor:
                 "attention_mask": tok["attention_mask"][0], "key": key}
 
 
-def _build_transform(preprocess: dict, train: bool):
-    from mmfm.data.transforms import build_transform
-    return build_transform(preprocess, train)
-
-
 class ContrastiveTask(nn.Module):
     """``task(batch) -> {"loss", "logit_scale", "i2t_acc"}``.
 
@@ -56,11 +52,7 @@ class ContrastiveTask(nn.Module):
         if not is_clip_model(self.model):
             raise ConfigError(f"task.name=contrastive needs a CLIP model (model.kind: clip), "
                               f"got {type(self.model).__name__}")
-        lc = cfg.task.contrastive
-        if lc.loss == "siglip" and getattr(self.model, "logit_bias", None) is None:
-            raise ConfigError("task.contrastive.loss=siglip needs a logit bias: set model.init_logit_bias "
-                              "(SigLIP uses -10 with model.init_logit_scale: 2.302585 = ln 10)")
-        self.loss = ContrastiveLoss(lc.loss, lc.local_loss, lc.gather_with_grad)
+        self.loss = build_contrastive_loss(cfg.task.contrastive, self.model)
 
     @property
     def tokenizer(self):
@@ -70,7 +62,7 @@ class ContrastiveTask(nn.Module):
         data = getattr(self.cfg, "data", None)
         augment = train and (data.train_augment if data is not None else True)
         text_key = data.text_key if data is not None else "txt"
-        return ContrastiveProcessor(_build_transform(self.model.preprocess, augment), self.model.tokenizer, text_key)
+        return ContrastiveProcessor(build_transform(self.model.preprocess, augment), self.model.tokenizer, text_key)
 
     def encode(self, batch: dict) -> dict:
         return self.model(image=batch["image"], text_ids=batch["text_ids"],

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmfm.config import ConfigError
+from mmfm.data.transforms import build_transform
 
-from .contrastive import ContrastiveProcessor, _build_transform
-from .losses import ContrastiveLoss
+from .contrastive import ContrastiveProcessor
+from .losses import build_contrastive_loss
 
 __all__ = ["DistillTask", "DistillProcessor", "kd_loss"]
 
@@ -88,10 +89,7 @@ class DistillTask(nn.Module):
         if dc.feature_weight > 0 and s_dim != t_dim:
             raise ConfigError(f"task.distill.feature_weight: needs equal embedding sizes, but the student's is "
                               f"{s_dim} and the teacher's {t_dim}; set feature_weight: 0 (the KD term has no such need)")
-        lc = cfg.task.contrastive
-        if lc.loss == "siglip" and getattr(self.model, "logit_bias", None) is None:
-            raise ConfigError("task.contrastive.loss=siglip needs a logit bias on the student (model.init_logit_bias)")
-        self.loss = ContrastiveLoss(lc.loss, lc.local_loss, lc.gather_with_grad)
+        self.loss = build_contrastive_loss(cfg.task.contrastive, self.model, who="student")
         self.separate_tokens = not _same_tokenizer(self.model.tokenizer, teacher.tokenizer)
         s_pre, t_pre = dict(self.model.preprocess), dict(teacher.preprocess)
         self.register_buffer("_s_mean", torch.tensor(s_pre["mean"]).view(1, 3, 1, 1), persistent=False)
@@ -115,7 +113,7 @@ class DistillTask(nn.Module):
         data = getattr(self.cfg, "data", None)
         augment = train and (data.train_augment if data is not None else True)
         text_key = data.text_key if data is not None else "txt"
-        return DistillProcessor(_build_transform(self.model.preprocess, augment), self.model.tokenizer,
+        return DistillProcessor(build_transform(self.model.preprocess, augment), self.model.tokenizer,
                                 self.teacher.tokenizer if self.separate_tokens else None, text_key)
 
     def teacher_pixels(self, image: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["ContrastiveLoss", "dist_info"]
+from mmfm.config import ConfigError
+
+__all__ = ["ContrastiveLoss", "build_contrastive_loss", "dist_info"]
 
 
 def dist_info() -> tuple[int, int]:
@@ -66,3 +68,12 @@ class ContrastiveLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}"
+
+
+def build_contrastive_loss(lc, model, who: str = "model") -> ContrastiveLoss:
+    """``task.contrastive`` -> the loss, refusing siglip for a model without a logit bias (at build time, not at
+    the first step)."""
+    if lc.loss == "siglip" and getattr(model, "logit_bias", None) is None:
+        raise ConfigError(f"task.contrastive.loss=siglip needs a logit bias on the {who}: set model.init_logit_bias "
+                          f"(SigLIP uses -10 with model.init_logit_scale: 2.302585 = ln 10)")
+    return ContrastiveLoss(lc.loss, lc.local_loss, lc.gather_with_grad)
