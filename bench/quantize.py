@@ -58,11 +58,11 @@ def _onnx_rows(clip: str, data: str, tmp: Path, samples: int, n_lat: int, thread
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     import mmfm
-    from mmfm.compress.compare import _Data
+    from mmfm.eval.compare import EvalData
     from mmfm.eval.zeroshot import build_classifier
     from mmfm.export import export
     from mmfm.export.onnx import OnnxCLIP
-    from mmfm.models.clip import eval_transform
+    from mmfm.data.transforms import eval_transform
 
     export(clip, "onnx", tmp / "onnx", exporter="torchscript")
     src = tmp / "onnx" / "image_encoder.onnx"
@@ -73,7 +73,7 @@ def _onnx_rows(clip: str, data: str, tmp: Path, samples: int, n_lat: int, thread
             (q8 / f.name).write_bytes(f.read_bytes())
     quantize_dynamic(str(src), str(q8 / "image_encoder.onnx"), weight_type=QuantType.QInt8)
     model = mmfm.load(clip)
-    d = _Data(data, "clip", samples, "cls")
+    d = EvalData(data, "clip", samples, "cls")
     classes = sorted(set(d.labels))
     from mmfm.eval.templates import load_templates
     w = build_classifier(model, classes, load_templates([templates] if "{" in templates else templates)[1]).float().numpy()
@@ -124,7 +124,7 @@ def main() -> int:
     args = p.parse_args()
     import torch
     torch.set_num_threads(args.threads)
-    from mmfm.compress.compare import compare_models
+    from mmfm.eval.compare import compare_models
     from mmfm.config.caption import GenerateConfig
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,16 +2,14 @@
 __version__ = "0.1.0"
 
 
-def load(checkpoint, device="cpu"):
-    """Load an mmfm checkpoint (or exported folder): returns a model with ``.preprocess`` and ``.tokenizer``.
+def load(spec, device="cpu", expect=None):
+    """Load any mmfm model: a checkpoint or run folder, an exported or int8 folder, or ``openclip:NAME[:FILE]``.
 
-    Accepts a checkpoint dir, a run dir, an exported (float or int8) folder, or ``openclip:NAME[:FILE]``; see ``mmfm.models.loading.load_pretrained``.
+    Returns the model (eval mode) with ``.preprocess``, ``.tokenizer`` and ``.generate_config``; see
+    :func:`mmfm.models.checkpoint.load`.
     """
-    from mmfm.compress.quantize import is_quantized_dir, load_quantized
-    if is_quantized_dir(checkpoint):  # an `mmfm export --format int8` folder
-        return load_quantized(checkpoint, device)
-    from mmfm.models.loading import load_pretrained
-    return load_pretrained(checkpoint, device=device)
+    from mmfm.models.checkpoint import load as _load
+    return _load(spec, device=device, expect=expect)
 
 
 __all__ = ["__version__", "load"]

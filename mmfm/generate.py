@@ -10,7 +10,9 @@
 * :func:`to_alt_text` applies the alt-text conventions: no "an image of" prefix, a length limit at a word
   boundary, sentence case.
 The settings a model was trained with live in its checkpoint (``config.yaml``'s ``generate:`` section);
-:func:`load_captioner` returns them with the model.
+``mmfm.load`` attaches them as ``model.generate_config`` (:func:`stored_generate`), and :func:`merge_settings`
+applies a shipped preset (``configs/generate/``, :func:`load_preset`) and explicit overrides on top.
+No command-line parsing here: ``mmfm.commands.decoding`` maps flags to :func:`merge_settings`.
 """
 from __future__ import annotations
 
@@ -23,9 +25,11 @@ import torch
 
 from mmfm.config import ConfigError
 from mmfm.config.caption import AltTextConfig, GenerateConfig
+from mmfm.data.transforms import eval_transform
 
-__all__ = ["generation_kwargs", "settings_dict", "to_alt_text", "clean_caption", "load_captioner",
-           "caption_images", "caption_tensors", "answer_questions", "rank_answers", "decode_images"]
+__all__ = ["generation_kwargs", "stored_generate", "settings_dict", "to_alt_text", "clean_caption", "caption_images",
+           "caption_tensors", "answer_questions", "rank_answers", "answer_rows", "decode_images", "load_preset", "preset_names",
+           "merge_settings"]
 
 _HF_FIELDS = ("num_beams", "do_sample", "temperature", "top_p", "top_k", "min_new_tokens", "max_new_tokens",
               "no_repeat_ngram_size", "repetition_penalty", "length_penalty", "use_cache")
@@ -56,16 +60,18 @@ _DEFAULT = object()
 
 def stored_generate(model_or_spec, default=_DEFAULT) -> GenerateConfig | None:
     """The decoding settings stored with a captioner (``config.yaml``'s ``generate:``; float checkpoints, run
-    dirs and int8 folders alike). ``model_or_spec``: a path, or a loaded model (its ``checkpoint_path`` is read).
-    Without stored settings: ``default``, or the GenerateConfig defaults when none is given."""
-    from mmfm.compress.quantize import read_config
-
-    spec = getattr(model_or_spec, "checkpoint_path", None) if hasattr(model_or_spec, "parameters") else model_or_spec
-    try:
-        if spec:
-            return read_config(spec).generate
-    except (ConfigError, OSError):
-        pass
+    dirs and int8 folders alike). ``model_or_spec``: a model from ``mmfm.load`` (its ``generate_config``) or a
+    path. Without stored settings: ``default``, or the GenerateConfig defaults when none is given."""
+    if hasattr(model_or_spec, "parameters"):
+        gen = getattr(model_or_spec, "generate_config", None)
+    else:
+        from mmfm.models.checkpoint import read_config
+        try:
+            gen = read_config(model_or_spec).generate if model_or_spec else None
+        except (ConfigError, OSError):
+            gen = None
+    if gen is not None:
+        return gen
     return GenerateConfig() if default is _DEFAULT else default
 
 
@@ -116,28 +122,13 @@ def to_alt_text(caption: str, alt: AltTextConfig | None = None) -> str:
     return text
 
 
-# ---------------------------------------------------------------- loading
-def load_captioner(path: str, device: str = "cpu"):
-    """``(model, GenerateConfig)`` from a captioner checkpoint (the generate settings stored with it)."""
-    from mmfm.models.loading import load_pretrained
-
-    if not str(path).startswith("openclip:") and not os.path.exists(os.path.expanduser(str(path))):
-        raise ConfigError(f"checkpoint not found: {path}")
-    model = load_pretrained(path, device=device)
-    if not callable(getattr(model, "generate_ids", None)):
-        kind = getattr(getattr(model, "model_cfg", None), "kind", "?")
-        raise ConfigError(f"{path} is not a captioner checkpoint (model.kind={kind}); captioning and VQA need "
-                          f"model.kind: captioner")
-    return model, stored_generate(path)
-
-
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
 def decode_images(items: Sequence, transform, max_pixels: int | None = None) -> tuple[list, list]:
     """Paths / bytes / PIL images -> (tensors or None, error strings or None), one per item."""
-    from mmfm.eval.folder import DEFAULT_MAX_PIXELS, decode_image
+    from mmfm.data.decode import DEFAULT_MAX_PIXELS, decode_image
 
     tensors, errors = [], []
     for item in items:
@@ -169,11 +160,6 @@ def caption_tensors(model, images: torch.Tensor, gen: GenerateConfig | None = No
     return [clean_caption(model.decode(row)) for row in ids]
 
 
-def _eval_transform(model):
-    from mmfm.models.clip import eval_transform
-    return eval_transform(model.preprocess)
-
-
 def caption_images(model, items: Sequence, gen: GenerateConfig | None = None, *, names: Sequence[str] | None = None,
                    batch_size: int | None = None, alt_text: bool = True, progress: bool = False,
                    max_pixels: int | None = None) -> list[dict]:
@@ -184,7 +170,7 @@ def caption_images(model, items: Sequence, gen: GenerateConfig | None = None, *,
     names = list(names) if names is not None else [str(x) if isinstance(x, (str, os.PathLike)) else f"image_{n}"
                                                    for n, x in enumerate(items)]
     bs = int(batch_size or gen.batch_size)
-    transform = _eval_transform(model)
+    transform = eval_transform(model)
     was_training = model.training
     model.eval()
     results: list[dict] = []
@@ -264,60 +250,73 @@ def rank_answers(model, images: torch.Tensor, questions: Sequence[str], candidat
     return out
 
 
-# ---------------------------------------------------------------- command-line settings
-_PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "generate")
+def answer_rows(model, rows: list[dict], gen: GenerateConfig, vqa_cfg, candidates: Sequence[str] | None = None,
+                top: int = 5, progress: bool = False) -> list[dict]:
+    """Answer ``rows`` ``{id, image, question}`` in batches: ``{**row, answer, error[, ranking]}`` in order.
+    With ``candidates`` the answers are ranked by likelihood (the ``top`` best kept) instead of generated."""
+    from tqdm import tqdm
+
+    transform = eval_transform(model)
+    out = []
+    bs = gen.batch_size
+    for start in tqdm(range(0, len(rows), bs), desc="vqa", unit="batch", disable=not progress):
+        chunk = rows[start: start + bs]
+        tensors, errors = decode_images([r["image"] for r in chunk], transform)
+        ok = [i for i, t in enumerate(tensors) if t is not None]
+        answers, ranked = {}, {}
+        if ok:
+            images = torch.stack([tensors[i] for i in ok])
+            questions = [chunk[i]["question"] for i in ok]
+            if candidates:
+                for i, r in zip(ok, rank_answers(model, images, questions, candidates, vqa_cfg)):
+                    ranked[i], answers[i] = r[:top], r[0]["answer"]
+            else:
+                answers.update(zip(ok, answer_questions(model, images, questions, gen, vqa_cfg)))
+        for i, row in enumerate(chunk):
+            res = {**row, "answer": answers.get(i), "error": errors[i]}
+            if candidates:
+                res["ranking"] = ranked.get(i)
+            out.append(res)
+    return out
 
 
-def add_generate_args(p) -> None:
-    """Decoding flags shared by ``mmfm caption``, ``mmfm vqa`` and ``mmfm eval``; unset flags keep the
-    checkpoint's stored settings."""
-    g = p.add_argument_group("decoding (default: the settings stored with the checkpoint)")
-    g.add_argument("--preset", metavar="NAME|YAML", help="a decoding preset: greedy, beam, sample, alt_text, "
-                   "or a YAML file with generate settings (configs/generate/)")
-    g.add_argument("--num-beams", type=int)
-    g.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy/beam")
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--min-new-tokens", type=int)
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--no-repeat-ngram-size", type=int)
-    g.add_argument("--repetition-penalty", type=float)
-    g.add_argument("--length-penalty", type=float)
-    g.add_argument("--no-cache", action="store_true", help="decode without the KV cache (slower; for checks)")
-    g.add_argument("--prompt", help="decoder prompt (default: the one the model was trained with)")
-    g.add_argument("--seed", type=int, help="seed for --do-sample")
-    g.add_argument("--batch-size", type=int)
+# ---------------------------------------------------------------- presets
+def preset_names() -> list[str]:
+    """The decoding presets shipped with mmfm (``configs/generate/*.yaml``, package data)."""
+    from mmfm.config.resources import resource_dir
+    return sorted(p.name[:-5] for p in resource_dir("configs", "generate").iterdir() if p.name.endswith(".yaml"))
 
 
 def load_preset(spec: str) -> dict:
+    """A shipped preset by name (greedy, beam, sample, alt_text) or a YAML file -> its ``generate`` settings."""
     from mmfm.config import read_yaml
+    from mmfm.config.resources import resource_dir
 
-    path = spec if spec.endswith((".yaml", ".yml")) else os.path.join(_PRESET_DIR, f"{spec}.yaml")
+    path = spec if spec.endswith((".yaml", ".yml")) else resource_dir("configs", "generate") / f"{spec}.yaml"
     if not os.path.isfile(path):
-        known = sorted(f[:-5] for f in os.listdir(_PRESET_DIR) if f.endswith(".yaml")) if os.path.isdir(
-            _PRESET_DIR) else []
-        raise ConfigError(f"--preset: no decoding preset '{spec}' (known: {', '.join(known) or 'none'})")
+        raise ConfigError(f"no decoding preset '{spec}' (known: {', '.join(preset_names()) or 'none'}; or a YAML file)")
     data = read_yaml(path)
     return data.get("generate", data)
 
 
-def generate_config_from_args(base: GenerateConfig, args) -> GenerateConfig:
-    """The checkpoint's settings, then a preset, then explicit flags; validated."""
+SETTING_FIELDS = ("num_beams", "do_sample", "temperature", "top_p", "top_k", "min_new_tokens", "max_new_tokens",
+                  "no_repeat_ngram_size", "repetition_penalty", "length_penalty", "prompt", "seed", "batch_size",
+                  "use_cache")
+
+
+def merge_settings(base: GenerateConfig, preset: str | None = None, **overrides) -> GenerateConfig:
+    """The stored settings, then a preset (name or YAML), then explicit overrides (``None`` = keep); validated."""
     from mmfm.config import from_dict, to_dict
 
     data = to_dict(base)
-    if getattr(args, "preset", None):
-        preset = load_preset(args.preset)
-        data = {**data, **{k: v for k, v in preset.items() if k != "alt_text"},
-                "alt_text": {**data["alt_text"], **(preset.get("alt_text") or {})}}
-    for field in ("num_beams", "do_sample", "temperature", "top_p", "top_k", "min_new_tokens", "max_new_tokens",
-                  "no_repeat_ngram_size", "repetition_penalty", "length_penalty", "prompt", "seed", "batch_size"):
-        value = getattr(args, field, None)
-        if value is not None:
-            data[field] = value
-    if getattr(args, "no_cache", False):
-        data["use_cache"] = False
+    if preset:
+        p = load_preset(preset)
+        data = {**data, **{k: v for k, v in p.items() if k != "alt_text"},
+                "alt_text": {**data["alt_text"], **(p.get("alt_text") or {})}}
+    unknown = sorted(set(overrides) - set(SETTING_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown decoding settings: {', '.join(unknown)}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
     if data["min_new_tokens"] > data["max_new_tokens"]:
-        data["min_new_tokens"] = min(data["min_new_tokens"], data["max_new_tokens"])
+        data["min_new_tokens"] = data["max_new_tokens"]
     return from_dict(GenerateConfig, data, prefix="generate")

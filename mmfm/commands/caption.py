@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import html
 import json
-import os
 import sys
 from pathlib import Path
 
+from .decoding import add_generate_args, generate_config_from_args
+
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmfm.generate import add_generate_args
-
     p = argparse.ArgumentParser(
         prog="mmfm caption",
         description="Write alt text for images: one JSON line per image ({image, alt_text, caption, error}). "
@@ -34,13 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 def collect_images(inputs: list[str]) -> list[str]:
     """Files as given (decode errors are reported later, per image); folders expanded to their images."""
     from mmfm.config import ConfigError
-    from mmfm.eval.folder import _is_image, _walk_files
+    from mmfm.eval.folder import list_images
 
     out: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(str(f) for f in _walk_files(p) if _is_image(f.name))
+            found = list_images(p)
             if not found:
                 print(f"mmfm caption: warning: no images in folder {p}", file=sys.stderr)
             out.extend(found)
@@ -58,40 +56,19 @@ def write_jsonl(rows: list[dict], path: str) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def render_html(rows: list[dict], title: str, settings: dict) -> str:
-    from mmfm.eval.report import thumbnail_data_uri
-
-    cards = []
-    for r in rows:
-        uri = thumbnail_data_uri(r["image"], 200) if not r["error"] else None
-        img = f'<img src="{uri}" alt="{html.escape(r["alt_text"] or "", quote=True)}">' if uri else \
-            '<div class="noimg">no preview</div>'
-        body = (f'<p class="alt">{html.escape(r["alt_text"])}</p><p class="raw">raw: {html.escape(r["caption"])}</p>'
-                if not r["error"] else f'<p class="err">failed: {html.escape(r["error"])}</p>')
-        cards.append(f'<div class="card">{img}<div><p class="name">{html.escape(os.path.basename(r["image"]))}</p>'
-                     f'{body}</div></div>')
-    ok = sum(1 for r in rows if not r["error"])
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
-body{{font-family:system-ui,sans-serif;margin:2em;background:#fafafa}} .card{{display:flex;gap:1em;align-items:center;
-background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6em;margin:.5em 0}} img{{max-width:200px;
-max-height:200px}} .noimg{{width:200px;height:80px;background:#eee;display:flex;align-items:center;
-justify-content:center;color:#888}} .alt{{font-size:1.15em;margin:.2em 0}} .raw,.name{{color:#777;margin:.2em 0;
-font-size:.85em}} .err{{color:#b00}} code{{font-size:.8em}}</style></head><body>
-<h1>{html.escape(title)}</h1><p>{ok} of {len(rows)} images captioned. Decoding: <code>{html.escape(json.dumps(settings))}</code></p>
-{''.join(cards)}</body></html>"""
-
-
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     import dataclasses
 
     from mmfm.config import atomic_write_text
     from mmfm.eval.common import resolve_device
-    from mmfm.generate import caption_images, generate_config_from_args, load_captioner, settings_dict
+    from mmfm.eval.html import alt_text_page
+    from mmfm.generate import caption_images, settings_dict, stored_generate
+    from mmfm.models.checkpoint import load
 
     paths = collect_images(args.images)
-    model, stored = load_captioner(args.model, device=resolve_device(args.device))
-    gen = generate_config_from_args(stored, args)
+    model = load(args.model, device=resolve_device(args.device), expect="captioner")
+    gen = generate_config_from_args(stored_generate(model), args)
     alt = gen.alt_text
     if args.keep_prefix:
         alt = dataclasses.replace(alt, strip_prefix=False)
@@ -101,7 +78,7 @@ def main(argv: list[str]) -> int:
     rows = caption_images(model, paths, gen, alt_text=not args.raw, progress=not args.quiet)
     write_jsonl(rows, args.out)
     if args.html:
-        atomic_write_text(args.html, render_html(rows, f"Alt text by {args.model}", settings_dict(gen, model)))
+        atomic_write_text(args.html, alt_text_page(rows, f"Alt text by {args.model}", settings_dict(gen, model)))
     failed = [r for r in rows if r["error"]]
     for r in failed:
         print(f"mmfm caption: {r['image']}: {r['error']}", file=sys.stderr)

@@ -66,13 +66,13 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _check_system()
 
-    from mmfm.demo.pipeline import CONFIG_DIR, DemoContext, build_stages
+    from mmfm.demo.pipeline import DemoContext, build_stages
     from mmfm.demo.stages import StageRunner
 
     out = Path(args.out).expanduser().resolve()   # stages hand paths to builders that resolve against other folders
     out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out=out, quick=args.quick, progress=not args.no_progress,
-                      config_dir=Path(args.config_dir) if args.config_dir else CONFIG_DIR)
+                      **({"config_dir": Path(args.config_dir)} if args.config_dir else {}))
     redo = set(args.redo)
     t0 = time.monotonic()
     stages = build_stages()

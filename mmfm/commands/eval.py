@@ -1,17 +1,18 @@
-"""``mmfm eval caption|vqa``: evaluate a checkpoint on a dataset, write metrics JSON + predictions.
+"""``mmfm eval caption|vqa|bias|compare``: evaluate checkpoints on a dataset, write results into a folder.
 
-Sub-commands live in ``SUBCOMMANDS`` (name -> (help, add_arguments, run)); a new evaluation (e.g. ``bias``)
-adds one entry.
+Sub-commands live in ``SUBCOMMANDS`` (name -> (help, add_arguments, run)); a new evaluation adds one entry.
+The library does the work (``mmfm.eval.caption_eval``, ``mmfm.eval.bias``, ``mmfm.eval.compare``); this module
+parses, calls it and prints.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from .decoding import add_generate_args, generate_config_from_args
+
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from mmfm.generate import add_generate_args
-
     p.add_argument("data", help="shard folder / .tar / brace pattern, or a JSONL/CSV file")
     p.add_argument("--model", required=True, help="checkpoint dir, run dir or exported folder")
     p.add_argument("--out", help="output folder for metrics.json and predictions.jsonl "
@@ -38,10 +39,11 @@ def _vqa_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args):
     from mmfm.eval.common import resolve_device
-    from mmfm.generate import generate_config_from_args, load_captioner
+    from mmfm.generate import stored_generate
+    from mmfm.models.checkpoint import load
 
-    model, stored = load_captioner(args.model, device=resolve_device(args.device))
-    return model, generate_config_from_args(stored, args)
+    model = load(args.model, device=resolve_device(args.device), expect="captioner")
+    return model, generate_config_from_args(stored_generate(model), args)
 
 
 def _run_caption(args) -> dict:
@@ -55,33 +57,91 @@ def _run_caption(args) -> dict:
 def _run_vqa(args) -> dict:
     from mmfm.commands.vqa import read_candidates
     from mmfm.eval.caption_eval import evaluate_vqa_model
-    from mmfm.models.loading import read_checkpoint_config
+    from mmfm.models.checkpoint import read_config
 
     candidates = read_candidates(args)
     model, gen = _load(args)
-    vqa_cfg = read_checkpoint_config(args.model).task.vqa
+    vqa_cfg = read_config(args.model).task.vqa
     return evaluate_vqa_model(model, args.data, gen, vqa_cfg, split=args.split, max_samples=args.max_samples,
                               mode=args.mode, candidates=candidates, progress=not args.quiet)
 
 
 def _bias_args(p: argparse.ArgumentParser) -> None:
-    from mmfm.eval.bias import add_arguments
-    add_arguments(p)
+    p.add_argument("data", help="shard folder / .tar / brace pattern whose json holds the attribute")
+    p.add_argument("--model", action="append", required=True,
+                   help="a CLIP checkpoint (zero-shot) and/or a captioner (caption quality); repeat for both")
+    p.add_argument("--attribute", required=True, help="json field naming the group, e.g. skin_tone")
+    p.add_argument("--groups", help="comma-separated groups to compare (default: all; skin_tone: default + 5 tones)")
+    p.add_argument("--match-by", default="auto",
+                   help="json field that must exist in every group (default: base_name when present; 'none' = off)")
+    p.add_argument("--label-field", default="auto",
+                   help="zero-shot label: a json field or 'cls' (default: base_name when present, else cls)")
+    p.add_argument("--templates", default="{}", help="prompt templates: a name (simple, openai), a file, or a "
+                                                      "literal with {} (default '{}': the label itself)")
+    p.add_argument("--max-samples", type=int, help="read at most N samples")
+    p.add_argument("--out", help="output folder (default runs/eval/bias-ATTRIBUTE)")
+    p.add_argument("--quiet", action="store_true")
+    add_generate_args(p)
+
+
+def _captioner_settings(specs: list[str], args):
+    from mmfm.eval.bias import is_captioner
+    from mmfm.generate import stored_generate
+
+    caps = [m for m in specs if is_captioner(m)]
+    return generate_config_from_args(stored_generate(caps[0]), args) if caps else None
 
 
 def _run_bias(args) -> int:
-    from mmfm.eval.bias import run
-    return run(args)
+    from mmfm.eval.bias import bias_report, format_table, write_bias_report
+
+    report = bias_report(args.model, args.data, args.attribute,
+                         groups=[g.strip() for g in args.groups.split(",")] if args.groups else None,
+                         match_by=None if args.match_by == "none" else args.match_by, label_field=args.label_field,
+                         templates=args.templates, gen=_captioner_settings(args.model, args),
+                         max_samples=args.max_samples, progress=not args.quiet)
+    paths = write_bias_report(report, args.out or f"runs/eval/bias-{args.attribute}")
+    print(format_table(report))
+    print(f"{report['n_samples']} images, groups {report['groups']}"
+          + (f", matched by {report['match_by']}" if report.get("match_by") else ""))
+    paired = report.get("zeroshot", {}).get("gap", {}).get("paired")
+    if paired:
+        print(f"zero-shot best vs worst on the same {paired['pairs']} emoji: {paired['best_only_correct']} right only "
+              f"in the best group, {paired['worst_only_correct']} only in the worst; exact McNemar p = "
+              f"{paired['p_value']:.3g}")
+    print(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}")
+    return 0
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
-    from mmfm.compress.compare import add_arguments
-    add_arguments(p)
+    p.add_argument("data", help="CLIP: image folder (class subfolders) or shards; captioner: shards or JSONL/CSV")
+    p.add_argument("--model", required=True, help="the original (float) checkpoint")
+    p.add_argument("--variant", action="append", default=None,
+                   help="int8 (quantize the original here), an int8 folder, or another checkpoint such as a "
+                        "distilled student; repeatable (default: int8)")
+    p.add_argument("--max-samples", type=int, default=500, help="images for the metric (default 500)")
+    p.add_argument("--latency-images", type=int, default=16, help="images timed one by one (default 16)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads while timing (default 1)")
+    p.add_argument("--templates", default="simple", help="zero-shot templates: a name, a file or a literal with {}")
+    p.add_argument("--label-field", default="auto", help="shards: json field or cls for zero-shot labels")
+    p.add_argument("--out", help="write the comparison JSON here")
+    p.add_argument("--quiet", action="store_true")
+    add_generate_args(p)
 
 
 def _run_compare(args) -> int:
-    from mmfm.compress.compare import run
-    return run(args)
+    from mmfm.eval.common import write_json
+    from mmfm.eval.compare import compare_models, format_comparison
+
+    res = compare_models(args.model, args.data, args.variant, max_samples=args.max_samples,
+                         latency_images=args.latency_images, threads=args.threads, templates=args.templates,
+                         label_field=args.label_field, gen=_captioner_settings([args.model], args),
+                         progress=not args.quiet)
+    print(format_comparison(res))
+    if args.out:
+        write_json(args.out, res)
+        print(f"wrote {args.out}")
+    return 0
 
 
 SUBCOMMANDS = {

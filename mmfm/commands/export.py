@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
                "               decoder.onnx; onnx_config.json holds preprocessing, tokenizer, parity figures\n"
                "  hf           open_clip folder (open_clip.create_model_and_transforms('local-dir:OUT')) for CLIP;\n"
                "               transformers VisionEncoderDecoderModel (or decoder + timm encoder) for captioners\n"
-               "  int8         dynamic int8 Linear layers for CPU inference (mmfm.compress.load_quantized)\n"
+               "  int8         dynamic int8 Linear layers for CPU inference (mmfm.load reads it)\n"
                "example: mmfm export --model runs/clip --format onnx --out exports/clip_onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint dir, run dir, exported folder or openclip:NAME[:FILE]")

@@ -41,29 +41,20 @@ def main(argv: list[str]) -> int:
         overrides.append("train.progress=false")
     cfg = load_experiment(args.config, overrides)
 
-    from mmfm.train.trainer import check_output_dir
-    check_output_dir(Path(cfg.train.output_dir))          # fail before any heavy work
+    from mmfm.train.builder import train_experiment
+    from mmfm.train.trainer import NonFiniteLoss
 
-    from mmfm.train import distributed as D
-    from mmfm.train.builder import build_run
-    from mmfm.train.logging import setup_logging
-    from mmfm.train.trainer import NonFiniteLoss, Trainer
-
-    dist = D.init_distributed(cfg.train.dist_timeout_minutes, cfg.train.device)
-    setup_logging(dist.rank)
     try:
-        run = build_run(cfg, dist.rank, dist.world_size, dist.device.type)
-        result = Trainer(cfg, run.task, run.train, run.val, run.hooks).fit()
+        result = train_experiment(cfg)
     except NonFiniteLoss as e:
         print(f"mmfm train: {e}", file=sys.stderr)
         return 3
-    finally:
-        D.cleanup()
+    is_main = result.pop("is_main", True)
     if "stopped" in result:
-        if dist.is_main:
+        if is_main:
             print(f"mmfm train: {result['stopped']}", file=sys.stderr)
         return 143                                  # terminated by SIGTERM, checkpoint saved
-    if dist.is_main:
+    if is_main:
         shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
         print(f"mmfm train: done ({shown}); checkpoints in {Path(cfg.train.output_dir) / 'checkpoints'}")
     return 0

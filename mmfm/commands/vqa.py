@@ -6,22 +6,24 @@ import json
 import sys
 from pathlib import Path
 
+from .decoding import add_generate_args, generate_config_from_args
+
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmfm.generate import add_generate_args
-
     p = argparse.ArgumentParser(
         prog="mmfm vqa",
-        description="Answer a question about an image (--image/--question), or every row of a JSONL file "
+        description="Answer a question about one or more images (IMAGE ... --question), or every row of a JSONL "
+                    "file "
                     "(--batch, rows {image, question[, id]}). With --answers/--answer-list the model ranks the "
                     "given answers by likelihood instead of generating one. Empty or over-long questions are "
                     "truncated with a warning.",
-        epilog='examples:\n  mmfm vqa --model runs/vqa --image cat.jpg --question "what color is the cat?"\n'
+        epilog='examples:\n  mmfm vqa --model runs/vqa cat.jpg --question "what color is the cat?"\n'
                "  mmfm vqa --model runs/vqa --batch questions.jsonl --out answers.jsonl --answers yes,no",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="captioner/VQA checkpoint dir, run dir or exported folder")
-    p.add_argument("--image", help="one image")
-    p.add_argument("--question", help="the question about --image")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image file(s) to ask --question about")
+    p.add_argument("--image", action="append", default=[], help=argparse.SUPPRESS)   # the older spelling
+    p.add_argument("--question", help="the question about each IMAGE")
     p.add_argument("--batch", metavar="JSONL", help="rows {image, question[, id]}; relative image paths are "
                    "resolved against the file's folder")
     p.add_argument("--out", metavar="JSONL", help="write answers here (batch mode; default: stdout)")
@@ -78,58 +80,29 @@ def read_batch(path: str) -> list[dict]:
     return rows
 
 
-def answer_rows(model, rows: list[dict], gen, vqa_cfg, candidates, top: int, progress: bool) -> list[dict]:
-    import torch
-    from tqdm import tqdm
-
-    from mmfm.generate import _eval_transform, answer_questions, decode_images, rank_answers
-
-    transform = _eval_transform(model)
-    out = []
-    bs = gen.batch_size
-    for start in tqdm(range(0, len(rows), bs), desc="vqa", unit="batch", disable=not progress):
-        chunk = rows[start: start + bs]
-        tensors, errors = decode_images([r["image"] for r in chunk], transform)
-        ok = [i for i, t in enumerate(tensors) if t is not None]
-        answers, ranked = {}, {}
-        if ok:
-            images = torch.stack([tensors[i] for i in ok])
-            questions = [chunk[i]["question"] for i in ok]
-            if candidates:
-                for i, r in zip(ok, rank_answers(model, images, questions, candidates, vqa_cfg)):
-                    ranked[i], answers[i] = r[:top], r[0]["answer"]
-            else:
-                answers.update(zip(ok, answer_questions(model, images, questions, gen, vqa_cfg)))
-        for i, row in enumerate(chunk):
-            res = {**row, "answer": answers.get(i), "error": errors[i]}
-            if candidates:
-                res["ranking"] = ranked.get(i)
-            out.append(res)
-    return out
-
-
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     import logging
 
     from mmfm.config import ConfigError
     from mmfm.eval.common import resolve_device
-    from mmfm.generate import generate_config_from_args, load_captioner
+    from mmfm.generate import answer_rows, stored_generate
+    from mmfm.models.checkpoint import load, read_config
 
     logging.basicConfig(level=logging.WARNING, format="mmfm vqa: %(message)s")
+    images = list(args.images) + list(args.image)
     if args.batch:
-        if args.image or args.question is not None:
-            raise ConfigError("--batch replaces --image/--question; give one or the other")
+        if images or args.question is not None:
+            raise ConfigError("--batch replaces IMAGE/--question; give one or the other")
         rows = read_batch(args.batch)
     else:
-        if not args.image:
-            raise ConfigError("give --image and --question (or --batch FILE)")
-        rows = [{"id": 0, "image": args.image, "question": args.question or ""}]
+        if not images:
+            raise ConfigError("give IMAGE ... --question (or --batch FILE)")
+        rows = [{"id": i, "image": im, "question": args.question or ""} for i, im in enumerate(images)]
     candidates = read_candidates(args)
-    model, stored = load_captioner(args.model, device=resolve_device(args.device))
-    from mmfm.models.loading import read_checkpoint_config
-    vqa_cfg = read_checkpoint_config(args.model).task.vqa
-    gen = generate_config_from_args(stored, args)
+    model = load(args.model, device=resolve_device(args.device), expect="captioner")
+    vqa_cfg = read_config(args.model).task.vqa
+    gen = generate_config_from_args(stored_generate(model), args)
     results = answer_rows(model, rows, gen, vqa_cfg, candidates, args.top, progress=not args.quiet and bool(args.batch))
     failed = [r for r in results if r["error"]]
     for r in failed:
@@ -143,10 +116,10 @@ def main(argv: list[str]) -> int:
         else:
             sys.stdout.write(text)
     else:
-        r = results[0]
-        if r["error"]:
-            return 1
-        print(r["answer"])
-        for item in r.get("ranking") or []:
-            print(f"  {item['logprob']:9.3f}  {item['answer']}")
+        for r in results:
+            if r["error"]:
+                continue
+            print(r["answer"] if len(results) == 1 else f"{r['image']}: {r['answer']}")
+            for item in r.get("ranking") or []:
+                print(f"  {item['logprob']:9.3f}  {item['answer']}")
     return 0 if len(failed) < len(results) else 1

@@ -197,6 +197,23 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
+def apply_values(data: dict, values: dict | None) -> dict:
+    """Apply ``{"a.b.c": value}`` (Python values, no YAML parsing) to a nested dict: the typed twin of
+    :func:`apply_overrides`, for applications that build configs in code."""
+    data = dict(data)
+    for key, value in (values or {}).items():
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is not None and not isinstance(nxt, dict):
+                raise ConfigError(f"value for '{key}': '{p}' is not a section")
+            node[p] = dict(nxt or {})
+            node = node[p]
+        node[parts[-1]] = value
+    return data
+
+
 def load_config(path: str | os.PathLike | None, cls: type, overrides: list[str] | None = None,
                 data: dict | None = None) -> Any:
     """YAML file (or dict) + dotted overrides -> validated dataclass instance."""

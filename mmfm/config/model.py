@@ -87,7 +87,8 @@ class ModelConfig:
 
 def model_config_dirs() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("MMFM_MODEL_CONFIGS", "").split(os.pathsep) if p]
-    return extra + [Path(__file__).resolve().parents[2] / "configs" / "models"]
+    from .resources import resource_dir
+    return extra + [resource_dir("configs", "models")]
 
 
 def named_model_path(name: str) -> Path:

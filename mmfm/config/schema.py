@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .caption import GenerateConfig
-from .core import apply_overrides, from_dict, read_yaml
+from .core import apply_overrides, apply_values, from_dict, read_yaml
 from .data import DataConfig
 from .eval import EvalConfig
 from .model import ModelConfig, expand_named_model
@@ -22,7 +22,8 @@ class ExperimentConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
-def load_experiment(path=None, overrides=None, data=None) -> ExperimentConfig:
-    """YAML (or dict) + ``--set`` overrides -> ExperimentConfig; ``model.name`` pulls in configs/models/NAME.yaml."""
+def load_experiment(path=None, overrides=None, data=None, values: dict | None = None) -> ExperimentConfig:
+    """YAML (or dict) + ``--set`` overrides (strings) + ``values`` (``{"dotted.key": python value}``, applied last)
+    -> ExperimentConfig; ``model.name`` pulls in the named model config (configs/models/NAME.yaml)."""
     base = read_yaml(path) if path else dict(data or {})
-    return from_dict(ExperimentConfig, expand_named_model(apply_overrides(base, overrides)))
+    return from_dict(ExperimentConfig, expand_named_model(apply_values(apply_overrides(base, overrides), values)))

@@ -116,3 +116,10 @@ def decode_size(preprocess: dict | None, train: bool) -> int:
         return int(math.ceil(side / math.sqrt(max(float(scale[0]), 1e-3))))
     crop_pct = pre.get("crop_pct") or 1.0
     return int(math.ceil(side / crop_pct))
+
+
+def eval_transform(source) -> Any:
+    """The one eval transform: a model's (anything with ``.preprocess``) or a preprocess dict's resize + centre
+    crop + normalise, as a callable RGB ``PIL.Image`` -> float tensor."""
+    preprocess = source if isinstance(source, dict) or source is None else source.preprocess
+    return build_transform(preprocess, train=False)

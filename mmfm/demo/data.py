@@ -143,7 +143,7 @@ def qa_pairs(meta: dict) -> list[dict]:
     Answers are written the way VQAv2 annotations are, already normalised by the official evaluation's rules
     ("medium-dark" -> "medium dark"); "none" would normalise to "0", so an emoji without a skin tone answers
     "no skin tone"."""
-    from mmfm.eval.vqa_metrics import normalize_answer
+    from mmfm.data.vqa_answers import normalize_answer
 
     group = meta.get("group", "")
     tone = meta.get("skin_tone") or "none"

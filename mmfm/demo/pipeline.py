@@ -17,12 +17,12 @@ from functools import cached_property
 from pathlib import Path
 
 from mmfm.config import ConfigError, atomic_write_text
+from mmfm.config.resources import resource_dir
 
 from . import data as D
 from .settings import DemoSettings
 from .stages import Stage
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "demo"
 
 
 @dataclass
@@ -30,7 +30,7 @@ class DemoContext:
     out: Path
     quick: bool = False
     progress: bool = True
-    config_dir: Path = CONFIG_DIR
+    config_dir: Path = field(default_factory=lambda: resource_dir("configs", "experiments", "demo"))
     results: dict = field(default_factory=dict)
 
     @property
@@ -85,28 +85,26 @@ def stage_shards(ctx: DemoContext) -> dict:
     return summary
 
 
-# ----------------------------------------------------------------------------- training via `mmfm train`
-def _train(ctx: DemoContext, config: Path, out_dir: Path, extra: list[str]) -> dict:
-    """Run ``mmfm train CONFIG`` in this process, resuming from the run's last checkpoint if there is one."""
-    from mmfm.commands import train as train_cmd
+# ----------------------------------------------------------------------------- training, through the library
+def _train(ctx: DemoContext, config: Path, out_dir: Path, values: dict) -> dict:
+    """Train the experiment ``config`` with ``values`` (dotted keys -> Python values) set, in this process,
+    resuming from the run's last checkpoint if there is one (``mmfm.train.train_experiment``)."""
+    from mmfm.config import load_experiment
+    from mmfm.train.builder import train_experiment
 
-    argv = [str(config), "--output-dir", str(out_dir), *extra]
+    values = {**values, "train.output_dir": str(out_dir)}
     if (out_dir / "checkpoints" / "latest").exists():
-        argv += ["--resume", "latest"]
+        values.update({"train.resume": "latest", "train.init_from": None})
     if not ctx.progress:
-        argv.append("--no-progress")
-    rc = train_cmd.main(argv)
-    if rc != 0:
-        raise RuntimeError(f"mmfm train {config.name} failed with exit code {rc} (see the log above)")
+        values["train.progress"] = False
+    result = train_experiment(load_experiment(config, values=values))
+    if "stopped" in result:
+        raise RuntimeError(f"training {config.name} stopped: {result['stopped']}")
     from .report import read_metrics
     rows = read_metrics(out_dir / "metrics.jsonl")
     last = next((r for r in reversed(rows) if "train/loss" in r), {})
     return {"steps": last.get("step"), "final_train_loss": last.get("train/loss"),
             "samples_per_s": last.get("train/samples_per_s"), "run": str(out_dir)}
-
-
-def _set(key: str, value) -> list[str]:
-    return ["--set", f"{key}={value}"]
 
 
 def stage_clip(ctx: DemoContext) -> dict:
@@ -116,22 +114,21 @@ def stage_clip(ctx: DemoContext) -> dict:
         sources.append({"path": str(ctx.shards / "train_groups"), "weight": g.weight})
     else:
         sources[0]["weight"] = 1.0
-    extra = _set("data.train", json.dumps(sources))
-    extra += _set("data.val", json.dumps([{"path": str(ctx.shards / "heldout")}]))
-    return _train(ctx, ctx.config("clip"), ctx.out / "clip", extra)
+    values = {"data.train": sources, "data.val": [{"path": str(ctx.shards / "heldout")}]}
+    return _train(ctx, ctx.config("clip"), ctx.out / "clip", values)
 
 
 # ----------------------------------------------------------------------------- 3. zero-shot
 def stage_zeroshot(ctx: DemoContext) -> dict:
     import numpy as np
 
-    import mmfm
+    from mmfm.models.checkpoint import load as load_model
     from mmfm.eval.report import write_report
     from mmfm.eval.zeroshot import zeroshot_classify
 
     s = ctx.settings.zeroshot
     root = ctx.shards / "heldout_by_group"
-    model = mmfm.load(str(ctx.out / "clip"))
+    model = load_model(str(ctx.out / "clip"))
     res = zeroshot_classify(model, str(root / "images"), classnames_file=str(root / "classnames.txt"),
                             templates=list(s.templates), batch_size=128, workers=0, use_cache=False,
                             progress=ctx.progress)
@@ -161,23 +158,24 @@ def _tokenizer_dir(ctx: DemoContext) -> Path:
     return folder
 
 
-def _decoder_overrides(ctx: DemoContext) -> list[str]:
-    out = _set("model.clip_checkpoint", str(ctx.out / "clip"))
+def _decoder_values(ctx: DemoContext) -> dict:
+    out = {"model.clip_checkpoint": str(ctx.out / "clip")}
     if ctx.settings.caption.small_vocab:
-        out += _set("model.decoder.tokenizer", str(_tokenizer_dir(ctx)))
+        out["model.decoder.tokenizer"] = str(_tokenizer_dir(ctx))
     return out
 
 
 def stage_caption(ctx: DemoContext) -> dict:
     from mmfm.eval.caption_eval import evaluate_captions, write_eval
-    from mmfm.generate import load_captioner
+    from mmfm.generate import stored_generate
+    from mmfm.models.checkpoint import load
 
     from .report import constant_caption_baseline
 
-    extra = _set("data.train", json.dumps([{"path": str(ctx.shards / "train")}]))
-    extra += _decoder_overrides(ctx)
-    summary = _train(ctx, ctx.config("caption"), ctx.out / "caption", extra)
-    model, gen = load_captioner(str(ctx.out / "caption"))
+    values = {"data.train": [{"path": str(ctx.shards / "train")}], **_decoder_values(ctx)}
+    summary = _train(ctx, ctx.config("caption"), ctx.out / "caption", values)
+    model = load(str(ctx.out / "caption"), expect="captioner")
+    gen = stored_generate(model)
     res = evaluate_captions(model, str(ctx.shards / "heldout"), gen, split="heldout", progress=ctx.progress)
     write_eval(res, ctx.out / "caption" / "eval")
     refs = {p["key"]: p["references"] for p in res["predictions"]}
@@ -196,9 +194,9 @@ def stage_caption(ctx: DemoContext) -> dict:
 def _vqa_split(ctx: DemoContext, split: str) -> tuple[Path, list[dict]]:
     samples = D.load_split(ctx.shards / split)
     paths = D.export_images(samples, ctx.shards / f"{split}_images", by_group=False)
-    questions = ctx.out / "vqa" / f"{split}.json"
+    questions = ctx.out / "vqa_data" / f"{split}.json"
     records = D.write_vqa_json(samples, paths, questions)
-    shards = ctx.out / "vqa" / f"shards_{split}"
+    shards = ctx.out / "vqa_data" / f"shards_{split}"
     s = ctx.settings.shards
     D.build_vqa_shards(questions, shards, size=s.image_size, workers=s.workers, progress=ctx.progress)
     return shards, records
@@ -208,19 +206,17 @@ def stage_vqa(ctx: DemoContext) -> dict:
     from collections import Counter, defaultdict
 
     from mmfm.eval.caption_eval import evaluate_vqa_model, write_eval
-    from mmfm.generate import load_captioner
-    from mmfm.models.loading import read_checkpoint_config
+    from mmfm.generate import stored_generate
+    from mmfm.models.checkpoint import load, read_config
 
     train_shards, train_records = _vqa_split(ctx, "train")
     held_shards, held_records = _vqa_split(ctx, "heldout")
-    extra = _set("data.train", json.dumps([{"path": str(train_shards)}]))
-    extra += _decoder_overrides(ctx)
-    init = ctx.out / "caption"
-    if not (ctx.out / "vqa" / "run" / "checkpoints" / "latest").exists():
-        extra += ["--init-from", str(init)]
-    summary = _train(ctx, ctx.config("vqa"), ctx.out / "vqa" / "run", extra)
-    model, gen = load_captioner(str(ctx.out / "vqa" / "run"))
-    vqa_cfg = read_checkpoint_config(str(ctx.out / "vqa" / "run")).task.vqa   # what the run trained with
+    values = {"data.train": [{"path": str(train_shards)}], "train.init_from": str(ctx.out / "caption"),
+              **_decoder_values(ctx)}
+    summary = _train(ctx, ctx.config("vqa"), ctx.out / "vqa", values)
+    model = load(str(ctx.out / "vqa"), expect="captioner")
+    gen = stored_generate(model)
+    vqa_cfg = read_config(str(ctx.out / "vqa")).task.vqa   # what the run trained with
     res = evaluate_vqa_model(model, str(held_shards), gen, vqa_cfg, split="heldout", progress=ctx.progress)
     write_eval(res, ctx.out / "vqa" / "eval")
     kind_of = {r["question_id"]: r["kind"] for r in held_records}
@@ -273,7 +269,7 @@ def stage_report(ctx: DemoContext) -> dict:
     results = ctx.results
     rows = R.metrics_rows(results)
     curves = R.plot_curves({"CLIP (LiT) pre-training": ctx.out / "clip", "captioner": ctx.out / "caption",
-                            "VQA": ctx.out / "vqa" / "run"}, ctx.out / "training_curves.png")
+                            "VQA": ctx.out / "vqa"}, ctx.out / "training_curves.png")
     items = _grid_items(ctx, ctx.settings.report.grid)
     zs = results.get("zeroshot", {})
     info = {"summary": _summary_line(ctx), "details": _details(ctx)}
@@ -293,7 +289,7 @@ def _grid_items(ctx: DemoContext, n: int) -> list[dict]:
     """Held-out emoji spread over the groups: thumbnail, true name, caption, zero-shot label, VQA answers."""
     import random
 
-    from mmfm.eval.report import thumbnail_data_uri
+    from mmfm.eval.html import thumbnail_data_uri
 
     zs_pred = {}
     pred_file = ctx.out / "zeroshot" / "predictions.jsonl"
@@ -354,7 +350,7 @@ def _details(ctx: DemoContext) -> dict:
         out["CLIP training captions"] = (f"the CLDR name ({1 - g.weight:.0%} of samples) or "
                                          f"'{g.template}' ({g.weight:.0%}), for training images only")
     out["zero-shot prompts"] = ", ".join(st.zeroshot.templates)
-    for name, run in (("clip", ctx.out / "clip"), ("caption", ctx.out / "caption"), ("vqa", ctx.out / "vqa" / "run")):
+    for name, run in (("clip", ctx.out / "clip"), ("caption", ctx.out / "caption"), ("vqa", ctx.out / "vqa")):
         r = ctx.results.get(name) or {}
         if r:
             out[f"{name} run"] = _run_line(run, r)
@@ -382,6 +378,6 @@ def build_stages() -> list[Stage]:
         Stage("bias", "Skin-tone bias table: zero-shot and captions per tone on the same held-out emoji",
               stage_bias, lambda c: _fp(c, "clip", "caption"), ("bias",)),
         Stage("vqa", "Train VQA on questions from the metadata, answer them for held-out emoji", stage_vqa,
-              lambda c: _fp(c, "clip", "caption", "vqa"), ("vqa",)),
+              lambda c: _fp(c, "clip", "caption", "vqa"), ("vqa", "vqa_data")),
         Stage("report", "Write the report", stage_report, lambda c: {"always": os.urandom(8).hex()}),
     ]

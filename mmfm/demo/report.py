@@ -5,7 +5,6 @@ be mailed or opened from any folder. The terminal gets the same metrics table as
 """
 from __future__ import annotations
 
-import base64
 import html
 import io
 import json
@@ -13,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from mmfm.config import atomic_write_text
+from mmfm.eval.html import page, png_data_uri, table
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -50,10 +50,6 @@ def _constant_candidates(captions: list[str], limit: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- plots
-def _png_uri(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
-
-
 def read_metrics(path: Path) -> list[dict]:
     rows = []
     if path.is_file():
@@ -166,19 +162,13 @@ def format_bias(b: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- HTML
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:10px}
-.card{border:1px solid #ddd;border-radius:6px;padding:6px;font-size:12px}.card img{width:64px;height:64px}
-.ok{color:#18794e}.bad{color:#c0392b}.muted{color:#777}img.plot{max-width:100%}code{background:#f3f3f3}"""
+_CSS = ".card img{width:64px;height:64px}"
 
 
 def _table_html(rows: list[dict]) -> str:
-    body = "".join(f"<tr><td>{html.escape(r['metric'])}</td><td class=num><b>{_fmt(r['value'])}</b></td>"
-                   f"<td class=num>{_fmt(r['baseline'])}</td><td>{html.escape(r['baseline_name'])}</td></tr>"
-                   for r in rows)
-    return f"<table><tr><th>metric (held-out emoji)</th><th>mmfm</th><th>baseline</th><th>baseline is</th></tr>{body}</table>"
+    return table(["metric (held-out emoji)", "mmfm", "baseline", "baseline is"],
+                 [[r["metric"], f"<b>{_fmt(r['value'])}</b>", _fmt(r["baseline"]), r["baseline_name"]] for r in rows],
+                 raw_columns=(1,), num_columns=(1, 2))
 
 
 def _card(item: dict) -> str:
@@ -211,29 +201,27 @@ def _bias_html(bias: dict) -> list[str]:
                      f"looking, so p is optimistic).</p>")
     png = Path(bias.get("png") or "")
     if png.is_file():
-        parts.append(f"<img class=plot style='max-width:820px' src='{_png_uri(png.read_bytes())}'>")
+        parts.append(f"<img class=plot style='max-width:820px' src='{png_data_uri(png.read_bytes())}'>")
     return parts
 
 
 def render_html(*, rows: list[dict], curves: Path | None, confusion: Path | None, items: list[dict],
                 info: dict, groups: int | None = None, bias: dict | None = None) -> str:
-    parts = [f"<!doctype html><meta charset=utf-8><title>mmfm demo report</title><style>{_CSS}</style>",
-             "<h1>mmfm demo: CLIP, zero-shot, captions and VQA on held-out emoji</h1>",
+    parts = ["<h1>mmfm demo: CLIP, zero-shot, captions and VQA on held-out emoji</h1>",
              f"<p>{html.escape(info.get('summary', ''))}</p>", "<h2>Metrics</h2>", _table_html(rows)]
     if curves is not None and Path(curves).is_file():
-        parts += ["<h2>Training curves</h2>", f"<img class=plot src='{_png_uri(Path(curves).read_bytes())}'>"]
+        parts += ["<h2>Training curves</h2>", f"<img class=plot src='{png_data_uri(Path(curves).read_bytes())}'>"]
     if confusion is not None and Path(confusion).is_file():
         where = f"held-out emoji, {groups} groups" if groups else "held-out emoji"
         parts += [f"<h2>Zero-shot confusion matrix ({where})</h2>",
-                  f"<img class=plot style='max-width:640px' src='{_png_uri(Path(confusion).read_bytes())}'>"]
+                  f"<img class=plot style='max-width:640px' src='{png_data_uri(Path(confusion).read_bytes())}'>"]
     parts += _bias_html(bias or {})
     parts += [f"<h2>Held-out emoji ({len(items)} shown): true name, generated caption, zero-shot group</h2>",
               "<div class=grid>" + "".join(_card(i) for i in items) + "</div>"]
-    details = "".join(f"<tr><td>{html.escape(str(k))}</td><td><code>{html.escape(str(v))}</code></td></tr>"
-                      for k, v in info.get("details", {}).items())
+    details = [[k, f"<code>{html.escape(str(v))}</code>"] for k, v in info.get("details", {}).items()]
     if details:
-        parts += ["<h2>How this was made</h2>", f"<table>{details}</table>"]
-    return "\n".join(parts)
+        parts += ["<h2>How this was made</h2>", table(["", ""], details, raw_columns=(1,))]
+    return page("mmfm demo report", parts, _CSS)
 
 
 def write_report(out: Path, **kwargs) -> Path:

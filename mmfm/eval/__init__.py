@@ -16,7 +16,7 @@ _EXPORTS = {
     "zeroshot_classify": "zeroshot", "build_classifier": "zeroshot", "ZeroShotResult": "zeroshot",
     "classification_metrics": "zeroshot",
     "retrieval_evaluate": "retrieval", "recall_at_k": "retrieval",
-    "scan_folder": "folder", "FolderSpec": "folder", "decode_image": "folder",
+    "scan_folder": "folder", "FolderSpec": "folder",
     "load_templates": "templates",
     "write_report": "report", "write_predictions": "report",
     "build_eval_hooks": "hooks",

@@ -112,11 +112,11 @@ def select_groups(samples: list[dict], attribute: str, groups: list[str] | None 
 def _decode_batch(model, samples: list[dict]):
     import torch
 
-    from mmfm.models.clip import eval_transform
+    from mmfm.data.transforms import eval_transform
 
-    from .folder import decode_image
+    from mmfm.data.decode import decode_image
 
-    tf = eval_transform(model.preprocess)
+    tf = eval_transform(model)
     return torch.stack([tf(decode_image(s["image"])) for s in samples])
 
 
@@ -270,18 +270,19 @@ def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | 
     report per group of ``attribute``. A model is a checkpoint path or a loaded model."""
     import torch
 
-    import mmfm
+    from mmfm import __version__
+    from mmfm.models.checkpoint import load as load_model
 
     t0 = time.perf_counter()
     samples, skipped = read_samples(data, attribute, max_samples)
     kept, info = select_groups(samples, attribute, groups, match_by)
     report = {"task": "bias", "attribute": attribute, "data": str(data), **info, "n_samples": len(kept),
-              "skipped": skipped, "backend": f"mmfm {mmfm.__version__} (torch {torch.__version__})",
-              "mmfm_version": mmfm.__version__}
+              "skipped": skipped, "backend": f"mmfm {__version__} (torch {torch.__version__})",
+              "mmfm_version": __version__}
     rows = [{"key": s["key"], "name": s["name"], "group": s["group"]} for s in kept]
     for m in models:
         spec = None if hasattr(m, "parameters") else str(m)
-        model = m if spec is None else mmfm.load(spec)
+        model = m if spec is None else load_model(spec)
         spec = spec or getattr(model, "checkpoint_path", None) or type(model).__name__
         kind = getattr(getattr(model, "model_cfg", None), "kind", "clip")
         if kind == "clip":
@@ -303,55 +304,8 @@ def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | 
     return report
 
 
-# ----------------------------------------------------------------------------- CLI (mmfm eval bias)
-def add_arguments(p) -> None:
-    from mmfm.generate import add_generate_args
-
-    p.add_argument("data", help="shard folder / .tar / brace pattern whose json holds the attribute")
-    p.add_argument("--model", action="append", required=True,
-                   help="a CLIP checkpoint (zero-shot) and/or a captioner (caption quality); repeat for both")
-    p.add_argument("--attribute", required=True, help="json field naming the group, e.g. skin_tone")
-    p.add_argument("--groups", help="comma-separated groups to compare (default: all; skin_tone: default + 5 tones)")
-    p.add_argument("--match-by", default="auto",
-                   help="json field that must exist in every group (default: base_name when present; 'none' = off)")
-    p.add_argument("--label-field", default="auto",
-                   help="zero-shot label: a json field or 'cls' (default: base_name when present, else cls)")
-    p.add_argument("--templates", default="{}", help="prompt templates: a name (simple, openai), a file, or a "
-                                                      "literal with {} (default '{}': the label itself)")
-    p.add_argument("--max-samples", type=int, help="read at most N samples")
-    p.add_argument("--out", help="output folder (default runs/eval/bias-ATTRIBUTE)")
-    p.add_argument("--quiet", action="store_true")
-    add_generate_args(p)
-
-
-def run(args) -> int:
-    from mmfm.generate import generate_config_from_args, stored_generate
-
-    gen = None
-    caps = [m for m in args.model if is_captioner(m)]
-    if caps:
-        gen = generate_config_from_args(stored_generate(caps[0]), args)
-    templates = args.templates
-    report = bias_report(args.model, args.data, args.attribute,
-                         groups=[g.strip() for g in args.groups.split(",")] if args.groups else None,
-                         match_by=None if args.match_by == "none" else args.match_by, label_field=args.label_field,
-                         templates=templates, gen=gen, max_samples=args.max_samples, progress=not args.quiet)
-    out = args.out or f"runs/eval/bias-{args.attribute}"
-    paths = write_bias_report(report, out)
-    print(format_table(report))
-    print(f"{report['n_samples']} images, groups {report['groups']}"
-          + (f", matched by {report['match_by']}" if report.get("match_by") else ""))
-    paired = report.get("zeroshot", {}).get("gap", {}).get("paired")
-    if paired:
-        print(f"zero-shot best vs worst on the same {paired['pairs']} emoji: {paired['best_only_correct']} right only "
-              f"in the best group, {paired['worst_only_correct']} only in the worst; exact McNemar p = "
-              f"{paired['p_value']:.3g}")
-    print(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}")
-    return 0
-
-
 def is_captioner(spec: str) -> bool:
-    from mmfm.compress.quantize import read_config
+    from mmfm.models.checkpoint import read_config
     try:
         return read_config(spec).model.kind == "captioner"
     except ConfigError:

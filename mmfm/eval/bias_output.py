@@ -56,13 +56,13 @@ def format_table(report: dict) -> str:
 def bias_table_html(report: dict) -> str:
     """The table as an HTML fragment (for the demo report)."""
     import html
+
+    from .html import table
     head, rows = table_rows(report)
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     note = (f"Attribute <code>{html.escape(report['attribute'])}</code>, {report['n_samples']} images"
             + (f", matched by <code>{html.escape(report['match_by'])}</code> ({report.get('matched_values')} "
                f"items in every group)" if report.get("match_by") else "") + ".")
-    return f'<table class="bias"><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table><p>{note}</p>'
+    return table(head, rows, cls="bias") + f"<p>{note}</p>"
 
 
 def _plot(report: dict, path: Path) -> None:

@@ -199,7 +199,8 @@ def evaluate_vqa_model(model, data: str, gen=None, vqa_cfg=None, *, split: str |
 
     from mmfm.config.caption import GenerateConfig
     from mmfm.config.task import VQALossConfig
-    from mmfm.generate import _eval_transform, answer_questions, decode_images, rank_answers
+    from mmfm.data.transforms import eval_transform
+    from mmfm.generate import answer_questions, decode_images, rank_answers
 
     from .vqa_metrics import evaluate_vqa
 
@@ -208,7 +209,7 @@ def evaluate_vqa_model(model, data: str, gen=None, vqa_cfg=None, *, split: str |
     if mode == "rank" and not candidates:
         raise ConfigError("rank mode needs an answer list (--answers or --answer-list)")
     items = read_vqa_data(data, max_samples)
-    transform = _eval_transform(model)
+    transform = eval_transform(model)
     model.eval()
     t0 = time.time()
     preds, failed = {}, []

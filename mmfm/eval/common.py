@@ -18,8 +18,8 @@ def load_clip(model, device: str | None = None):
         spec = str(model)
         if not spec.startswith("openclip:") and not Path(spec).exists():
             raise ConfigError(f"checkpoint not found: {spec}")
-        import mmfm
-        model = mmfm.load(spec, device=resolve_device(device))
+        from mmfm.models.checkpoint import load as load_model
+        model = load_model(spec, device=resolve_device(device))
     check_clip(model, spec)
     return model, spec
 
@@ -75,12 +75,6 @@ def effective_precision(device, precision: str) -> str:
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     return precision
-
-
-def eval_transform(model):
-    """The model's own eval preprocessing (a callable PIL -> tensor), from its ``.preprocess`` data config."""
-    from mmfm.models.clip import eval_transform as from_preprocess
-    return from_preprocess(model.preprocess)
 
 
 class DeviceNormalize:

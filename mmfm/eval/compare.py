@@ -24,18 +24,19 @@ __all__ = ["compare_models", "format_comparison"]
 
 
 def _load(spec, original=None):
-    import mmfm
+    from mmfm.models.checkpoint import load as load_model
 
-    from .quantize import quantize_model
+    from mmfm.models.quantized import quantize_model
     if spec == "int8":
         if original is None:
             raise ConfigError("variant int8: needs the original model")
         return quantize_model(original), "int8 (dynamic, quantized here)"
-    return mmfm.load(spec), str(spec)
+    return load_model(spec), str(spec)
 
 
 def _size(model, spec) -> int:
-    from .quantize import is_quantized_dir, model_size_bytes
+    from mmfm.models.checkpoint import is_quantized_dir
+    from mmfm.models.quantized import model_size_bytes
     if isinstance(spec, str) and spec not in ("int8",) and Path(spec).exists():
         try:
             if is_quantized_dir(spec) or not getattr(model, "quantization", None):
@@ -50,7 +51,7 @@ def _kind(model) -> str:
 
 
 # ----------------------------------------------------------------------------- data
-class _Data:
+class EvalData:
     """The evaluation images (decoded once) and what the metric needs."""
 
     def __init__(self, data: str, kind: str, max_samples: int | None, label_field: str):
@@ -79,7 +80,7 @@ class _Data:
 
     def images(self, n: int) -> list:
         """The first ``n`` evaluation images, decoded (for timing)."""
-        from mmfm.eval.folder import decode_image
+        from mmfm.data.decode import decode_image
         return [decode_image(it["image"]) for it in self.items[:n]]
 
 
@@ -92,8 +93,8 @@ def _even(items: list, n: int | None) -> list:
 
 # ----------------------------------------------------------------------------- measurements
 def _latency(model, kind: str, images: list, gen, threads: int, warmup: int = 2) -> dict:
-    from mmfm.models.clip import eval_transform
-    tf = eval_transform(model.preprocess)
+    from mmfm.data.transforms import eval_transform
+    tf = eval_transform(model)
     xs = [tf(im).unsqueeze(0) for im in images]
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -117,7 +118,7 @@ def _latency(model, kind: str, images: list, gen, threads: int, warmup: int = 2)
             "p90_ms": sorted(times)[max(0, int(0.9 * len(times)) - 1)], "images": len(times), "threads": threads}
 
 
-def _metric(model, kind: str, data: _Data, gen, templates) -> dict:
+def _metric(model, kind: str, data: EvalData, gen, templates) -> dict:
     if kind == "captioner":
         from mmfm.eval.caption_metrics import score_captions
         from mmfm.generate import caption_images
@@ -142,15 +143,15 @@ def compare_models(original: str, data: str, variants: list[str] | None = None, 
                    latency_images: int = 16, threads: int = 1, templates="simple", label_field: str = "auto",
                    gen=None, progress: bool = True) -> dict:
     """Measure the original and each variant on the same data; returns ``{"rows": [...], ...}``."""
-    import mmfm
+    from mmfm.models.checkpoint import load as load_model
 
     variants = list(variants or ["int8"])
-    base = mmfm.load(original)
+    base = load_model(original)
     kind = _kind(base)
     if kind == "captioner" and gen is None:
         from mmfm.generate import stored_generate
         gen = stored_generate(original)
-    data_ = _Data(data, kind, max_samples, label_field)
+    data_ = EvalData(data, kind, max_samples, label_field)
     images = data_.images(latency_images)
     rows = []
     for i, spec in enumerate([original] + variants):
@@ -171,7 +172,7 @@ def compare_models(original: str, data: str, variants: list[str] | None = None, 
         r["speedup"] = ref["latency"]["ms_per_image"] / r["latency"]["ms_per_image"]
         r["metric_drop"] = ref["metric"]["value"] - r["metric"]["value"]
     return {"task": "compare", "kind": kind, "data": str(data), "metric": ref["metric"]["name"],
-            "backend": f"mmfm {mmfm.__version__} (torch {torch.__version__}), CPU", "threads": threads,
+            "backend": f"mmfm {__version__} (torch {torch.__version__}), CPU", "threads": threads,
             "max_samples": max_samples, "rows": rows,
             "decoding": None if gen is None else dataclasses.asdict(gen)}
 
@@ -187,40 +188,3 @@ def format_comparison(res: dict) -> str:
     widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
-
-
-# ----------------------------------------------------------------------------- CLI (mmfm eval compare)
-def add_arguments(p) -> None:
-    from mmfm.generate import add_generate_args
-
-    p.add_argument("data", help="CLIP: image folder (class subfolders) or shards; captioner: shards or JSONL/CSV")
-    p.add_argument("--model", required=True, help="the original (float) checkpoint")
-    p.add_argument("--variant", action="append", default=None,
-                   help="int8 (quantize the original here), an int8 folder, or another checkpoint such as a "
-                        "distilled student; repeatable (default: int8)")
-    p.add_argument("--max-samples", type=int, default=500, help="images for the metric (default 500)")
-    p.add_argument("--latency-images", type=int, default=16, help="images timed one by one (default 16)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads while timing (default 1)")
-    p.add_argument("--templates", default="simple", help="zero-shot templates: a name, a file or a literal with {}")
-    p.add_argument("--label-field", default="auto", help="shards: json field or cls for zero-shot labels")
-    p.add_argument("--out", help="write the comparison JSON here")
-    p.add_argument("--quiet", action="store_true")
-    add_generate_args(p)
-
-
-def run(args) -> int:
-    gen = None
-    from mmfm.eval.bias import is_captioner
-    from mmfm.generate import stored_generate
-    if is_captioner(args.model):
-        from mmfm.generate import generate_config_from_args
-        gen = generate_config_from_args(stored_generate(args.model), args)
-    res = compare_models(args.model, args.data, args.variant, max_samples=args.max_samples,
-                         latency_images=args.latency_images, threads=args.threads, templates=args.templates,
-                         label_field=args.label_field, gen=gen, progress=not args.quiet)
-    print(format_comparison(res))
-    if args.out:
-        from mmfm.eval.common import write_json
-        write_json(args.out, res)
-        print(f"wrote {args.out}")
-    return 0

@@ -11,24 +11,19 @@ Files that are not images (by extension) are skipped at scan time, images that f
 skipped at load time; both are listed with their reason. Class names are tidied (``golden_retriever``
 -> ``golden retriever``) unless a classnames file gives them.
 
-``decode_image`` opens an image under a max-pixels guard: a JPEG above the limit is decoded at a
-reduced DCT scale (fast, bounded memory), any other format above the limit is refused.
+Images are opened with :func:`mmfm.data.decode.decode_image`, the one decoder (and the one oversize rule).
 """
 from __future__ import annotations
 
-import contextlib
-import threading
 import json
-import math
 import os
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 
 from mmfm.config import ConfigError
+from mmfm.data.decode import DEFAULT_MAX_PIXELS, decode_image
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-DEFAULT_MAX_PIXELS = 89_478_485   # PIL's own bomb limit
 
 
 @dataclass
@@ -68,6 +63,11 @@ def _walk_files(folder: Path) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if _visible(d))
         out += [Path(dirpath) / f for f in sorted(filenames) if _visible(f)]
     return out
+
+
+def list_images(folder: str | os.PathLike) -> list[str]:
+    """Every image file (by extension) below ``folder``, recursively, sorted; hidden files skipped."""
+    return sorted(str(f) for f in _walk_files(Path(folder)) if _is_image(f.name))
 
 
 def read_classnames(path: str | os.PathLike, classes: list[str] | None = None) -> list[str]:
@@ -191,57 +191,6 @@ def _subsample(spec: FolderSpec, n: int) -> None:
     keep = [int(i * step) for i in range(n)]
     spec.paths = [spec.paths[i] for i in keep]
     spec.targets = [spec.targets[i] for i in keep]
-
-
-# ----------------------------------------------------------------------------- decoding
-class ImageTooLarge(ValueError):
-    pass
-
-
-_PIL_LIMIT_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _no_pil_bomb_check():
-    """Our own guard replaces PIL's global one while a header is read (restored afterwards).
-
-    PIL's limit is process-global: the lock keeps concurrent decodes (loader threads, the service's
-    worker pool) from saving each other's ``None`` and leaving the limit off for good."""
-    from PIL import Image
-    with _PIL_LIMIT_LOCK:
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
-
-
-def decode_image(src, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None):
-    """Open ``src`` (path or bytes) as an RGB PIL image, EXIF-transposed, under the max-pixels guard.
-
-    ``draft_size`` (opt-in, "fast decode"): a JPEG whose short side exceeds twice this is decoded at a
-    reduced DCT scale that keeps both sides >= ``draft_size``. Faster, but the pixels are not bit-identical
-    to a full decode + resize, so it is off by default (results then match open_clip / CLIP_benchmark).
-    """
-    from PIL import Image, ImageOps
-    fp = BytesIO(src) if isinstance(src, (bytes, bytearray)) else src
-    with _no_pil_bomb_check():
-        img = Image.open(fp)
-        w, h = img.size
-        if max_pixels and w * h > max_pixels:
-            if img.format != "JPEG":
-                raise ImageTooLarge(f"{w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}")
-            # JPEG can decode at 1/2, 1/4 or 1/8 scale (DCT scaling): pick the mildest that fits.
-            d = next((d for d in (2, 4, 8) if math.ceil(w / d) * math.ceil(h / d) <= max_pixels), None)
-            if d is None:
-                raise ImageTooLarge(f"{w}x{h} exceeds max_pixels={max_pixels} even at 1/8 scale")
-            img.draft("RGB", (max(1, w // d), max(1, h // d)))
-        elif draft_size and img.format == "JPEG" and min(w, h) > 2 * draft_size:
-            img.draft("RGB", (draft_size, draft_size))
-        img.load()
-    img = ImageOps.exif_transpose(img)
-    return img.convert("RGB")
 
 
 class FolderDataset:

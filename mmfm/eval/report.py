@@ -5,7 +5,6 @@ Every file is written to a temp name and renamed, so an interrupted run leaves n
 """
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
@@ -18,6 +17,7 @@ import numpy as np
 from mmfm.config import ConfigError
 
 from .common import atomic_write, write_json
+from .html import page, table, thumbnail_data_uri
 
 MAX_THUMBS = 400
 
@@ -155,32 +155,14 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: str | os.PathLike) 
     return atomic_write(path, buf.getvalue())
 
 
-def thumbnail_data_uri(src, size: int = 160, fmt: str = "JPEG") -> str | None:
-    """A ``data:`` URI of a thumbnail of ``src`` (a path or image bytes), or None when it cannot be decoded.
-    JPEG for photos; PNG keeps flat-colour art (emoji, icons) crisp."""
-    from .folder import decode_image
-    try:
-        img = decode_image(src, max_pixels=64_000_000)
-        img.thumbnail((size, size))
-        buf = io.BytesIO()
-        img.save(buf, format=fmt, **({"quality": 80} if fmt == "JPEG" else {}))
-    except Exception:  # noqa: BLE001 - a file that cannot be thumbnailed is shown by name only
-        return None
-    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-_CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse}
-td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px}th{background:#f4f4f4}
-.grid{display:flex;flex-wrap:wrap;gap:10px}.card{width:170px;font-size:12px;border:1px solid #ddd;padding:4px}
-.card img{max-width:160px;max-height:160px;display:block;margin:auto}.bad{color:#b00}.good{color:#070}
-code{font-size:12px}"""
+_CSS = """.grid{display:flex;flex-wrap:wrap}.card{width:170px}
+.card img{max-width:160px;max-height:160px;display:block;margin:auto}"""
 
 
 def render_html(result, *, thumbnails: bool = True, max_thumbs: int = MAX_THUMBS) -> str:
     m = result.metrics
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>mmfm zero-shot report</title>"
-             f"<style>{_CSS}</style></head><body><h1>Zero-shot report</h1>",
+    parts = ["<h1>Zero-shot report</h1>",
              f"<p>model <code>{e(str(m.get('model')))}</code> &middot; folder <code>{e(result.root)}</code> &middot; "
              f"templates <code>{e(str(m.get('templates')))}</code> ({m.get('n_templates')}) &middot; "
              f"{m.get('n_samples')} images, {len(result.skipped)} skipped</p>"]
@@ -199,16 +181,14 @@ def render_html(result, *, thumbnails: bool = True, max_thumbs: int = MAX_THUMBS
         parts.append(f"<h2>Skipped files ({len(result.skipped)})</h2><table><tr><th>file</th><th>reason</th></tr>")
         parts += [f"<tr><td><code>{e(s['path'])}</code></td><td>{e(s['reason'])}</td></tr>" for s in result.skipped]
         parts.append("</table>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return page("mmfm zero-shot report", parts, _CSS)
 
 
 def _table_html(rows: list[dict]) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    body = "".join(f"<tr><td>{html.escape(r['class'])}</td><td>{html.escape(r['classname'])}</td><td>{r['n']}</td>"
-                   f"<td>{fmt(r['recall'])}</td><td>{fmt(r['precision'])}</td></tr>" for r in rows)
-    return ("<h2>Per class</h2><table><tr><th>class</th><th>prompt name</th><th>n</th><th>recall</th>"
-            f"<th>precision</th></tr>{body}</table>")
+    return "<h2>Per class</h2>" + table(["class", "prompt name", "n", "recall", "precision"],
+                                        [[r["class"], r["classname"], r["n"], fmt(r["recall"]), fmt(r["precision"])]
+                                         for r in rows], num_columns=(2, 3, 4))
 
 
 def _cards_html(result, rows: list[dict], thumbnails: bool, max_thumbs: int) -> str:

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmfm.config import ConfigError
+from mmfm.data.decode import DEFAULT_MAX_PIXELS, decode_image
+from mmfm.data.transforms import eval_transform
 
-from .common import (autocast, default_workers, effective_precision, encode_texts, eval_transform, load_clip,
+from .common import (autocast, default_workers, effective_precision, encode_texts, load_clip,
                      model_device, split_transform)
-from .folder import DEFAULT_MAX_PIXELS, decode_image
 from .records import SHARD_IMAGE_KEYS
 
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "path", "file", "filename", "img", "jpg")
@@ -259,7 +260,7 @@ def retrieval_evaluate(model, data, *, image_key=None, caption_key=None, batch_s
     """R@1/5/10 image->text and text->image on shards or CSV/JSONL; returns the metrics dict."""
     import torch
 
-    import mmfm
+    from mmfm import __version__
     t0 = time.perf_counter()
     src = str(data)
     if not (Path(src).exists() or "{" in src):
@@ -276,7 +277,7 @@ def retrieval_evaluate(model, data, *, image_key=None, caption_key=None, batch_s
         model.train(was_training)
     metrics = recall_at_k(img, txt, owner, ks)
     dev = model_device(model)
-    metrics.update({"task": "zeroshot_retrieval", "backend": f"mmfm {mmfm.__version__} (torch {torch.__version__})",
+    metrics.update({"task": "zeroshot_retrieval", "backend": f"mmfm {__version__} (torch {torch.__version__})",
                     "model": ckpt or type(model).__name__, "data": src,
                     "format": "shards" if table is None else Path(src).suffix.lstrip("."),
                     "n_images": int(img.shape[0]), "n_captions": int(txt.shape[0]),

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmfm.config import ConfigError
+from mmfm.data.transforms import eval_transform
 
 from .common import (autocast, cache_dir, checkpoint_identity, default_workers, effective_precision,
-                     encode_texts, eval_transform, load_clip, logit_scale, model_device, split_transform)
+                     encode_texts, load_clip, logit_scale, model_device, split_transform)
 from .folder import DEFAULT_MAX_PIXELS, FolderDataset, FolderSpec, collate_skipping, scan_folder
 from .templates import build_prompts, load_templates
 
@@ -219,9 +220,9 @@ def _assemble(spec, logits, probs, indices, failed, targets, topk) -> ZeroShotRe
 def _provenance(model, ckpt, spec, tmpl_name, tmpl, precision, n_ok, n_failed) -> dict:
     import torch
 
-    import mmfm
+    from mmfm import __version__
     device = model_device(model)
-    return {"task": "zeroshot_classification", "backend": f"mmfm {mmfm.__version__} (torch {torch.__version__})",
+    return {"task": "zeroshot_classification", "backend": f"mmfm {__version__} (torch {torch.__version__})",
             "model": ckpt or type(model).__name__, "device": str(device),
             "precision": effective_precision(device, precision),
             **spec.describe(), "n_samples": n_ok, "n_failed_decode": n_failed,

@@ -3,12 +3,12 @@
 Formats:
 
 * ``safetensors``: ``model.safetensors`` + ``config.json`` (model config, preprocessing, tokenizer);
-  ``mmfm.load(OUT)`` reads it back identically (``mmfm.models.loading.export_pretrained``).
+  ``mmfm.load(OUT)`` reads it back identically (``mmfm.models.checkpoint.export_pretrained``).
 * ``onnx``: CLIP image and text towers as two graphs, captioners as vision encoder + decoder; each
   graph is checked against PyTorch in onnxruntime right after export (``mmfm.export.onnx``).
 * ``hf``: a folder open_clip's / transformers' own loaders open (``mmfm.export.hf`` lists the combinations).
 * ``int8``: dynamic int8 quantization of the Linear layers for CPU inference, saved as safetensors
-  (``mmfm.compress.quantize``); ``mmfm.compress.load_quantized(OUT)`` reads it.
+  (``mmfm.export.int8``); ``mmfm.load(OUT)`` reads it.
 """
 from __future__ import annotations
 
@@ -32,15 +32,15 @@ def export(model_path, format: str, out: str | os.PathLike, **options) -> dict:
                           + (f" Did you mean '{close[0]}'?" if close else ""))
     source = None if hasattr(model_path, "parameters") else str(model_path)
     if format == "int8":
-        from mmfm.compress.quantize import save_quantized
+        from .int8 import save_quantized
         return save_quantized(model_path, out, **options)
     if source is not None:
-        import mmfm
-        model = mmfm.load(source)
+        from mmfm.models.checkpoint import load
+        model = load(source)
     else:
         model = model_path
     if format == "safetensors":
-        from mmfm.models.loading import export_pretrained
+        from mmfm.models.checkpoint import export_pretrained
         path = export_pretrained(model, out)
         return {"format": "safetensors", "out": str(path), "files": sorted(p.name for p in Path(path).iterdir())}
     if format == "onnx":

@@ -109,7 +109,7 @@ def _text_cfg(model, out: Path) -> tuple[dict, bool]:
 
 def _native_state_dict(model) -> dict[str, torch.Tensor]:
     """mmfm CLIP keys -> open_clip CustomTextCLIP keys (visual.trunk.* and text.* keep their names)."""
-    from mmfm.models.loading import state_dict_to_save
+    from mmfm.models.checkpoint import state_dict_to_save
 
     out = {}
     for k, v in state_dict_to_save(model).items():
@@ -122,7 +122,7 @@ def _native_state_dict(model) -> dict[str, torch.Tensor]:
 def openclip_config_for(model, out: Path) -> tuple[dict, dict[str, torch.Tensor], bool]:
     """(open_clip_config.json content, open_clip state dict, portable) for a CLIP model."""
     from mmfm.models.clip import CLIP
-    from mmfm.models.loading import state_dict_to_save
+    from mmfm.models.checkpoint import state_dict_to_save
     from mmfm.models.openclip import OpenCLIPModel
 
     if isinstance(model, OpenCLIPModel):
@@ -300,7 +300,7 @@ def _export_captioner(model, tmp: Path) -> dict:
 
 # ----------------------------------------------------------------------------- entry
 def export_hf(model: nn.Module, out_dir: str | os.PathLike, *, source: str | None = None, check: bool = True) -> dict:
-    from mmfm.models.loading import _atomic_dir
+    from mmfm.models.checkpoint import atomic_dir
 
     from .onnx import model_kind
 
@@ -314,11 +314,11 @@ def export_hf(model: nn.Module, out_dir: str | os.PathLike, *, source: str | Non
             info.update(_export_clip(model, tmp) if kind == "clip" else _export_captioner(model, tmp))
         finally:
             _FINAL.pop(str(tmp), None)
-        import mmfm
-        info.update({"format": "mmfm-hf-export/1", "mmfm_version": mmfm.__version__, "source": source})
+        from mmfm import __version__
+        info.update({"format": "mmfm-hf-export/1", "mmfm_version": __version__, "source": source})
         (tmp / "mmfm_export.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
-    _atomic_dir(out, fill)
+    atomic_dir(out, fill)
     if check:
         try:
             model = model.float().eval().cpu()

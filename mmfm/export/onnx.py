@@ -269,7 +269,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, exporter: str =
                 opset: int = DEFAULT_OPSET, atol: float = 1e-4, source: str | None = None) -> dict:
     """Export ``model`` (a loaded mmfm CLIP or captioner) to ONNX graphs in ``out_dir``; returns the config
     written to onnx_config.json (graph signatures + ``parity``: max |onnxruntime - torch| per graph)."""
-    from mmfm.models.loading import _atomic_dir
+    from mmfm.models.checkpoint import atomic_dir
 
     if exporter not in EXPORTERS:
         raise ConfigError(f"onnx exporter: {exporter!r} is not one of {', '.join(EXPORTERS)}")
@@ -286,9 +286,9 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, exporter: str =
         if bad:
             raise ConfigError(f"ONNX export: onnxruntime output differs from PyTorch beyond atol={atol}: "
                               + ", ".join(f"{k} max|diff|={v:.3g}" for k, v in bad.items()))
-        import mmfm
+        from mmfm import __version__
         tok = getattr(model, "tokenizer", None)
-        result.update({"format": ONNX_FORMAT, "kind": kind, "mmfm_version": mmfm.__version__,
+        result.update({"format": ONNX_FORMAT, "kind": kind, "mmfm_version": __version__,
                        "torch_version": torch.__version__, "exporter": exporter, "opset": opset, "atol": atol,
                        "source": source, "model_class": type(model).__name__,
                        "preprocess": getattr(model, "preprocess", None),
@@ -297,7 +297,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, exporter: str =
                        "export_seconds": round(time.perf_counter() - t0, 2), **info})
         (tmp / ONNX_CONFIG).write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
 
-    _atomic_dir(Path(out_dir), fill)
+    atomic_dir(Path(out_dir), fill)
     return result
 
 

@@ -1,8 +1,9 @@
-"""Models: timm vision towers, open_clip / transformers text towers, the CLIP dual encoder, factories, I/O.
+"""Models: timm vision towers, open_clip / transformers text towers, the CLIP dual encoder, captioners, factories,
+and the one checkpoint module (:mod:`mmfm.models.checkpoint`).
 
 Public API (imported lazily so that ``import mmfm.models`` stays cheap):
-``build_model(model_cfg)``, ``get_model_config(name_or_dict)``, ``CLIP``, ``OpenCLIPModel``,
-``save_pretrained``, ``load_pretrained``, ``export_pretrained``, ``load_weights``, ``is_clip_model``.
+``build_model(model_cfg)``, ``get_model_config(name_or_dict)``, ``CLIP``, ``OpenCLIPModel``, ``load``,
+``read_config``, ``save_pretrained``, ``export_pretrained``, ``load_weights``, ``is_clip_model``.
 """
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ _EXPORTS = {
     "CLIP": "clip", "ClipApiMixin": "clip",
     "TimmVisionTower": "towers", "OpenCLIPTextTower": "text", "HFTextTower": "text",
     "OpenCLIPModel": "openclip",
-    "save_pretrained": "loading", "write_pretrained": "loading", "export_pretrained": "loading",
-    "load_pretrained": "loading", "load_weights": "loading", "resolve_checkpoint": "loading",
-    "read_checkpoint_config": "loading", "CheckpointMismatchError": "loading",
-    "load_model_and_transforms": "loading",
+    "load": "checkpoint", "read_config": "checkpoint", "resolve_checkpoint": "checkpoint",
+    "save_pretrained": "checkpoint", "write_pretrained": "checkpoint", "export_pretrained": "checkpoint",
+    "load_weights": "checkpoint", "CheckpointMismatchError": "checkpoint",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -106,9 +106,9 @@ def _build_decoder(dcfg: DecoderConfig, tokenizer, init_weights: bool) -> nn.Mod
 
 def _vision_cfg_from_clip(cfg: ModelConfig):
     """The CLIP checkpoint's vision architecture, with this config's lock / checkpointing choices."""
-    from .loading import read_checkpoint_config
+    from .checkpoint import read_config
 
-    clip_cfg = read_checkpoint_config(cfg.clip_checkpoint).model
+    clip_cfg = read_config(cfg.clip_checkpoint).model
     if clip_cfg.kind != "clip" or clip_cfg.openclip:
         raise ConfigError(f"model.clip_checkpoint: {cfg.clip_checkpoint} is not an mmfm CLIP checkpoint with a "
                           f"timm vision tower (kind={clip_cfg.kind}, openclip={clip_cfg.openclip})")

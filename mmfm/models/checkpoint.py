@@ -1,10 +1,21 @@
-"""Saving, exporting and loading models, with the identity (config, preprocessing, tokenizer) they carry.
+"""The one checkpoint module: the folder layouts, the resolver, the config reader and ``load``.
 
-Checkpoint dir (written by ``save_pretrained`` and by the trainer): ``model.safetensors`` + ``config.yaml``
-(the resolved ExperimentConfig) + ``meta.json`` (preprocess, tokenizer name, mmfm version, step, ...).
-Exported folder (``export_pretrained``): ``model.safetensors`` + ``config.json`` (model config, preprocess,
-tokenizer). ``load_pretrained`` accepts either, a run dir (its ``checkpoints/latest``), or
-``openclip:MODEL_NAME[:STATE_DICT_FILE]`` / ``openclip:MODEL_NAME@PRETRAINED_TAG``.
+Layouts (all written atomically: a temp folder renamed into place):
+
+* checkpoint folder (``save_pretrained``, the trainer's ``OUT/checkpoints/step_XXXXXXXX``): ``model.safetensors`` +
+  ``config.yaml`` (the resolved ExperimentConfig) + ``meta.json`` (preprocess, tokenizer name, mmfm version, step,
+  ...); the trainer adds ``trainer_state.pt``.
+* run folder: ``OUT/checkpoints/latest`` names the newest checkpoint folder (``resolve_latest``).
+* exported folder (``export_pretrained``): ``model.safetensors`` + ``config.json`` (model config, preprocess,
+  tokenizer).
+* int8 folder (``mmfm export --format int8``): ``model.int8.safetensors`` + ``config.yaml`` + ``meta.json``
+  (``meta["quantization"]``); see :mod:`mmfm.models.quantized`.
+* specs: ``openclip:MODEL_NAME[:STATE_DICT_FILE]`` / ``openclip:MODEL_NAME@PRETRAINED_TAG`` /
+  ``openclip:hf-hub:ORG/REPO``; ``hf:`` is reserved for transformers folders.
+
+``load(spec, device)`` takes any of them and returns the model in eval mode with ``.model_cfg``, ``.preprocess``,
+``.tokenizer``, ``.generate_config`` (the decoding settings stored with a captioner), ``.checkpoint_path`` and
+``.checkpoint_meta``. ``read_config(spec)`` returns the stored ExperimentConfig of any folder kind.
 Weights are only ever read with safetensors (or open_clip's ``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
@@ -19,11 +30,14 @@ import torch
 from torch import nn
 
 from mmfm.config import ConfigError, ExperimentConfig, from_dict, read_yaml, save_config, to_dict
+from mmfm.config.caption import GenerateConfig
 from mmfm.config.model import ModelConfig
 
-__all__ = ["CheckpointMismatchError", "save_pretrained", "write_pretrained", "export_pretrained", "load_pretrained",
-           "load_weights", "resolve_checkpoint", "read_checkpoint_config", "state_dict_to_save",
-           "load_model_and_transforms"]
+from .quantized import QUANT_FORMAT, QUANT_WEIGHTS
+
+__all__ = ["CheckpointMismatchError", "load", "read_config", "resolve_checkpoint", "resolve_latest", "load_weights",
+           "save_pretrained", "write_pretrained", "export_pretrained", "state_dict_to_save", "checkpoint_meta",
+           "atomic_dir", "is_quantized_dir", "is_spec", "WEIGHTS", "CONFIG_YAML", "META", "EXPORT_CONFIG"]
 
 WEIGHTS, CONFIG_YAML, META, EXPORT_CONFIG = "model.safetensors", "config.yaml", "meta.json", "config.json"
 EXPORT_FORMAT = "mmfm-export/1"
@@ -47,7 +61,7 @@ def state_dict_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _meta_for(model: nn.Module, meta: dict | None) -> dict:
+def checkpoint_meta(model: nn.Module, meta: dict | None) -> dict:
     from mmfm import __version__
 
     tok = getattr(model, "tokenizer", None)
@@ -82,11 +96,11 @@ def write_pretrained(model: nn.Module, cfg, directory: str | os.PathLike, meta: 
     directory.mkdir(parents=True, exist_ok=True)
     save_file(state_dict_to_save(model), str(directory / WEIGHTS), metadata={"format": "pt"})
     save_config(_experiment_cfg(model, cfg), directory / CONFIG_YAML)
-    (directory / META).write_text(json.dumps(_meta_for(model, meta), indent=2, default=str), encoding="utf-8")
+    (directory / META).write_text(json.dumps(checkpoint_meta(model, meta), indent=2, default=str), encoding="utf-8")
     return directory
 
 
-def _atomic_dir(target: Path, fill) -> Path:
+def atomic_dir(target: Path, fill) -> Path:
     """Fill a temp dir next to ``target``, then rename it into place (replacing an old one)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
@@ -108,18 +122,18 @@ def _atomic_dir(target: Path, fill) -> Path:
 def save_pretrained(model: nn.Module, cfg=None, directory: str | os.PathLike = "model",
                     meta: dict | None = None) -> Path:
     """Save a checkpoint dir atomically (temp dir, then rename). ``cfg``: ExperimentConfig or ModelConfig."""
-    return _atomic_dir(Path(directory), lambda tmp: write_pretrained(model, cfg, tmp, meta))
+    return atomic_dir(Path(directory), lambda tmp: write_pretrained(model, cfg, tmp, meta))
 
 
 def export_pretrained(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Export as ``model.safetensors`` + ``config.json`` (model config, preprocess, tokenizer), atomically.
 
-    ``model`` may be a loaded model or anything ``load_pretrained`` accepts.
+    ``model`` may be a loaded model or anything ``load`` accepts.
     """
     from safetensors.torch import save_file
 
     if not isinstance(model, nn.Module):
-        model = load_pretrained(model)
+        model = load(model)
     cfg = getattr(model, "model_cfg", None)
     if not isinstance(cfg, ModelConfig):
         raise ConfigError(f"export: {type(model).__name__} has no model_cfg to export")
@@ -134,11 +148,12 @@ def export_pretrained(model: nn.Module | str | os.PathLike, out_dir: str | os.Pa
         save_file(state_dict_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / EXPORT_CONFIG).write_text(json.dumps(config, indent=2, default=str), encoding="utf-8")
 
-    return _atomic_dir(Path(out_dir), fill)
+    return atomic_dir(Path(out_dir), fill)
 
 
 # ---------------------------------------------------------------- reading
-def _read_latest(ckpts: Path) -> Path:
+def resolve_latest(ckpts: Path) -> Path:
+    """The checkpoint folder that ``ckpts/latest`` names (a symlink, or a file holding the folder name)."""
     latest = ckpts / "latest"
     if latest.is_dir():
         return latest.resolve()
@@ -159,15 +174,19 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         raise ConfigError(f"checkpoint not found: {p}")
     if (p / WEIGHTS).is_file() and ((p / CONFIG_YAML).is_file() or (p / EXPORT_CONFIG).is_file()):
         return p
+    if is_quantized_dir(p):
+        return p
     for ckpts in (p / "checkpoints", p):
         if (ckpts / "latest").exists():
-            return resolve_checkpoint(_read_latest(ckpts))
+            return resolve_checkpoint(resolve_latest(ckpts))
     raise ConfigError(f"not an mmfm checkpoint: {p} (expected model.safetensors with config.yaml or config.json, "
-                      f"a run dir with checkpoints/latest, or openclip:MODEL_NAME[:STATE_DICT_FILE])")
+                      f"{QUANT_WEIGHTS} with config.yaml, a run dir with checkpoints/latest, or "
+                      f"openclip:MODEL_NAME[:STATE_DICT_FILE])")
 
 
-def read_checkpoint_config(path: str | os.PathLike) -> ExperimentConfig:
-    """The ExperimentConfig stored with a checkpoint (an export gives one with only its model section)."""
+def read_config(path: str | os.PathLike) -> ExperimentConfig:
+    """The ExperimentConfig stored with a checkpoint, run, int8 folder or export (an export gives one with only its
+    model section). The one config reader: every command, the service and export use it."""
     d = resolve_checkpoint(path)
     if (d / CONFIG_YAML).is_file():
         return from_dict(ExperimentConfig, read_yaml(d / CONFIG_YAML))
@@ -240,31 +259,78 @@ def _build(cfg: ModelConfig) -> nn.Module:
     return build_model(cfg, init_weights=False)
 
 
-def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Load a model, ready for inference (eval mode), with ``.preprocess``, ``.tokenizer`` and ``.model_cfg``."""
-    spec = str(path)
-    if spec.startswith("openclip:"):
+def is_quantized_dir(path: str | os.PathLike) -> bool:
+    p = Path(os.path.expanduser(str(path)))
+    return p.is_dir() and (p / QUANT_WEIGHTS).is_file()
+
+
+def is_spec(spec) -> bool:
+    """A model named by a library spec (``openclip:...``, ``hf:...``) rather than a folder."""
+    return isinstance(spec, str) and spec.startswith(("openclip:", "hf:"))
+
+
+def _load_int8(d: Path, meta: dict) -> nn.Module:
+    from safetensors.torch import load_file
+
+    from .quantized import quantize_model, restore_quantized
+
+    info = meta.get("quantization") or {}
+    if info.get("format") != QUANT_FORMAT:
+        raise ConfigError(f"{d / META}: quantization format {info.get('format')!r}, expected {QUANT_FORMAT}")
+    if not (d / CONFIG_YAML).is_file():
+        raise ConfigError(f"{d}: {CONFIG_YAML} is missing (it rebuilds the architecture)")
+    q = quantize_model(_build(read_config(d).model), info.get("dtype", "qint8"), inplace=True,
+                       embeddings=bool(info.get("embeddings", False)))
+    try:
+        sd = load_file(str(d / QUANT_WEIGHTS), device="cpu")
+    except Exception as e:  # noqa: BLE001 - truncated / foreign file
+        raise ConfigError(f"cannot read {d / QUANT_WEIGHTS}: {e}") from e
+    restore_quantized(q, sd, str(d / QUANT_WEIGHTS))
+    q.quantization = info
+    return q
+
+
+def _stored_generate(d: Path) -> GenerateConfig | None:
+    if (d / CONFIG_YAML).is_file():
+        return read_config(d).generate
+    return None
+
+
+_KINDS = {"clip": ("encode_image", "CLIP model (model.kind: clip)"),
+          "captioner": ("generate_ids", "captioner (model.kind: captioner)")}
+
+
+def load(spec: str | os.PathLike, device: str | torch.device = "cpu", expect: str | None = None) -> nn.Module:
+    """Load any model mmfm knows, ready for inference (eval mode): a checkpoint or run folder, an exported or
+    int8 folder, or an ``openclip:`` spec. ``expect`` ("clip" | "captioner") turns a model of the wrong kind into
+    a ConfigError naming the spec. The model carries ``.model_cfg``, ``.preprocess``, ``.tokenizer``,
+    ``.generate_config``, ``.checkpoint_path`` and ``.checkpoint_meta``."""
+    text = str(spec)
+    if text.startswith("openclip:"):
         from .openclip import OpenCLIPModel, parse_openclip_spec
-        name, weights = parse_openclip_spec(spec)
+        name, weights = parse_openclip_spec(text)
         model = OpenCLIPModel(name, pretrained=weights)
+        model.checkpoint_path, model.checkpoint_meta, model.generate_config = text, {"source": text}, None
+    elif text.startswith("hf:"):
+        raise ConfigError(f"{text}: transformers (hf:) models are not supported yet; convert with "
+                          f"`mmfm export` from an mmfm run, or use openclip:NAME:FILE")
     else:
-        d = resolve_checkpoint(path)
-        cfg = read_checkpoint_config(d).model
-        model = _build(cfg)
-        load_weights(model, d / WEIGHTS, strict=True)
+        d = resolve_checkpoint(spec)
         meta = _read_meta(d)
+        if is_quantized_dir(d):
+            if str(device) != "cpu":
+                raise ConfigError(f"{d}: int8 dynamic quantization runs on the CPU only (device={device})")
+            model = _load_int8(d, meta)
+        else:
+            model = _build(read_config(d).model)
+            load_weights(model, d / WEIGHTS, strict=True)
         if meta.get("preprocess"):
             model.preprocess = dict(meta["preprocess"])
-        model.checkpoint_path = str(d)
-        model.checkpoint_meta = meta
+        model.checkpoint_path, model.checkpoint_meta = str(d), meta
+        model.generate_config = _stored_generate(d)
+    if expect is not None:
+        attr, what = _KINDS[expect]
+        if not callable(getattr(model, attr, None)):
+            kind = getattr(getattr(model, "model_cfg", None), "kind", type(model).__name__)
+            raise ConfigError(f"{text} is not a {what}; it is a {kind} model")
     return model.to(device).eval()
-
-
-def load_model_and_transforms(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """``(model, eval_transform, tokenizer)``, the open_clip-style triple, for scripts."""
-    model = load_pretrained(path, device=device)
-    transform = model.image_transform(False) if hasattr(model, "image_transform") else None
-    if transform is None:
-        from .clip import eval_transform
-        transform = eval_transform(model.preprocess)
-    return model, transform, getattr(model, "tokenizer", None)

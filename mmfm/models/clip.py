@@ -14,27 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CLIP", "ClipApiMixin", "MAX_LOGIT_SCALE", "eval_transform"]
+from mmfm.data.decode import decode_image
+from mmfm.data.transforms import eval_transform
+
+__all__ = ["CLIP", "ClipApiMixin", "MAX_LOGIT_SCALE"]
 
 MAX_LOGIT_SCALE = math.log(100.0)
-def eval_transform(preprocess: dict):
-    """The eval transform for a timm data config (``mmfm.data.transforms.build_transform``)."""
-    from mmfm.data.transforms import build_transform
-    return build_transform(preprocess, train=False)
-
-
-def _load_image(item):
-    from PIL import Image, ImageOps
-
-    if isinstance(item, (str, os.PathLike)):
-        with Image.open(item) as im:
-            im = ImageOps.exif_transpose(im)
-            return im.convert("RGB")
-    if isinstance(item, Image.Image):
-        return item if item.mode == "RGB" else item.convert("RGB")
-    raise TypeError(f"expected a PIL image, a path or a tensor, got {type(item).__name__}")
-
-
 class ClipApiMixin:
     """``embed_images``, ``embed_texts`` and ``classify`` on top of ``encode_image`` / ``encode_text``.
 
@@ -69,6 +54,8 @@ class ClipApiMixin:
             return
         if not isinstance(images, (list, tuple)):
             images = [images]
+        from PIL import Image
+
         transform = None
         for i in range(0, len(images), batch_size):
             chunk = images[i: i + batch_size]
@@ -78,7 +65,9 @@ class ClipApiMixin:
                     tensors.append(item)
                 else:
                     transform = transform or eval_transform(self.preprocess)
-                    tensors.append(transform(_load_image(item)))
+                    if not isinstance(item, (str, os.PathLike, bytes, Image.Image)):
+                        raise TypeError(f"expected a PIL image, a path or a tensor, got {type(item).__name__}")
+                    tensors.append(transform(decode_image(item)))
             yield torch.stack(tensors)
 
     @torch.no_grad()

@@ -9,7 +9,7 @@ Embedding tables are also stored as 8-bit rows (weight-only, per-row scale/offse
 most of a small text tower or decoder. ``int8_original_dtype`` is set on the quantized layers so open_clip's
 text tower (which asks its first MLP layer for the weight dtype) keeps working.
 
-Saved format (``save_quantized``), safe to load (safetensors only, no pickled code)::
+Saved format (``mmfm.export.int8.save_quantized``, ``mmfm export --format int8``), safe to load (safetensors only, no pickled code)::
 
     OUT/model.int8.safetensors   float tensors + per quantized Linear: NAME.weight_int8 (int8), NAME.weight_scale,
                                  NAME.weight_zero_point (and NAME.weight_axis for per-channel), NAME.bias;
@@ -17,14 +17,12 @@ Saved format (``save_quantized``), safe to load (safetensors only, no pickled co
     OUT/config.yaml              the source checkpoint's resolved config (rebuilds the float architecture)
     OUT/meta.json                the source meta + ``quantization`` {method, dtype, modules, converted, ...}
 
-``load_quantized(OUT)`` rebuilds the float model from config.yaml (no weights read), quantizes its structure,
-then fills every tensor from the safetensors file; ``load_model(PATH)`` loads either kind.
+``mmfm.models.checkpoint.load(OUT)`` rebuilds the float model from config.yaml (no weights read), quantizes its
+structure, then fills every tensor from the safetensors file (``restore_quantized``).
 """
 from __future__ import annotations
 
 import copy
-import json
-import os
 import warnings
 from pathlib import Path
 
@@ -33,8 +31,8 @@ from torch import nn
 
 from mmfm.config import ConfigError
 
-__all__ = ["quantize_model", "save_quantized", "load_quantized", "load_model", "is_quantized_dir", "read_config",
-           "model_size_bytes", "quantized_state_dict", "QUANT_WEIGHTS"]
+__all__ = ["quantize_model", "quantized_state_dict", "restore_quantized", "model_size_bytes", "QUANT_WEIGHTS",
+           "QUANT_FORMAT"]
 
 QUANT_WEIGHTS = "model.int8.safetensors"
 QUANT_FORMAT = "mmfm-int8-dynamic/1"
@@ -188,7 +186,7 @@ def quantized_state_dict(q: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _restore(q: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+def restore_quantized(q: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
     dyn, qemb = _dynamic_linear_cls(), _qembedding_cls()
     used = set()
     problems = []
@@ -238,7 +236,7 @@ def _restore(q: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
     problems += [f"unexpected {k}" for k in unexpected] + [f"shape {s}" for s in shape]
     problems += [f"missing {k}" for k in missing]
     if problems:
-        from mmfm.models.loading import CheckpointMismatchError
+        from .checkpoint import CheckpointMismatchError
         raise CheckpointMismatchError(f"{source} does not fit the quantized model: " + "; ".join(problems[:20])
                                       + (f" ... (+{len(problems) - 20} more)" if len(problems) > 20 else ""))
 
@@ -252,106 +250,6 @@ def _tied_alias(q: nn.Module, key: str, loaded: dict) -> bool:
     ptr = (t.untyped_storage().data_ptr(), t.storage_offset())
     return any(k in loaded for k, v in sd.items() if k != key and isinstance(v, torch.Tensor) and v.numel()
                and not v.is_quantized and (v.untyped_storage().data_ptr(), v.storage_offset()) == ptr)
-
-
-# ----------------------------------------------------------------------------- save / load
-def is_quantized_dir(path: str | os.PathLike) -> bool:
-    p = Path(os.path.expanduser(str(path)))
-    return p.is_dir() and (p / QUANT_WEIGHTS).is_file()
-
-
-def save_quantized(model_or_path, out_dir: str | os.PathLike, dtype: str = "qint8") -> dict:
-    """Quantize a checkpoint (path or loaded model) and save it under ``out_dir`` atomically."""
-    from safetensors.torch import save_file
-
-    from mmfm.config import ExperimentConfig, save_config
-    from mmfm.models.loading import CONFIG_YAML, META, _atomic_dir, _meta_for, read_checkpoint_config
-
-    if isinstance(model_or_path, nn.Module):
-        model, source = model_or_path, getattr(model_or_path, "checkpoint_path", None)
-    else:
-        import mmfm
-        source = str(model_or_path)
-        model = mmfm.load(source)
-    cfg = None
-    if source and not source.startswith("openclip:"):
-        try:
-            cfg = read_checkpoint_config(source)
-        except ConfigError:
-            cfg = None
-    if cfg is None:
-        from mmfm.config.model import ModelConfig
-        mc = getattr(model, "model_cfg", None)
-        if not isinstance(mc, ModelConfig):
-            raise ConfigError(f"int8 export: {type(model).__name__} has no model config to save")
-        cfg = ExperimentConfig(model=mc)
-    q = quantize_model(model, dtype)
-    sd = quantized_state_dict(q)
-    meta = dict(getattr(model, "checkpoint_meta", None) or {})
-    meta.update(_meta_for(model, {"quantization": {**q.quantization, "source": source}}))
-
-    def fill(tmp: Path) -> None:
-        save_file(sd, str(tmp / QUANT_WEIGHTS), metadata={"format": QUANT_FORMAT})
-        save_config(cfg, tmp / CONFIG_YAML)
-        (tmp / META).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-
-    out = _atomic_dir(Path(out_dir), fill)
-    return {**q.quantization, "format": "int8", "out": str(out), "files": sorted(p.name for p in out.iterdir()),
-            "bytes": (out / QUANT_WEIGHTS).stat().st_size}
-
-
-def load_quantized(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
-    """Load a folder written by ``save_quantized``: float architecture from config.yaml, quantized structure,
-    then every tensor from model.int8.safetensors (read with safetensors; nothing is unpickled)."""
-    from safetensors.torch import load_file
-
-    from mmfm.models.loading import CONFIG_YAML, META, _build
-
-    d = Path(os.path.expanduser(str(path)))
-    if not is_quantized_dir(d):
-        raise ConfigError(f"not an int8 checkpoint: {d} (expected {QUANT_WEIGHTS} + {CONFIG_YAML} + {META})")
-    if str(device) != "cpu":
-        raise ConfigError(f"int8 dynamic quantization runs on the CPU only (device={device})")
-    meta = json.loads((d / META).read_text(encoding="utf-8")) if (d / META).is_file() else {}
-    info = meta.get("quantization") or {}
-    if info.get("format") != QUANT_FORMAT:
-        raise ConfigError(f"{d / META}: quantization format {info.get('format')!r}, expected {QUANT_FORMAT}")
-    if not (d / CONFIG_YAML).is_file():
-        raise ConfigError(f"{d}: {CONFIG_YAML} is missing (it rebuilds the architecture)")
-    cfg = read_checkpoint_config_file(d / CONFIG_YAML)
-    float_model = _build(cfg.model)
-    q = quantize_model(float_model, info.get("dtype", "qint8"), inplace=True,
-                       embeddings=bool(info.get("embeddings", False)))
-    try:
-        sd = load_file(str(d / QUANT_WEIGHTS), device="cpu")
-    except Exception as e:  # noqa: BLE001 - truncated / foreign file
-        raise ConfigError(f"cannot read {d / QUANT_WEIGHTS}: {e}") from e
-    _restore(q, sd, str(d / QUANT_WEIGHTS))
-    if meta.get("preprocess"):
-        q.preprocess = dict(meta["preprocess"])
-    q.quantization = info
-    q.checkpoint_path = str(d)
-    q.checkpoint_meta = meta
-    return q.eval()
-
-
-def read_checkpoint_config_file(path: Path):
-    from mmfm.config import ExperimentConfig, from_dict, read_yaml
-    return from_dict(ExperimentConfig, read_yaml(path))
-
-
-def read_config(spec):
-    """The ExperimentConfig stored with a float checkpoint or an int8 folder (ConfigError otherwise)."""
-    if is_quantized_dir(spec):
-        return read_checkpoint_config_file(Path(os.path.expanduser(str(spec))) / "config.yaml")
-    from mmfm.models.loading import read_checkpoint_config
-    return read_checkpoint_config(spec)
-
-
-def load_model(path, device: str = "cpu") -> nn.Module:
-    """``mmfm.load``: float checkpoints and int8 folders (kept as ``mmfm.compress.load_model`` for scripts)."""
-    import mmfm
-    return mmfm.load(path, device)
 
 
 def model_size_bytes(model_or_path) -> int:
@@ -371,5 +269,5 @@ def model_size_bytes(model_or_path) -> int:
     for name in (QUANT_WEIGHTS, "model.safetensors"):
         if (p / name).is_file():
             return (p / name).stat().st_size
-    from mmfm.models.loading import WEIGHTS, resolve_checkpoint
+    from .checkpoint import WEIGHTS, resolve_checkpoint
     return (resolve_checkpoint(p) / WEIGHTS).stat().st_size

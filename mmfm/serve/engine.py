@@ -65,15 +65,15 @@ class Engine:
     def transform(self, role: str):
         model = self.captioner if role == "caption" else self.clip
         if role not in self._transforms:
-            from mmfm.models.clip import eval_transform
-            self._transforms[role] = eval_transform(model.preprocess)
+            from mmfm.data.transforms import eval_transform
+            self._transforms[role] = eval_transform(model)
         return self._transforms[role]
 
     def decode(self, data: bytes, role: str) -> torch.Tensor:
         """Upload bytes -> the model's input tensor (3, H, W); ImageError (with its status) when unusable."""
         from PIL import Image, UnidentifiedImageError
 
-        from mmfm.eval.folder import ImageTooLarge, decode_image
+        from mmfm.data.decode import ImageTooLarge, decode_image
 
         if not data:
             raise ImageError("the upload is empty", 400)
@@ -202,8 +202,8 @@ def _parse(name: str, raw):
 def load_engine(models: list[str], *, quantize: bool = False, threads: int | None = None,
                 max_pixels: int = 40_000_000) -> Engine:
     """Load each checkpoint (float or int8 folder); the kind in its config decides its role."""
-    import mmfm
-    from mmfm.compress.quantize import quantize_model
+    from mmfm.models.checkpoint import load as load_model
+    from mmfm.models.quantized import quantize_model
     from mmfm.generate import stored_generate
 
     if threads:
@@ -212,7 +212,7 @@ def load_engine(models: list[str], *, quantize: bool = False, threads: int | Non
     names = {}
     for spec in models:
         t0 = time.perf_counter()
-        model = mmfm.load(spec, device="cpu")
+        model = load_model(spec, device="cpu")
         if quantize and not getattr(model, "quantization", None):
             model = quantize_model(model)
         kind = getattr(getattr(model, "model_cfg", None), "kind", "clip")

@@ -168,11 +168,11 @@ def _embed_dim(model: nn.Module) -> int | None:
 def _load_teacher(spec: str) -> nn.Module:
     import os
 
-    import mmfm
+    from mmfm.models.checkpoint import load as load_model
 
     if not str(spec).startswith("openclip:") and not os.path.exists(os.path.expanduser(str(spec))):
         raise ConfigError(f"task.distill.teacher: checkpoint not found: {spec}")
-    teacher = mmfm.load(spec, device="cpu")
+    teacher = load_model(spec, device="cpu")
     if getattr(teacher, "quantization", None):
         raise ConfigError(f"task.distill.teacher: {spec} is an int8 checkpoint; distil from the float one")
     return teacher

@@ -57,7 +57,7 @@ def question_prompt(layout, template: str, question: str | None, max_question_to
 
 def target_answers(answers, weighting: str = "vqa", max_answers: int = 10) -> list[tuple[str, float]]:
     """Distinct normalised answers with their weights, highest first (ties keep first occurrence)."""
-    from mmfm.eval.vqa_metrics import answer_weights, normalize_answer
+    from mmfm.data.vqa_answers import answer_weights, normalize_answer
 
     answers = [a for a in answers if isinstance(a, str) and a.strip()]
     if not answers:

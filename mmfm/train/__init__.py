@@ -5,14 +5,14 @@ Modules: ``trainer`` (the loop), ``builder`` (task + loaders + hooks from a conf
 """
 from __future__ import annotations
 
-__all__ = ["NonFiniteLoss", "Trainer", "build_run"]
+__all__ = ["NonFiniteLoss", "Trainer", "build_run", "train_experiment"]
 
 
 def __getattr__(name: str):
     if name in ("Trainer", "NonFiniteLoss"):
         from . import trainer
         return getattr(trainer, name)
-    if name == "build_run":
-        from .builder import build_run
-        return build_run
+    if name in ("build_run", "train_experiment"):
+        from . import builder
+        return getattr(builder, name)
     raise AttributeError(f"module 'mmfm.train' has no attribute {name!r}")

@@ -1,7 +1,9 @@
-"""Build everything a run needs from an ExperimentConfig: task, train/val loaders, eval hooks.
+"""Build everything a run needs from an ExperimentConfig: task, train/val loaders, eval hooks; and run it.
 
-``build_run(cfg, rank, world, device_type)`` is what ``mmfm train`` calls between loading the config and ``Trainer.fit()``;
-benchmarks and tests call it too, so they train exactly what the CLI trains.
+``build_run(cfg, rank, world, device_type)`` is what :func:`train_experiment` calls between loading the config and
+``Trainer.fit()``; benchmarks and tests call it too, so they train exactly what the CLI trains.
+``train_experiment(cfg)`` is the whole run (process group, logging, build, fit, clean-up) for ``mmfm train`` and
+for applications such as the demo, which build their configs in code.
 """
 from __future__ import annotations
 
@@ -52,10 +54,7 @@ def build_loaders(cfg, task, rank: int, world: int, device_type: str = "cpu"):
 
 
 def build_hooks(cfg) -> list:
-    try:
-        from mmfm.eval.hooks import build_eval_hooks
-    except ImportError:
-        return []
+    from mmfm.eval.hooks import build_eval_hooks
     return list(build_eval_hooks(cfg))
 
 
@@ -69,3 +68,25 @@ def build_run(cfg, rank: int = 0, world: int = 1, device_type: str = "cpu") -> R
     hooks = build_hooks(cfg)
     train, val = build_loaders(cfg, task, rank, world, device_type)
     return Run(task, train, val, hooks)
+
+
+def train_experiment(cfg) -> dict:
+    """Train ``cfg`` in this process (one rank of a torchrun job, or alone): returns the trainer's result dict
+    (``"stopped"`` in it when a signal stopped the run after a checkpoint). Raises ``NonFiniteLoss`` and
+    ``ConfigError``; the process group is always cleaned up."""
+    from pathlib import Path
+
+    from . import distributed as D
+    from .logging import setup_logging
+    from .trainer import Trainer, check_output_dir
+
+    check_output_dir(Path(cfg.train.output_dir))          # fail before any heavy work
+    dist = D.init_distributed(cfg.train.dist_timeout_minutes, cfg.train.device)
+    setup_logging(dist.rank)
+    try:
+        run = build_run(cfg, dist.rank, dist.world_size, dist.device.type)
+        result = Trainer(cfg, run.task, run.train, run.val, run.hooks).fit()
+    finally:
+        D.cleanup()
+    result["is_main"] = dist.is_main
+    return result

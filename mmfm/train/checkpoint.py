@@ -1,7 +1,7 @@
 """Training checkpoints (docs/architecture.md section 8): atomic, rotated, resumable.
 
 ``OUT/checkpoints/step_00000100/`` holds ``model.safetensors`` + ``config.yaml`` + ``meta.json`` (written by
-``mmfm.models.loading.write_pretrained``, so ``mmfm.load`` reads it) and ``trainer_state.pt`` (optimizer,
+``mmfm.models.checkpoint.write_pretrained``, so ``mmfm.load`` reads it) and ``trainer_state.pt`` (optimizer,
 scheduler, per-rank RNG and data position; plain tensors/containers, read with ``weights_only=True``).
 The folder is filled under a temporary name and renamed into place; ``latest`` is a relative symlink
 replaced atomically; only the newest ``keep_last`` step folders are kept.
@@ -62,7 +62,7 @@ def _point_latest(ckpt_root: Path, target: Path) -> None:
 def save_checkpoint(ckpt_root: Path, step: int, model, cfg, trainer_state: dict, meta: dict,
                     keep_last: int = 3) -> Path:
     """Rank 0 only. Writes ``step_XXXXXXXX`` atomically, repoints ``latest``, prunes old ones."""
-    from mmfm.models.loading import write_pretrained
+    from mmfm.models.checkpoint import write_pretrained
 
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / step_dir_name(step)

@@ -148,7 +148,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def _restore(self) -> bool:
         """Resume (full state) or init_from (weights only). True when evaluation should run at the start."""
-        from mmfm.models.loading import load_weights
+        from mmfm.models.checkpoint import load_weights
 
         if self.tc.resume:
             ckpt = find_resume(self.tc.resume, self.out)

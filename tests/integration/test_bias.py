@@ -83,7 +83,7 @@ def test_skin_tone_report_per_group_with_gap(emoji_shards, models, tmp_path):
 def test_zero_shot_predictions_agree_with_mmfm_classify(emoji_shards, models):
     import mmfm
     from mmfm.eval.bias import read_samples, select_groups, zero_shot_samples
-    from mmfm.eval.folder import decode_image
+    from mmfm.data.decode import decode_image
 
     samples, _ = read_samples(str(emoji_shards), "skin_tone")
     kept, _ = select_groups(samples, "skin_tone")

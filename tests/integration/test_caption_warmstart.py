@@ -9,7 +9,7 @@ import torch
 from mmfm.config import ExperimentConfig, from_dict
 from mmfm.config.model import ModelConfig, expand_model_dict
 from mmfm.models.factory import build_model
-from mmfm.models.loading import load_pretrained, save_pretrained
+from mmfm.models.checkpoint import load, save_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,7 +34,7 @@ def test_vision_tower_from_clip_checkpoint_and_reload_without_it(tmp_path):
 
     saved = save_pretrained(cap, ExperimentConfig(model=cfg, task={"name": "caption"}), tmp_path / "cap")
     shutil.rmtree(clip_dir)                                    # the captioner must stand on its own
-    again = load_pretrained(saved)
+    again = load(saved)
     image, ids = torch.randn(2, 3, 32, 32), torch.tensor([[49406, 320, 1929, 49407]] * 2)
     cap.eval()
     with torch.no_grad():

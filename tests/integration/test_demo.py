@@ -59,7 +59,7 @@ def test_every_stage_ran_and_left_its_outputs(quick_demo):
     assert train and heldout and not train & heldout
     groups = sorted(p.name for p in (out / "shards" / "heldout_by_group" / "images").iterdir())
     assert len(groups) >= 5 and all(any((out / "shards" / "heldout_by_group" / "images" / g).iterdir()) for g in groups)
-    for run in ("clip", "caption", "vqa/run"):
+    for run in ("clip", "caption", "vqa"):
         assert (out / run / "checkpoints" / "latest").exists(), run
         assert (out / run / "metrics.jsonl").read_text().strip()
     assert (out / "zeroshot" / "confusion.png").stat().st_size > 1000
@@ -102,7 +102,7 @@ def test_rerun_skips_done_stages_and_resumes_an_interrupted_one(quick_demo):
     assert proc.stdout.count("done already") == len(STAGES) - 1, proc.stdout
     # an interrupted VQA stage: no done-marker, and its newest checkpoint is step 2 of 4 -> only vqa (+ report)
     # run again, and training resumes at step 2 instead of starting over
-    ckpts = out / "vqa" / "run" / "checkpoints"
+    ckpts = out / "vqa" / "checkpoints"
     assert (ckpts / "step_00000002").is_dir() and (ckpts / "step_00000004").is_dir()
     (out / ".done" / "vqa.json").unlink()
     import shutil
@@ -145,7 +145,7 @@ def test_relative_out_from_another_folder(tmp_path):
     proc = _demo("rel/run", cwd=tmp_path)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     out = tmp_path / "rel" / "run"
-    for run in ("clip", "caption", "vqa/run"):
+    for run in ("clip", "caption", "vqa"):
         assert (out / run / "checkpoints" / "latest").exists(), run
     assert json.loads((out / ".done" / "zeroshot.json").read_text())["summary"]["top1"] >= 0.0
     assert json.loads((out / ".done" / "vqa.json").read_text())["summary"]["questions"] > 0

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import mmfm
-from mmfm.models import export_pretrained, load_pretrained, save_pretrained
-from mmfm.models.clip import eval_transform
+from mmfm.models import export_pretrained, load, save_pretrained
+from mmfm.data.transforms import eval_transform
 
 OC_TINY = {"embed_dim": 32,
            "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
@@ -64,7 +64,7 @@ def test_openclip_checkpoint_embeddings_match_open_clip(openclip_files, weights)
 def test_zero_shot_classifier_matches_open_clip_builder(openclip_files):
     from open_clip import build_zero_shot_classifier
     ref, oc_tok = openclip_files["model"], openclip_files["tokenizer"]
-    model = load_pretrained(f"openclip:{openclip_files['cfg']}:{openclip_files['dir'] / 'raw.pt'}")
+    model = load(f"openclip:{openclip_files['cfg']}:{openclip_files['dir'] / 'raw.pt'}")
     labels, templates = ["cat", "dog", "red square", "snow"], ["a photo of a {}.", "a drawing of a {}."]
     with torch.no_grad():
         ref_w = build_zero_shot_classifier(ref, oc_tok, labels, [lambda c, t=t: t.format(c) for t in templates],
@@ -78,7 +78,7 @@ def test_zero_shot_classifier_matches_open_clip_builder(openclip_files):
 
 
 def test_openclip_model_saves_exports_and_loads_back_identically(openclip_files, tmp_path):
-    model = load_pretrained(f"openclip:{openclip_files['cfg']}:{openclip_files['dir'] / 'raw.pt'}")
+    model = load(f"openclip:{openclip_files['cfg']}:{openclip_files['dir'] / 'raw.pt'}")
     images, before_txt = _images(2), model.embed_texts(TEXTS)
     before_img = model.embed_images(images)
     save_pretrained(model, None, tmp_path / "ckpt")
@@ -86,7 +86,7 @@ def test_openclip_model_saves_exports_and_loads_back_identically(openclip_files,
     cfg = json.loads((tmp_path / "export" / "config.json").read_text())
     assert cfg["model"]["openclip"] == str(openclip_files["cfg"]) and cfg["preprocess"] == model.preprocess
     for path in (tmp_path / "ckpt", tmp_path / "export"):
-        back = load_pretrained(path)
+        back = load(path)
         assert torch.equal(back.embed_texts(TEXTS), before_txt) and torch.equal(back.embed_images(images), before_img)
 
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import mmfm
-from mmfm.compress import load_quantized, quantize_model
-from mmfm.compress.compare import compare_models
+from mmfm.eval.compare import compare_models
+from mmfm.models.quantized import quantize_model
 from mmfm.config import ConfigError
 from mmfm.export import export
 from mmfm.models import build_model, save_pretrained
@@ -40,7 +40,7 @@ def test_clip_int8_round_trip_is_exact_and_close_to_float(ckpts, tmp_path):
     meta = json.loads((tmp_path / "int8" / "meta.json").read_text())
     assert meta["quantization"]["format"] == "mmfm-int8-dynamic/1"
     float_model = mmfm.load(ckpts / "clip")
-    loaded, fresh = load_quantized(tmp_path / "int8"), quantize_model(float_model)
+    loaded, fresh = mmfm.load(tmp_path / "int8"), quantize_model(float_model)
     x = torch.randn(4, 3, 32, 32)
     texts = ["a red circle", "two blue squares"]
     with torch.no_grad():
@@ -60,7 +60,7 @@ def test_captioner_int8_converts_conv1d_and_generates(ckpts, tmp_path):
     assert info["quantized_embeddings"] == 2                                  # token + position embeddings
     assert (tmp_path / "int8" / "model.int8.safetensors").stat().st_size < \
         0.6 * (ckpts / "captioner" / "model.safetensors").stat().st_size
-    model, q = mmfm.load(ckpts / "captioner"), load_quantized(tmp_path / "int8")
+    model, q = mmfm.load(ckpts / "captioner"), mmfm.load(tmp_path / "int8")
     from transformers.pytorch_utils import Conv1D
     assert len(q.quantization["converted_conv1d"]) == 14     # 2 layers x (self c_attn/c_proj, cross c_attn/q_attn/
     assert not any(isinstance(m, Conv1D) for m in q.modules())  # c_proj, mlp c_fc/c_proj): all int8 now
@@ -79,9 +79,11 @@ def test_broken_int8_folders_fail_clearly(ckpts, tmp_path):
     weights = tmp_path / "int8" / "model.int8.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ConfigError, match="model.int8.safetensors"):
-        load_quantized(tmp_path / "int8")
-    with pytest.raises(ConfigError, match="not an int8 checkpoint"):
-        load_quantized(ckpts / "clip")
+        mmfm.load(tmp_path / "int8")
+    export(ckpts / "clip", "int8", tmp_path / "int8c")      # an int8 folder that lost its weights file
+    (tmp_path / "int8c" / "model.int8.safetensors").unlink()
+    with pytest.raises(ConfigError, match="not an mmfm checkpoint.*model.int8.safetensors"):
+        mmfm.load(tmp_path / "int8c")
     with pytest.raises(ConfigError, match="already quantized"):
         quantize_model(quantize_model(mmfm.load(ckpts / "clip")))
     export(ckpts / "clip", "int8", tmp_path / "int8b")
@@ -89,7 +91,7 @@ def test_broken_int8_folders_fail_clearly(ckpts, tmp_path):
     meta["quantization"]["format"] = "something-else/9"
     (tmp_path / "int8b" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="quantization format"):
-        load_quantized(tmp_path / "int8b")
+        mmfm.load(tmp_path / "int8b")
 
 
 def test_compare_clip_on_an_image_folder(ckpts, tmp_path):

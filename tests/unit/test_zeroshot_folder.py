@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from mmfm.config import ConfigError
-from mmfm.eval.folder import (FolderDataset, collate_skipping, decode_image, read_classnames, scan_folder,
+from mmfm.data.decode import decode_image
+from mmfm.eval.folder import (FolderDataset, collate_skipping, read_classnames, scan_folder,
                               tidy_classname)
 from mmfm.eval.templates import build_prompts, builtin_names, load_templates
 

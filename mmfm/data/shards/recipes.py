@@ -1,4 +1,4 @@
-"""Recipes: ``data_recipes/NAME/recipe.yaml`` files in the ``BuildOptions`` schema.
+"""Recipes: ``data_recipes/NAME/recipe.yaml`` files (shipped as package data) in the ``BuildOptions`` schema.
 
 Relative paths inside a recipe (``source.path``, ``source.image_root``, ``source.questions``,
 ``source.font``) are resolved against the recipe's folder, so every recipe runs out of the box on
@@ -14,17 +14,18 @@ from mmfm.config import ConfigError, apply_overrides, from_dict, read_yaml
 from .options import BuildOptions
 
 PATH_FIELDS = ("path", "image_root", "questions", "font")
-RECIPES_DIR = Path(__file__).resolve().parents[3] / "data_recipes"
 
 
 def find_recipe(name_or_path: str) -> Path:
     """A recipe path, a recipe folder, or the name of a folder in ``data_recipes/``."""
+    from mmfm.config.resources import resource_dir
+
+    recipes = resource_dir("data_recipes")
     p = Path(name_or_path)
-    for cand in (p, p / "recipe.yaml", RECIPES_DIR / name_or_path / "recipe.yaml"):
+    for cand in (p, p / "recipe.yaml", recipes / name_or_path / "recipe.yaml"):
         if cand.is_file():
             return cand
-    known = sorted(d.name for d in RECIPES_DIR.iterdir() if (d / "recipe.yaml").is_file()) \
-        if RECIPES_DIR.is_dir() else []
+    known = sorted(d.name for d in recipes.iterdir() if (d / "recipe.yaml").is_file())
     raise ConfigError(f"--recipe: {name_or_path} not found (known recipes: {', '.join(known) or 'none'})")
 
 
