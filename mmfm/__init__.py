@@ -1,5 +1,5 @@
 """mmfm: multimodal foundation models. Shards -> CLIP / captioner / VQA training -> evaluation."""
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def load(spec, device="cpu", expect=None):

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] == "--version":
-        from mmfm import __version__
+        from mmfm.version import __version__
         print(__version__)
         return 0
     name, rest = argv[0], argv[1:]

@@ -270,7 +270,7 @@ def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | 
     report per group of ``attribute``. A model is a checkpoint path or a loaded model."""
     import torch
 
-    from mmfm import __version__
+    from mmfm.version import __version__
     from mmfm.models.checkpoint import load as load_model
 
     t0 = time.perf_counter()

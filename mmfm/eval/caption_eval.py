@@ -141,7 +141,7 @@ def _batches(items: list[dict], size: int):
 
 
 def _provenance(model, data: str, split: str | None, gen, extra: dict) -> dict:
-    from mmfm import __version__
+    from mmfm.version import __version__
     from mmfm.generate import settings_dict
     return {"mmfm_version": __version__, "checkpoint": getattr(model, "checkpoint_path", None), "data": str(data),
             "split": split or Path(str(data).rstrip("/")).stem, "decoding": settings_dict(gen, model), **extra}

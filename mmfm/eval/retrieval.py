@@ -260,7 +260,7 @@ def retrieval_evaluate(model, data, *, image_key=None, caption_key=None, batch_s
     """R@1/5/10 image->text and text->image on shards or CSV/JSONL; returns the metrics dict."""
     import torch
 
-    from mmfm import __version__
+    from mmfm.version import __version__
     t0 = time.perf_counter()
     src = str(data)
     if not (Path(src).exists() or "{" in src):

@@ -220,7 +220,7 @@ def _assemble(spec, logits, probs, indices, failed, targets, topk) -> ZeroShotRe
 def _provenance(model, ckpt, spec, tmpl_name, tmpl, precision, n_ok, n_failed) -> dict:
     import torch
 
-    from mmfm import __version__
+    from mmfm.version import __version__
     device = model_device(model)
     return {"task": "zeroshot_classification", "backend": f"mmfm {__version__} (torch {torch.__version__})",
             "model": ckpt or type(model).__name__, "device": str(device),

@@ -314,7 +314,7 @@ def export_hf(model: nn.Module, out_dir: str | os.PathLike, *, source: str | Non
             info.update(_export_clip(model, tmp) if kind == "clip" else _export_captioner(model, tmp))
         finally:
             _FINAL.pop(str(tmp), None)
-        from mmfm import __version__
+        from mmfm.version import __version__
         info.update({"format": "mmfm-hf-export/1", "mmfm_version": __version__, "source": source})
         (tmp / "mmfm_export.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 

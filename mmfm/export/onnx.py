@@ -286,7 +286,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, exporter: str =
         if bad:
             raise ConfigError(f"ONNX export: onnxruntime output differs from PyTorch beyond atol={atol}: "
                               + ", ".join(f"{k} max|diff|={v:.3g}" for k, v in bad.items()))
-        from mmfm import __version__
+        from mmfm.version import __version__
         tok = getattr(model, "tokenizer", None)
         result.update({"format": ONNX_FORMAT, "kind": kind, "mmfm_version": __version__,
                        "torch_version": torch.__version__, "exporter": exporter, "opset": opset, "atol": atol,

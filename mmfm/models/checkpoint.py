@@ -62,7 +62,7 @@ def state_dict_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_meta(model: nn.Module, meta: dict | None) -> dict:
-    from mmfm import __version__
+    from mmfm.version import __version__
 
     tok = getattr(model, "tokenizer", None)
     out = {
@@ -138,7 +138,7 @@ def export_pretrained(model: nn.Module | str | os.PathLike, out_dir: str | os.Pa
     if not isinstance(cfg, ModelConfig):
         raise ConfigError(f"export: {type(model).__name__} has no model_cfg to export")
     tok = getattr(model, "tokenizer", None)
-    from mmfm import __version__
+    from mmfm.version import __version__
     config = {"format": EXPORT_FORMAT, "mmfm_version": __version__, "model": to_dict(cfg),
               "preprocess": getattr(model, "preprocess", None), "tokenizer": getattr(tok, "name", None),
               "context_length": getattr(tok, "context_length", None),

@@ -261,7 +261,7 @@ def _finish(split: Split, classes: list[str], opts: BuildOptions, seconds: float
         for rec in failed:
             f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
     os.replace(split.folder / f".{FAILURES}.tmp", split.folder / FAILURES)
-    from mmfm import __version__
+    from mmfm.version import __version__
 
     manifest = make_manifest(
         shards, {ext: key_role(ext) for ext in keys}, args=to_dict(opts), failures=dict(split.failures),
