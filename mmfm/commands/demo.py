@@ -16,8 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     from mmfm.demo.pipeline import build_stages
 
     stages = [s.name for s in build_stages()]        # the pipeline's own list: a new stage is accepted at once
-    p = argparse.ArgumentParser(prog="mmfm demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(prog="mmfm demo", description=__doc__.split("\n\n")[0].replace("``", ""),
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1].replace("``", ""))
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true",
                    help="a scaled-down run (few emoji, few steps) that checks the wiring in about a minute")

@@ -18,9 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
                "  hf           open_clip folder (open_clip.create_model_and_transforms('local-dir:OUT')) for CLIP;\n"
                "               transformers VisionEncoderDecoderModel (or decoder + timm encoder) for captioners\n"
                "  int8         dynamic int8 Linear layers for CPU inference (mmfm.load reads it)\n"
-               "example: mmfm export --model runs/clip --format onnx --out exports/clip_onnx",
+               "example: mmfm export runs/clip --format onnx --out exports/clip_onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint dir, run dir, exported folder or openclip:NAME[:FILE]")
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="checkpoint dir, run dir, exported or int8 folder, or openclip:NAME[:FILE]")
+    p.add_argument("--model", dest="model_flag", help=argparse.SUPPRESS)    # the older spelling
     p.add_argument("--format", required=True, choices=["onnx", "safetensors", "hf", "int8"])
     p.add_argument("--out", required=True, help="output folder (replaced atomically if it exists)")
     p.add_argument("--onnx-exporter", default="dynamo", choices=["dynamo", "torchscript"],
@@ -32,7 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    model = args.model or args.model_flag
+    if not model:
+        parser.error("the MODEL to export is required")
+    if args.format == "onnx":       # fail in one line before loading anything when the export extra is missing
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
     from mmfm.export import export
 
     opts: dict = {}
@@ -40,7 +49,7 @@ def main(argv: list[str]) -> int:
         opts = {"exporter": args.onnx_exporter, "opset": args.opset, "atol": args.atol}
     elif args.format == "hf":
         opts = {"check": not args.no_check}
-    info = export(args.model, args.format, args.out, **opts)
+    info = export(model, args.format, args.out, **opts)
     summary = {k: info.get(k) for k in ("format", "kind", "loader", "portable", "parity", "parity_max_abs_diff",
                                         "not_covered", "bytes", "quantized_linears", "export_seconds") if k in info}
     summary["out"] = str(args.out)

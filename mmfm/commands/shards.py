@@ -153,10 +153,14 @@ def run_inspect(args: argparse.Namespace) -> int:
     return status
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfm shards", description="Build, inspect and verify WebDataset shards.")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{build,inspect}")
     _build_parser(sub)
     _inspect_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     return run_build(args) if args.cmd == "build" else run_inspect(args)
