@@ -20,6 +20,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="split name recorded in the results (default: the data's file/folder name)")
     p.add_argument("--max-samples", type=int, help="evaluate the first N samples only")
     p.add_argument("--device", default=None)
+    p.add_argument("--max-skipped", type=float, default=0.01, metavar="SHARE",
+                   help="fail (exit 1) when more than this share of the samples fails to decode and is left out "
+                        "of the score (default 0.01 = 1%%; 0: none may fail)")
     p.add_argument("--quiet", action="store_true")
     add_generate_args(p)
 
@@ -51,7 +54,7 @@ def _run_caption(args) -> dict:
 
     model, gen = _load(args)
     return evaluate_captions(model, args.data, gen, split=args.split, max_samples=args.max_samples,
-                             alt_text=args.alt_text, progress=not args.quiet)
+                             alt_text=args.alt_text, progress=not args.quiet, max_skipped=args.max_skipped)
 
 
 def _run_vqa(args) -> dict:
@@ -63,7 +66,8 @@ def _run_vqa(args) -> dict:
     model, gen = _load(args)
     vqa_cfg = read_config(args.model).task.vqa
     return evaluate_vqa_model(model, args.data, gen, vqa_cfg, split=args.split, max_samples=args.max_samples,
-                              mode=args.mode, candidates=candidates, progress=not args.quiet)
+                              mode=args.mode, candidates=candidates, progress=not args.quiet,
+                              max_skipped=args.max_skipped)
 
 
 def _bias_args(p: argparse.ArgumentParser) -> None:
@@ -182,16 +186,27 @@ def _summary(res: dict) -> str:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from mmfm.eval.caption_eval import write_eval
+    from mmfm.eval.caption_eval import TooManySkipped, write_eval
 
-    res = SUBCOMMANDS[args.what][2](args)
+    try:
+        res = SUBCOMMANDS[args.what][2](args)
+    except TooManySkipped as e:                    # nothing written: a partial score must not pass for a full one
+        _print_failures(e.result)
+        print(f"mmfm eval {args.what}: {e}", file=sys.stderr)
+        return 1
     if isinstance(res, int):                       # sub-commands that write and print their own results
         return res
     out = args.out or f"runs/eval/{args.what}-{res['split']}"
     paths = write_eval(res, out)
-    print(f"{res['samples']} samples ({res['failed']} failed to decode), split {res['split']!r}")
+    sk = res["skipped"]
+    print(f"{res['samples']} samples scored, {sk['count']} of {sk['of']} skipped ({sk['frac']:.1%} failed to decode, "
+          f"at most {sk['max_frac']:.1%} allowed), split {res['split']!r}")
     print(_summary(res))
-    for f in res["failures"][:10]:
-        print(f"  failed: {f['image']}: {f['error']}", file=sys.stderr)
+    _print_failures(res)
     print(f"wrote {paths['metrics']} and {paths['predictions']}")
     return 0
+
+
+def _print_failures(res: dict) -> None:
+    for f in res["failures"][:10]:
+        print(f"  failed: {f['image']}: {f['error']}", file=sys.stderr)

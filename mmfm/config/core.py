@@ -2,6 +2,8 @@
 
 * ``from_dict(Cls, data)`` builds a (nested) dataclass and checks every key and type.
   An unknown key raises ``ConfigError`` naming the dotted key and the closest valid key.
+* ``ranged(default, ge=1)`` declares a field's bounds next to it (sizes, counts, ratios); ``from_dict``
+  checks them: ``data.batch_size: must be >= 1, got 0``.
 * ``apply_overrides(data, ["train.lr=1e-4"])`` applies ``--set`` style dotted overrides
   (values parsed as YAML, so ``true``, ``3``, ``[1, 2]`` work).
 * ``load_config(path, Cls, overrides)`` reads YAML (with ``_base_: other.yaml`` inheritance).
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import operator
 import os
 import types
 import typing
@@ -106,6 +109,32 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+_BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
+
+
+def ranged(default: Any, **bounds: float) -> Any:
+    """A dataclass field with bounds that :func:`from_dict` checks (``ge``, ``gt``, ``le``, ``lt``; ``None`` is
+    not checked, a list or tuple is checked item by item): ``batch_size: int = ranged(32, ge=1)``."""
+    unknown = sorted(set(bounds) - set(_BOUNDS))
+    if unknown or not bounds:
+        raise TypeError(f"ranged: bounds are {sorted(_BOUNDS)}, got {sorted(bounds)}")
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
+
+
+def _check_bounds(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        bounds = f.metadata.get("bounds")
+        value = getattr(obj, f.name)
+        if not bounds or value is None:
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+        for i, v in items:
+            if not all(_BOUNDS[op][1](v, b) for op, b in bounds.items()):
+                rule = " and ".join(f"{_BOUNDS[op][0]} {b}" for op, b in bounds.items())
+                raise ConfigError(f"{key}{'' if i is None else f'[{i}]'}: must be {rule}, got {v!r}")
+
+
 def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
     data = dict(data or {})
@@ -121,6 +150,13 @@ def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+    return check_config(obj, prefix)
+
+
+def check_config(obj: Any, prefix: str = "") -> Any:
+    """Check one built config dataclass: its :func:`ranged` bounds, then its own ``validate()`` (cross-field
+    rules). :func:`from_dict` calls it; call it after ``dataclasses.replace`` on a config."""
+    _check_bounds(obj, prefix)
     validate = getattr(obj, "validate", None)
     if callable(validate):
         try:

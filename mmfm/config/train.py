@@ -4,32 +4,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .core import ranged
+
 
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/exp"
-    epochs: int = 1
-    max_steps: int | None = None          # overrides epochs when set
-    lr: float = 5e-4
-    weight_decay: float = 0.2
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    warmup_steps: int = 100
+    epochs: int = ranged(1, ge=1)
+    max_steps: int | None = ranged(None, ge=1)   # overrides epochs when set
+    lr: float = ranged(5e-4, ge=0)
+    weight_decay: float = ranged(0.2, ge=0)
+    betas: tuple[float, float] = ranged((0.9, 0.98), ge=0, lt=1)
+    eps: float = ranged(1e-6, gt=0)
+    warmup_steps: int = ranged(100, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
-    grad_accum: int = 1
-    grad_clip: float | None = 1.0
+    grad_accum: int = ranged(1, ge=1)
+    grad_clip: float | None = ranged(1.0, ge=0)   # None or 0: no clipping
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
     seed: int = 0
-    log_every: int = 10
-    ckpt_every_steps: int | None = 500
-    ckpt_every_minutes: float | None = None
-    keep_last: int = 3
+    log_every: int = ranged(10, ge=1)
+    ckpt_every_steps: int | None = ranged(500, ge=1)
+    ckpt_every_minutes: float | None = ranged(None, gt=0)
+    keep_last: int = ranged(3, ge=1)
     init_from: str | None = None          # continued pre-training: load weights only
     resume: str | None = None             # "latest" or a checkpoint path
     tensorboard: bool = True
     progress: bool = True
-    min_lr_ratio: float = 0.0             # cosine decays to lr * min_lr_ratio
-    dist_timeout_minutes: float = 30.0    # bound on every collective (a dead rank fails the others)
+    min_lr_ratio: float = ranged(0.0, ge=0, le=1)   # cosine decays to lr * min_lr_ratio
+    dist_timeout_minutes: float = ranged(30.0, gt=0)   # bound on every collective (a dead rank fails the others)
     device: str | None = None             # default: cuda:LOCAL_RANK when available, else cpu
     find_unused_parameters: bool = False  # DDP: set for models with parameters some steps do not use

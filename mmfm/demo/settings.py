@@ -4,22 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmfm.config import ConfigError
+from mmfm.config import ranged
 
 
 @dataclass
 class ShardSettings:
-    image_size: int = 64                 # rendered glyph fitted into this square (noto_emoji recipe: border mode)
-    holdout: float = 0.2                 # fraction of base names held out (never seen in training)
-    limit: int | None = None             # only the first N emoji
-    subsample: int = 1                   # keep every N-th emoji (with all its skin tones; quick runs)
-    shard_size: int = 64                 # small shards: the loader shuffles shard order every epoch, so batches
+    image_size: int = ranged(64, ge=1)   # rendered glyph fitted into this square (noto_emoji recipe: border mode)
+    holdout: float = ranged(0.2, gt=0, lt=1)   # fraction of base names held out (never seen in training)
+    limit: int | None = ranged(None, ge=0)   # only the first N emoji
+    subsample: int = ranged(1, ge=1)     # keep every N-th emoji (with all its skin tones; quick runs)
+    shard_size: int = ranged(64, ge=1)   # small shards: the loader shuffles shard order every epoch, so batches
                                          # mix all groups although the recipe writes emoji in file (group) order
-    workers: int = 2
-
-    def validate(self) -> None:
-        if not 0 < self.holdout < 1:
-            raise ConfigError(f"holdout: must be in (0, 1), got {self.holdout}")
+    workers: int = ranged(2, ge=0)
 
 
 @dataclass
@@ -27,11 +23,7 @@ class GroupCaptionSettings:
     """A second CLIP training source: each training image paired with a caption made from its metadata.
     Mixed into the name captions with ``weight`` (share of samples), it aligns images with group concepts."""
     template: str | None = "a {group} emoji"   # None: train on the CLDR names only
-    weight: float = 0.3
-
-    def validate(self) -> None:
-        if not 0 < self.weight < 1:
-            raise ConfigError(f"weight: must be in (0, 1), got {self.weight}")
+    weight: float = ranged(0.3, gt=0, lt=1)
 
 
 @dataclass
@@ -54,7 +46,7 @@ class BiasSettings:
 
 @dataclass
 class ReportSettings:
-    grid: int = 48                       # held-out emoji shown on the page
+    grid: int = ranged(48, ge=0)                      # held-out emoji shown on the page
 
 
 @dataclass

@@ -5,6 +5,9 @@ DATA is a shard folder (``manifest.json`` + tars), a ``.tar`` or a brace pattern
 * VQA: shard json ``question``, ``answers``, ``answer_type`` (``question_id``, ``question_type`` if present);
   JSONL rows with the same fields and ``image`` (a path, relative to the file's folder).
 Every result records the backend, the split, the sample count, the decoding settings and the checkpoint.
+Images that fail to decode are left out of the score, counted beside it (``skipped``) and listed
+(``failures``); above ``max_skipped`` (default 1%) of the samples the run fails with :class:`TooManySkipped`,
+so that a partial evaluation cannot pass for a full one.
 """
 from __future__ import annotations
 
@@ -19,11 +22,38 @@ from mmfm.config import ConfigError
 from .records import references, shard_records
 
 __all__ = ["read_caption_data", "read_vqa_data", "degenerate_report", "evaluate_captions", "evaluate_vqa_model",
-           "write_eval", "CAPTION_BACKEND", "VQA_BACKEND"]
+           "write_eval", "CAPTION_BACKEND", "VQA_BACKEND", "MAX_SKIPPED", "TooManySkipped"]
 
 CAPTION_BACKEND = ("mmfm.eval.caption_metrics: pure-Python BLEU-1..4 / ROUGE-L / CIDEr-D equal to pycocoevalcap 1.2 "
                    "(PTB tokenization reproduced in Python)")
 VQA_BACKEND = "mmfm.eval.vqa_metrics: port of the official VQAv2 vqaEval.py (GT-Vision-Lab/VQA master)"
+MAX_SKIPPED = 0.01      # default: at most 1% of the samples may be left out of a score
+
+
+class TooManySkipped(RuntimeError):
+    """More samples failed to decode than ``max_skipped`` allows. ``result`` holds the partial evaluation."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
+
+
+def _check_max_skipped(max_skipped: float) -> float:
+    if not 0.0 <= float(max_skipped) <= 1.0:
+        raise ConfigError(f"max_skipped: must be a share in [0, 1], got {max_skipped}")
+    return float(max_skipped)
+
+
+def _account_skipped(result: dict, total: int, max_skipped: float, data: str, noun: str) -> dict:
+    """Put ``skipped`` beside the score; raise :class:`TooManySkipped` when its share is above the limit."""
+    n = len(result["failures"])
+    result["skipped"] = {"count": n, "of": total, "frac": n / total, "max_frac": max_skipped}
+    if n / total > max_skipped:
+        examples = "; ".join(f"{f['image']}: {f['error']}" for f in result["failures"][:3])
+        raise TooManySkipped(f"{data}: {n} of {total} {noun} ({n / total:.1%}) failed to decode and were left out "
+                             f"of the score, more than the allowed {max_skipped:.1%} (max_skipped / --max-skipped); "
+                             f"e.g. {examples}", result)
+    return result
 
 
 # ---------------------------------------------------------------- reading
@@ -148,9 +178,11 @@ def _provenance(model, data: str, split: str | None, gen, extra: dict) -> dict:
 
 
 def evaluate_captions(model, data: str, gen=None, *, split: str | None = None, batch_size: int | None = None,
-                      max_samples: int | None = None, alt_text: bool = False, progress: bool = True) -> dict:
+                      max_samples: int | None = None, alt_text: bool = False, progress: bool = True,
+                      max_skipped: float = MAX_SKIPPED) -> dict:
     """Caption every image of DATA and score against its references. ``alt_text``: score the post-processed
-    alt text instead of the raw caption."""
+    alt text instead of the raw caption. ``max_skipped``: the largest share of images that may fail to decode
+    (:class:`TooManySkipped` above it)."""
     from tqdm import tqdm
 
     from mmfm.config.caption import GenerateConfig
@@ -159,6 +191,7 @@ def evaluate_captions(model, data: str, gen=None, *, split: str | None = None, b
     from .caption_metrics import score_captions
 
     gen = gen or GenerateConfig()
+    max_skipped = _check_max_skipped(max_skipped)
     items = read_caption_data(data, max_samples)
     t0 = time.time()
     preds, failed = [], []
@@ -183,18 +216,21 @@ def evaluate_captions(model, data: str, gen=None, *, split: str | None = None, b
     per_image = scores.pop("per_image")
     for p in preds:
         p["scores"] = per_image[p["key"]]
-    return {"task": "caption", "backend": CAPTION_BACKEND, "samples": len(preds), "failed": len(failed),
-            "metrics": scores, "degenerate": degenerate_report({p["key"]: p[field] for p in preds}),
-            **_provenance(model, data, split, gen, {"scored_text": field, "seconds": seconds,
-                                                    "captions_per_s": len(preds) / seconds if seconds else None}),
-            "failures": failed, "predictions": preds}
+    return _account_skipped({
+        "task": "caption", "backend": CAPTION_BACKEND, "samples": len(preds), "failed": len(failed),
+        "metrics": scores, "degenerate": degenerate_report({p["key"]: p[field] for p in preds}),
+        **_provenance(model, data, split, gen, {"scored_text": field, "seconds": seconds,
+                                                "captions_per_s": len(preds) / seconds if seconds else None}),
+        "failures": failed, "predictions": preds}, len(items), max_skipped, data, "images")
 
 
 def evaluate_vqa_model(model, data: str, gen=None, vqa_cfg=None, *, split: str | None = None,
                        batch_size: int | None = None, max_samples: int | None = None, mode: str = "generate",
-                       candidates: list[str] | None = None, progress: bool = True) -> dict:
+                       candidates: list[str] | None = None, progress: bool = True,
+                       max_skipped: float = MAX_SKIPPED) -> dict:
     """Answer every question of DATA (``mode``: ``generate``, or ``rank`` over ``candidates``) and score with
-    the official VQAv2 accuracy, broken down by answer type (yes/no, number, other) and question type."""
+    the official VQAv2 accuracy, broken down by answer type (yes/no, number, other) and question type.
+    ``max_skipped``: the largest share of questions whose image may fail to decode."""
     from tqdm import tqdm
 
     from mmfm.config.caption import GenerateConfig
@@ -206,6 +242,7 @@ def evaluate_vqa_model(model, data: str, gen=None, vqa_cfg=None, *, split: str |
 
     gen = gen or GenerateConfig()
     vqa_cfg = vqa_cfg or VQALossConfig()
+    max_skipped = _check_max_skipped(max_skipped)
     if mode == "rank" and not candidates:
         raise ConfigError("rank mode needs an answer list (--answers or --answer-list)")
     items = read_vqa_data(data, max_samples)
@@ -248,8 +285,10 @@ def evaluate_vqa_model(model, data: str, gen=None, vqa_cfg=None, *, split: str |
     extra = {"mode": mode, "template": vqa_cfg.template, "seconds": seconds}
     if mode == "rank":
         extra["candidates"] = len(candidates)
-    return {"task": "vqa", "backend": VQA_BACKEND, "samples": len(preds), "failed": len(failed), "metrics": scores,
-            **_provenance(model, data, split, gen, extra), "failures": failed, "predictions": rows}
+    return _account_skipped({
+        "task": "vqa", "backend": VQA_BACKEND, "samples": len(preds), "failed": len(failed), "metrics": scores,
+        **_provenance(model, data, split, gen, extra), "failures": failed, "predictions": rows},
+        len(items), max_skipped, data, "questions")
 
 
 def write_eval(result: dict, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -11,8 +11,9 @@ quirks included, so that numbers are comparable with published COCO results:
   references of the whole corpus, clipped hypothesis weights, Gaussian length penalty sigma = 6, times 10.
   As in the reference code, the "length" used by the penalty is the number of *bigrams*.
 
-Text is first put through :func:`mmfm.eval.ptb_tokenize.ptb_tokenize` (what pycocoevalcap's Java PTB
-tokenizer produces); pass ``tokenize=False`` for already tokenized text. Results match the goldens that
+Text is first put through :func:`mmfm.eval.ptb_tokenize.tokenize_corpus` (what pycocoevalcap's Java PTB
+tokenizer produces, references and predictions each tokenized as one stream in key order, as COCOEvalCap
+does); pass ``tokenize=False`` for already tokenized text. Results match the goldens that
 ``tests/fixtures/metrics/make_goldens.py`` computes with pycocoevalcap to 1e-12.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import math
 from collections import defaultdict
 from typing import Iterable, Mapping, Sequence
 
-from .ptb_tokenize import ptb_tokenize
+from .ptb_tokenize import tokenize_corpus
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
 COCO_NAMES = {"BLEU-1": "Bleu_1", "BLEU-2": "Bleu_2", "BLEU-3": "Bleu_3", "BLEU-4": "Bleu_4",
@@ -175,9 +176,11 @@ def score_captions(predictions: Mapping[str, str], references: Mapping[str, Sequ
     for k in keys:
         if not references[k]:
             raise ValueError(f"image {k!r} has no reference captions")
-    prep = ptb_tokenize if tokenize else (lambda s: s)
-    hyps = [prep(predictions[k]) for k in keys]
-    refs = [[prep(r) for r in references[k]] for k in keys]
+    hyps = [predictions[k] for k in keys]
+    refs = [list(references[k]) for k in keys]
+    if tokenize:    # as COCOEvalCap: all references in one tokenizer call, all predictions in another
+        hyps = [h for [h] in tokenize_corpus({k: [h] for k, h in zip(keys, hyps)}).values()]
+        refs = list(tokenize_corpus(dict(zip(keys, refs))).values())
     corpus_bleu, sentence_bleu = bleu(hyps, refs)
     rouge = [rouge_l(h, r) for h, r in zip(hyps, refs)]
     cider = cider_d(hyps, refs)

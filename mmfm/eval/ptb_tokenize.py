@@ -20,16 +20,23 @@ pycocoevalcap pipes every caption through Stanford CoreNLP 3.4.1's ``PTBTokenize
   ``'tis/'twas``, ``rock'n'roll``, ``y'all``; ``o'neil``, ``d'or``, ``l'amour``, ``c'mon``, ``ol'``,
   ``'em 'n 'cause 'til '90s`` stay whole.
 * A final period is split off unless the word is one of the lexer's abbreviations (``mr. dr. st. etc.
-  a. u.s. e.g. jan. inc.`` ...; ``no. fig. pp. ca. art. op. prop.`` only before a number).
+  a. u.s. e.g. jan. inc.`` ...; ``no. fig. pp. ca. art. op. prop.`` only before a number). A single
+  letter or acronym with its period (``a.``, ``u.s.``) before whitespace and a capitalised sentence opener
+  (``A``, ``The``, ``It``, ``She`` ... see :data:`_OPENERS`) ends a sentence: ``x.`` becomes ``x`` + ``.``.
+* pycocoevalcap writes all captions of one call to one file, one a line, and the lexer looks across line
+  ends, so that rule also fires when the *next* caption opens a sentence: :func:`tokenize_corpus` and
+  :func:`ptb_tokenize_lines` tokenize their captions as that one stream, :func:`ptb_tokenize` one caption.
 
-Known divergences (rare in captions; the golden test lists what is covered): spaces inside SGML tags,
-numeric HTML entities, a period glued between a digit-letter run (``5p.m.``), hyphenated acronyms
-(``u.s.-led``). Everything else in ``tests/fixtures/metrics/ptb_goldens.json`` matches the jar.
+Known divergences (rare in captions; the golden tests list what is covered): spaces inside SGML tags,
+numeric HTML entities, a period glued between a digit-letter run (``5p.m.``), more than two slashes
+(``a/b/c/d``). Everything else in ``tests/fixtures/metrics/ptb_goldens.json`` and
+``caption_sentences_goldens.json`` matches the jar.
 """
 from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Sequence
 
 PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":",
                           "-", "--", "...", ";"])
@@ -109,6 +116,14 @@ _ABBREV = (r"jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec|mon|tues?|wed|thu(?:r
            r"|capt|ste?|ave|pres|lieut|hon|brig|co?mdr|pfc|spc|supts?|det|mme|mlle"
            r"|vs|alex|wm|jos|cie|a\.k\.a|cf|treas|[a-z]")
 _ABBREV_NUM = r"(?:ca|figs?|prop|nos?|art|pp|op)"
+# After "x." or "U.S.", one of these (first letter upper case, the rest any case) ends the sentence.
+_OPENERS = ("About According Additionally After An A As At But Earlier He Her Here However If In It Last Many "
+            "More Mr. Ms. Now Once One Other Our She Since So Some Such That The Their Then There These They "
+            "This We When While What Yet You").split()
+
+
+def _opener_pattern() -> str:
+    return "|".join(w[0] + (f"(?i:{re.escape(w[1:])})" if len(w) > 1 else "") for w in _OPENERS)
 
 
 @lru_cache(maxsize=1)
@@ -126,7 +141,7 @@ def _classes() -> tuple[str, str]:
 @lru_cache(maxsize=1)
 def _lexer() -> tuple[re.Pattern, list[tuple[str, re.Pattern]], re.Pattern]:
     w, s = _classes()
-    wc = f"[{w}]"
+    wc, lc = f"[{w}]", f"[{w.replace('0-9', '', 1)}]"     # word and letter characters
     keep = re.compile(f"[\\x20-\\x7e{w}{s}\\ue000-\\ue004]")
     rules = [  # (kind, pattern); the longest match wins, ties go to the earlier rule (JFlex semantics)
         ("url", rf"(?:https?|ftp|file)://[^\s<>\"]+|www\.[^\s<>\"]+"),
@@ -136,9 +151,14 @@ def _lexer() -> tuple[re.Pattern, list[tuple[str, re.Pattern]], re.Pattern]:
         ("tok", r"[A-Z]+(?:&[A-Z]+)+|[A-Z]+\$"),                         # AT&T, US$ (upper case only)
         ("tok", r"[A-Za-z](?:\.[A-Za-z])+\."),                           # u.s. e.g. a.m.
         ("tok", rf"(?i:{_ABBREV})\.(?!{wc})"),
+        # the lexer's sentence-final acronym: "a." / "U.S." before whitespace (newlines too, so the *next*
+        # caption counts) and a capitalised sentence opener; the trailing context counts for the longest match
+        ("acro", rf"([A-Za-z](?:\.[A-Za-z])*\.)\s+(?:{_opener_pattern()}|</?[A-Za-z][^\s<>]*>)\s"),
         ("tok", r"[-+]?(?:\d+(?:[.,:/]\d+)*|[.,]\d+(?:[.,:]\d+)*)"),
-        ("word", rf"{wc}+(?:(?:[-./@!?_]|'){wc}+)*'?"),
+        ("tok", r"[A-Za-z0-9][A-Za-z0-9.,]*(?:-(?:[A-Za-z](?:\.[A-Za-z])+\.|[A-Za-z0-9]+))+"),  # u.s.-led
+        ("word", rf"{wc}+(?:(?:[-/@_]|'){wc}+|[.!?]{lc}{wc}*)*'?"),     # '.' joins only before a letter
         ("lead", rf"'(?i:em|n|cause|til|\d0s|tis|twas)(?!{wc})"),
+        ("tok", r"'[nN]'|'\d\d(?=\s)|'(?i:[msd]|re|ve|ll)(?=[^A-Za-z])"),  # rock 'n' roll, '90, M&M's
         ("tok", r"\.{3,}|[!?]+|\*+|#+|_+|``|''"),
         ("dash", r"-{2,}"),
         ("any", r"\S"),
@@ -190,50 +210,78 @@ def _split_fixed(tok: str) -> list[str]:
     return [tok[:n], tok[n:]] if n else [tok]
 
 
-def _lex(line: str) -> list[str]:
+def _lex(stream: str) -> list[list[str]]:
+    """The tokens of each line of ``stream`` (normalised captions joined by ``\\n``, as pycocoevalcap feeds
+    them to the jar in one file: lookahead crosses line ends, so a caption's last token can depend on the
+    next caption)."""
     _, rules, abbrev_num = _lexer()
-    out: list[str] = []
-    i, n = 0, len(line)
+    lines: list[list[str]] = [[]]
+    i, n = 0, len(stream)
     while i < n:
-        if line[i].isspace():
+        if stream[i].isspace():
+            if stream[i] == "\n":
+                lines.append([])
             i += 1
             continue
-        m = abbrev_num.match(line, i)
+        m = abbrev_num.match(stream, i)
         if m:
-            out.append(m.group())
+            lines[-1].append(m.group())
             i = m.end()
             continue
         best_kind, best = "", None
         for kind, pat in rules:
-            m = pat.match(line, i)
+            m = pat.match(stream, i)
             if m and (best is None or m.end() > best.end()):
                 best_kind, best = kind, m
-        tok = best.group()
+        if best_kind == "acro":     # the acronym, then its period again ("x." -> "x" "."); context unread
+            tok = best.group(1)
+            lines[-1].extend([tok[0] if len(tok) == 2 else tok, "."])
+            i = best.end(1)
+            continue
+        lines[-1].extend(_emit(best_kind, best.group()))
         i = best.end()
-        if best_kind == "word":
-            out.extend(_split_apostrophes(tok))
-        elif best_kind == "lead":
-            out.extend([tok[:2], tok[2:]] if tok.lower() in ("'tis", "'twas") else [tok])
-        elif best_kind == "dash":
-            out.append("--")
-        elif tok.startswith("..."):
-            out.append("...")
-        else:
-            out.append(_BRACKETS.get(tok) or _OUT.get(tok, tok))
-    return out
+    return lines
+
+
+def _emit(kind: str, tok: str) -> list[str]:
+    if kind == "word":
+        return _split_apostrophes(tok)
+    if kind == "lead":
+        return [tok[:2], tok[2:]] if tok.lower() in ("'tis", "'twas") else [tok]
+    if kind == "dash":
+        return ["--"]
+    if tok.startswith("..."):
+        return ["..."]
+    return [_BRACKETS.get(tok) or _OUT.get(tok, tok)]
+
+
+def ptb_tokens_lines(captions: Sequence[str]) -> list[list[str]]:
+    """All PTB tokens (lower-cased, punctuation not yet removed) of each caption, the captions tokenized
+    together in this order as pycocoevalcap does (one file, one caption a line)."""
+    lines = _lex("\n".join(_normalise(c) for c in captions))
+    return [[t.lower() for t in line if t.strip(_HYPHENS)] for line in lines[:len(captions)]]
+
+
+def ptb_tokenize_lines(captions: Sequence[str]) -> list[str]:
+    """The captions as pycocoevalcap scores them when it tokenizes them in one call, in this order: PTB
+    tokens minus punctuation, joined by one space."""
+    return [" ".join(t for t in toks if t not in PUNCTUATIONS) for toks in ptb_tokens_lines(captions)]
 
 
 def ptb_tokens(text: str) -> list[str]:
-    """All PTB tokens of one caption, lower-cased (punctuation not yet removed)."""
-    return [t.lower() for t in _lex(_normalise(text)) if t.strip(_HYPHENS)]
+    """All PTB tokens of one caption tokenized on its own, lower-cased (punctuation not yet removed)."""
+    return ptb_tokens_lines([text])[0]
 
 
 def ptb_tokenize(text: str) -> str:
-    """The caption as pycocoevalcap scores it: PTB tokens minus punctuation, joined by one space."""
-    return " ".join(t for t in ptb_tokens(text) if t not in PUNCTUATIONS)
+    """One caption tokenized on its own as pycocoevalcap scores it (see :func:`ptb_tokenize_lines` for a
+    corpus, where a caption's neighbour can change its last token)."""
+    return ptb_tokenize_lines([text])[0]
 
 
 def tokenize_corpus(captions: dict) -> dict:
     """``{key: [caption, ...]}`` -> ``{key: [tokenized caption, ...]}`` (pycocoevalcap's PTBTokenizer API,
-    taking plain strings or ``{"caption": str}`` dicts)."""
-    return {k: [ptb_tokenize(c["caption"] if isinstance(c, dict) else c) for c in v] for k, v in captions.items()}
+    taking plain strings or ``{"caption": str}`` dicts; all captions tokenized as one stream, in order)."""
+    flat = [c["caption"] if isinstance(c, dict) else c for v in captions.values() for c in v]
+    toks = iter(ptb_tokenize_lines(flat))
+    return {k: [next(toks) for _ in v] for k, v in captions.items()}

@@ -43,6 +43,14 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
 
 
+def _cache_kwarg() -> str:
+    """The name ``generate`` takes a Cache under: ``cache`` in current transformers 5 (``past_key_values``
+    there is deprecated and warns on every call), ``past_key_values`` in the 5.x releases before the rename."""
+    from transformers.generation import utils as generation_utils
+
+    return "cache" if "cache" in getattr(generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+
+
 def build_decoder_tokenizer(dcfg: DecoderConfig):
     from mmfm.data.tokenizers import build_tokenizer
 
@@ -321,7 +329,7 @@ class Captioner(nn.Module):
         extra = {}
         if kwargs["use_cache"]:   # decoder-only models get a self-attention-only cache from generate(); give both
             c = self.decoder.config
-            extra["past_key_values"] = EncoderDecoderCache(DynamicCache(config=c), DynamicCache(config=c))
+            extra[_cache_kwarg()] = EncoderDecoderCache(DynamicCache(config=c), DynamicCache(config=c))
         with _quiet_transformers():
             out = self.decoder.generate(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_tokens,
                                         generation_config=gen, **extra)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mmfm.config import ConfigError
+from mmfm.config import ConfigError, check_config
 
 log = logging.getLogger("mmfm.serve")
 
@@ -105,8 +105,7 @@ class Engine:
                                                                f" Options: {', '.join(OPTION_FIELDS)}, prompt, alt_text"))
             changes[name] = _parse(name, raw)
         try:
-            new = dataclasses.replace(gen, **changes)
-            new.validate()
+            new = check_config(dataclasses.replace(gen, **changes))
         except ConfigError as e:
             raise ConfigError(f"decoding options: {e}") from None
         prompt = fields.get("prompt")

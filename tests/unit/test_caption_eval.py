@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from mmfm.config import ConfigError
-from mmfm.eval.caption_eval import (degenerate_report, evaluate_captions, evaluate_vqa_model, read_vqa_data,
-                                    write_eval)
+from mmfm.eval.caption_eval import (TooManySkipped, degenerate_report, evaluate_captions, evaluate_vqa_model,
+                                    read_vqa_data, write_eval)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,8 +43,10 @@ def test_caption_eval_records_provenance_and_bad_images(model, tmp_path):
     data = tmp_path / "val.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     from mmfm.config.caption import GenerateConfig
-    res = evaluate_captions(model, str(data), GenerateConfig(max_new_tokens=4, min_new_tokens=4), progress=False)
+    res = evaluate_captions(model, str(data), GenerateConfig(max_new_tokens=4, min_new_tokens=4), progress=False,
+                            max_skipped=0.5)
     assert res["samples"] == 2 and res["failed"] == 1 and res["failures"][0]["image"].endswith("bad.png")
+    assert res["skipped"] == {"count": 1, "of": 3, "frac": pytest.approx(1 / 3), "max_frac": 0.5}
     assert res["split"] == "val" and res["decoding"]["max_new_tokens"] == 4 and "pycocoevalcap" in res["backend"]
     assert set(res["metrics"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"}
     assert res["predictions"][0]["references"] == ["a red box", "red"]
@@ -73,3 +75,63 @@ def test_vqa_data_and_rank_eval(model, tmp_path):
     data.write_text(json.dumps({**rows[0], "answers": []}))
     with pytest.raises(ConfigError, match="no answers"):
         read_vqa_data(str(data))
+
+
+def _shards_with_one_corrupt_image(root):
+    """A real tar shard: 4 samples with json captions, the third one's png is not an image."""
+    import io
+
+    from mmfm.data.shards import write_shards
+
+    def png(color):
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), color).save(buf, format="PNG")
+        return buf.getvalue()
+
+    colors = [(200, 10, 10), (10, 200, 10), None, (10, 10, 200)]
+    write_shards(({"__key__": f"s{i}", "png": png(c) if c else b"\x89PNG truncated",
+                   "json": json.dumps({"captions": [f"a box number {i}"]}).encode()} for i, c in enumerate(colors)),
+                 root, shard_size=10)
+    return str(root)
+
+
+def test_caption_eval_counts_skipped_images_and_fails_above_max_skipped(model, tmp_path):
+    from mmfm.config.caption import GenerateConfig
+    data, gen = _shards_with_one_corrupt_image(tmp_path / "shards"), GenerateConfig(max_new_tokens=3)
+    with pytest.raises(TooManySkipped, match=r"1 of 4 images \(25\.0%\) failed to decode.*allowed 1\.0%") as e:
+        evaluate_captions(model, data, gen, progress=False)                 # default: at most 1%
+    assert e.value.result["samples"] == 3 and e.value.result["failures"][0]["image"].endswith(":s2")
+    res = evaluate_captions(model, data, gen, progress=False, max_skipped=0.25)
+    assert res["samples"] == 3 and res["skipped"] == {"count": 1, "of": 4, "frac": 0.25, "max_frac": 0.25}
+    with pytest.raises(ConfigError, match="max_skipped"):
+        evaluate_captions(model, data, gen, progress=False, max_skipped=2)
+
+
+def test_vqa_eval_fails_above_max_skipped(model, tmp_path):
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG garbage")
+    rows = [{"image": img, "question": "what color?", "answers": ["red"] * 10, "question_id": n}
+            for n, img in enumerate(["a.png", "a.png", "bad.png"])]
+    data = tmp_path / "vqa.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(TooManySkipped, match=r"1 of 3 questions"):
+        evaluate_vqa_model(model, str(data), mode="rank", candidates=["red", "blue"], progress=False)
+    res = evaluate_vqa_model(model, str(data), mode="rank", candidates=["red", "blue"], progress=False,
+                             max_skipped=0.5)
+    assert res["samples"] == 2 and res["skipped"]["count"] == 1 and res["skipped"]["of"] == 3
+
+
+def test_eval_cli_exits_1_and_writes_nothing_above_max_skipped(model, tmp_path, capsys):
+    from mmfm.cli import main
+    from mmfm.models.loading import save_pretrained
+
+    ckpt = save_pretrained(model, model.model_cfg, tmp_path / "ckpt")
+    data, out = _shards_with_one_corrupt_image(tmp_path / "shards"), tmp_path / "ev"
+    args = ["eval", "caption", "--model", str(ckpt), data, "--out", str(out), "--max-new-tokens", "3", "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "1 of 4 images (25.0%) failed to decode" in err and "--max-skipped" in err and ":s2" in err
+    assert not out.exists()
+    assert main(args + ["--max-skipped", "0.3"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["skipped"]["count"] == 1
+    assert "3 samples scored, 1 of 4 skipped (25.0% failed to decode" in capsys.readouterr().out

@@ -145,6 +145,24 @@ def test_generation_modes(task):
     task.train()
 
 
+def test_generation_emits_no_warnings(task):
+    """caption, VQA, eval and serve all decode through generate_ids: no FutureWarning (or any other) per call."""
+    import warnings
+
+    from mmfm.config.caption import GenerateConfig
+    from mmfm.generate import answer_questions, caption_tensors
+
+    m = task.model.eval()
+    images = _batch(task)["image"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for gen in (GenerateConfig(max_new_tokens=3), GenerateConfig(max_new_tokens=3, num_beams=2),
+                    GenerateConfig(max_new_tokens=3, use_cache=False)):
+            assert len(caption_tensors(m, images, gen)) == 3
+        assert len(answer_questions(m, images, ["what color?"] * 3, GenerateConfig(max_new_tokens=2))) == 3
+    task.train()
+
+
 def dict_replace(cfg, **kw):
     import dataclasses
     return dataclasses.replace(cfg, **kw)

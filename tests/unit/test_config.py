@@ -51,3 +51,63 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
         read_yaml(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=0", r"data\.batch_size: must be >= 1, got 0"),
+    ("data.workers=-1", r"data\.workers: must be >= 0, got -1"),
+    ("data.shuffle_buffer=-5", r"data\.shuffle_buffer: must be >= 0"),
+    ("data.samples_per_epoch=0", r"data\.samples_per_epoch: must be >= 1"),
+    ("data.timeout_s=0", r"data\.timeout_s: must be > 0"),
+    ("data.train=[{path: a, weight: 0}]", r"data\.train\[0\]\.weight: must be > 0, got 0"),
+    ("train.epochs=0", r"train\.epochs: must be >= 1"),
+    ("train.max_steps=0", r"train\.max_steps: must be >= 1"),
+    ("train.lr=-0.1", r"train\.lr: must be >= 0, got -0\.1"),
+    ("train.warmup_steps=-1", r"train\.warmup_steps: must be >= 0"),
+    ("train.grad_accum=0", r"train\.grad_accum: must be >= 1"),
+    ("train.betas=[0.9, 1.0]", r"train\.betas\[1\]: must be >= 0 and < 1, got 1\.0"),
+    ("train.eps=0", r"train\.eps: must be > 0"),
+    ("train.log_every=0", r"train\.log_every: must be >= 1"),
+    ("train.keep_last=0", r"train\.keep_last: must be >= 1"),
+    ("train.min_lr_ratio=1.5", r"train\.min_lr_ratio: must be >= 0 and <= 1"),
+    ("eval.batch_size=0", r"eval\.batch_size: must be >= 1"),
+    ("eval.every_steps=0", r"eval\.every_steps: must be >= 1"),
+    ("task.caption.label_smoothing=1", r"task\.caption\.label_smoothing: must be >= 0 and < 1"),
+    ("task.caption.caption_weight=-1", r"task\.caption\.caption_weight: must be >= 0"),
+    ("task.caption.caption_weight=0", r"task\.caption\.contrastive_weight, caption_weight: at least one"),
+    ("task.vqa.max_answers=0", r"task\.vqa\.max_answers: must be >= 1"),
+    ("task.distill.kd_weight=-1", r"task\.distill\.kd_weight: must be >= 0"),
+    ("model.text.heads=0", r"model\.text\.heads: must be >= 1, got 0"),
+    ("model.text.layers=0", r"model\.text\.layers: must be >= 1"),
+    ("model.embed_dim=0", r"model\.embed_dim: must be >= 1"),
+    ("generate.num_beams=0", r"generate\.num_beams: must be >= 1"),
+    ("generate.top_p=0", r"generate\.top_p: must be > 0 and <= 1"),
+    ("generate.batch_size=0", r"generate\.batch_size: must be >= 1"),
+])
+def test_sizes_counts_and_ratios_are_checked_with_the_key_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(data={}, overrides=[override])
+
+
+def test_shard_build_and_demo_settings_ranges_are_checked():
+    from mmfm.data.shards.options import BuildOptions
+    from mmfm.demo.settings import DemoSettings
+
+    for data, message in (({"holdout": 1.0}, r"^holdout: must be >= 0 and < 1"),
+                          ({"image": {"quality": 0}}, r"image\.quality: must be >= 1 and <= 100"),
+                          ({"download": {"threads": 0}}, r"download\.threads: must be >= 1"),
+                          ({"text": {"max_answers": 0}}, r"text\.max_answers: must be >= 1")):
+        with pytest.raises(ConfigError, match=message):
+            from_dict(BuildOptions, data)
+    with pytest.raises(ConfigError, match=r"shards\.subsample: must be >= 1"):
+        from_dict(DemoSettings, {"shards": {"subsample": 0}})
+
+
+def test_cli_batch_size_zero_is_a_config_error_not_a_traceback(tmp_path):
+    """`mmfm train --set data.batch_size=0` on real shards: exit 2 and the key named, not a ZeroDivisionError."""
+    from tests.integration.train_helpers import PY, make_shards, run, write_config
+
+    cfg = write_config(tmp_path / "exp.yaml", make_shards(tmp_path / "shards", 4, 4), tmp_path / "run")
+    proc = run([PY, "-m", "mmfm", "train", str(cfg), "--set", "data.batch_size=0"], timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "data.batch_size: must be >= 1, got 0" in proc.stderr and "Traceback" not in proc.stderr

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mmfm.eval.caption_metrics import COCO_NAMES, bleu, cider_d, rouge_l, score_captions
-from mmfm.eval.ptb_tokenize import ptb_tokenize
+from mmfm.eval.ptb_tokenize import ptb_tokenize, tokenize_corpus
 
 TOL = 1e-12
 
@@ -38,6 +38,39 @@ def test_ptb_tokenizer_matches_java_on_fixture(data):
     for k, refs in fx["references"].items():
         assert [ptb_tokenize(r) for r in refs] == gold["ptb"]["references"][k]
         assert ptb_tokenize(fx["predictions"][k]) == gold["ptb"]["predictions"][k]
+
+
+@pytest.fixture(scope="module")
+def sentences(repo_root):
+    path = repo_root / "tests" / "fixtures" / "metrics" / "caption_sentences_goldens.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_ptb_tokenizer_matches_java_on_caption_sentences(sentences):
+    """A few hundred COCO-style captions tokenized as pycocoevalcap does: references in one stream,
+    candidates in another (a caption's last token can depend on the next caption)."""
+    refs, preds = sentences["references"], sentences["predictions"]
+    assert sum(map(len, refs.values())) + len(preds) > 400
+    got_refs = tokenize_corpus(refs)
+    bad = [(s, want, got) for k in refs for s, want, got in
+           zip(refs[k], sentences["ptb"]["references"][k], got_refs[k]) if got != want]
+    assert not bad, (len(bad), bad[:5])
+    got_preds = tokenize_corpus({k: [{"caption": p}] for k, p in preds.items()})
+    assert {k: v[0] for k, v in got_preds.items()} == sentences["ptb"]["predictions"]
+
+
+def test_sentence_final_single_letter_depends_on_next_caption():
+    """The jar ends a sentence at "x." before a capitalised opener (``A``, ``The``, ``It`` ...), also across
+    the line break to the next caption; before anything else the letter keeps its period."""
+    got = tokenize_corpus({"a": ["The letter a.", "A sign with the letter B.", "the letter c."], "b": ["the end"]})
+    assert got == {"a": ["the letter a", "a sign with the letter b.", "the letter c."], "b": ["the end"]}
+    assert ptb_tokenize("Plan B. It works.") == "plan b it works"
+    assert ptb_tokenize("The letter a.") == "the letter a."
+
+
+def test_cider_d_equals_pycocoevalcap_on_caption_sentences(sentences):
+    ours = score_captions(sentences["predictions"], sentences["references"], per_image=True)
+    _check(ours, sentences["tokenized"], sentences["keys"])
 
 
 def test_scores_equal_pycocoevalcap_with_tokenization(data):
