@@ -17,6 +17,7 @@ FLAGS = {
     "timeout": "download.timeout", "retries": "download.retries", "max_bytes": "download.max_bytes",
     "max_redirects": "download.max_redirects", "threads": "download.threads", "shard_size": "shard_size",
     "workers": "workers", "dedup": "dedup", "holdout": "holdout", "holdout_by": "holdout_by",
+    "allow_private_urls": "download.allow_private_urls", "allow_local_files": "source.allow_local_files",
 }
 
 
@@ -63,6 +64,10 @@ def _build_parser(sub) -> None:
     g.add_argument("--max-bytes", type=int)
     g.add_argument("--max-redirects", type=int)
     g.add_argument("--threads", type=int, help="concurrent downloads per worker")
+    g.add_argument("--allow-private-urls", action="store_const", const=True,
+                   help="also download from private, loopback and link-local addresses (refused by default)")
+    g.add_argument("--allow-local-files", action="store_const", const=True,
+                   help="let a table of http(s) URLs also name local paths or file:// URLs (refused by default)")
     g = p.add_argument_group("output")
     g.add_argument("--shard-size", type=int, help="samples per shard (default 1000)")
     g.add_argument("--workers", type=int, help="worker processes (default 2; 0 = in-process)")

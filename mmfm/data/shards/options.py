@@ -25,6 +25,7 @@ class SourceOptions:
     image_pattern: str = "COCO_{subtype}_{image_id:012d}.jpg"  # vqa (VQAv2): image file name
     font: str = EMOJI_FONT          # noto_emoji
     limit: int | None = None        # only the first N items (quick runs, fixtures)
+    allow_local_files: bool = False  # tables/JSON that hold http(s) URLs may also name local paths or file://
 
     def validate(self) -> None:
         if self.limit is not None and self.limit < 0:
@@ -75,6 +76,7 @@ class DownloadOptions:
     max_redirects: int = 5
     threads: int = 16               # concurrent downloads per worker process
     user_agent: str = "mmfm-shards/0.1 (+https://github.com/mmfm)"
+    allow_private_urls: bool = False  # connect to private, loopback and link-local addresses too
 
     def validate(self) -> None:
         if self.timeout <= 0:
