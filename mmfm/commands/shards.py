@@ -102,7 +102,7 @@ def _flags_to_dict(args: argparse.Namespace) -> dict:
 
 def run_build(args: argparse.Namespace) -> int:
     from mmfm.config import ConfigError
-    from mmfm.data.shards.build import build
+    from mmfm.data.shards.build import EmptyBuildError, build
     from mmfm.data.shards.recipes import resolve_options
 
     if args.input_flag:
@@ -110,8 +110,12 @@ def run_build(args: argparse.Namespace) -> int:
             raise ConfigError(f"give the input once: {args.input!r} and --input {args.input_flag!r}")
         args.input = args.input_flag
     opts = resolve_options(args.recipe, args.overrides, _flags_to_dict(args))
-    manifests = build(opts, args.out, resume=args.resume, overwrite=args.overwrite,
-                      progress=not args.no_progress)
+    try:
+        manifests = build(opts, args.out, resume=args.resume, overwrite=args.overwrite,
+                          progress=not args.no_progress)
+    except EmptyBuildError as e:
+        print(f"mmfm shards build: {e}", file=sys.stderr)
+        return 1
     for split, m in manifests.items():
         fails = m["failures"]
         where = f"{args.out}/{split}" if split else args.out
