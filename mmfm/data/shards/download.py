@@ -12,7 +12,6 @@ import functools
 import http.client
 import ipaddress
 import math
-import select
 import socket
 import ssl
 import threading
@@ -51,7 +50,7 @@ class _DeadlineSocket(socket.socket):
 
 
 class _DeadlineSSLSocket(ssl.SSLSocket):
-    """The TLS twin of ``_DeadlineSocket``; the handshake runs non-blocking until the deadline."""
+    """The TLS twin of ``_DeadlineSocket`` (CPython bounds one handshake call by the socket timeout)."""
 
     def recv_into(self, *args, **kwargs):
         self.settimeout(_time_left())
@@ -62,20 +61,8 @@ class _DeadlineSSLSocket(ssl.SSLSocket):
         return super().recv(*args, **kwargs)
 
     def do_handshake(self, block=False):
-        timeout = self.gettimeout()
-        self.settimeout(0.0)
-        try:
-            while True:
-                try:
-                    return super().do_handshake()
-                except ssl.SSLWantReadError:
-                    want = ([self], [])
-                except ssl.SSLWantWriteError:
-                    want = ([], [self])
-                if not any(select.select(*want, [], _time_left())[:2]):
-                    raise TimeoutError("TLS handshake not complete in time")
-        finally:
-            self.settimeout(timeout)
+        self.settimeout(_time_left())
+        return super().do_handshake(block)
 
 
 def is_public_address(ip: str) -> bool:
