@@ -18,6 +18,7 @@ FLAGS = {
     "max_redirects": "download.max_redirects", "threads": "download.threads", "shard_size": "shard_size",
     "workers": "workers", "dedup": "dedup", "holdout": "holdout", "holdout_by": "holdout_by",
     "allow_private_urls": "download.allow_private_urls", "allow_local_files": "source.allow_local_files",
+    "shuffle": "shuffle",
 }
 
 
@@ -74,6 +75,8 @@ def _build_parser(sub) -> None:
     g.add_argument("--no-dedup", dest="dedup", action="store_const", const=False, help="keep exact duplicates")
     g.add_argument("--holdout", type=float, help="fraction written to OUT/heldout (rest to OUT/train)")
     g.add_argument("--holdout-by", help="metadata field hashed for the split (default: source path)")
+    g.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
+                   help="seeded shuffle of the input order (default: image folders only; --set shuffle_seed=N)")
 
 
 def _inspect_parser(sub) -> None:

@@ -298,6 +298,7 @@ def _finish(split: Split, shards: list[dict], source, opts: BuildOptions, second
     manifest = make_manifest(
         shards, {ext: key_role(ext) for ext in keys}, args=to_dict(opts), failures=dict(split.failures),
         classes=source.classes, split=split.name or None, holdout=opts.holdout or None,
+        shuffle_seed=source.shuffle_seed,
         build={"mmfm_version": __version__, "seconds": round(seconds, 3), "samples_this_run": written,
                "images_per_s": round(rate, 1) if rate else None, "resumed": resumed})
     write_manifest(split.folder, manifest)

@@ -99,6 +99,9 @@ class BuildOptions:
     holdout: float = 0.0            # > 0: OUT/train and OUT/heldout, split by a hash of `holdout_by`
     holdout_by: str = ""            # metadata field to hash (default: the sample key)
     holdout_seed: int = 0
+    shuffle: bool | None = None     # seeded shuffle of the input order; None: image folders only (listed
+                                    # class by class), tables and JSON keep their order; true: every source
+    shuffle_seed: int = 0
 
     def validate(self) -> None:
         if self.shard_size < 1:

@@ -29,6 +29,7 @@ class Source:
 
     def __init__(self, items: Iterator[dict], total: int | None = None, classes: list[str] | None = None):
         self.items, self.total, self.classes = items, total, classes or []
+        self.shuffle_seed: int | None = None   # set when the input order was shuffled
 
 
 def detect_type(path: Path) -> str:
@@ -67,11 +68,23 @@ def open_source(opts: BuildOptions) -> Source:
     else:
         from .emoji import read_emoji
         source = read_emoji(path, src)
+    if opts.shuffle or (opts.shuffle is None and kind == "image_folder"):
+        _shuffle(source, opts.shuffle_seed)
     if src.limit is not None:
         import itertools
         source.items = itertools.islice(source.items, src.limit)
         source.total = min(source.total, src.limit) if source.total is not None else src.limit
     return source
+
+
+def _shuffle(source: Source, seed: int) -> None:
+    """A seeded permutation of the input order. An image folder is listed class by class; written in
+    that order, every shard (and so every loader batch) would hold one or two classes."""
+    import random
+
+    items = list(source.items)
+    random.Random(seed).shuffle(items)
+    source.items, source.total, source.shuffle_seed = iter(items), len(items), seed
 
 
 def _base(path: Path, src: SourceOptions) -> Path:
