@@ -187,6 +187,7 @@ def _read_body(resp, opts: DownloadOptions, deadline: float) -> bytes:
 
 def _attempt(url: str, opts: DownloadOptions) -> bytes:
     """One try including redirects; the whole attempt (every connect and read) shares one deadline."""
+    opener = _opener(opts.allow_private_urls)   # built once per process (loads the CA store): not on the clock
     deadline = time.monotonic() + opts.timeout
     _DEADLINE.at = deadline
     seen = {url}
@@ -197,7 +198,7 @@ def _attempt(url: str, opts: DownloadOptions) -> bytes:
                 raise Skip("redirect_scheme" if hop else "bad_url", f"{scheme or 'no'} scheme: {url[:200]}")
             req = urllib.request.Request(url, headers={"User-Agent": opts.user_agent, "Accept": "image/*,*/*;q=0.5"})
             try:
-                with _opener(opts.allow_private_urls).open(req, timeout=_time_left()) as resp:
+                with opener.open(req, timeout=_time_left()) as resp:
                     return _read_body(resp, opts, deadline)
             except urllib.error.HTTPError as e:
                 location = e.headers.get("Location") if e.headers else None
