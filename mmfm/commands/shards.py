@@ -17,6 +17,8 @@ FLAGS = {
     "timeout": "download.timeout", "retries": "download.retries", "max_bytes": "download.max_bytes",
     "max_redirects": "download.max_redirects", "threads": "download.threads", "shard_size": "shard_size",
     "workers": "workers", "dedup": "dedup", "holdout": "holdout", "holdout_by": "holdout_by",
+    "allow_private_urls": "download.allow_private_urls", "allow_local_files": "source.allow_local_files",
+    "shuffle": "shuffle",
 }
 
 
@@ -63,12 +65,18 @@ def _build_parser(sub) -> None:
     g.add_argument("--max-bytes", type=int)
     g.add_argument("--max-redirects", type=int)
     g.add_argument("--threads", type=int, help="concurrent downloads per worker")
+    g.add_argument("--allow-private-urls", action="store_const", const=True,
+                   help="also download from private, loopback and link-local addresses (refused by default)")
+    g.add_argument("--allow-local-files", action="store_const", const=True,
+                   help="let a table of http(s) URLs also name local paths or file:// URLs (refused by default)")
     g = p.add_argument_group("output")
     g.add_argument("--shard-size", type=int, help="samples per shard (default 1000)")
     g.add_argument("--workers", type=int, help="worker processes (default 2; 0 = in-process)")
     g.add_argument("--no-dedup", dest="dedup", action="store_const", const=False, help="keep exact duplicates")
     g.add_argument("--holdout", type=float, help="fraction written to OUT/heldout (rest to OUT/train)")
     g.add_argument("--holdout-by", help="metadata field hashed for the split (default: source path)")
+    g.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
+                   help="seeded shuffle of the input order (default: image folders only; --set shuffle_seed=N)")
 
 
 def _inspect_parser(sub) -> None:
@@ -97,7 +105,7 @@ def _flags_to_dict(args: argparse.Namespace) -> dict:
 
 def run_build(args: argparse.Namespace) -> int:
     from mmfm.config import ConfigError
-    from mmfm.data.shards.build import build
+    from mmfm.data.shards.build import EmptyBuildError, build
     from mmfm.data.shards.recipes import resolve_options
 
     if args.input_flag:
@@ -105,8 +113,12 @@ def run_build(args: argparse.Namespace) -> int:
             raise ConfigError(f"give the input once: {args.input!r} and --input {args.input_flag!r}")
         args.input = args.input_flag
     opts = resolve_options(args.recipe, args.overrides, _flags_to_dict(args))
-    manifests = build(opts, args.out, resume=args.resume, overwrite=args.overwrite,
-                      progress=not args.no_progress)
+    try:
+        manifests = build(opts, args.out, resume=args.resume, overwrite=args.overwrite,
+                          progress=not args.no_progress)
+    except EmptyBuildError as e:
+        print(f"mmfm shards build: {e}", file=sys.stderr)
+        return 1
     for split, m in manifests.items():
         fails = m["failures"]
         where = f"{args.out}/{split}" if split else args.out

@@ -155,12 +155,14 @@ class StreamDataset(IterableDataset):
                                  f"(data source '{src.spec}', last {shard.url})")
 
     def _shuffled(self, stream, seed_parts: tuple):
-        """The sample shuffle buffer (raw bytes, before decoding), seeded per epoch/reader/pass."""
+        """The sample shuffle buffer (raw bytes, before decoding), seeded per epoch/reader/pass. It fills
+        completely before the first sample leaves: a partly filled buffer would make the first batches of
+        every pass out of the first few samples of one shard."""
         if not self.train or self.shuffle_buffer <= 1:
             return stream
         import webdataset as wds
         rng = random.Random(_seed(*seed_parts, "buffer"))
-        return wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(stream)
+        return wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
 
     def _raw_stream(self, reader: int) -> Iterator[dict]:
         streams = [self._shard_stream(i, reader) for i in range(len(self.sources))]

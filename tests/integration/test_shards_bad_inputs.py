@@ -44,7 +44,8 @@ ROWS = [  # (name, image file or URL path, caption (bytes = raw line text), expe
 ]
 EXPECTED = {name: reason for name, _, _, reason in ROWS}
 OPTS = ["image.size=32", "image.resize_mode=keep_ratio", "image.format=png", "shard_size=4",
-        "download.timeout=0.4", "download.retries=1", "download.backoff=0.05", "download.max_bytes=200000"]
+        "download.timeout=0.4", "download.retries=1", "download.backoff=0.05", "download.max_bytes=200000",
+        "download.allow_private_urls=true", "source.allow_local_files=true"]   # the server is on 127.0.0.1
 
 
 def _write_inputs(root, url):

@@ -12,7 +12,7 @@ from mmfm.data.shards import read_manifest
 def shards(tmp_path_factory, repo_root):
     out = tmp_path_factory.mktemp("cli") / "out"
     rc = main(["shards", "build", "--recipe", "image_folder", "--out", str(out), "--size", "32",
-               "--shard-size", "2", "--workers", "0", "--no-progress"])
+               "--shard-size", "2", "--workers", "0", "--no-progress", "--no-shuffle"])   # class order: blue first
     assert rc == 0
     return out
 
@@ -90,3 +90,32 @@ def test_inspect_holdout_root_inspects_both_splits(tmp_path, repo_root, capsys):
     text = capsys.readouterr().out
     assert "split: train" in text and "split: heldout" in text and "classes: 9" in text
     assert (tmp_path / "s_train.png").is_file() and (tmp_path / "s_heldout.png").is_file()
+
+
+@pytest.mark.parametrize("case", ["folder_without_images", "header_only_csv", "every_input_skipped"])
+def test_a_build_that_writes_nothing_fails_and_says_why(tmp_path, capsys, case):
+    if case == "folder_without_images":
+        for name in ("cat", "dog"):
+            (tmp_path / "in" / name).mkdir(parents=True)
+            (tmp_path / "in" / name / "notes.txt").write_text("no images here")
+        src, why = tmp_path / "in", "gave 0 inputs: its class folders hold no image files (.bmp, .gif, .jpeg"
+    elif case == "header_only_csv":
+        src, why = tmp_path / "t.csv", "gave 0 inputs: it has no rows or records"
+        src.write_text("image,caption\n")
+    else:
+        src = tmp_path / "t.csv"
+        src.write_text("image,caption\nmissing.jpg,a cat\nalso_missing.jpg,a dog\n,no image\n")
+        why = "all 3 inputs of {} were skipped (file_not_found: 2, missing_image: 1); each is listed in"
+        why = why.format(src)
+    out = tmp_path / "out"
+    assert main(["shards", "build", str(src), "--out", str(out), "--workers", "0", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "the build wrote 0 samples" in err and why in err, err
+    assert not (out / "manifest.json").exists()                # nothing that looks like a dataset
+    assert len((out / "failures.jsonl").read_text().splitlines()) == (3 if case == "every_input_skipped" else 0)
+    # nothing to resume: once the input is fixed, the same command runs again without --overwrite
+    if case == "header_only_csv":
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "a.jpg")
+        src.write_text("image,caption\na.jpg,a red square\n")
+        assert main(["shards", "build", str(src), "--out", str(out), "--workers", "0", "--no-progress"]) == 0
+        assert read_manifest(out)["total_samples"] == 1

@@ -16,7 +16,8 @@ from tests.fixtures.shards import factory as F
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 120
-OPTS = ["image.size=24", "shard_size=10", "download.retries=0", "download.timeout=5"]
+OPTS = ["image.size=24", "shard_size=10", "download.retries=0", "download.timeout=5",
+        "download.allow_private_urls=true"]   # the server is on 127.0.0.1
 
 
 def _table(tmp_path, url):

@@ -99,13 +99,14 @@ def test_fetch_local_and_file_urls_and_bad_schemes(tmp_path):
     for src, reason in [("ftp://x/y.jpg", "bad_url"), (str(tmp_path / "no.jpg"), "file_not_found"),
                         (str(tmp_path), "not_a_file"), ("http://127.0.0.1:9/x.jpg", "connection_error")]:
         with pytest.raises(Skip) as e:
-            fetch(src, DownloadOptions(retries=0, timeout=2))
+            fetch(src, DownloadOptions(retries=0, timeout=2, allow_private_urls=True))
         assert e.value.reason == reason, src
 
 
 def test_redirect_limit(tmp_path):
     with F.FaultServer({"redirected.jpg": F.photo()}) as server:
-        assert fetch(f"{server.url}/redirect-ok", DownloadOptions()) == server.images["redirected.jpg"]
+        local = DownloadOptions(allow_private_urls=True)   # the server is on 127.0.0.1
+        assert fetch(f"{server.url}/redirect-ok", local) == server.images["redirected.jpg"]
         with pytest.raises(Skip) as e:
-            fetch(f"{server.url}/redirect-ok", DownloadOptions(max_redirects=0))
+            fetch(f"{server.url}/redirect-ok", DownloadOptions(max_redirects=0, allow_private_urls=True))
         assert e.value.reason == "too_many_redirects"

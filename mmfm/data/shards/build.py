@@ -31,6 +31,10 @@ FAILURES = "failures.jsonl"
 CHUNK = 32
 
 
+class EmptyBuildError(ConfigError):
+    """The build wrote no sample at all (no inputs, or every input skipped); the message says why."""
+
+
 class Split:
     """One output folder (the whole build, or ``train`` / ``heldout``) and its resume position."""
 
@@ -213,7 +217,7 @@ def build(opts: BuildOptions, out_dir: str | os.PathLike, *, resume: bool = Fals
             split_of[i] = it["split"]
             yield i, it
 
-    t0, written = time.monotonic(), Counter()
+    t0, written, inputs = time.monotonic(), Counter(), restart
     bar = _progress(source.total, restart, progress)
     results = _results(opts, _chunks(tagged(), CHUNK))
     try:
@@ -226,6 +230,7 @@ def build(opts: BuildOptions, out_dir: str | os.PathLike, *, resume: bool = Fals
                 else:
                     seen.add(res[3])
             bar.update(1)
+            inputs += 1
             if index < split.skip_until:
                 continue          # replayed only to rebuild the dedup set; already in a complete shard
             if status == "ok":
@@ -246,26 +251,54 @@ def build(opts: BuildOptions, out_dir: str | os.PathLike, *, resume: bool = Fals
         bar.close()
     seconds = time.monotonic() - t0
     rate = sum(written.values()) / seconds if seconds > 0 else None
-    return {s.name: _finish(s, source.classes, opts, seconds, written[s.name], rate, resume) for s in splits}
+    shards = {s.name: s.restored + s.sink.close() for s in splits}
+    if not any(st["samples"] for sts in shards.values() for st in sts):
+        _nothing_written(out, splits, opts, inputs)
+    return {s.name: _finish(s, shards[s.name], source, opts, seconds, written[s.name], rate, resume)
+            for s in splits}
 
 
-def _finish(split: Split, classes: list[str], opts: BuildOptions, seconds: float, written: int,
-            rate: float | None, resumed: bool) -> dict:
-    new = split.sink.close()
-    shards = split.restored + new
-    keys: Counter = Counter()
-    for st in shards:
-        keys.update(st.get("keys", {}))
+def _write_failures(split: Split, shards: list[dict]) -> None:
     failed = [rec for st in shards for rec in st.get("failed_items", [])] + split.sink.tail_failed
     with open(split.folder / f".{FAILURES}.tmp", "w", encoding="utf-8") as f:
         for rec in failed:
             f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
     os.replace(split.folder / f".{FAILURES}.tmp", split.folder / FAILURES)
+
+
+def _nothing_written(out: Path, splits: list[Split], opts: BuildOptions, inputs: int) -> None:
+    """No manifest for an empty build (it would fail only later, at train): say why and stop."""
+    failures: Counter = Counter()
+    for s in splits:
+        _write_failures(s, [])
+        failures.update(s.failures)
+    (out / BUILD_ARGS).unlink(missing_ok=True)   # nothing to resume: the same command may simply run again
+    path = opts.source.path
+    if inputs == 0:
+        from .readers import IMAGE_SUFFIXES
+
+        what = (f"its class folders hold no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                if Path(path).is_dir() else "it has no rows or records" if opts.source.limit != 0 else "limit is 0")
+        why = f"{path} gave 0 inputs: {what}"
+    else:
+        counts = ", ".join(f"{r}: {n}" for r, n in failures.most_common())
+        lists = ", ".join(str(s.folder / FAILURES) for s in splits)
+        why = f"all {inputs} inputs of {path} were skipped ({counts}); each is listed in {lists}"
+    raise EmptyBuildError(f"{out}: the build wrote 0 samples: {why}")
+
+
+def _finish(split: Split, shards: list[dict], source, opts: BuildOptions, seconds: float, written: int,
+            rate: float | None, resumed: bool) -> dict:
+    keys: Counter = Counter()
+    for st in shards:
+        keys.update(st.get("keys", {}))
+    _write_failures(split, shards)
     from mmfm.version import __version__
 
     manifest = make_manifest(
         shards, {ext: key_role(ext) for ext in keys}, args=to_dict(opts), failures=dict(split.failures),
-        classes=classes, split=split.name or None, holdout=opts.holdout or None,
+        classes=source.classes, split=split.name or None, holdout=opts.holdout or None,
+        shuffle_seed=source.shuffle_seed,
         build={"mmfm_version": __version__, "seconds": round(seconds, 3), "samples_this_run": written,
                "images_per_s": round(rate, 1) if rate else None, "resumed": resumed})
     write_manifest(split.folder, manifest)

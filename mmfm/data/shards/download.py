@@ -1,10 +1,20 @@
 """Bounded HTTP(S) downloads with the standard library: timeout, retries with back-off, byte limit,
-redirect limit and loop detection. Every failure raises ``Skip`` with its own reason."""
+redirect limit and loop detection. Every failure raises ``Skip`` with its own reason.
+
+Safety: only ``http``/``https`` on every hop (a redirect elsewhere is ``redirect_scheme``); the host is
+resolved and a connection is made only to public addresses (private, loopback, link-local such as the
+cloud metadata service 169.254.169.254, ... are ``private_address``) unless ``allow_private_urls``.
+``download.timeout`` bounds the whole attempt: connect, TLS handshake and every read get the time left.
+"""
 from __future__ import annotations
 
+import functools
 import http.client
+import ipaddress
+import math
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -16,16 +26,132 @@ from .options import DownloadOptions
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _RETRY = {"timeout", "http_5xx", "http_429", "connection_error", "incomplete_read"}
+_SCHEMES = ("http", "https")
+_DEADLINE = threading.local()   # time.monotonic() at which this thread's current attempt ends
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Hand 3xx back to us so we can count hops and spot loops."""
+def _time_left() -> float:
+    left = getattr(_DEADLINE, "at", math.inf) - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("download.timeout reached")
+    return left
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D401
-        return None
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every read waits at most until the attempt's deadline (a trickle cannot stretch it)."""
+
+    def recv_into(self, *args, **kwargs):
+        self.settimeout(_time_left())
+        return super().recv_into(*args, **kwargs)
+
+    def recv(self, *args, **kwargs):
+        self.settimeout(_time_left())
+        return super().recv(*args, **kwargs)
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect())
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    """The TLS twin of ``_DeadlineSocket`` (CPython bounds one handshake call by the socket timeout)."""
+
+    def recv_into(self, *args, **kwargs):
+        self.settimeout(_time_left())
+        return super().recv_into(*args, **kwargs)
+
+    def recv(self, *args, **kwargs):
+        self.settimeout(_time_left())
+        return super().recv(*args, **kwargs)
+
+    def do_handshake(self, block=False):
+        self.settimeout(_time_left())
+        return super().do_handshake(block)
+
+
+def is_public_address(ip: str) -> bool:
+    """False for private, loopback, link-local, shared (CGNAT), reserved, unspecified and multicast addresses."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_global and not addr.is_multicast
+
+
+def _resolve(host: str, port: int, allow_private: bool) -> list[tuple]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    allowed = [ai for ai in infos if allow_private or is_public_address(ai[4][0])]
+    if not allowed:
+        raise Skip("private_address", f"{host} resolves to {infos[0][4][0]} (set download.allow_private_urls "
+                   "to download from private networks)")
+    return allowed
+
+
+def _connect(address, timeout=None, source_address=None, *, allow_private: bool) -> socket.socket:
+    """``socket.create_connection`` that connects only to the checked addresses (no DNS-rebinding gap)."""
+    err: OSError | None = None
+    for family, type_, proto, _, sockaddr in _resolve(address[0], address[1], allow_private):
+        sock = _DeadlineSocket(family, type_, proto)
+        try:
+            sock.settimeout(_time_left())
+            sock.connect(sockaddr)
+            return sock
+        except OSError as e:
+            sock.close()
+            err = e
+    assert err is not None
+    raise err
+
+
+class _Guarded:
+    def __init__(self, *args, allow_private: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = functools.partial(_connect, allow_private=allow_private)
+
+
+class _HTTPConnection(_Guarded, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Guarded, http.client.HTTPSConnection):
+    pass
+
+
+def _policy(req: urllib.request.Request, allow_private: bool) -> bool:
+    """Through a proxy the proxy (often private) is connected to; check the target's addresses instead."""
+    if allow_private or not (req.has_proxy() or req._tunnel_host):
+        return allow_private
+    target = urllib.parse.urlsplit(req.full_url)
+    _resolve(target.hostname or "", target.port or (443 if target.scheme == "https" else 80), False)
+    return True
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, allow_private: bool):
+        super().__init__()
+        self.allow_private = allow_private
+
+    def http_open(self, req):
+        return self.do_open(_HTTPConnection, req, allow_private=_policy(req, self.allow_private))
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, allow_private: bool):
+        context = ssl.create_default_context()
+        context.set_alpn_protocols(["http/1.1"])
+        context.sslsocket_class = _DeadlineSSLSocket
+        super().__init__(context=context)
+        self.allow_private = allow_private
+
+    def https_open(self, req):
+        return self.do_open(_HTTPSConnection, req, context=self._context,
+                            allow_private=_policy(req, self.allow_private))
+
+
+@functools.lru_cache(maxsize=2)
+def _opener(allow_private: bool) -> urllib.request.OpenerDirector:
+    """http and https only: no file, ftp or data handlers, and 3xx comes back to ``_attempt`` as HTTPError."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), _HTTPHandler(allow_private),
+                    _HTTPSHandler(allow_private), urllib.request.HTTPDefaultErrorHandler(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
 
 
 def is_url(src: str) -> bool:
@@ -60,28 +186,33 @@ def _read_body(resp, opts: DownloadOptions, deadline: float) -> bytes:
 
 
 def _attempt(url: str, opts: DownloadOptions) -> bytes:
-    """One try including redirects; the whole attempt shares one deadline."""
+    """One try including redirects; the whole attempt (every connect and read) shares one deadline."""
+    opener = _opener(opts.allow_private_urls)   # built once per process (loads the CA store): not on the clock
     deadline = time.monotonic() + opts.timeout
+    _DEADLINE.at = deadline
     seen = {url}
-    for _ in range(opts.max_redirects + 1):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise Skip("timeout")
-        req = urllib.request.Request(url, headers={"User-Agent": opts.user_agent, "Accept": "image/*,*/*;q=0.5"})
-        try:
-            with _OPENER.open(req, timeout=remaining) as resp:
-                return _read_body(resp, opts, deadline)
-        except urllib.error.HTTPError as e:
-            location = e.headers.get("Location") if e.headers else None
-            e.close()
-            if e.code in _REDIRECTS and location:
-                url = urllib.parse.urljoin(url, location)
-                if url in seen:
-                    raise Skip("redirect_loop", url) from None
-                seen.add(url)
-                continue
-            raise Skip(_status_reason(e.code), f"HTTP {e.code}") from None
-    raise Skip("too_many_redirects", f"> {opts.max_redirects}")
+    try:
+        for hop in range(opts.max_redirects + 1):
+            scheme = urllib.parse.urlsplit(url).scheme.lower()
+            if scheme not in _SCHEMES:
+                raise Skip("redirect_scheme" if hop else "bad_url", f"{scheme or 'no'} scheme: {url[:200]}")
+            req = urllib.request.Request(url, headers={"User-Agent": opts.user_agent, "Accept": "image/*,*/*;q=0.5"})
+            try:
+                with opener.open(req, timeout=_time_left()) as resp:
+                    return _read_body(resp, opts, deadline)
+            except urllib.error.HTTPError as e:
+                location = e.headers.get("Location") if e.headers else None
+                e.close()
+                if e.code in _REDIRECTS and location:
+                    url = urllib.parse.urljoin(url, location)
+                    if url in seen:
+                        raise Skip("redirect_loop", url) from None
+                    seen.add(url)
+                    continue
+                raise Skip(_status_reason(e.code), f"HTTP {e.code}") from None
+        raise Skip("too_many_redirects", f"> {opts.max_redirects}")
+    finally:
+        _DEADLINE.at = math.inf
 
 
 def _classify(e: BaseException) -> Skip:

@@ -25,6 +25,7 @@ class SourceOptions:
     image_pattern: str = "COCO_{subtype}_{image_id:012d}.jpg"  # vqa (VQAv2): image file name
     font: str = EMOJI_FONT          # noto_emoji
     limit: int | None = ranged(None, ge=0)   # only the first N items (quick runs, fixtures)
+    allow_local_files: bool = False  # tables/JSON that hold http(s) URLs may also name local paths or file://
 
 
 @dataclass
@@ -65,6 +66,7 @@ class DownloadOptions:
     max_redirects: int = ranged(5, ge=0)
     threads: int = ranged(16, ge=1)          # concurrent downloads per worker process
     user_agent: str = "mmfm-shards/0.1 (+https://github.com/mmfm)"
+    allow_private_urls: bool = False  # connect to private, loopback and link-local addresses too
 
 
 @dataclass
@@ -81,6 +83,9 @@ class BuildOptions:
     holdout: float = ranged(0.0, ge=0, lt=1)   # > 0: OUT/train and OUT/heldout, split by a hash of `holdout_by`
     holdout_by: str = ""            # metadata field to hash (default: the sample key)
     holdout_seed: int = 0
+    shuffle: bool | None = None     # seeded shuffle of the input order; None: image folders only (listed
+                                    # class by class), tables and JSON keep their order; true: every source
+    shuffle_seed: int = 0
 
 
 # Options that change how a build runs but not what it writes (ignored when --resume compares args).

@@ -105,7 +105,7 @@ def _precheck(item: dict, opts: BuildOptions) -> list[str] | Skip:
     """Row-level problems are found before any download: a bad row costs nothing."""
     try:
         if item.get("error"):
-            raise Skip(item["error"])
+            raise Skip(item["error"], item.get("error_detail", ""))
         return _texts(item, opts)
     except Skip as e:
         return e

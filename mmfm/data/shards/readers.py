@@ -29,6 +29,7 @@ class Source:
 
     def __init__(self, items: Iterator[dict], total: int | None = None, classes: list[str] | None = None):
         self.items, self.total, self.classes = items, total, classes or []
+        self.shuffle_seed: int | None = None   # set when the input order was shuffled
 
 
 def detect_type(path: Path) -> str:
@@ -67,11 +68,23 @@ def open_source(opts: BuildOptions) -> Source:
     else:
         from .emoji import read_emoji
         source = read_emoji(path, src)
+    if opts.shuffle or (opts.shuffle is None and kind == "image_folder"):
+        _shuffle(source, opts.shuffle_seed)
     if src.limit is not None:
         import itertools
         source.items = itertools.islice(source.items, src.limit)
         source.total = min(source.total, src.limit) if source.total is not None else src.limit
     return source
+
+
+def _shuffle(source: Source, seed: int) -> None:
+    """A seeded permutation of the input order. An image folder is listed class by class; written in
+    that order, every shard (and so every loader batch) would hold one or two classes."""
+    import random
+
+    items = list(source.items)
+    random.Random(seed).shuffle(items)
+    source.items, source.total, source.shuffle_seed = iter(items), len(items), seed
 
 
 def _base(path: Path, src: SourceOptions) -> Path:
@@ -82,6 +95,23 @@ def _resolve(value: str, base: Path) -> str:
     if is_url(value) or "://" in value or os.path.isabs(value):
         return value
     return str(base / value)
+
+
+def _is_http(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower().startswith(("http://", "https://"))
+
+
+def _is_local(value: str) -> bool:
+    return "://" not in value or value.lower().startswith("file://")
+
+
+LOCAL_IN_URL_TABLE = ("a local path or file:// URL in a table of http(s) URLs is not read unless you say so "
+                      "(--allow-local-files / source.allow_local_files)")
+
+
+def _refuse_local(item: dict) -> dict:
+    """A table of URLs comes from the web: its rows must not pull this machine's files into the shards."""
+    return dict(item, error="local_file", error_detail=LOCAL_IN_URL_TABLE)
 
 
 # --- image folder -------------------------------------------------------------------------------
@@ -116,7 +146,7 @@ def _check_columns(path: Path, have: list[str], need: list[str]) -> None:
                               "Set --image-column / --caption-column.")
 
 
-def _row_item(row: dict, src: SourceOptions, base: Path, lineno: int) -> dict:
+def _row_item(row: dict, src: SourceOptions, base: Path, lineno: int, url_table: bool = False) -> dict:
     image = row.get(src.image_column)
     item: dict[str, Any] = {"captions": [row.get(src.caption_column)], "cls": None, "row": lineno,
                             "meta": {c: row.get(c) for c in src.extra_columns}}
@@ -127,6 +157,8 @@ def _row_item(row: dict, src: SourceOptions, base: Path, lineno: int) -> dict:
         image = str(image).strip()
         item["src"], item["source"] = _resolve(image, base), image
     item["split_key"] = item["source"]
+    if url_table and item["src"] and _is_local(image):
+        return _refuse_local(item)
     return item
 
 
@@ -185,11 +217,19 @@ def count_rows(path: Path, kind: str) -> int | None:
     return max(0, n - 1) if kind in ("csv", "tsv") else n
 
 
+def _rows(path: Path, kind: str, src: SourceOptions) -> Iterator[tuple[dict, int]]:
+    if kind in ("csv", "tsv"):
+        return _iter_csv(path, kind, src)
+    return _iter_jsonl(path, src) if kind == "jsonl" else _iter_parquet(path, src)
+
+
 def read_table(path: Path, kind: str, src: SourceOptions) -> Source:
     base = _base(path, src)
-    rows = {"csv": _iter_csv, "tsv": _iter_csv}.get(kind)
-    it = rows(path, kind, src) if rows else (_iter_jsonl(path, src) if kind == "jsonl" else _iter_parquet(path, src))
+    it = _rows(path, kind, src)
     first = next(it, None)  # raise column errors now, not inside the build loop
+    # one cheap pass (it stops at the first URL): does this table name http(s) URLs?
+    url_table = not src.allow_local_files and any(_is_http(row.get(src.image_column))
+                                                  for row, _ in _rows(path, kind, src))
 
     def items() -> Iterator[dict]:
         if first is None:
@@ -202,7 +242,7 @@ def read_table(path: Path, kind: str, src: SourceOptions) -> Source:
         if "__error__" in row:
             return {"src": "", "source": f"line {lineno}", "captions": [], "cls": None, "meta": {},
                     "error": row["__error__"], "split_key": str(lineno), "row": lineno}
-        return _row_item(row, src, base, lineno)
+        return _row_item(row, src, base, lineno, url_table)
     total = count_rows(path, kind)
     return Source(items(), total)
 
@@ -230,12 +270,14 @@ def read_coco(path: Path, src: SourceOptions) -> Source:
     for a in sorted(anns, key=lambda a: (a.get("image_id"), a.get("id", 0))):
         caps[a.get("image_id")].append(a.get("caption"))
     base = _base(path, src)
+    names = [im.get("file_name") or im.get("coco_url") or "" for im in images]
+    url_table = not src.allow_local_files and any(map(_is_http, names))
 
     def items() -> Iterator[dict]:
-        for im in images:
-            name = im.get("file_name") or im.get("coco_url") or ""
-            yield {"src": _resolve(name, base), "source": name, "captions": caps.get(im.get("id")) or [None],
-                   "cls": None, "meta": {"image_id": im.get("id")}, "split_key": str(im.get("id"))}
+        for im, name in zip(images, names):
+            item = {"src": _resolve(name, base), "source": name, "captions": caps.get(im.get("id")) or [None],
+                    "cls": None, "meta": {"image_id": im.get("id")}, "split_key": str(im.get("id"))}
+            yield _refuse_local(item) if url_table and name and _is_local(name) else item
     return Source(items(), len(images))
 
 
@@ -271,13 +313,16 @@ def read_vqa(path: Path, src: SourceOptions, max_answers: int) -> Source:
         if not isinstance(records, list):
             raise ConfigError(f"{path}: expected a list of {{image, question, answers}} records")
 
+    images = [str(r.get("image") or r.get("image_path") or "") for r in records]
+    url_table = not src.allow_local_files and any(map(_is_http, images))
+
     def items() -> Iterator[dict]:
-        for i, r in enumerate(records):
-            image = str(r.get("image") or r.get("image_path") or "")
+        for i, (r, image) in enumerate(zip(records, images)):
             answers = _answers(r.get("answers", r.get("answer")), max_answers)
             meta = {k: r[k] for k in ("question_id", "image_id") if r.get(k) is not None}
-            yield {"src": _resolve(image, base) if image else "", "source": image, "captions": [r.get("question")],
-                   "question": r.get("question"), "answers": answers, "answer_type": r.get("answer_type"),
-                   "cls": None, "meta": meta, "split_key": image or str(i),
-                   **({} if image else {"error": "missing_image"})}
+            item = {"src": _resolve(image, base) if image else "", "source": image, "captions": [r.get("question")],
+                    "question": r.get("question"), "answers": answers, "answer_type": r.get("answer_type"),
+                    "cls": None, "meta": meta, "split_key": image or str(i),
+                    **({} if image else {"error": "missing_image"})}
+            yield _refuse_local(item) if url_table and image and _is_local(image) else item
     return Source(items(), len(records))
