@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from mmfm.config import ConfigError
+from mmfm.version import __version__
 
 __all__ = ["compare_models", "format_comparison"]
 
