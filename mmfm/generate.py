@@ -26,6 +26,7 @@ import torch
 from mmfm.config import ConfigError
 from mmfm.config.caption import AltTextConfig, GenerateConfig
 from mmfm.data.transforms import eval_transform
+from mmfm.models.device import model_device
 
 __all__ = ["generation_kwargs", "stored_generate", "settings_dict", "to_alt_text", "clean_caption", "caption_images",
            "caption_tensors", "answer_questions", "rank_answers", "answer_rows", "decode_images", "load_preset", "preset_names",
@@ -122,10 +123,6 @@ def to_alt_text(caption: str, alt: AltTextConfig | None = None) -> str:
     return text
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def decode_images(items: Sequence, transform, max_pixels: int | None = None) -> tuple[list, list]:
     """Paths / bytes / PIL images -> (tensors or None, error strings or None), one per item."""
     from mmfm.data.decode import DEFAULT_MAX_PIXELS, decode_image
@@ -155,7 +152,7 @@ def caption_tensors(model, images: torch.Tensor, gen: GenerateConfig | None = No
     prefix = model.encode_plain(prompt) if prompt else []
     if gen.seed is not None and gen.do_sample:
         torch.manual_seed(gen.seed)
-    ids = model.generate_ids(images.to(_device(model)), [prefix] * images.shape[0],
+    ids = model.generate_ids(images.to(model_device(model)), [prefix] * images.shape[0],
                              **generation_kwargs(gen, **overrides))
     return [clean_caption(model.decode(row)) for row in ids]
 
@@ -213,7 +210,7 @@ def answer_questions(model, images: torch.Tensor, questions: Sequence[str], gen:
         raise ValueError(f"{images.shape[0]} images but {len(questions)} questions")
     if gen.seed is not None and gen.do_sample:
         torch.manual_seed(gen.seed)
-    ids = model.generate_ids(images.to(_device(model)), _prompts(model, questions, vqa_cfg),
+    ids = model.generate_ids(images.to(model_device(model)), _prompts(model, questions, vqa_cfg),
                              **generation_kwargs(gen, **overrides))
     return [clean_caption(model.decode(row)) for row in ids]
 
@@ -229,7 +226,7 @@ def rank_answers(model, images: torch.Tensor, questions: Sequence[str], candidat
         candidates = [list(candidates)] * len(questions)
     if len(candidates) != len(questions) or any(not c for c in candidates):
         raise ValueError("rank_answers needs a non-empty candidate list for every question")
-    device = _device(model)
+    device = model_device(model)
     tokens = model.image_tokens(images.to(device))
     out: list[list[dict]] = []
     for qi, prompt in enumerate(_prompts(model, questions, vqa_cfg)):

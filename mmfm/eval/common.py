@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from mmfm.config import ConfigError, atomic_write
+from mmfm.models.device import model_device, resolve_device  # noqa: F401 - the one device helper
 
 
 def load_clip(model, device: str | None = None):
@@ -36,19 +37,6 @@ def check_clip(model, name=None) -> None:
     for attr in ("tokenizer", "preprocess"):
         if getattr(model, attr, None) is None:
             raise ConfigError(f"{what} has no .{attr}; load it with mmfm.load() so it carries one")
-
-
-def resolve_device(device: str | None = None) -> str:
-    import torch
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
-def model_device(model):
-    import torch
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def default_workers(device) -> int:

@@ -17,6 +17,8 @@ from torch import nn
 from mmfm.data.decode import decode_image
 from mmfm.data.transforms import eval_transform
 
+from .device import model_device
+
 __all__ = ["CLIP", "ClipApiMixin", "MAX_LOGIT_SCALE"]
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -42,9 +44,6 @@ class ClipApiMixin:
             return eval_transform(self.preprocess)
         from mmfm.data.transforms import build_transform
         return build_transform(self.preprocess, train=True)
-
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
 
     def _image_batches(self, images, batch_size: int):
         if isinstance(images, torch.Tensor):
@@ -73,7 +72,7 @@ class ClipApiMixin:
     @torch.no_grad()
     def embed_images(self, images, batch_size: int = 64, normalize: bool = True) -> torch.Tensor:
         """PIL images, paths or preprocessed tensors -> (N, embed_dim) float CPU tensor."""
-        was_training, device = self.training, self._device()
+        was_training, device = self.training, model_device(self)
         self.eval()
         try:
             out = [self.encode_image(b.to(device), normalize=normalize).float().cpu()
@@ -86,7 +85,7 @@ class ClipApiMixin:
     def embed_texts(self, texts: str | Sequence[str], batch_size: int = 256, normalize: bool = True) -> torch.Tensor:
         """Strings -> (N, embed_dim) float CPU tensor."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        was_training, device = self.training, self._device()
+        was_training, device = self.training, model_device(self)
         self.eval()
         try:
             out = []

@@ -32,11 +32,8 @@ class DistInfo:
 
 
 def _pick_device(local_rank: int, device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+    from mmfm.models.device import resolve_device
+    return torch.device(resolve_device(device, local_rank))
 
 
 def init_distributed(timeout_minutes: float = 30.0, device: str | None = None) -> DistInfo:

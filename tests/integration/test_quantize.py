@@ -121,3 +121,28 @@ def test_eval_compare_cli_for_a_captioner(ckpts, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert [r["role"] for r in res["rows"]] == ["original", "variant"] and res["decoding"]["max_new_tokens"] == 5
     assert res["rows"][1]["int8"] and res["rows"][0]["metric"]["samples"] == 3
+
+
+def test_int8_folders_work_in_every_command_that_takes_a_model(ckpts, tmp_path):
+    """The one loader: an int8 captioner captions and evaluates, an int8 CLIP classifies and retrieves, through
+    the same commands as float checkpoints (before, `mmfm caption` and `mmfm eval` refused int8 captioners)."""
+    from mmfm.cli import main as cli
+
+    export(ckpts / "captioner", "int8", tmp_path / "cap8")
+    export(ckpts / "clip", "int8", tmp_path / "clip8")
+    shards = tmp_path / "shards"
+    assert cli(["shards", "build", "--recipe", "coco_captions", "--out", str(shards)]) == 0
+    images = FIXTURE / "coco_captions" / "fixture" / "images"
+    assert cli(["caption", "--model", str(tmp_path / "cap8"), str(images), "--max-new-tokens", "3",
+                "--out", str(tmp_path / "alt.jsonl"), "--quiet"]) == 0
+    assert len((tmp_path / "alt.jsonl").read_text().splitlines()) == 3
+    assert cli(["eval", "caption", "--model", str(tmp_path / "cap8"), str(shards), "--max-new-tokens", "3",
+                "--out", str(tmp_path / "ev"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["samples"] == 3
+    assert cli(["zeroshot", "--model", str(tmp_path / "clip8"), str(FIXTURE / "image_folder" / "fixture"),
+                "--templates", "simple", "--no-cache", "--quiet", "--metrics", str(tmp_path / "zs.json")]) == 0
+    assert json.loads((tmp_path / "zs.json").read_text())["n_samples"] == 6
+    assert cli(["retrieval", "--model", str(tmp_path / "clip8"), str(shards), "--quiet",
+                "--out", str(tmp_path / "r.json")]) == 0
+    with pytest.raises(ConfigError, match="not a captioner"):
+        mmfm.load(tmp_path / "clip8", expect="captioner")
