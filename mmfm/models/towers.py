@@ -8,7 +8,7 @@ from torch import nn
 
 from mmfm.config import ConfigError
 
-__all__ = ["TimmVisionTower", "lock_groups"]
+__all__ = ["TimmVisionTower", "KeepLockedEval", "frozen_modules", "lock_groups"]
 
 
 def _create_timm(name: str, kwargs: dict, image_size: int | None, weights: str | None) -> nn.Module:
@@ -65,7 +65,49 @@ def lock_groups(module: nn.Module, unlocked_groups: int = 0, freeze_bn_stats: bo
             freeze(module, names, include_bn_running_stats=True)
 
 
-class TimmVisionTower(nn.Module):
+def frozen_modules(module: nn.Module) -> list[str]:
+    """Names of the largest submodules of ``module`` (never ``module`` itself) whose parameters are all frozen;
+    parameterless submodules (dropout, pooling) count only as part of a frozen parent."""
+    out: list[str] = []
+
+    def visit(prefix: str, m: nn.Module) -> None:
+        for name, child in m.named_children():
+            params = list(child.parameters())
+            if params and not any(p.requires_grad for p in params):
+                out.append(prefix + name)
+            elif params:
+                visit(f"{prefix}{name}.", child)
+
+    visit("", module)
+    return out
+
+
+class KeepLockedEval:
+    """Mixin for a tower with ``lock()``: what the lock froze stays in eval mode through every later ``train()``
+    (no dropout, no BatchNorm statistic updates), so a locked tower computes the same function in training as at
+    inference. ``freeze_bn_stats=False`` keeps the frozen BatchNorm layers following the train/eval mode."""
+
+    _locked: tuple[str, ...] = ()
+    _locked_bn_stats_follow: bool = False
+
+    def keep_locked_eval(self, freeze_bn_stats: bool = True) -> None:
+        """Record the frozen submodules (call at the end of ``lock()``) and put them in eval mode now."""
+        self._locked = tuple(frozen_modules(self))
+        self._locked_bn_stats_follow = self._locked_bn_stats_follow or not freeze_bn_stats
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self._locked if mode else ():
+            sub = self.get_submodule(name).train(False)
+            if self._locked_bn_stats_follow:
+                for m in sub.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.train(mode)
+        return self
+
+
+class TimmVisionTower(KeepLockedEval, nn.Module):
     """``timm.create_model(name, num_classes=0, **kwargs)``: ``forward(image) -> (B, width)`` pooled features,
     ``forward_tokens(image) -> (B, N, width)``. ``.preprocess`` is timm's resolved data config."""
 
@@ -95,6 +137,7 @@ class TimmVisionTower(nn.Module):
 
     def lock(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:
         lock_groups(self.trunk, unlocked_groups, freeze_bn_stats)
+        self.keep_locked_eval(freeze_bn_stats)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.trunk.set_grad_checkpointing(enable)
