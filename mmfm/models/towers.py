@@ -107,9 +107,16 @@ class KeepLockedEval:
         return self
 
 
+def _ignore_obsolete_keys(module, state_dict, prefix, *args) -> None:
+    for key in module.obsolete_keys:
+        state_dict.pop(prefix + key, None)
+
+
 class TimmVisionTower(KeepLockedEval, nn.Module):
     """``timm.create_model(name, num_classes=0, **kwargs)``: ``forward(image) -> (B, width)`` pooled features,
     ``forward_tokens(image) -> (B, N, width)``. ``.preprocess`` is timm's resolved data config."""
+
+    obsolete_keys: tuple[str, ...] | None = None     # drop_pooling_head: the dropped tensors' names
 
     def __init__(self, timm_model: str, timm_kwargs: dict | None = None, pretrained: str | None = None,
                  image_size: int | None = None, preprocess: dict | None = None):
@@ -127,7 +134,26 @@ class TimmVisionTower(KeepLockedEval, nn.Module):
         self.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.obsolete_keys is not None:
+            raise RuntimeError("this vision tower keeps only its token path (drop_pooling_head): use forward_tokens")
         return self.trunk(image)
+
+    def drop_pooling_head(self) -> None:
+        """Keep only what ``forward_tokens`` uses (a captioner's tower). timm's pooling head (ConvNeXt's
+        ``head.norm``, a MAP-pooled ViT's ``attn_pool``, an average-pooled ViT's ``fc_norm``) would otherwise get
+        no gradient, which DDP refuses (``find_unused_parameters: false``). timm prunes it itself; a checkpoint
+        that still holds those tensors loads, their keys ignored (``obsolete_keys``)."""
+        before = set(self.state_dict())
+        trunk = self.trunk
+        info = getattr(trunk, "feature_info", None) or [{}]
+        try:
+            if info[-1].get("num_chs") != self.width:     # the last timm feature is not forward_features' output
+                raise NotImplementedError
+            trunk.prune_intermediate_layers(prune_norm=False, prune_head=True)   # every block, the final norm
+        except (AttributeError, NotImplementedError):
+            trunk.reset_classifier(0, "")
+        self.obsolete_keys = tuple(sorted(before - set(self.state_dict())))
+        self.register_load_state_dict_pre_hook(_ignore_obsolete_keys)
 
     def forward_tokens(self, image: torch.Tensor) -> torch.Tensor:
         x = self.trunk.forward_features(image)
