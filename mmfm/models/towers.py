@@ -145,12 +145,10 @@ class TimmVisionTower(KeepLockedEval, nn.Module):
         that still holds those tensors loads, their keys ignored (``obsolete_keys``)."""
         before = set(self.state_dict())
         trunk = self.trunk
-        info = getattr(trunk, "feature_info", None) or [{}]
-        try:
-            if info[-1].get("num_chs") != self.width:     # the last timm feature is not forward_features' output
-                raise NotImplementedError
-            trunk.prune_intermediate_layers(prune_norm=False, prune_head=True)   # every block, the final norm
-        except (AttributeError, NotImplementedError):
+        last = (getattr(trunk, "feature_info", None) or [{}])[-1].get("num_chs")
+        if hasattr(trunk, "prune_intermediate_layers") and last == self.width:
+            trunk.prune_intermediate_layers(prune_norm=False, prune_head=True)   # keeps every block, the final norm
+        else:   # no pruning API, or its last feature is not forward_features' (EfficientNet's conv_head follows)
             trunk.reset_classifier(0, "")
         self.obsolete_keys = tuple(sorted(before - set(self.state_dict())))
         self.register_load_state_dict_pre_hook(_ignore_obsolete_keys)
