@@ -1,7 +1,8 @@
 """The captioner: a timm vision tower whose image tokens feed a transformers decoder through cross-attention.
 
 * Vision: ``model.vision`` (any timm model), or the tower of an mmfm CLIP checkpoint (``model.clip_checkpoint``;
-  its architecture is copied into ``model.vision`` so the saved config rebuilds the captioner alone).
+  its architecture is copied into ``model.vision`` so the saved config rebuilds the captioner alone). Only its
+  token path (``forward_features``) is kept: timm's pooling head is dropped, its tensors ignored when loading.
   ``model.vision.lock`` / ``unlock_last_groups`` freeze it fully or partially.
 * Decoder: any ``AutoModelForCausalLM`` architecture that supports cross-attention (GPT-2, BERT, RoBERTa, ...),
   built from ``AutoConfig.for_model(model.decoder.arch, **config_overrides)`` or warm-started from a local
@@ -353,6 +354,7 @@ def build_captioner(cfg: ModelConfig, init_weights: bool = True) -> Captioner:
         cfg.vision = _vision_cfg_from_clip(cfg)
     v = cfg.vision
     visual = TimmVisionTower(v.timm_model, v.timm_kwargs, v.pretrained if init_weights else None, v.image_size)
+    visual.drop_pooling_head()               # tokens only: no parameter DDP would find unused
     if cfg.clip_checkpoint and init_weights:
         clip_meta = _load_clip_vision(visual, cfg.clip_checkpoint)
     tokenizer = build_decoder_tokenizer(dcfg)

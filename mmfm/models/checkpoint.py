@@ -226,6 +226,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     except Exception as e:  # noqa: BLE001 - a truncated / foreign file
         raise ConfigError(f"cannot read weights {file}: {e}") from e
     own = model.state_dict()
+    obsolete = {f"{name}.{key}" if name else key for name, m in model.named_modules()
+                for key in (getattr(m, "obsolete_keys", None) or ())}      # e.g. a captioner's dropped timm head
+    sd = {k: v for k, v in sd.items() if k not in obsolete}
     aliases = {}   # tied tensors saved once: any name sharing storage with a saved tensor counts as present
     for name, t in own.items():
         if t.numel():

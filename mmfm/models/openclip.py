@@ -15,6 +15,7 @@ from torch import nn
 from mmfm.config import ConfigError
 
 from .clip import ClipApiMixin
+from .towers import KeepLockedEval
 
 __all__ = ["OpenCLIPModel", "build_openclip_model", "preprocess_from_openclip", "parse_openclip_spec"]
 
@@ -63,7 +64,7 @@ def parse_openclip_spec(spec: str) -> tuple[str, str | None]:
     return body, None
 
 
-class OpenCLIPModel(ClipApiMixin, nn.Module):
+class OpenCLIPModel(ClipApiMixin, KeepLockedEval, nn.Module):
     """An open_clip CLIP model with mmfm's ``encode_image`` / ``encode_text`` / ``forward`` contract."""
 
     def __init__(self, model_name: str, pretrained: str | None = None, model_cfg=None):
@@ -120,9 +121,11 @@ class OpenCLIPModel(ClipApiMixin, nn.Module):
 
     def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:
         self.model.lock_image_tower(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)
+        self.keep_locked_eval(freeze_bn_stats)
 
     def lock_text_tower(self, unlocked_layers: int = 0) -> None:
         self.model.lock_text_tower(unlocked_layers=unlocked_layers)
+        self.keep_locked_eval()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)

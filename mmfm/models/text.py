@@ -7,7 +7,8 @@
   (the last attended token), then a linear projection.
 
 ``lock(unlocked_layers)`` freezes the tower except its last N layers; the projection into the joint
-embedding space always stays trainable (LiT trains it).
+embedding space always stays trainable (LiT trains it). The frozen part stays in eval mode (no dropout)
+through every later ``train()``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from torch import nn
 
 from mmfm.config import ConfigError
 from mmfm.data.tokenizers import resolve_path
+
+from .towers import KeepLockedEval
 
 __all__ = ["OpenCLIPTextTower", "HFTextTower", "trim_padding"]
 
@@ -40,7 +43,7 @@ def trim_padding(text_ids: torch.Tensor, attention_mask: torch.Tensor | None):
     return text_ids, attention_mask
 
 
-class OpenCLIPTextTower(TextTransformer):
+class OpenCLIPTextTower(KeepLockedEval, TextTransformer):
     """open_clip's text transformer with mmfm's call signature; state-dict keys match open_clip's."""
 
     def __init__(self, context_length: int = 77, vocab_size: int = 49408, width: int = 512, heads: int = 8,
@@ -77,6 +80,7 @@ class OpenCLIPTextTower(TextTransformer):
         if proj is not None:
             for p in (proj.parameters() if isinstance(proj, nn.Module) else [proj]):
                 p.requires_grad = True
+        self.keep_locked_eval()
 
 
 def _layer_list(model: nn.Module) -> nn.ModuleList | None:
@@ -88,7 +92,7 @@ def _layer_list(model: nn.Module) -> nn.ModuleList | None:
     return best
 
 
-class HFTextTower(nn.Module):
+class HFTextTower(KeepLockedEval, nn.Module):
     """A transformers ``AutoModel`` from a local folder, pooled (cls / mean / eos) and projected."""
 
     def __init__(self, path: str, output_dim: int, pooling: str = "mean", load_weights: bool = True):
@@ -144,6 +148,7 @@ class HFTextTower(nn.Module):
             for block in list(layers)[-unlocked_layers:]:
                 for p in block.parameters():
                     p.requires_grad = True
+        self.keep_locked_eval()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         if enable:

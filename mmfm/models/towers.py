@@ -8,7 +8,7 @@ from torch import nn
 
 from mmfm.config import ConfigError
 
-__all__ = ["TimmVisionTower", "lock_groups"]
+__all__ = ["TimmVisionTower", "KeepLockedEval", "frozen_modules", "lock_groups"]
 
 
 def _create_timm(name: str, kwargs: dict, image_size: int | None, weights: str | None) -> nn.Module:
@@ -65,9 +65,58 @@ def lock_groups(module: nn.Module, unlocked_groups: int = 0, freeze_bn_stats: bo
             freeze(module, names, include_bn_running_stats=True)
 
 
-class TimmVisionTower(nn.Module):
+def frozen_modules(module: nn.Module) -> list[str]:
+    """Names of the largest submodules of ``module`` (never ``module`` itself) whose parameters are all frozen;
+    parameterless submodules (dropout, pooling) count only as part of a frozen parent."""
+    out: list[str] = []
+
+    def visit(prefix: str, m: nn.Module) -> None:
+        for name, child in m.named_children():
+            params = list(child.parameters())
+            if params and not any(p.requires_grad for p in params):
+                out.append(prefix + name)
+            elif params:
+                visit(f"{prefix}{name}.", child)
+
+    visit("", module)
+    return out
+
+
+class KeepLockedEval:
+    """Mixin for a tower with ``lock()``: what the lock froze stays in eval mode through every later ``train()``
+    (no dropout, no BatchNorm statistic updates), so a locked tower computes the same function in training as at
+    inference. ``freeze_bn_stats=False`` keeps the frozen BatchNorm layers following the train/eval mode."""
+
+    _locked: tuple[str, ...] = ()
+    _locked_bn_stats_follow: bool = False
+
+    def keep_locked_eval(self, freeze_bn_stats: bool = True) -> None:
+        """Record the frozen submodules (call at the end of ``lock()``) and put them in eval mode now."""
+        self._locked = tuple(frozen_modules(self))
+        self._locked_bn_stats_follow = self._locked_bn_stats_follow or not freeze_bn_stats
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self._locked if mode else ():
+            sub = self.get_submodule(name).train(False)
+            if self._locked_bn_stats_follow:
+                for m in sub.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.train(mode)
+        return self
+
+
+def _ignore_obsolete_keys(module, state_dict, prefix, *args) -> None:
+    for key in module.obsolete_keys:
+        state_dict.pop(prefix + key, None)
+
+
+class TimmVisionTower(KeepLockedEval, nn.Module):
     """``timm.create_model(name, num_classes=0, **kwargs)``: ``forward(image) -> (B, width)`` pooled features,
     ``forward_tokens(image) -> (B, N, width)``. ``.preprocess`` is timm's resolved data config."""
+
+    obsolete_keys: tuple[str, ...] | None = None     # drop_pooling_head: the dropped tensors' names
 
     def __init__(self, timm_model: str, timm_kwargs: dict | None = None, pretrained: str | None = None,
                  image_size: int | None = None, preprocess: dict | None = None):
@@ -85,7 +134,24 @@ class TimmVisionTower(nn.Module):
         self.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.obsolete_keys is not None:
+            raise RuntimeError("this vision tower keeps only its token path (drop_pooling_head): use forward_tokens")
         return self.trunk(image)
+
+    def drop_pooling_head(self) -> None:
+        """Keep only what ``forward_tokens`` uses (a captioner's tower). timm's pooling head (ConvNeXt's
+        ``head.norm``, a MAP-pooled ViT's ``attn_pool``, an average-pooled ViT's ``fc_norm``) would otherwise get
+        no gradient, which DDP refuses (``find_unused_parameters: false``). timm prunes it itself; a checkpoint
+        that still holds those tensors loads, their keys ignored (``obsolete_keys``)."""
+        before = set(self.state_dict())
+        trunk = self.trunk
+        last = (getattr(trunk, "feature_info", None) or [{}])[-1].get("num_chs")
+        if hasattr(trunk, "prune_intermediate_layers") and last == self.width:
+            trunk.prune_intermediate_layers(prune_norm=False, prune_head=True)   # keeps every block, the final norm
+        else:   # no pruning API, or its last feature is not forward_features' (EfficientNet's conv_head follows)
+            trunk.reset_classifier(0, "")
+        self.obsolete_keys = tuple(sorted(before - set(self.state_dict())))
+        self.register_load_state_dict_pre_hook(_ignore_obsolete_keys)
 
     def forward_tokens(self, image: torch.Tensor) -> torch.Tensor:
         x = self.trunk.forward_features(image)
@@ -95,6 +161,7 @@ class TimmVisionTower(nn.Module):
 
     def lock(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:
         lock_groups(self.trunk, unlocked_groups, freeze_bn_stats)
+        self.keep_locked_eval(freeze_bn_stats)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.trunk.set_grad_checkpointing(enable)

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from tests.helpers import headed_captioner
 from train_helpers import load_weights, make_shards, max_diff, torchrun, write_config
 
 
@@ -40,3 +41,17 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(tmp_path / "acc") == pytest.approx(l1, rel=1e-5, abs=1e-6)
     assert max_diff(w1, load_weights(tmp_path / "acc" / "checkpoints" / "latest")) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("arch", ["convnext", "vit_map"])
+def test_two_process_captioner_with_a_pooled_timm_tower(tmp_path, arch):
+    """A captioner reads only the tower's tokens; timm's pooling head (ConvNeXt's head.norm, a MAP ViT's
+    attn_pool) must not be left without gradients, or DDP (find_unused_parameters: false) fails at step 2."""
+    shards = make_shards(tmp_path / "shards", 8, 4)
+    cfg = write_config(tmp_path / "cap.yaml", shards, tmp_path / "run", data={"batch_size": 2},
+                       train_cfg={"max_steps": 3}, model=headed_captioner(arch), task={"name": "caption"})
+    proc = torchrun(2, "train", str(cfg))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(losses(tmp_path / "run")) == 3

@@ -10,7 +10,7 @@ from PIL import Image
 from mmfm.config import ConfigError, load_experiment
 from mmfm.data.collate import collate_dicts
 from mmfm.tasks import build_task
-from tests.helpers import word_tokenizer
+from tests.helpers import HEADED_TOWERS, headed_captioner, word_tokenizer
 
 CAPTIONS = ["a red square on white", "a green field", "two blue birds flying over the sea"]
 COLORS = [(255, 0, 0), (0, 160, 0), (0, 0, 255)]
@@ -125,6 +125,42 @@ def test_freezing_and_partial_unfreezing(tok_dir):
     m = build_task(_cfg({"name": "tiny_captioner", "vision": {"lock": True, "unlock_last_groups": 1}}, tok_dir)).model
     trainable = {n for n, p in m.visual.named_parameters() if p.requires_grad}
     assert trainable and all("blocks.0." not in n and "patch_embed" not in n for n in trainable)
+
+
+@pytest.mark.parametrize("arch", sorted(HEADED_TOWERS))
+def test_vision_tower_keeps_only_the_token_path(arch, tok_dir, tmp_path):
+    """Every captioner parameter gets a gradient (DDP with find_unused_parameters: false needs it): timm's
+    pooling head is dropped, the tokens are unchanged, and checkpoints that still hold the head load."""
+    import mmfm
+    from safetensors.torch import load_file, save_file
+
+    from mmfm.models import TimmVisionTower, save_pretrained
+    torch.manual_seed(0)
+    task = build_task(_cfg(headed_captioner(arch), tok_dir))
+    size = HEADED_TOWERS[arch]["image_size"]
+    batch = _batch(task)
+    batch["image"] = torch.nn.functional.interpolate(batch["image"], size=(size, size))
+    task(batch)["loss"].backward()
+    unused = [n for n, p in task.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, f"parameters without a gradient: {unused}"
+
+    v = HEADED_TOWERS[arch]
+    full = TimmVisionTower(v["timm_model"], v["timm_kwargs"], image_size=size).eval()   # with timm's head
+    visual = task.model.visual.eval()
+    dropped = sorted(set(full.state_dict()) - set(visual.state_dict()))
+    assert dropped and list(visual.obsolete_keys) == dropped
+    visual.load_state_dict(full.state_dict())                 # strict: the head's tensors are ignored
+    x = batch["image"]
+    assert torch.equal(visual.forward_tokens(x), full.forward_tokens(x))
+    with pytest.raises(RuntimeError, match="forward_tokens"):
+        visual(x)
+    # a checkpoint written before the head was dropped (it holds the head's tensors) loads strictly
+    saved = save_pretrained(task.model, task.cfg, tmp_path / "ckpt")
+    weights = load_file(str(saved / "model.safetensors"))
+    weights.update({f"visual.{k}": full.state_dict()[k].contiguous() for k in dropped})
+    save_file(weights, str(saved / "model.safetensors"))
+    loaded = mmfm.load(str(saved)).eval()
+    assert torch.equal(loaded.image_tokens(x), task.model.eval().image_tokens(x))
 
 
 def test_generation_modes(task):

@@ -119,6 +119,31 @@ def test_text_lock_keeps_projection_trainable():
     assert hf.text.proj.weight.requires_grad
 
 
+def test_locked_towers_stay_in_eval_mode_through_train():
+    """lock() freezes a tower for good: after model.train() its frozen part runs without dropout / drop-path, so
+    two training-mode passes agree (the LiT demo's locked MiniLM has dropout 0.1); unlocked layers still train."""
+    hf = build_model({"name": "vit_minilm", "text": {"lock": True}}).train()
+    assert hf.text.transformer.config.hidden_dropout_prob > 0
+    tok = hf.tokenizer(["a red emoji", "two cats on a sofa"])
+    assert torch.equal(hf.encode_text(**tok), hf.encode_text(**tok))
+    assert not hf.text.transformer.training and hf.text.proj.training and hf.visual.training
+    hf.eval().train()                                        # every later train() keeps it so
+    assert not hf.text.transformer.training
+    part = build_model({"name": "vit_minilm", "text": {"lock": True, "unlock_last_groups": 1}}).train()
+    layers = part.text.transformer.encoder.layer
+    assert layers[-1].training and not layers[0].training and not part.text.transformer.embeddings.training
+
+    drop = {"proj_drop_rate": 0.5, "drop_path_rate": 0.5}
+    x = torch.randn(2, 3, 32, 32)
+    free = tiny(vision__timm_kwargs=drop).train()
+    assert not torch.equal(free.encode_image(x), free.encode_image(x))      # dropout is on: the check has teeth
+    locked = tiny(vision__lock=True, vision__timm_kwargs=drop, text__lock=True).train()
+    assert torch.equal(locked.encode_image(x), locked.encode_image(x))
+    assert not locked.visual.trunk.training and locked.image_proj.training and not locked.text.transformer.training
+    trunk = tiny(vision__lock=True, vision__unlock_last_groups=1, vision__timm_kwargs=drop).train().visual.trunk
+    assert not trunk.blocks[0].training and not trunk.patch_embed.training and trunk.blocks[1].training
+
+
 def test_grad_checkpointing_gives_same_gradients():
     grads = []
     for ckpt in (False, True):

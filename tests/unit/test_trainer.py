@@ -12,7 +12,7 @@ from mmfm.config import ConfigError, ExperimentConfig, apply_overrides, from_dic
 from mmfm.data.shards import write_shards
 from mmfm.train.builder import build_run
 from mmfm.train.optim import build_scheduler, param_groups
-from mmfm.train.trainer import NonFiniteLoss, Trainer
+from mmfm.train.trainer import NonFiniteLoss, Trainer, _Forward, accumulate_gradients, accumulation_mode
 
 
 def _png(i):
@@ -99,6 +99,76 @@ def test_feature_accumulation_equals_one_big_batch(data, tmp_path):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
     la, lb = metrics(tmp_path / "big")[0]["train/loss"], metrics(tmp_path / "acc")[0]["train/loss"]
     assert la == pytest.approx(lb, rel=1e-5)
+
+
+# AdamW's first steps move every weight by about lr * sign(g), which hides a gradient scale error: compare the
+# gradients themselves, in float64 (equal up to summation order).
+def _float64_task(model=None, task=None, seed=0):
+    from mmfm.config import load_experiment
+    from mmfm.tasks import build_task
+    cfg = load_experiment(data={"model": {"name": "tiny", **(model or {})},
+                                "task": {"name": "contrastive", **(task or {})}})
+    torch.manual_seed(seed)
+    return build_task(cfg).double()
+
+
+def _float64_batch(task, n=8):
+    g = torch.Generator().manual_seed(1)
+    return {"image": torch.randn(n, 3, 32, 32, generator=g, dtype=torch.float64),
+            **task.tokenizer([f"color number {i} {'item ' * (i % 3)}" for i in range(n)])}
+
+
+def _grads(task):
+    return {n: p.grad.detach().clone() for n, p in task.named_parameters() if p.grad is not None}
+
+
+def _halves(batch):
+    return [{k: v[i:i + 4] for k, v in batch.items()} for i in (0, 4)]
+
+
+SIGLIP = {"init_logit_bias": -10.0, "init_logit_scale": 2.302585}
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_feature_accumulation_gradients_equal_one_big_batch_float64(loss):
+    """2 x 4 accumulated = one batch of 8, for every gradient: logit_scale / logit_bias (used by each micro-batch's
+    loss) get the big batch's gradient once, not once per micro-batch."""
+    model, task = (SIGLIP, {"contrastive": {"loss": "siglip"}}) if loss == "siglip" else ({}, {})
+    big = _float64_task(model, task)
+    batch = _float64_batch(big)
+    big(batch)["loss"].backward()
+    acc = _float64_task(model, task)
+    assert accumulation_mode(acc) == "features"
+    accumulate_gradients(_Forward(acc), acc, _halves(batch), "features")
+    ref, got = _grads(big), _grads(acc)
+    assert got.keys() == ref.keys() and "model.logit_scale" in ref
+    assert loss != "siglip" or "model.logit_bias" in ref
+    for name, g in ref.items():
+        assert torch.allclose(got[name], g, rtol=1e-9, atol=1e-12), (name, (got[name] / g).flatten()[:3])
+
+
+def test_feature_accumulation_replays_dropout_masks_float64():
+    """With dropout, each micro-batch's live pass draws the masks its cached pass drew (the RNG state is
+    replayed, as GradCache does): the gradient is that of the features the loss saw."""
+    drop = {"vision": {"timm_kwargs": {"proj_drop_rate": 0.3}}}
+    micro = _halves(_float64_batch(_float64_task()))
+
+    def one_graph(seed):            # the cached passes' features, in order, kept in one graph
+        task = _float64_task(drop).train()
+        torch.manual_seed(seed)
+        feats = [task.encode(b) for b in micro]
+        merged = {k: torch.cat([f[k] for f in feats]) if k.endswith("features") else feats[0][k] for k in feats[0]}
+        task.compute_loss(merged)["loss"].backward()
+        return _grads(task)
+
+    acc = _float64_task(drop).train()
+    torch.manual_seed(5)
+    accumulate_gradients(_Forward(acc), acc, micro, "features")
+    ref, other, got = one_graph(5), one_graph(6), _grads(acc)
+    name = "model.image_proj.weight"
+    assert not torch.allclose(ref[name], other[name])              # dropout is on: the masks matter
+    for name, g in ref.items():
+        assert torch.allclose(got[name], g, rtol=1e-9, atol=1e-12), (name, (got[name] - g).abs().max())
 
 
 class PlainRegression(torch.nn.Module):
