@@ -129,7 +129,7 @@ def _vision_cfg_from_clip(cfg: ModelConfig):
 def _load_clip_vision(visual: nn.Module, ckpt: str) -> dict:
     from safetensors.torch import load_file
 
-    from .loading import WEIGHTS, _read_meta, resolve_checkpoint
+    from .checkpoint import WEIGHTS, read_meta, resolve_checkpoint
 
     d = resolve_checkpoint(ckpt)
     sd = {k[len("visual."):]: v for k, v in load_file(str(d / WEIGHTS), device="cpu").items()
@@ -140,7 +140,7 @@ def _load_clip_vision(visual: nn.Module, ckpt: str) -> dict:
     if result.missing_keys or result.unexpected_keys:
         raise ConfigError(f"model.clip_checkpoint: the vision tower in {d} does not fit: missing "
                           f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
-    return _read_meta(d)
+    return read_meta(d)
 
 
 class TextLayout:

@@ -196,7 +196,7 @@ def read_config(path: str | os.PathLike) -> ExperimentConfig:
     return ExperimentConfig(model=from_dict(ModelConfig, data["model"], prefix="model"))
 
 
-def _read_meta(d: Path) -> dict:
+def read_meta(d: Path) -> dict:
     for name in (META, EXPORT_CONFIG):
         if (d / name).is_file():
             try:
@@ -319,7 +319,7 @@ def load(spec: str | os.PathLike, device: str | torch.device = "cpu", expect: st
                           f"`mmfm export` from an mmfm run, or use openclip:NAME:FILE")
     else:
         d = resolve_checkpoint(spec)
-        meta = _read_meta(d)
+        meta = read_meta(d)
         if is_quantized_dir(d):
             if str(device) != "cpu":
                 raise ConfigError(f"{d}: int8 dynamic quantization runs on the CPU only (device={device})")

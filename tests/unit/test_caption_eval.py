@@ -123,7 +123,7 @@ def test_vqa_eval_fails_above_max_skipped(model, tmp_path):
 
 def test_eval_cli_exits_1_and_writes_nothing_above_max_skipped(model, tmp_path, capsys):
     from mmfm.cli import main
-    from mmfm.models.loading import save_pretrained
+    from mmfm.models.checkpoint import save_pretrained
 
     ckpt = save_pretrained(model, model.model_cfg, tmp_path / "ckpt")
     data, out = _shards_with_one_corrupt_image(tmp_path / "shards"), tmp_path / "ev"
