@@ -65,7 +65,8 @@ def main(argv: list[str]) -> int:
         overrides.append("train.overwrite=true")
     cfg = load_experiment(args.config, overrides)
 
-    from mmfm.train.trainer import check_output_dir, check_run_folder
+    from mmfm.train.checkpoint import check_run_folder
+    from mmfm.train.trainer import check_output_dir
     check_output_dir(Path(cfg.train.output_dir))          # fail before any heavy work
     check_run_folder(Path(cfg.train.output_dir), cfg.train)
 

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch import nn
 from mmfm.config import ConfigError, read_yaml, save_config, to_dict
 
 from . import distributed as D
-from .checkpoint import (find_resume, list_checkpoints, load_trainer_state, rng_state, save_checkpoint,
+from .checkpoint import (check_run_folder, clear_run, find_resume, load_trainer_state, rng_state, save_checkpoint,
                          set_rng_state)
 from .logging import MetricsWriter, Progress
 from .optim import build_optimizer, build_scheduler
@@ -50,24 +49,6 @@ def check_output_dir(path: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"train.output_dir: cannot write to {path}: {e.strerror or e}") from None
-
-
-def check_run_folder(path: Path, tc) -> None:
-    """A new run (no ``train.resume``) must not write into another run's checkpoints: it would replace
-    same-numbered steps, repoint ``latest`` and prune across both runs. ``train.overwrite`` deletes the old run."""
-    ckpts = path / "checkpoints"
-    if tc.resume or tc.overwrite or not (list_checkpoints(ckpts) or (ckpts / "latest").is_symlink()):
-        return
-    raise ConfigError(f"train.output_dir: {path} already holds a run's checkpoints ({ckpts}). Continue it with "
-                      f"--resume latest, start afresh there with --overwrite (train.overwrite=true; deletes "
-                      f"its checkpoints, metrics.jsonl and tb/), or choose another --output-dir")
-
-
-def clear_run(path: Path) -> None:
-    """``train.overwrite``: remove what a previous run left (checkpoints, metrics, TensorBoard); rank 0 only."""
-    for name in ("checkpoints", "tb"):
-        shutil.rmtree(path / name, ignore_errors=True)
-    (path / "metrics.jsonl").unlink(missing_ok=True)
 
 
 class _Forward(nn.Module):
