@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .core import ranged
+from .core import ConfigError, ranged
 
 
 @dataclass
@@ -29,9 +29,15 @@ class TrainConfig:
     keep_last: int = ranged(3, ge=1)
     init_from: str | None = None          # continued pre-training: load weights only
     resume: str | None = None             # "latest" or a checkpoint path
+    overwrite: bool = False               # start afresh in an output_dir that holds another run's checkpoints
     tensorboard: bool = True
     progress: bool = True
     min_lr_ratio: float = ranged(0.0, ge=0, le=1)   # cosine decays to lr * min_lr_ratio
     dist_timeout_minutes: float = ranged(30.0, gt=0)   # bound on every collective (a dead rank fails the others)
     device: str | None = None             # default: cuda:LOCAL_RANK when available, else cpu
     find_unused_parameters: bool = False  # DDP: set for models with parameters some steps do not use
+
+    def validate(self) -> None:
+        if self.overwrite and self.resume:
+            raise ConfigError("train.overwrite: cannot be combined with train.resume (overwrite starts a new run "
+                              "and deletes the old one's checkpoints; resume continues it)")

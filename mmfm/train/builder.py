@@ -88,5 +88,5 @@ def train_experiment(cfg) -> dict:
         result = Trainer(cfg, run.task, run.train, run.val, run.hooks).fit()
     finally:
         D.cleanup()
-    result["is_main"] = dist.is_main
+    result.update(is_main=dist.is_main, distributed=dist.enabled)
     return result

@@ -113,6 +113,24 @@ def find_resume(spec: str, output_dir: Path) -> Path | None:
                       f"step_XXXXXXXX folder or a run folder. For weights only use train.init_from")
 
 
+def check_run_folder(path: Path, tc) -> None:
+    """A new run (no ``train.resume``) must not write into another run's checkpoints: it would replace
+    same-numbered steps, repoint ``latest`` and prune across both runs. ``train.overwrite`` deletes the old run."""
+    ckpts = path / "checkpoints"
+    if tc.resume or tc.overwrite or not (list_checkpoints(ckpts) or (ckpts / "latest").is_symlink()):
+        return
+    raise ConfigError(f"train.output_dir: {path} already holds a run's checkpoints ({ckpts}). Continue it with "
+                      f"--resume latest, start afresh there with --overwrite (train.overwrite=true; deletes "
+                      f"its checkpoints, metrics.jsonl and tb/), or choose another --output-dir")
+
+
+def clear_run(path: Path) -> None:
+    """``train.overwrite``: remove what a previous run left (checkpoints, metrics, TensorBoard); rank 0 only."""
+    for name in ("checkpoints", "tb"):
+        shutil.rmtree(path / name, ignore_errors=True)
+    (path / "metrics.jsonl").unlink(missing_ok=True)
+
+
 def load_trainer_state(ckpt: Path) -> dict:
     path = ckpt / STATE
     try:

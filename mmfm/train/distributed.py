@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+_HOST_GROUP: list = []      # the gloo group for host-side flags when the default group is nccl (made once)
+_TIMEOUT: list = []         # the bound given to init_distributed, for that group too
+
 
 @dataclass
 class DistInfo:
@@ -49,6 +52,7 @@ def init_distributed(timeout_minutes: float = 30.0, device: str | None = None) -
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kw = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes), **kw)
+        _TIMEOUT[:] = [datetime.timedelta(minutes=timeout_minutes)]
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, dist.get_backend())
 
 
@@ -77,15 +81,25 @@ def all_gather_object(obj):
     return out
 
 
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's boolean, on every rank."""
+def _host_group():
+    if dist.get_backend() == "gloo":
+        return None                                   # the default group already works on CPU tensors
+    if not _HOST_GROUP:                               # collective: every rank reaches the first call together
+        _HOST_GROUP.append(dist.new_group(backend="gloo", timeout=(_TIMEOUT or [None])[0]))
+    return _HOST_GROUP[0]
+
+
+def any_flags(flags: list[bool]) -> list[bool]:
+    """For each flag, whether it is set on any rank: one all-reduce of a CPU tensor (gloo, also under nccl),
+    so it never waits for the GPU. Without a process group, ``flags`` as they are."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.broadcast(t, 0)
-    return bool(t.item())
+        return [bool(f) for f in flags]
+    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_host_group())
+    return [bool(v) for v in t.tolist()]
 
 
 def cleanup() -> None:
+    _HOST_GROUP.clear()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

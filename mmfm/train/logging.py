@@ -33,21 +33,50 @@ def _clean(v):
     return v
 
 
-class MetricsWriter:
-    """Append-only JSONL + TensorBoard scalars. A no-op on ranks other than 0."""
+def rewind_jsonl(path: Path, step: int) -> int:
+    """Keep only the rows of ``path`` with ``step <= step`` (and drop torn lines), atomically; returns the number
+    of lines dropped. A resumed run redoes the steps after its checkpoint, so their old rows must go."""
+    if not path.is_file():
+        return 0
+    from mmfm.config import atomic_write
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            keep = isinstance(row, dict) and int(row.get("step", step + 1)) <= step
+        except (ValueError, TypeError):
+            keep = False                       # a line torn by a kill mid-write
+        if keep:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        atomic_write(path, "".join(kept), fsync=True)
+    return dropped
 
-    def __init__(self, out_dir: Path, enabled: bool = True, tensorboard: bool = True):
+
+class MetricsWriter:
+    """Append-only JSONL + TensorBoard scalars. A no-op on ranks other than 0.
+
+    ``start_step``: the step training starts from; rows (and TensorBoard events) after it are removed first, so a
+    resumed run does not list the steps it redoes twice (-1: a new run, nothing kept). None: append as is."""
+
+    def __init__(self, out_dir: Path, enabled: bool = True, tensorboard: bool = True,
+                 start_step: int | None = None):
         self.enabled = enabled
         self._jsonl = None
         self._tb = None
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
+        if start_step is not None and (n := rewind_jsonl(out_dir / "metrics.jsonl", start_step)):
+            log.info("metrics.jsonl: removed %d rows after step %d (they are trained again)", n, start_step)
         self._jsonl = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(out_dir / "tb"))
+                purge = None if start_step is None else start_step + 1
+                self._tb = SummaryWriter(str(out_dir / "tb"), purge_step=purge)
             except ImportError as e:  # pragma: no cover - tensorboard is a dependency
                 log.warning("TensorBoard logging disabled: %s", e)
 

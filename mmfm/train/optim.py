@@ -78,7 +78,12 @@ class _Schedule:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, tc, total_steps: int):
+def build_scheduler(optimizer: torch.optim.Optimizer, tc, total_steps: int, start_step: int = 0):
+    """The schedule from the ``train:`` config; ``start_step`` > 0 (resume) sets every group's lr to the value for
+    that step of *this* schedule (base ``tc.lr``, this warmup and total), not the one a checkpoint was made with."""
     fn = lr_lambda_factory(min(tc.warmup_steps, max(total_steps - 1, 0)), total_steps, tc.schedule,
                            getattr(tc, "min_lr_ratio", 0.0))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    if start_step > 0:
+        for g in optimizer.param_groups:
+            g["initial_lr"] = tc.lr
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn, last_epoch=start_step - 1)

@@ -7,7 +7,9 @@
 * tqdm bar on rank 0; metrics to ``OUT/metrics.jsonl`` and TensorBoard ``OUT/tb``; validation loss and
   eval hooks every ``eval.every_steps`` (and at the end; at the start too for ``init_from``).
 * Checkpoints every N steps / minutes, atomic, last K kept; ``train.resume`` continues exactly (weights,
-  optimizer, scheduler, RNG and data position); ``train.init_from`` loads weights only.
+  optimizer state, RNG and data position; the lr schedule is rebuilt from the current config at the restored
+  step); ``train.init_from`` loads weights only. A new run refuses a folder that holds checkpoints unless
+  ``train.overwrite``. SIGTERM / SIGINT (Ctrl-C): checkpoint at the end of the current step, then stop.
 * A non-finite loss stops the run (``NonFiniteLoss``) and leaves the last good checkpoint as ``latest``.
 """
 from __future__ import annotations
@@ -16,16 +18,18 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mmfm.config import ConfigError, save_config
+from mmfm.config import ConfigError, read_yaml, save_config, to_dict
 
 from . import distributed as D
-from .checkpoint import find_resume, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (check_run_folder, clear_run, find_resume, load_trainer_state, rng_state, save_checkpoint,
+                         set_rng_state)
 from .logging import MetricsWriter, Progress
 from .optim import build_optimizer, build_scheduler
 
@@ -150,6 +154,7 @@ class Trainer:
         self.cfg, self.tc = cfg, cfg.train
         self.out = Path(self.tc.output_dir)
         check_output_dir(self.out)
+        check_run_folder(self.out, self.tc)
         self.dist = D.init_distributed(self.tc.dist_timeout_minutes, self.tc.device)
         self.device = self.dist.device
         self.task = task.to(self.device)
@@ -174,7 +179,7 @@ class Trainer:
         self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self._ddp = None
         self.model = self._wrap()
-        self.metrics = MetricsWriter(self.out, self.dist.is_main, self.tc.tensorboard)
+        self.metrics: MetricsWriter | None = None      # opened by fit() once the start step is known
 
     # ------------------------------------------------------------------ setup
     def _amp_dtype(self):
@@ -212,12 +217,18 @@ class Trainer:
         from mmfm.models.checkpoint import load_weights
 
         if self.tc.resume:
-            ckpt = find_resume(self.tc.resume, self.out)
-            if ckpt is None:
-                log.info("train.resume=latest: no checkpoint in %s yet, starting from scratch",
-                         self.out / "checkpoints")
-            else:
-                self._resume(ckpt, load_weights)
+            error = None
+            try:
+                ckpt = find_resume(self.tc.resume, self.out)
+                if ckpt is None:
+                    log.info("train.resume=latest: no checkpoint in %s yet, starting from scratch",
+                             self.out / "checkpoints")
+                else:
+                    self._resume(ckpt, load_weights)
+            except Exception as e:  # noqa: BLE001 - reported to the other ranks first, then raised
+                error = e
+            self._agree_on_step(error)
+            if self.last_ckpt is not None:
                 return False
         if self.tc.init_from:
             load_weights(self.task.model, self.tc.init_from, strict=True)
@@ -231,16 +242,55 @@ class Trainer:
         if int(state.get("world_size", 1)) != self.dist.world_size:
             raise ConfigError(f"{ckpt}: written by {state.get('world_size')} processes, this run has "
                               f"{self.dist.world_size}; exact resume needs the same number")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self._log_changes(ckpt)
+        # The optimizer's moments come from the checkpoint; its hyper-parameters (lr, betas, eps, weight decay)
+        # and the schedule (base lr, warmup, total steps) from this run's config, at the restored step.
+        current = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, hyper in zip(self.optimizer.param_groups, current):
+            group.update(hyper)
+        self.scheduler = build_scheduler(self.optimizer, self.tc, self.total_steps, start_step=self.step)
         self.samples_seen = int(state.get("samples_seen", 0))
         set_rng_state(state["rng"][self.dist.rank])
         self.train_data.load_state_dict(state["data"][self.dist.rank])
         self.epoch = int(state["data"][self.dist.rank]["epoch"])
         self.last_ckpt = ckpt
         self._saved_step = self.step
-        log.info("resumed from %s at step %d (epoch %d)", ckpt, self.step, self.epoch)
+        log.info("resumed from %s at step %d (epoch %d) of %d, lr %.3g", ckpt, self.step, self.epoch,
+                 self.total_steps, self.optimizer.param_groups[0]["lr"])
+
+    def _log_changes(self, ckpt: Path) -> None:
+        """Log each config value that differs from the checkpoint's (old -> new): they apply from here on."""
+        try:
+            old = _flatten(read_yaml(ckpt / "config.yaml"))
+        except ConfigError as e:
+            log.warning("cannot compare with the checkpoint's config: %s", e)
+            return
+        new = _flatten(to_dict(self.cfg))
+        changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                   if k not in ("train.resume", "train.overwrite") and old.get(k) != new.get(k)]
+        if changed:
+            log.info("resuming with a changed config (applies from step %d on): %s", self.step + 1,
+                     "; ".join(changed))
+
+    def _agree_on_step(self, error: BaseException | None) -> None:
+        """Collective (one all-reduce): every rank must have restored the same step. A rank that cannot read
+        the checkpoint (a node-local output_dir) would otherwise train from scratch beside the others."""
+        t = torch.tensor([self.step, -self.step, int(error is not None)], dtype=torch.int64, device=self.device)
+        D.all_reduce(t, "max")
+        if error is not None:
+            raise error
+        if t[2] > 0:
+            raise ConfigError("train.resume: another process failed to restore the checkpoint (its error is in "
+                              "its log); every process must read the same checkpoint")
+        low, high = int(-t[1]), int(t[0])
+        if low != high:
+            mine = f"step {self.step} from {self.last_ckpt}" if self.last_ckpt else \
+                f"no checkpoint (none found in {self.out / 'checkpoints'})"
+            raise ConfigError(f"train.resume: the processes restored different steps ({low} to {high}); rank "
+                              f"{self.dist.rank} restored {mine}. Checkpoints must be on storage that every node "
+                              f"reads (a shared train.output_dir), not on node-local disks")
 
     def save(self) -> Path | None:
         """Collective: every rank contributes RNG + data position; rank 0 writes."""
@@ -305,53 +355,53 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ the loop
-    def _check(self) -> bool:
-        """Collective: raise NonFiniteLoss if any rank saw a NaN/inf loss; True if any rank got SIGTERM."""
-        flags = torch.tensor([float(self._bad.item()), float(self._stop_signal is not None)], device=self.device)
-        D.all_reduce(flags, "max")
-        if flags[0] > 0:
+    def _check(self, nan: bool = True) -> tuple[bool, bool]:
+        """Collective, host-side only (one small gloo all-reduce): raise NonFiniteLoss if any rank saw a NaN/inf
+        loss (read only when ``nan``: on CUDA that waits for the GPU); returns (stop, checkpoint_late): a stop
+        signal reached any rank, rank 0's clock says ``ckpt_every_minutes`` have passed."""
+        late = bool(self.tc.ckpt_every_minutes) and self.dist.is_main and \
+            time.monotonic() - self._last_save_time >= 60 * self.tc.ckpt_every_minutes
+        bad, stop, late = D.any_flags([nan and bool(self._bad.item()), self._stop_signal is not None, late])
+        if bad:
             where = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written"
             msg = (f"loss is NaN/inf at step {self.step} (epoch {self.epoch}); stopping without saving. "
                    f"{where}. Resume with --resume latest and a lower train.lr, or check the data.")
             log.error(msg)
             raise NonFiniteLoss(msg)
-        return bool(flags[1] > 0)
+        return stop, late
 
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
     @contextlib.contextmanager
     def _signals(self):
-        """SIGTERM (preemption, scancel, torchrun shutting down) -> checkpoint at the next step, then stop."""
-        import signal
+        """SIGTERM (preemption, scancel, torchrun shutting down) and SIGINT (Ctrl-C) -> checkpoint at the end of
+        the current step, then stop."""
         import threading
         self._stop_signal = None
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.signal(signal.SIGTERM, self._on_signal)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     def _due(self, every: int | None) -> bool:
         return bool(every) and self.step % every == 0
-
-    def _ckpt_due(self) -> bool:
-        if self._due(self.tc.ckpt_every_steps):
-            return True
-        if self.tc.ckpt_every_minutes:
-            late = time.monotonic() - self._last_save_time >= 60 * self.tc.ckpt_every_minutes
-            return D.broadcast_flag(late, self.device)
-        return False
 
     def fit(self) -> dict:
         """Train to ``total_steps``; returns the final metrics. Raises NonFiniteLoss on NaN."""
         tc = self.tc
         if self.dist.is_main:
+            if tc.overwrite:
+                clear_run(self.out)
             save_config(self.cfg, self.out / "config.yaml")
         eval_at_start = self._restore()
+        self.metrics = MetricsWriter(self.out, self.dist.is_main, tc.tensorboard,
+                                     start_step=self.step if self.last_ckpt else -1)
         self._last_save_time = time.monotonic()
         self.progress = Progress(self.total_steps, self.step, self.dist.is_main and tc.progress)
         self.last_eval: dict = {}
@@ -370,9 +420,7 @@ class Trainer:
                 if self._saved_step != self.step:
                     self.save()
                 if stopped:
-                    msg = f"stopped by signal {self._stop_signal} at step {self.step}; continue with --resume latest"
-                    self.progress.write(msg)
-                    return {"step": self.step, "epoch": self.epoch, "stopped": msg}
+                    return self._stopped()
             if self.hooks or (self.val_data is not None and self.cfg.eval.val_loss):
                 final = self.evaluate()
             return {"step": self.step, "epoch": self.epoch, **final}
@@ -380,10 +428,18 @@ class Trainer:
             self.progress.close()
             self.metrics.close()
 
+    def _stopped(self) -> dict:
+        signum = self._stop_signal or signal.SIGTERM         # None on a rank that only heard of it from another
+        name = signal.Signals(signum).name
+        msg = (f"stopped by signal {name} at step {self.step} after saving {self.last_ckpt}; "
+               f"continue with --resume latest")
+        self.progress.write(msg)
+        return {"step": self.step, "epoch": self.epoch, "stopped": msg, "signal": int(signum)}
+
     def _loop(self, global_batch: int) -> bool:
         """Train until ``total_steps``; returns True when stopped early by a signal."""
         tc = self.tc
-        check_every = 1 if self.device.type == "cpu" else max(tc.log_every, 1)
+        nan_every = 1 if self.device.type == "cpu" else max(tc.log_every, 1)   # reading the NaN flag syncs CUDA
         sums: dict = {}
         t_log, steps_log = time.perf_counter(), 0
         while self.step < self.total_steps:
@@ -408,7 +464,10 @@ class Trainer:
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0) + v
                 log_due = self._due(tc.log_every) or self.step == self.total_steps
-                if (self.step % check_every == 0 or log_due) and self._check():
+                ckpt_due = self._due(tc.ckpt_every_steps) and self.step < self.total_steps
+                nan = self.step % nan_every == 0 or log_due or ckpt_due
+                stop, late = self._check(nan)           # every step: a signal is acted on within one step
+                if stop:
                     return True
                 if log_due:
                     t_now = time.perf_counter()
@@ -418,8 +477,8 @@ class Trainer:
                     self.progress.update(1)
                 if self._due(self.cfg.eval.every_steps) and self.step < self.total_steps:
                     self.evaluate()
-                if self._ckpt_due() and self.step < self.total_steps:
-                    if self._check():
+                if (ckpt_due or late) and self.step < self.total_steps:
+                    if not nan and self._check()[0]:   # never save NaN weights
                         return True
                     self.save()
             if self.train_data.batches >= self.train_data.batches_per_epoch:
@@ -442,6 +501,16 @@ class Trainer:
         if self.progress.lines and self.dist.is_main:
             log.info("step %d/%d loss %.4f lr %.2e %.0f samples/s", self.step, self.total_steps, loss, lr,
                      samples_per_s)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _batch_len(batch: dict) -> int:

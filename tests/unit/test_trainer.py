@@ -315,3 +315,99 @@ def test_contrastive_experiment_configs_load_and_build(repo_root):
         assert trainable and cfg.data.train
         if "lit" in path.stem:
             assert not any(n.startswith("model.text.") and "proj" not in n for n in trainable)
+
+
+# ---------------------------------------------------------------------------------- resume / run folder / signals
+def test_resume_rebuilds_schedule_from_current_config(data, tmp_path, caplog):
+    """A finished 4-step run resumed with more steps and a lower lr trains on the new schedule (not at lr 0)."""
+    import logging
+
+    from mmfm.train.optim import lr_lambda_factory
+    fit(make_cfg(tmp_path, data["train"], **{"train.max_steps": 4}))
+    cfg = make_cfg(tmp_path, data["train"], **{"train.max_steps": 8, "train.lr": 5e-4, "train.resume": "latest"})
+    with caplog.at_level(logging.INFO, logger="mmfm.train"):
+        trainer, _ = fit(cfg)
+    fn = lr_lambda_factory(2, 8)
+    rows = [r for r in metrics(tmp_path) if "train/lr" in r]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["train/lr"] for r in rows[4:]] == pytest.approx([5e-4 * fn(i) for i in range(4, 8)], rel=1e-5)
+    assert min(r["train/lr"] for r in rows[4:]) > 0
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == 5e-4
+    assert "train.max_steps: 4 -> 8" in caplog.text and "train.lr: 0.001 -> 0.0005" in caplog.text
+
+
+def test_resume_still_refuses_a_changed_batch_size(data, tmp_path):
+    fit(make_cfg(tmp_path, data["train"], **{"train.max_steps": 1}))
+    with pytest.raises(ConfigError, match=r"batch_size=8, this run has 4.*data.batch_size"):
+        fit(make_cfg(tmp_path, data["train"], **{"train.max_steps": 2, "train.resume": "latest",
+                                                 "data.batch_size": 4}))
+
+
+def test_resume_drops_metrics_rows_after_the_checkpoint(data, tmp_path):
+    """A run dies after step 3 with its checkpoint at step 2: the resumed run redoes step 3, listed once."""
+    def crash(task, step):
+        if step == 3:
+            raise RuntimeError("crash")
+        return {}
+    cfg = make_cfg(tmp_path, data["train"], **{"train.max_steps": 4, "train.ckpt_every_steps": 2,
+                                               "eval.every_steps": 1, "train.tensorboard": True})
+    with pytest.raises(RuntimeError, match="crash"):
+        fit(cfg, hooks=[crash])
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "train/lo')                        # a row torn by the crash
+    fit(make_cfg(tmp_path, data["train"], **{"train.max_steps": 4, "train.ckpt_every_steps": 2,
+                                             "train.resume": "latest", "train.tensorboard": True}))
+    assert [r["step"] for r in metrics(tmp_path) if "train/loss" in r] == [1, 2, 3, 4]
+    assert not list(tmp_path.glob(".metrics.jsonl.tmp*"))
+
+
+def test_fresh_run_refuses_a_folder_with_checkpoints(data, tmp_path, capsys):
+    from mmfm.cli import main
+    fit(make_cfg(tmp_path, data["train"], **{"train.max_steps": 2}))
+    ckpts = tmp_path / "checkpoints"
+    before = sorted(p.name for p in ckpts.iterdir())
+    config_before = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"already holds a run's checkpoints.*--resume latest.*--overwrite"):
+        fit(make_cfg(tmp_path, data["train"], **{"train.max_steps": 1}))
+    assert sorted(p.name for p in ckpts.iterdir()) == before and (ckpts / "latest").resolve().name == "step_00000002"
+    assert (tmp_path / "config.yaml").read_text() == config_before
+    (tmp_path / "exp.yaml").write_text(f"model: {{name: tiny}}\ndata: {{train: [{{path: {data['train']}}}]}}\n")
+    rc = main(["train", str(tmp_path / "exp.yaml"), "--output-dir", str(tmp_path)])
+    assert rc == 2 and "--resume latest" in capsys.readouterr().err
+    fit(make_cfg(tmp_path, data["train"], **{"train.max_steps": 1, "train.overwrite": True}))
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000001"]
+    assert [r["step"] for r in metrics(tmp_path)] == [1]
+    with pytest.raises(ConfigError, match="train.overwrite: cannot be combined with train.resume"):
+        make_cfg(tmp_path, data["train"], **{"train.overwrite": True, "train.resume": "latest"})
+
+
+def test_ctrl_c_saves_a_checkpoint_and_stops(data, tmp_path):
+    import os
+    import signal
+
+    def interrupt(task, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return {}
+    cfg = make_cfg(tmp_path, data["train"], **{"train.max_steps": 8, "eval.every_steps": 1})
+    previous = signal.getsignal(signal.SIGINT)
+    _, result = fit(cfg, hooks=[interrupt])
+    assert result["step"] == 3 and result["signal"] == signal.SIGINT
+    assert "stopped by signal SIGINT" in result["stopped"] and "--resume latest" in result["stopped"]
+    assert (tmp_path / "checkpoints" / "latest").resolve().name == "step_00000003"
+    assert signal.getsignal(signal.SIGINT) == previous
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU cadence (NaN read every log_every) needs CUDA")
+def test_sigterm_on_cuda_stops_within_one_step(data, tmp_path):
+    import os
+    import signal
+
+    def term(task, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {}
+    cfg = make_cfg(tmp_path, data["train"], **{"train.max_steps": 8, "train.log_every": 100,
+                                               "train.device": "cuda", "eval.every_steps": 1})
+    _, result = fit(cfg, hooks=[term])
+    assert result["step"] == 3 and (tmp_path / "checkpoints" / "latest").resolve().name == "step_00000003"
