@@ -193,8 +193,9 @@ def _image_batches(data, transform, *, batch_size, workers, max_pixels, max_samp
 
 def embed_share(model, data, *, share=(0, 1), batch_size=64, workers=None, precision="auto",
                 max_pixels=DEFAULT_MAX_PIXELS, max_samples=None, progress=True) -> dict:
-    """This rank's share (``share=(rank, world)``) of the retrieval set: ``{"pos": (I,) reading-order position of each image, "image":
-    (I, D), "text": (T, D), "owner": (T,) position of each caption's image, "skipped": [...]}``; I may be 0."""
+    """This rank's share (``share=(rank, world)``) of the retrieval set: ``{"pos": (I,) reading-order position
+    of each image, "image": (I, D), "text": (T, D), "owner": (T,) position of each caption's image,
+    "skipped": [...]}``; I may be 0."""
     import torch
     from tqdm.auto import tqdm
     device = model_device(model)

@@ -49,8 +49,8 @@ def test_two_rank_hooks_share_the_work_and_equal_one_process(tmp_path):
     folder = str(_zeroshot_folder(tmp_path / "zs"))
     shards, table = _retrieval_data(tmp_path / "ret")
     (tmp_path / "out").mkdir()
-    proc = run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HERE / "eval_hooks_ranks.py"),
-                folder, shards, table, str(tmp_path / "out")], timeout=240)
+    proc = run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(HERE / "eval_hooks_ranks.py"), folder, shards, table, str(tmp_path / "out")], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in range(2)]
 
