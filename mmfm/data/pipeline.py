@@ -10,6 +10,10 @@ How an epoch is cut (deterministic in ``(seed, epoch)``; nothing depends on timi
   rank yields exactly ``batches_per_epoch`` batches and no rank waits on another at a collective.
   In resampled mode readers draw shards with replacement, forever.
 * Several sources are mixed sample by sample with their weights (continued pre-training replay).
+* Evaluation (``train=False``) reads every sample exactly once across ranks and workers: reader ``g`` keeps
+  samples ``g, g + readers, ...`` of each source (``split=sample``), in one pass, and ends with a short batch;
+  ranks may yield different numbers of batches, so the evaluation loop holds no collective (it reduces sums
+  and counts afterwards).
 * A sample shuffle buffer (raw bytes, before decoding) follows; then decode (max-pixels guard, JPEG
   draft, EXIF transpose), the task's ``processor`` and ``collate``, batched inside the worker.
 * Augmentation RNGs are seeded per sample from (seed, epoch, shard, key).
@@ -23,7 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import zlib
-from itertools import islice
+from itertools import chain, islice
 from typing import Any, Iterator
 
 import numpy as np
@@ -43,6 +47,13 @@ MAX_CONSECUTIVE_FAILURES = 200
 
 def _seed(*parts: Any) -> int:
     return zlib.crc32(repr(parts).encode("utf-8"))
+
+
+def _counted(stream: Iterator[dict], read: list) -> Iterator[dict]:
+    """``stream`` unchanged, counting its items in ``read[0]`` (before a reader keeps its share)."""
+    for sample in stream:
+        read[0] += 1
+        yield sample
 
 
 def assign_shards(shards: list, readers: int, rng: random.Random | None) -> list[list]:
@@ -121,11 +132,12 @@ class StreamDataset(IterableDataset):
             mine = assign_shards(src.shards, 1, rng)[0]
         else:
             mine = assign_shards(src.shards, readers, rng)[reader]
-        for pass_i in range(1 << 62):
+        for pass_i in range(1 << 62 if self.train else 1):     # evaluation: one pass, every sample once
             order = list(mine)
             if pass_i and self.train:
                 random.Random(_seed(*base, reader, pass_i)).shuffle(order)
-            stream = wds.tarfile_to_samples(handler=handler)(dict(url=s.url) for s in order)
+            read = [0]
+            stream = _counted(wds.tarfile_to_samples(handler=handler)(dict(url=s.url) for s in order), read)
             if self.split == "sample":
                 stream = islice(stream, reader, None, readers)
             stream = self._shuffled(stream, (*base, reader, pass_i))   # drains at the end of a pass
@@ -133,7 +145,7 @@ class StreamDataset(IterableDataset):
             for sample in stream:
                 got += 1
                 yield sample
-            if got == 0:
+            if read[0] == 0 or (got == 0 and self.train):     # else a training reader would loop forever
                 names = ", ".join(s.url for s in order[:4]) + (" ..." if len(order) > 4 else "")
                 raise ShardError(f"reader {reader} got no readable samples from its shard(s) {names} "
                                  f"(data source '{src.spec}')")
@@ -168,6 +180,8 @@ class StreamDataset(IterableDataset):
         streams = [self._shard_stream(i, reader) for i in range(len(self.sources))]
         if len(streams) == 1:
             stream = streams[0]
+        elif not self.train:
+            stream = chain(*streams)            # evaluation: every source once, whatever its weight
         else:
             weights = [s.weight for s in self.sources]
             rng = random.Random(_seed(self.seed, self.epoch, reader, "mix"))
@@ -189,7 +203,10 @@ class StreamDataset(IterableDataset):
         return out
 
     def _quota(self, reader: int) -> int:
-        """Batches this reader yields for the rest of the epoch (round-robin over readers of this rank)."""
+        """Batches this reader yields for the rest of the epoch (round-robin over readers of this rank);
+        unbounded for evaluation, where a reader yields all of its share and then a short last batch."""
+        if not self.train:
+            return -1
         first = self.start_batch
         return len(range(first + ((reader - first) % self.workers), self.batches_per_epoch, self.workers))
 
@@ -201,7 +218,7 @@ class StreamDataset(IterableDataset):
         worker = (physical + self.start_batch) % self.workers   # so batch order continues after resume
         reader = self.rank * self.workers + worker
         quota = self._quota(worker)
-        if quota <= 0:
+        if quota == 0:
             return
         self._counter = CorruptCounter(where=f" (rank {self.rank}, reader {reader})")
         raw_pos = self.raw_start.get(worker, 0)
@@ -229,14 +246,19 @@ class StreamDataset(IterableDataset):
                                        f"last at {where}: {type(e).__name__}: {e}") from e
                 continue
             if len(buf) == self.batch_size:
-                batch = self.collate(buf)
+                yield self._batch(buf, worker, raw_pos)
                 buf = []
-                batch["_reader"], batch["_raw"] = worker, raw_pos
-                batch["_corrupt"] = dict(self._counter.counts)
-                yield batch
                 quota -= 1
                 if quota == 0:
                     return
+        if buf and not self.train:
+            yield self._batch(buf, worker, raw_pos)      # evaluation: the short last batch
+
+    def _batch(self, buf: list[dict], worker: int, raw_pos: int) -> dict:
+        batch = self.collate(buf)
+        batch["_reader"], batch["_raw"] = worker, raw_pos
+        batch["_corrupt"] = dict(self._counter.counts)
+        return batch
 
 
 class LoaderBundle:
@@ -295,7 +317,8 @@ class LoaderBundle:
 
     def __iter__(self) -> Iterator[dict]:
         self._pending = None
-        if self.batches >= self.batches_per_epoch:
+        capped = self.dataset.train           # evaluation: the readers stop after one pass over their share
+        if capped and self.batches >= self.batches_per_epoch:
             return
         for batch in self.loader:
             reader = batch.pop("_reader")
@@ -303,7 +326,7 @@ class LoaderBundle:
             self.corrupt[reader] = batch.pop("_corrupt")
             self.batches += 1
             yield batch
-            if self.batches >= self.batches_per_epoch:
+            if capped and self.batches >= self.batches_per_epoch:
                 break
 
     def state_dict(self) -> dict:
@@ -350,6 +373,25 @@ def epoch_samples(sources: list[Source], override: int | None = None) -> int:
     return int(min(s.samples / (s.weight / total_w) for s in sources))
 
 
+def _eval_samples(sources: list[Source]) -> int:
+    """Evaluation reads every source once: all of their samples (counts from the manifest or the preflight)."""
+    unknown = [s.spec for s in sources if s.samples is None]
+    if unknown:
+        raise ConfigError(f"data.val: sample counts for {unknown} are unknown (no manifest.json and no full "
+                          f"preflight); write the shards with `mmfm shards build` or set data.preflight=full")
+    return sum(s.samples for s in sources)
+
+
+def _eval_batches(sources: list[Source], rank: int, per_rank: int, readers: int, batch_size: int) -> int:
+    """Batches this rank yields in one evaluation pass (split=sample: reader g keeps samples g, g+readers, ...
+    of each source, then a short last batch), when no sample is corrupt."""
+    out = 0
+    for g in range(rank * per_rank, (rank + 1) * per_rank):
+        n = sum(len(range(g, s.samples, readers)) for s in sources)
+        out += -(-n // batch_size)
+    return out
+
+
 def _warn_uneven(sources: list[Source], readers: int) -> None:
     for src in sources:
         if any(s.samples is None for s in src.shards):
@@ -380,15 +422,15 @@ def build_loader(sources, processor, *, batch_size: int, workers: int, train: bo
               required_keys=required, mode=cfg.preflight)
     if train and split == "shard" and not cfg.resampled and rank == 0:
         _warn_uneven(srcs, readers)
-    samples = epoch_samples(srcs, cfg.samples_per_epoch if train else None)
-    per_rank = samples // world_size
-    if not train:
-        batch_size = max(1, min(batch_size, per_rank))
-    batches = per_rank // batch_size
-    # whole rounds over the workers (each reader yields the same count: no reader has to wrap around)
-    unit = grad_accum * readers_per_rank if batches >= grad_accum * readers_per_rank else grad_accum
-    batches = batches // unit * unit
-    if batches == 0:
+    samples = epoch_samples(srcs, cfg.samples_per_epoch) if train else _eval_samples(srcs)
+    if train:
+        batches = samples // world_size // batch_size
+        # whole rounds over the workers (each reader yields the same count: no reader has to wrap around)
+        unit = grad_accum * readers_per_rank if batches >= grad_accum * readers_per_rank else grad_accum
+        batches = batches // unit * unit
+    else:
+        batches = _eval_batches(srcs, rank, readers_per_rank, readers, batch_size)
+    if batches == 0 and train:
         raise ConfigError(f"data: an epoch of {samples} samples is smaller than one global batch "
                           f"(batch_size {batch_size} x {world_size} ranks x grad_accum {grad_accum}); "
                           f"lower data.batch_size or set data.samples_per_epoch")

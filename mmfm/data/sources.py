@@ -16,7 +16,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from mmfm.data.shards import ShardError, read_manifest
 from mmfm.data.shards.manifest import MANIFEST
@@ -218,3 +218,26 @@ def _check_shard(shard: Shard, required_keys: list[str], full: bool) -> None:
     if shard.samples is not None and shard.samples != len(samples):
         raise ShardError(f"shard {path} holds {len(samples)} samples but its manifest says {shard.samples}")
     shard.samples = len(samples)
+
+
+# ----------------------------------------------------------------------------------------- evaluation readers
+def check_source(spec: str, mode: str = "auto") -> Source:
+    """Resolve one shard source and preflight it as ``mmfm train`` does (missing, empty or truncated tars,
+    sizes and counts against the manifest), for the commands that read shards outside training (retrieval,
+    eval caption/vqa/bias/compare). Raises ``ShardError`` naming the shard before anything is read."""
+    src = resolve_source(spec)
+    preflight([src], readers=1, resampled=True, required_keys=[], mode=mode)
+    return src
+
+
+def read_samples(urls: Iterable[str]) -> Iterator[dict]:
+    """WebDataset samples (``__key__``, ``__url__``, one entry per extension) of ``urls`` in order. A shard
+    that turns out unreadable while it is read is a ``ShardError`` naming it, not a bare ``tarfile`` error."""
+    import webdataset as wds
+
+    for url in urls:
+        try:
+            yield from wds.tarfile_to_samples()([dict(url=url)])
+        except (tarfile.TarError, EOFError, OSError) as e:
+            detail = e.args[0] if e.args else ""
+            raise ShardError(f"shard {url} is unreadable or truncated: {type(e).__name__}: {detail}") from None

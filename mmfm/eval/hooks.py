@@ -4,20 +4,45 @@
 ``hook(task, step) -> {"zeroshot/top1": ..., "retrieval/text_to_image_R@1": ...}``. The folder / data
 are checked when the hooks are built, so a wrong path fails before training starts, not at step N.
 
-Hooks run on every rank (see docs/architecture.md section 7); the work is done on rank 0 only and the
-other ranks return ``{}`` at once (rank 0's dict is the one logged). The text classifier is recomputed
-on each call, since the weights change.
+Hooks run on every rank (see docs/architecture.md section 7) and share the work: rank ``r`` of ``W`` builds the
+text classifier for classes ``r, r + W, ...`` and encodes images ``r, r + W, ...``; the pieces are gathered and
+the counts summed, so every rank returns the dict one process would, and no rank idles at a collective for
+the length of the whole evaluation (``train.dist_timeout_minutes``). The text classifier is recomputed on
+each call, since the weights change.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from mmfm.config import ConfigError
 
 
-def _rank() -> int:
+def _world() -> tuple[int, int]:
     import torch.distributed as dist
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(obj) -> list:
+    """Every rank's ``obj`` (CPU tensors, numpy, lists), in rank order; ``[obj]`` without a process group."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _clip_model(task):
@@ -43,42 +68,60 @@ class ZeroShotHook:
         self.batch_size, self.workers = batch_size, workers
 
     def __call__(self, task, step: int) -> dict:
-        if _rank() != 0:
-            return {}
-        from .zeroshot import zeroshot_classify
-        res = zeroshot_classify(_clip_model(task), self.spec, templates=self.templates, batch_size=self.batch_size,
-                                workers=self.workers, use_cache=False, progress=False)
-        m = res.metrics
+        from .zeroshot import counts_metrics, share_counts
+        rank, world = _world()
+        model = _clip_model(task)
+        with _eval_mode(model):
+            weights = self._classifier(model, rank, world)
+            counts = share_counts(model, self.spec, weights, share=(rank, world), batch_size=self.batch_size,
+                                  workers=self.workers)
+        parts = _gather(counts)
+        total = {k: sum(p[k] for p in parts) for k in counts}
+        if int(total["confusion"].sum()) == 0:
+            raise ConfigError(f"eval.zeroshot_folder: no image in {self.spec.root} could be decoded "
+                              f"({total['n_failed']} failed)")
+        m = counts_metrics(total)
         out = {"zeroshot/top1": m["top1"], "zeroshot/mean_per_class_recall": m["mean_per_class_recall"]}
         if m.get("top5") is not None:
             out["zeroshot/top5"] = m["top5"]
         return out
 
+    def _classifier(self, model, rank: int, world: int):
+        """The (D, C) zero-shot weights, each rank embedding the prompts of every ``world``-th class."""
+        import torch
+
+        from .zeroshot import build_classifier
+        names = self.spec.classnames
+        mine = list(range(rank, len(names), world))
+        part = build_classifier(model, [names[i] for i in mine], self.templates) if mine else None
+        pieces = [(cols, w) for cols, w in _gather((mine, part)) if cols]
+        weights = torch.empty(pieces[0][1].shape[0], len(names))
+        for cols, w in pieces:
+            weights[:, cols] = w
+        return weights
+
 
 class RetrievalHook:
     def __init__(self, data: str, max_samples: int | None = None, batch_size: int = 64, workers: int = 0):
-        from .retrieval import is_shard_source, read_table, shard_urls
+        from .records import shard_urls
+        from .retrieval import is_shard_source, read_table
         if not (Path(data).exists() or "{" in data):
             raise ConfigError(f"eval.retrieval_data: not found: {data}")
         if is_shard_source(data):
-            shard_urls(data)                       # validates the folder / manifest now
+            shard_urls(data)                       # the training preflight: missing / truncated shards now
             self.data = data
         else:
             self.data = read_table(data)
         self.max_samples, self.batch_size, self.workers = max_samples, batch_size, workers
 
     def __call__(self, task, step: int) -> dict:
-        if _rank() != 0:
-            return {}
-        from .retrieval import embed_pairs, recall_at_k
+        from .retrieval import embed_share, merge_shares, recall_at_k
+        rank, world = _world()
         model = _clip_model(task)
-        was_training = model.training
-        model.eval()
-        try:
-            img, txt, owner, _ = embed_pairs(model, self.data, batch_size=self.batch_size, workers=self.workers,
-                                             max_samples=self.max_samples, progress=False)
-        finally:
-            model.train(was_training)
+        with _eval_mode(model):
+            share = embed_share(model, self.data, share=(rank, world), batch_size=self.batch_size,
+                                workers=self.workers, max_samples=self.max_samples, progress=False)
+        img, txt, owner, _ = merge_shares(_gather(share), getattr(self.data, "source", self.data))
         return {f"retrieval/{k}": v for k, v in recall_at_k(img, txt, owner).items()}
 
 

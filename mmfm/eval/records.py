@@ -1,5 +1,6 @@
 """Evaluation samples read straight from WebDataset shards: one reader for the caption, VQA, bias and compare
-evaluations (the image bytes stay undecoded until a model needs them)."""
+evaluations (the image bytes stay undecoded until a model needs them). Shards go through the training
+preflight first, so a truncated tar is a ``ShardError`` naming it, as in ``mmfm train``."""
 from __future__ import annotations
 
 import json
@@ -10,14 +11,19 @@ from typing import Iterator
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
+def shard_urls(data: str) -> list[str]:
+    """The tars of a shard folder, manifest, ``.tar`` or brace pattern, after the preflight ``mmfm train`` runs
+    (``mmfm.data.sources.check_source``): a missing, empty or truncated shard is a ``ShardError`` naming it."""
+    from mmfm.data.sources import check_source
+    return [s.url for s in check_source(str(data)).shards]
+
+
 def shard_records(data: str) -> Iterator[dict]:
     """Raw shard samples in order: ``{"key", "image" (bytes or None), "meta" (json dict, {} when missing or not a
     mapping), "txt", "cls" (int or None), "name" ("shard.tar:key")}``."""
-    import webdataset as wds
+    from mmfm.data.sources import read_samples
 
-    from .retrieval import shard_urls
-
-    for s in wds.WebDataset(shard_urls(str(data)), shardshuffle=False, nodesplitter=None, empty_check=False):
+    for s in read_samples(shard_urls(str(data))):
         try:
             meta = json.loads(s["json"]) if "json" in s else {}
         except (ValueError, UnicodeDecodeError):

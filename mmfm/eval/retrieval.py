@@ -20,13 +20,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch.utils.data import IterableDataset
+
 from mmfm.config import ConfigError
 from mmfm.data.decode import DEFAULT_MAX_PIXELS, decode_image
 from mmfm.data.transforms import eval_transform
 
 from .common import (autocast, default_workers, effective_precision, encode_texts, load_clip,
                      model_device, split_transform)
-from .records import SHARD_IMAGE_KEYS
+from .records import SHARD_IMAGE_KEYS, shard_urls
 
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "path", "file", "filename", "img", "jpg")
 CAPTION_COLUMNS = ("captions", "caption", "text", "title", "txt", "alt")
@@ -98,29 +100,6 @@ def _as_captions(value, p, n, key) -> list[str]:
     return caps
 
 
-def shard_urls(data: str) -> list[str]:
-    p = Path(data)
-    if p.is_dir():
-        if not (p / "manifest.json").is_file():
-            tars = sorted(str(t) for t in p.glob("*.tar"))
-            if not tars:
-                raise ConfigError(f"{p}: no manifest.json and no .tar shards")
-            return tars
-        man = json.loads((p / "manifest.json").read_text())
-        shards = man.get("shards")
-        if not shards:
-            raise ConfigError(f"{p}/manifest.json lists no shards")
-        return [str(p / s["name"]) for s in shards]
-    if "{" in data:
-        import braceexpand
-        return list(braceexpand.braceexpand(data))
-    if p.suffix == ".tar":
-        if not p.is_file():
-            raise ConfigError(f"shard not found: {p}")
-        return [str(p)]
-    raise ConfigError(f"not a shard source: {data}")
-
-
 def is_shard_source(data: str) -> bool:
     p = Path(data)
     return p.is_dir() or p.suffix == ".tar" or "{" in str(data)
@@ -171,44 +150,62 @@ def collate_list(items):
     return items
 
 
-# ----------------------------------------------------------------------------- embedding
-def _image_batches(model, data, transform, *, batch_size, workers, max_pixels, max_samples):
+class ShardPairs(IterableDataset):
+    """Shard samples in reading order as ``{"pos", ...ShardSample}``, an IterableDataset for a DataLoader. Reader
+    ``g`` of ``world x workers`` (``g = rank x workers + worker``) keeps positions ``g, g + readers, ...`` below
+    ``limit`` and decodes only those: every sample once in all, whatever the number of ranks and workers."""
+
+    def __init__(self, urls: list[str], sample_fn, rank: int = 0, world: int = 1, limit: int | None = None):
+        self.urls, self.sample_fn, self.rank, self.world, self.limit = urls, sample_fn, rank, world, limit
+
+    def __iter__(self):
+        from itertools import islice
+
+        from torch.utils.data import get_worker_info
+
+        from mmfm.data.sources import read_samples
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        reader, readers = self.rank * workers + worker, self.world * workers
+        for pos, s in enumerate(islice(read_samples(self.urls), self.limit)):
+            if pos % readers == reader:
+                yield dict(self.sample_fn(s), pos=pos)
+
+
+def _image_batches(data, transform, *, batch_size, workers, max_pixels, max_samples, share=(0, 1)):
+    """Lists of ``{"pos", "image" or None, "captions", "name"[, "reason"]}``: the items ``share=(rank, world)``
+    owns (positions ``rank, rank + world, ...`` of the first ``max_samples``, in reading order)."""
     from torch.utils.data import DataLoader
+    rank, world = share
     kw = dict(batch_size=batch_size, num_workers=workers, collate_fn=collate_list, pin_memory=False)
     if workers:
         kw["prefetch_factor"] = 4
     if isinstance(data, TableData):
         n = len(data.paths) if max_samples is None else min(max_samples, len(data.paths))
-        ds = TableImages(data.paths[:n], transform, max_pixels)
+        mine = list(range(rank, n, world))
+        ds = TableImages([data.paths[i] for i in mine], transform, max_pixels)
         for batch in DataLoader(ds, shuffle=False, **kw):
-            yield [dict(b, captions=data.captions[b["index"]], name=data.paths[b["index"]]) for b in batch]
+            yield [dict(b, pos=mine[b["index"]], captions=data.captions[mine[b["index"]]],
+                        name=data.paths[mine[b["index"]]]) for b in batch]
     else:
-        import webdataset as wds
-        ds = wds.WebDataset(shard_urls(data), shardshuffle=False, nodesplitter=None, empty_check=False)
-        ds = ds.map(ShardSample(transform, max_pixels))
-        seen = 0
-        for batch in DataLoader(ds, **kw):
-            if max_samples is not None:
-                batch = batch[:max(0, max_samples - seen)]
-            seen += len(batch)
-            if batch:
-                yield batch
-            if max_samples is not None and seen >= max_samples:
-                break
+        ds = ShardPairs(shard_urls(data), ShardSample(transform, max_pixels), rank, world, max_samples)
+        yield from DataLoader(ds, **kw)
 
 
-def embed_pairs(model, data, *, batch_size=64, workers=None, precision="auto", max_pixels=DEFAULT_MAX_PIXELS,
-                max_samples=None, progress=True):
-    """Image embeddings (I, D), caption embeddings (T, D), the image index of each caption, skipped list."""
+def embed_share(model, data, *, share=(0, 1), batch_size=64, workers=None, precision="auto",
+                max_pixels=DEFAULT_MAX_PIXELS, max_samples=None, progress=True) -> dict:
+    """This rank's share (``share=(rank, world)``) of the retrieval set: ``{"pos": (I,) reading-order position
+    of each image, "image": (I, D), "text": (T, D), "owner": (T,) position of each caption's image,
+    "skipped": [...]}``; I may be 0."""
     import torch
     from tqdm.auto import tqdm
     device = model_device(model)
     workers = default_workers(device) if workers is None else workers
-    feats, captions, owner, skipped, n_img = [], [], [], [], 0
+    feats, captions, owner, skipped, pos = [], [], [], [], []
     with torch.inference_mode(), autocast(device, precision):
         transform, finish = split_transform(eval_transform(model), device)   # uint8 + GPU normalise on CUDA
-        batches = _image_batches(model, data, transform, batch_size=batch_size, workers=workers,
-                                 max_pixels=max_pixels, max_samples=max_samples)
+        batches = _image_batches(data, transform, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                                 max_samples=max_samples, share=share)
         for batch in tqdm(batches, desc="retrieval images", unit="batch", disable=not progress):
             ok = [b for b in batch if b["image"] is not None]
             skipped += [{"path": b["name"], "reason": b["reason"]} for b in batch if b["image"] is None]
@@ -220,12 +217,36 @@ def embed_pairs(model, data, *, batch_size=64, workers=None, precision="auto", m
             feats.append(model.encode_image(img, normalize=True).float().cpu())
             for b in ok:
                 captions += b["captions"]
-                owner += [n_img] * len(b["captions"])
-                n_img += 1
-    if not feats:
-        raise ConfigError(f"no image in {getattr(data, 'source', data)} could be decoded ({len(skipped)} skipped)")
+                owner += [b["pos"]] * len(b["captions"])
+                pos.append(b["pos"])
     text = encode_texts(model, captions, precision=precision, progress=progress, desc="retrieval captions")
-    return torch.cat(feats), text, torch.tensor(owner, dtype=torch.long), skipped
+    return {"pos": torch.tensor(pos, dtype=torch.long), "image": torch.cat(feats) if feats else torch.zeros(0, 0),
+            "text": text, "owner": torch.tensor(owner, dtype=torch.long), "skipped": skipped}
+
+
+def merge_shares(shares: list[dict], source="") -> tuple:
+    """Every rank's ``embed_share`` -> ``(image (I, D), text (T, D), owner (T,) image index, skipped)``, images
+    in reading order (the same as one process reading everything)."""
+    import torch
+    skipped = [x for s in shares for x in s["skipped"]]
+    shares = [s for s in shares if len(s["pos"])]
+    if not shares:
+        raise ConfigError(f"no image in {source} could be decoded ({len(skipped)} skipped)")
+    pos = torch.cat([s["pos"] for s in shares])
+    owner = torch.cat([s["owner"] for s in shares])
+    order, by_owner = torch.argsort(pos), torch.argsort(owner, stable=True)
+    row = {p: i for i, p in enumerate(pos[order].tolist())}           # position -> row of the image matrix
+    image = torch.cat([s["image"] for s in shares])[order]
+    text = torch.cat([s["text"] for s in shares])[by_owner]
+    return image, text, torch.tensor([row[p] for p in owner[by_owner].tolist()], dtype=torch.long), skipped
+
+
+def embed_pairs(model, data, *, batch_size=64, workers=None, precision="auto", max_pixels=DEFAULT_MAX_PIXELS,
+                max_samples=None, progress=True):
+    """Image embeddings (I, D), caption embeddings (T, D), the image index of each caption, skipped list."""
+    share = embed_share(model, data, batch_size=batch_size, workers=workers, precision=precision,
+                        max_pixels=max_pixels, max_samples=max_samples, progress=progress)
+    return merge_shares([share], getattr(data, "source", data))
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -266,6 +287,8 @@ def retrieval_evaluate(model, data, *, image_key=None, caption_key=None, batch_s
     if not (Path(src).exists() or "{" in src):
         raise ConfigError(f"retrieval data not found: {src}")
     table = None if is_shard_source(src) else read_table(src, image_key, caption_key)
+    if table is None:
+        shard_urls(src)                  # the training preflight, before the model loads
     model, ckpt = load_clip(model, device)
     was_training = model.training
     model.eval()

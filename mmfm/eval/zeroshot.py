@@ -98,8 +98,9 @@ def folder_loader(model, spec: FolderSpec, *, batch_size: int = 64, workers: int
 
 
 def encode_batches(model, batches, finish=None, *, precision: str = "auto", progress: bool = True,
-                   total: int | None = None, root: str = ""):
-    """Image embeddings from ``collate_skipping`` batches: ``(features (N, D), indices, failed)``."""
+                   total: int | None = None, root: str = "", require: bool = True):
+    """Image embeddings from ``collate_skipping`` batches: ``(features (N, D), indices, failed)``; with
+    ``require=False`` none decoded gives ``(None, [], failed)`` instead of an error."""
     import torch
     from tqdm.auto import tqdm
     device = model_device(model)
@@ -115,17 +116,13 @@ def encode_batches(model, batches, finish=None, *, precision: str = "auto", prog
             feats.append(model.encode_image(img, normalize=True).float().cpu())
             indices += batch["index"]
     if not feats:
+        if not require:
+            return None, [], failed
         raise ConfigError(f"no image in {root} could be decoded ({len(failed)} failed)")
     return torch.cat(feats), indices, failed
 
 
 # ----------------------------------------------------------------------------- metrics
-def topk_accuracy(logits, targets, k: int) -> float:
-    import torch
-    top = torch.as_tensor(logits).topk(k, dim=1).indices
-    return float((top == torch.as_tensor(targets).view(-1, 1)).any(dim=1).float().mean())
-
-
 def confusion_matrix(targets: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(cm, (targets, preds), 1)
@@ -143,13 +140,47 @@ def per_class_table(cm: np.ndarray, classes: list[str], classnames: list[str]) -
 
 def classification_metrics(logits, targets: np.ndarray, n_classes: int) -> dict:
     """top-1, top-5 (None with fewer than 5 classes) and mean per-class recall (balanced accuracy)."""
-    preds = np.asarray(logits.argmax(dim=1))
-    cm = confusion_matrix(targets, preds, n_classes)
-    support = cm.sum(axis=1)
+    return counts_metrics(classification_counts(logits, targets, n_classes))
+
+
+def classification_counts(logits, targets: np.ndarray, n_classes: int) -> dict:
+    """What the metrics are made of, as counts that add up over parts of a dataset (ranks): the confusion
+    matrix (C, C) and the number of top-5 hits."""
+    import torch
+    logits = torch.as_tensor(logits)
+    cm = confusion_matrix(np.asarray(targets), np.asarray(logits.argmax(dim=1)), n_classes)
+    top = logits.topk(min(5, n_classes), dim=1).indices
+    top5 = int((top == torch.as_tensor(targets).view(-1, 1)).any(dim=1).sum())
+    return {"confusion": cm, "top5_hits": top5}
+
+
+def counts_metrics(counts: dict) -> dict:
+    """``classification_counts`` (or their sum over ranks) -> top-1, top-5 and mean per-class recall."""
+    cm = counts["confusion"]
+    n, support = int(cm.sum()), cm.sum(axis=1)
     recalls = np.diag(cm)[support > 0] / support[support > 0]
-    return {"top1": topk_accuracy(logits, targets, 1),
-            "top5": topk_accuracy(logits, targets, 5) if n_classes >= 5 else None,
+    return {"top1": float(np.trace(cm)) / n, "top5": counts["top5_hits"] / n if len(cm) >= 5 else None,
             "mean_per_class_recall": float(recalls.mean())}
+
+
+def share_counts(model, spec: FolderSpec, weights, *, share=(0, 1), batch_size: int = 64, workers: int = 0,
+                 precision: str = "auto") -> dict:
+    """``classification_counts`` over the images ``share=(rank, world)`` owns (``rank, rank + world, ...`` of
+    ``spec``), with the classifier ``weights`` (D, C); plus ``n_failed`` (images that did not decode)."""
+    from dataclasses import replace
+    rank, world = share
+    part = replace(spec, paths=spec.paths[rank::world], targets=spec.targets[rank::world], skipped=[])
+    counts = {"confusion": np.zeros((len(spec.classes),) * 2, dtype=np.int64), "top5_hits": 0, "n_failed": 0}
+    if not part.paths:
+        return counts
+    loader, finish = folder_loader(model, part, batch_size=batch_size, workers=workers)
+    feats, indices, failed = encode_batches(model, loader, finish, precision=precision, progress=False,
+                                            total=len(loader), root=spec.root, require=False)
+    counts["n_failed"] = len(failed)
+    if indices:
+        targets = np.asarray([part.targets[i] for i in indices], dtype=np.int64)
+        counts.update(classification_counts(feats @ weights.float(), targets, len(spec.classes)))
+    return counts
 
 
 # ----------------------------------------------------------------------------- main entry

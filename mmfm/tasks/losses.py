@@ -1,7 +1,9 @@
 """Contrastive losses: open_clip's ``ClipLoss`` (InfoNCE, gather-with-grad, local loss) and ``SigLipLoss``.
 
 ``ContrastiveLoss`` picks rank and world size from ``torch.distributed`` at call time (the task may be built
-before the process group), so one module works in a single process and under torchrun.
+before the process group), so one module works in a single process and under torchrun. In eval mode
+(validation) it is rank-local, with no collective: validation batches differ in number and size across ranks
+(every sample is scored once), and open_clip's ``evaluate()`` also scores each batch on its own.
 
 Exact DDP parity (same loss and gradients as one process on the global batch, after DDP's gradient mean)
 holds for ``clip`` with ``gather_with_grad: true`` (with or without ``local_loss``) and for ``siglip``. With
@@ -43,7 +45,7 @@ class ContrastiveLoss(nn.Module):
     def _loss_fn(self) -> nn.Module:
         from open_clip.loss import ClipLoss, SigLipLoss
 
-        rank, world = dist_info()
+        rank, world = dist_info() if self.training else (0, 1)
         if self._impl is None or self._key != (rank, world):
             if world > 1 and self.kind == "clip" and not self.gather_with_grad and rank == 0:
                 warnings.warn("task.contrastive.gather_with_grad=false: gradients flow only through each rank's "

@@ -332,16 +332,7 @@ class Trainer:
         self.task.eval()
         try:
             if self.val_data is not None and self.cfg.eval.val_loss:
-                self.val_data.set_epoch(0)
-                total = torch.zeros(2, device=self.device, dtype=torch.float64)
-                for batch in self.val_data:
-                    with self._autocast():
-                        out = self.task(to_device(batch, self.device))
-                    total += torch.stack([out["loss"].detach().double(), torch.ones((), device=self.device,
-                                                                                  dtype=torch.float64)])
-                D.all_reduce(total, "sum")
-                if total[1] > 0:
-                    metrics["val/loss"] = (total[0] / total[1]).item()
+                metrics.update(self._val_loss())
             for hook in self.hooks:
                 metrics.update(hook(self.task, self.step) or {})
         finally:
@@ -353,6 +344,22 @@ class Trainer:
                                           for k, v in metrics.items()))
         self.last_eval = metrics
         return metrics
+
+    def _val_loss(self) -> dict:
+        """Mean loss per validation sample. Each rank scores its share once (batch counts and sizes differ
+        across ranks, so no collective runs per batch); the sums and counts are reduced afterwards."""
+        self.val_data.set_epoch(0)
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)
+        for batch in self.val_data:
+            n = _batch_len(batch)
+            with self._autocast():
+                out = self.task(to_device(batch, self.device))
+            total[0] += out["loss"].detach().double() * n
+            total[1] += n
+        D.all_reduce(total, "sum")
+        if total[1] == 0:
+            return {}
+        return {"val/loss": (total[0] / total[1]).item(), "val/samples": int(total[1].item())}
 
     # ------------------------------------------------------------------ the loop
     def _check(self, nan: bool = True) -> tuple[bool, bool]:

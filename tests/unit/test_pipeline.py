@@ -161,9 +161,25 @@ def test_resampled_mode_runs_past_the_data(tmp_path):
 def test_val_split_covers_samples_once(four):
     per_rank = [keys_of(build_loader(str(four), Proc(False), batch_size=7, workers=1, train=False,
                                      world=(r, 3), data_cfg=cfg())) for r in range(3)]
-    assert [len(k) for k in per_rank] == [7, 7, 7]
+    assert [len(k) for k in per_rank] == [14, 13, 13]      # 40 samples: every one, short last batches
     flat = [k for ks in per_rank for k in ks]
-    assert len(set(flat)) == 21
+    assert len(set(flat)) == len(flat) == 40
+
+
+def test_val_sees_every_sample_once_with_fewer_batches_than_readers(tmp_path):
+    """The issue's case: 400 samples, 2 ranks x 4 workers, batch 64 (fewer full batches than readers). Each
+    reader keeps its share, once, ending on a short batch; no reader wraps around and none reads nothing."""
+    root = make_shards(tmp_path / "v", [100, 100, 100, 100], prefix="v")
+    seen, sizes, lengths = [], [], []
+    for rank in range(2):
+        b = build_loader(str(root), Proc(False), batch_size=64, workers=4, train=False, world=(rank, 2),
+                         data_cfg=cfg())
+        lengths.append(len(b))
+        for batch in b:
+            seen += batch["key"]
+            sizes.append(len(batch["key"]))
+    assert len(seen) == 400 and sorted(seen) == [f"v{i:05d}" for i in range(400)]
+    assert sorted(sizes) == [50] * 8 and lengths == [4, 4]       # 8 readers x 50 samples, one short batch each
 
 
 # ------------------------------------------------------------------------------------- preflight
