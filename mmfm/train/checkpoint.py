@@ -97,18 +97,19 @@ def prune(ckpt_root: Path, keep_last: int, keep: Path | None = None) -> None:
 def find_resume(spec: str, output_dir: Path) -> Path | None:
     """``latest`` -> the run's newest checkpoint (None when the run has none yet); else a checkpoint dir
     or run dir. Raises ConfigError for a path that is not a checkpoint."""
+    from mmfm.models.checkpoint import resolve_latest      # the one reader of `latest`
+
     if spec == "latest":
         root = output_dir / "checkpoints"
-        latest = root / "latest"
-        if latest.exists():
-            return latest.resolve()
+        if (root / "latest").exists():
+            return resolve_latest(root)
         ckpts = list_checkpoints(root)
         return ckpts[-1] if ckpts else None
     p = Path(spec)
     if (p / STATE).is_file():
         return p
     if (p / "checkpoints" / "latest").exists():
-        return (p / "checkpoints" / "latest").resolve()
+        return resolve_latest(p / "checkpoints")
     raise ConfigError(f"train.resume: {spec} is not a training checkpoint (no {STATE}); use 'latest', a "
                       f"step_XXXXXXXX folder or a run folder. For weights only use train.init_from")
 
