@@ -9,18 +9,27 @@ TEST_PKGS := $(DEMO_PKGS) chromium   # chromium: the service page's browser test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Evaluation-only data from npm (data_recipes/twemoji): another artist's emoji, cached outside the repo.
+MMFM_CACHE ?= $(HOME)/.cache/mmfm
+TWEMOJI := $(MMFM_CACHE)/emoji-datasource-twitter-16.0.0
 
-.PHONY: demo test venv apt-deps demo-deps clean help
+.PHONY: demo test venv apt-deps demo-deps twemoji clean help
 
 help:
 	@echo "make demo   - build emoji shards, train CLIP + captioner, evaluate, write runs/demo/report.html"
 	@echo "make test   - run the test suite (CPU, offline)"
+	@echo "make twemoji - fetch Twemoji (npm emoji-datasource-twitter) into $(TWEMOJI) for data_recipes/twemoji"
 
 apt-deps:
 	@bash tools/ensure_apt.sh $(TEST_PKGS)
 
 demo-deps:
 	@bash tools/ensure_apt.sh $(DEMO_PKGS)
+
+twemoji: $(TWEMOJI)/package.json
+
+$(TWEMOJI)/package.json:
+	@bash tools/fetch_npm.sh emoji-datasource-twitter 16.0.0 $(TWEMOJI)
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -29,7 +29,8 @@ __all__ = ["build_tokenizer", "resolve_path", "OpenCLIPBPETokenizer", "HFTokeniz
 
 
 def resolve_path(path: str | None) -> str | None:
-    """Resolve ``pkg:MODULE`` to ``MODULE.get_model_path()``; expand ``~``; other values pass through."""
+    """Resolve ``pkg:MODULE`` to ``MODULE.get_model_path()``, or to the package's folder when it has no such
+    function (a package that only ships a weights file); expand ``~``; other values pass through."""
     if path is None:
         return None
     path = str(path)
@@ -41,9 +42,11 @@ def resolve_path(path: str | None) -> str | None:
             raise ConfigError(f"'{path}': Python package '{module}' is not installed ({e}). "
                               f"Install it (e.g. pip install {module.replace('_', '-')}) or give a local folder.") from None
         getter = getattr(mod, "get_model_path", None)
-        if getter is None:
-            raise ConfigError(f"'{path}': package '{module}' has no get_model_path()")
-        return str(getter())
+        if getter is not None:
+            return str(getter())
+        if not getattr(mod, "__file__", None):
+            raise ConfigError(f"'{path}': package '{module}' has no get_model_path() and no folder of its own")
+        return os.path.dirname(os.path.abspath(mod.__file__))
     return os.path.expanduser(path)
 
 

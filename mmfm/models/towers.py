@@ -1,6 +1,7 @@
 """The vision tower: any timm model, pooled features or token features, with LiT-style locking."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -11,24 +12,9 @@ from mmfm.config import ConfigError
 __all__ = ["TimmVisionTower", "KeepLockedEval", "frozen_modules", "lock_groups"]
 
 
-def _create_timm(name: str, kwargs: dict, image_size: int | None, weights: str | None) -> nn.Module:
+def _create(name: str, kwargs: dict, image_size: int | None, pretrained: bool = False) -> nn.Module:
     import timm
 
-    if not timm.is_model(name):
-        import difflib
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        raise ConfigError(f"model.vision.timm_model: '{name}' is not a timm model."
-                          + (f" Did you mean {', '.join(close)}?" if close else ""))
-    kwargs = dict(kwargs)
-    kwargs["num_classes"] = 0
-    pretrained = False
-    if weights:
-        if not os.path.isfile(weights):
-            raise ConfigError(f"model.vision.pretrained: weights file not found: {weights}")
-        # timm's own loader: applies the model's checkpoint filter (pos-embed resize, open_clip/OpenAI
-        # layouts) and drops the classifier head; safetensors or torch.load(weights_only=True).
-        kwargs["pretrained_cfg_overlay"] = {"file": os.path.abspath(weights), "hf_hub_id": None, "url": None}
-        pretrained = True
     if image_size is not None and "img_size" not in kwargs:
         try:
             return timm.create_model(name, pretrained=pretrained, img_size=image_size, **kwargs)
@@ -38,6 +24,90 @@ def _create_timm(name: str, kwargs: dict, image_size: int | None, weights: str |
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as e:
         raise ConfigError(f"model.vision.timm_kwargs: timm rejected {sorted(kwargs)} for '{name}': {e}") from None
+
+
+def _in_order(name: str, kwargs: dict, image_size: int | None, path: str) -> tuple[dict | None, dict, str]:
+    """``(state, head_kwargs, reason)``: the file's tensors renamed in order onto the timm model (with its
+    classifier when the file has one: ``head_kwargs``), or None when the names are timm's own or the order
+    does not fit (``reason``)."""
+    from .weights import map_by_order, read_state_dict
+
+    source = read_state_dict(path)
+    with torch.device("meta"):
+        trunk = _create(name, {**kwargs, "num_classes": 0}, image_size).state_dict()
+        if set(trunk) <= set(source):
+            return None, {}, ""
+        refs = [({**kwargs, "num_classes": 0}, trunk)]
+        if len(source) != len(trunk):
+            refs.insert(0, (kwargs, _create(name, kwargs, image_size).state_dict()))
+    if path.endswith(".safetensors"):
+        return None, {}, "a safetensors file does not keep its tensors' order"
+    reason = ""
+    for head_kwargs, target in refs:
+        try:
+            return map_by_order(source, target), head_kwargs, ""
+        except ConfigError as e:
+            reason = str(e)
+    return None, {}, reason
+
+
+def _create_timm(name: str, kwargs: dict, image_size: int | None, weights: str | None) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        import difflib
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ConfigError(f"model.vision.timm_model: '{name}' is not a timm model."
+                          + (f" Did you mean {', '.join(close)}?" if close else ""))
+    kwargs = {k: v for k, v in kwargs.items() if k != "num_classes"}
+    if not weights:
+        return _create(name, {**kwargs, "num_classes": 0}, image_size)
+    from .weights import resolve_weights_file
+
+    path = resolve_weights_file(weights)
+    state, head_kwargs, reason = _in_order(name, kwargs, image_size, path)
+    if state is not None:      # another implementation's layout (lukemelas EfficientNet): renamed by position
+        model = _create(name, head_kwargs, image_size)
+        model.load_state_dict(state)
+        model.reset_classifier(0)
+        return model
+    # timm's own loader: applies the model's checkpoint filter (pos-embed resize, open_clip/OpenAI
+    # layouts) and drops the classifier head; safetensors or torch.load(weights_only=True). With the head
+    # dropped it loads non-strictly and only logs missing tensors: those are an error here, not random init.
+    overlay = {"file": os.path.abspath(path), "hf_hub_id": None, "url": None}
+    try:
+        with _timm_missing_keys() as missing:
+            model = _create(name, {**kwargs, "num_classes": 0, "pretrained_cfg_overlay": overlay}, image_size, True)
+        if missing:
+            raise RuntimeError(missing[0][:300] + ("...)" if len(missing[0]) > 300 else ""))
+    except RuntimeError as e:
+        raise ConfigError(f"model.vision.pretrained: {path} does not fit '{name}' by name ({e})"
+                          + (f" nor in order ({reason})" if reason else "")) from None
+    return model
+
+
+@contextlib.contextmanager
+def _timm_missing_keys():
+    """The 'Missing keys (...)' messages timm's pretrained loader logs while the block runs."""
+    import logging
+
+    found: list[str] = []
+
+    class _Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message.startswith("Missing keys"):
+                found.append(message.split(" discovered")[0])
+
+    logger = logging.getLogger("timm.models._builder")
+    handler, level = _Catch(logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def lock_groups(module: nn.Module, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:

@@ -29,7 +29,7 @@ def _build(tmp_path, recipe=None, sets=(), flags=None, out="out"):
 
 def test_every_recipe_has_readme_with_source_and_license():
     names = sorted(p.parent.name for p in RECIPES.glob("*/recipe.yaml"))
-    assert names == ["coco_captions", "csv_pairs", "image_folder", "noto_emoji", "vqa"]
+    assert names == ["coco_captions", "csv_pairs", "image_folder", "noto_emoji", "twemoji", "vqa"]
     for n in names:
         text = (RECIPES / n / "README.md").read_text().lower()
         assert "source" in text and "license" in text, n
@@ -132,6 +132,33 @@ def test_noto_emoji_fixture_with_holdout(tmp_path):
                 assert meta["is_flag"] and meta["subgroup"] == "country-flag"
     assert all(len(v) == 1 for v in sides.values()), "skin-tone variants were split across train/heldout"
     assert {"train"} in sides.values() and {"heldout"} in sides.values()
+
+
+def test_twemoji_fixture_has_noto_classes_names_and_skips_missing_images(tmp_path):
+    """Another artist's PNGs for the same emoji-test.txt: same classes, cls indices and captions as noto_emoji."""
+    fixture = RECIPES / "twemoji" / "fixture"
+    _build(tmp_path, "twemoji", [], {"source": {"path": str(fixture / "emoji-test.txt"),
+                                                "image_root": str(fixture / "emoji-datasource-twitter")}})
+    m, samples = _samples(tmp_path / "out")
+    _build(tmp_path, "noto_emoji", ["image.size=32", "holdout=0"], {"source": {"path": str(fixture / "emoji-test.txt")}},
+           out="noto")
+    assert m["classes"] == read_manifest(tmp_path / "noto")["classes"] and len(m["classes"]) == 9
+    assert m["total_samples"] == 30 and m["failures"] == {"missing_image": 1}   # light bulb has no PNG
+    fail = json.loads((tmp_path / "out" / "failures.jsonl").read_text().splitlines()[0])
+    assert fail["reason"] == "missing_image" and fail["source"] == "emoji:1F4A1"
+    _, noto_samples = _samples(tmp_path / "noto")
+    noto_cls = {s["txt"].decode(): int(s["cls"]) for s in noto_samples}
+    for s in samples:
+        meta = json.loads(s["json"])
+        assert s["txt"].decode() == meta["name"] and int(s["cls"]) == noto_cls.get(meta["name"], int(s["cls"]))
+        assert meta["image"].endswith(".png") and Image.open(io.BytesIO(s["jpg"])).size == (64, 64)
+    assert {json.loads(s["json"])["name"] for s in samples} >= {"waving hand: dark skin tone", "flag: England",
+                                                                "smiling face", "rocket"}
+    home_cache = resolve_options("twemoji").source.image_root       # '~' in a recipe is the user's home
+    assert home_cache == str(Path.home() / ".cache/mmfm/emoji-datasource-twitter-16.0.0")
+    with pytest.raises(ConfigError, match=r"source.image_root: .* has no emoji.json .*make twemoji"):
+        _build(tmp_path, "twemoji", [], {"source": {"path": str(fixture / "emoji-test.txt"),
+                                                    "image_root": str(tmp_path)}}, out="none")
 
 
 def test_recipe_unknown_key_names_the_closest(tmp_path):

@@ -1,8 +1,13 @@
-"""The ``noto_emoji`` source: Unicode's emoji-test.txt rendered with Debian's Noto Color Emoji font.
+"""The emoji sources: Unicode's emoji-test.txt with one image per emoji.
 
-Every fully-qualified emoji outside the ``Component`` group becomes one sample: the image is the
-rendered glyph, the caption its CLDR name, ``cls`` the index of its group (9 groups), and the JSON
-holds name, group, subgroup, codepoints, skin_tone and is_flag.
+* ``noto_emoji``: each glyph rendered with Debian's Noto Color Emoji font (``source.font``).
+* ``emoji_images``: another artist's PNGs from an emoji-datasource package folder (``source.image_root``:
+  ``emoji.json`` + ``img/SET/64/*.png``, e.g. npm ``emoji-datasource-twitter``, Twemoji), looked up by code
+  points; an emoji the set has no image for is skipped as ``missing_image``.
+
+Every fully-qualified emoji outside the ``Component`` group becomes one sample: the caption is its CLDR
+name, ``cls`` the index of its group (9 groups, in file order: the same classes for both sources), and the
+JSON holds name, group, subgroup, codepoints, skin_tone and is_flag.
 """
 from __future__ import annotations
 
@@ -63,24 +68,75 @@ def base_name(name: str) -> str:
     return f"{head}: {', '.join(parts)}" if parts else head
 
 
+def _parse(path: Path) -> tuple[list[dict], list[str]]:
+    emoji = parse_emoji_test(path)
+    if not emoji:
+        raise ConfigError(f"{path}: no fully-qualified emoji found (is this Unicode's emoji-test.txt?)")
+    return emoji, list(dict.fromkeys(e["group"] for e in emoji))
+
+
+def _item(e: dict, groups: list[str], **image) -> dict:
+    meta = {k: e[k] for k in ("name", "group", "subgroup", "codepoints", "skin_tone", "is_flag", "version",
+                              "emoji")}
+    meta["base_name"] = base_name(e["name"])
+    return {"src": "", **image, "source": f"emoji:{e['codepoints']}", "captions": [e["name"]],
+            "cls": groups.index(e["group"]), "meta": meta, "split_key": meta["base_name"]}
+
+
 def read_emoji(path: Path, src: SourceOptions):
     from .readers import Source
 
     if not Path(src.font).is_file():
         raise ConfigError(f"source.font: {src.font} not found (install Debian's fonts-noto-color-emoji)")
-    emoji = parse_emoji_test(path)
-    if not emoji:
-        raise ConfigError(f"{path}: no fully-qualified emoji found (is this Unicode's emoji-test.txt?)")
-    groups = list(dict.fromkeys(e["group"] for e in emoji))
+    emoji, groups = _parse(path)
+    return Source((_item(e, groups, emoji=e["emoji"], font=src.font) for e in emoji), len(emoji), groups)
+
+
+def datasource_images(root: Path) -> dict[str, Path]:
+    """Code points ('1F44B 1F3FD') -> PNG of an emoji-datasource package folder (``emoji.json`` and one
+    ``img/SET/64`` folder), skin-tone variants and non-qualified forms included."""
+    index_file = root / "emoji.json"
+    if not index_file.is_file():
+        raise ConfigError(f"source.image_root: {root} has no emoji.json (an emoji-datasource package folder, e.g. "
+                          f"npm emoji-datasource-twitter; `make twemoji` fetches it)")
+    sets = sorted(p for p in (root / "img").glob("*/64") if p.is_dir())
+    if len(sets) != 1:
+        raise ConfigError(f"source.image_root: {root} needs exactly one img/SET/64 folder, found "
+                          f"{[str(p.relative_to(root)) for p in sets]}")
+    import json
+
+    try:
+        entries = json.loads(index_file.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ConfigError(f"source.image_root: {index_file} is not valid JSON: {e}") from None
+    out: dict[str, Path] = {}
+    for entry in entries:
+        for e in [entry, *(entry.get("skin_variations") or {}).values()]:
+            if not e.get("image"):
+                continue
+            png = sets[0] / e["image"]
+            for key in (e.get("unified"), e.get("non_qualified")):
+                if key:
+                    out.setdefault(key.upper().replace("-", " "), png)
+    return out
+
+
+def read_emoji_images(path: Path, src: SourceOptions):
+    from .readers import Source
+
+    emoji, groups = _parse(path)
+    images = datasource_images(Path(src.image_root or path.parent))
 
     def items() -> Iterator[dict]:
         for e in emoji:
-            meta = {k: e[k] for k in ("name", "group", "subgroup", "codepoints", "skin_tone", "is_flag",
-                                      "version", "emoji")}
-            meta["base_name"] = base_name(e["name"])
-            yield {"src": "", "emoji": e["emoji"], "font": src.font, "source": f"emoji:{e['codepoints']}",
-                   "captions": [e["name"]], "cls": groups.index(e["group"]), "meta": meta,
-                   "split_key": meta["base_name"]}
+            png = images.get(e["codepoints"]) or images.get(e["codepoints"].replace(" FE0F", ""))
+            if png is None or not png.is_file():
+                yield dict(_item(e, groups), error="missing_image",
+                           error_detail=f"no image for {e['codepoints']} in {src.image_root}")
+            else:
+                item = _item(e, groups, src=str(png))
+                item["meta"]["image"] = png.name          # the artist's file, for attribution
+                yield item
     return Source(items(), len(emoji), groups)
 
 

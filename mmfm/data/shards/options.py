@@ -8,15 +8,18 @@ from mmfm.config import ConfigError, ranged
 
 EMOJI_TEST = "/usr/share/unicode/emoji/emoji-test.txt"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
-SOURCE_TYPES = ("auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa", "noto_emoji")
+SOURCE_TYPES = ("auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa", "noto_emoji",
+                "emoji_images")
 
 
 @dataclass
 class SourceOptions:
     """Where the samples come from and how its fields map onto image / caption / label."""
-    type: Literal["auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa", "noto_emoji"] = "auto"
+    type: Literal["auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa", "noto_emoji",
+                  "emoji_images"] = "auto"
     path: str = ""                  # folder, table file, COCO/VQA JSON, or emoji-test.txt
-    image_root: str = ""            # base of relative image paths (default: the table/JSON's folder)
+    image_root: str = ""            # base of relative image paths (default: the table/JSON's folder);
+                                    # emoji_images: the emoji-datasource package folder (emoji.json, img/SET/64)
     image_column: str = "image"     # tables: local path or http(s)/file URL
     caption_column: str = "caption"
     extra_columns: list[str] = field(default_factory=list)   # copied into KEY.json

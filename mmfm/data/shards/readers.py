@@ -46,7 +46,7 @@ def detect_type(path: Path) -> str:
             return "coco"
         return "vqa"
     raise ConfigError(f"source.path: cannot tell the source type of {path}; set --type "
-                      "(image_folder, csv, tsv, jsonl, parquet, coco, vqa, noto_emoji)")
+                      "(image_folder, csv, tsv, jsonl, parquet, coco, vqa, noto_emoji, emoji_images)")
 
 
 def open_source(opts: BuildOptions) -> Source:
@@ -65,6 +65,9 @@ def open_source(opts: BuildOptions) -> Source:
         source = read_coco(path, src)
     elif kind == "vqa":
         source = read_vqa(path, src, opts.text.max_answers)
+    elif kind == "emoji_images":
+        from .emoji import read_emoji_images
+        source = read_emoji_images(path, src)
     else:
         from .emoji import read_emoji
         source = read_emoji(path, src)

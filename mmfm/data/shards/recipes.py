@@ -3,6 +3,7 @@
 Relative paths inside a recipe (``source.path``, ``source.image_root``, ``source.questions``,
 ``source.font``) are resolved against the recipe's folder, so every recipe runs out of the box on
 its tiny fixture; point it at real data with ``--input`` / ``--images`` or ``--set source.path=...``.
+A path starting with ``~`` is the user's home (``~/.cache/mmfm/...``).
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def read_recipe(name_or_path: str) -> dict:
     if isinstance(source, dict):
         for key in PATH_FIELDS:
             value = source.get(key)
+            if isinstance(value, str) and value.startswith("~"):
+                source[key] = value = os.path.expanduser(value)
             if isinstance(value, str) and value and not os.path.isabs(value) and "://" not in value:
                 source[key] = str((path.parent / value).resolve())
     return data
