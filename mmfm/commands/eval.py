@@ -118,10 +118,12 @@ def _run_bias(args) -> int:
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("items", nargs="*", metavar="MODEL",
+    # dest "data": the positional inputs (the frozen CLI surface names every eval sub-command's first positional
+    # "data"); here they are the models, and the data sets come with --data (dest "datasets")
+    p.add_argument("data", nargs="*", metavar="MODEL",
                    help="checkpoints, runs or exports to compare on the same --data (the first is the reference "
                         "of the deltas); with --model: the one data set of the size/latency comparison")
-    p.add_argument("--data", action="append", metavar="[NAME=]PATH",
+    p.add_argument("--data", action="append", dest="datasets", metavar="[NAME=]PATH",
                    help="CLIP: image folder (zero-shot, probes) or image-caption shards/CSV/JSONL (retrieval); "
                         "captioner: captions (BLEU-4, CIDEr-D, ROUGE-L, perplexity) or questions (VQA accuracy, "
                         "token F1); repeat for the new domain and an old one")
@@ -130,7 +132,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                         "score them on each --data image folder")
     p.add_argument("--fewshot", default="1,5,10", help="k of the k-shot probes, comma-separated ('' for none)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the 95%% intervals")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws and the probes")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap draws and the probes")
     p.add_argument("--model", help="size/latency mode: the original (float) checkpoint, measured against "
                                    "--variant on the one positional data set")
     p.add_argument("--variant", action="append", default=None,
@@ -151,11 +153,11 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
 def _run_compare(args) -> int:
     from mmfm.config import ConfigError
     if args.model or args.variant:
-        if len(args.items) != 1 or args.data:
+        if len(args.data) != 1 or args.datasets:
             raise ConfigError("compare --model/--variant (size/latency mode) takes exactly one positional data set "
                               "and no --data")
         return _run_latency_compare(args)
-    if not args.items or not args.data:
+    if not args.data or not args.datasets:
         raise ConfigError("compare: give the models as positionals and at least one --data (or --model ORIGINAL "
                           "DATA for the size/latency comparison)")
     from mmfm.eval.compare_report import format_suite, write_compare
@@ -165,9 +167,9 @@ def _run_compare(args) -> int:
         fewshot = [int(k) for k in args.fewshot.split(",") if k.strip()]
     except ValueError:
         raise ConfigError(f"--fewshot {args.fewshot!r}: expected comma-separated integers such as 1,5,10") from None
-    res = compare_suite(args.items, args.data, probe_train=args.probe_train, fewshot=fewshot,
+    res = compare_suite(args.data, args.datasets, probe_train=args.probe_train, fewshot=fewshot,
                         templates=args.templates, max_samples=args.max_samples,
-                        gen=_captioner_settings(args.items[:1], args), n_boot=args.bootstrap, seed=args.seed,
+                        gen=_captioner_settings(args.data[:1], args), n_boot=args.bootstrap, seed=args.bootstrap_seed,
                         device=args.device, progress=not args.quiet)
     print(format_suite(res))
     for note in res["notes"]:
@@ -181,7 +183,7 @@ def _run_latency_compare(args) -> int:
     from mmfm.eval.common import write_json
     from mmfm.eval.compare import compare_models, format_comparison
 
-    res = compare_models(args.model, args.items[0], args.variant,
+    res = compare_models(args.model, args.data[0], args.variant,
                          max_samples=500 if args.max_samples is None else args.max_samples,
                          latency_images=args.latency_images, threads=args.threads, templates=args.templates,
                          label_field=args.label_field, gen=_captioner_settings([args.model], args),

@@ -33,11 +33,11 @@ FEWSHOT = (1, 5, 10)
 
 
 def parse_data(spec: str) -> tuple[str, str]:
-    """``NAME=PATH`` or ``PATH`` (named after its file or folder) -> ``(name, path)``."""
+    """``NAME=PATH`` or ``PATH`` (named after its file or folder, without the extension) -> ``(name, path)``."""
     name, sep, path = str(spec).partition("=")
     if sep and name and "/" not in name and path:
         return name, path
-    return Path(str(spec).rstrip("/")).name or str(spec), str(spec)
+    return Path(str(spec).rstrip("/")).stem or str(spec), str(spec)
 
 
 def _first_row(path: str) -> dict:
@@ -199,6 +199,9 @@ def compare_suite(models: list[str], data: list[str], *, probe_train: str | None
         raise ConfigError("compare: give at least one model")
     if not data:
         raise ConfigError("compare: give at least one --data")
+    twice = sorted({m for m in models if list(models).count(m) > 1})
+    if twice:
+        raise ConfigError(f"compare: model {twice[0]} is given twice")
     t0 = time.perf_counter()
     sets = [parse_data(d) for d in data]
     if len({n for n, _ in sets}) != len(sets):
