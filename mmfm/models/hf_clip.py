@@ -22,7 +22,7 @@ from mmfm.config import ConfigError
 from .clip import ClipApiMixin
 from .towers import KeepLockedEval
 
-__all__ = ["HFCLIPModel", "build_hf_clip", "resolve_hf_source", "preprocess_from_hf", "HF_CLASSES"]
+__all__ = ["HFCLIPModel", "build_hf_clip", "resolve_hf_source", "preprocess_from_hf", "pooled", "HF_CLASSES"]
 
 HF_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel"}          # config.model_type -> transformers class
 _RESAMPLE = {2: "bilinear", 3: "bicubic"}                          # PIL resample ids in preprocessor configs
@@ -81,6 +81,12 @@ def preprocess_from_hf(folder: Path, config) -> dict:
     return pre
 
 
+def pooled(out) -> torch.Tensor:
+    """``get_image_features`` / ``get_text_features`` output -> the projected embeddings (transformers 5 returns
+    a ModelOutput whose ``pooler_output`` holds them, 4.x the tensor itself)."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 class HFCLIPModel(ClipApiMixin, KeepLockedEval, nn.Module):
     """A transformers CLIPModel / SiglipModel with mmfm's ``encode_image`` / ``encode_text`` / ``forward``."""
 
@@ -106,7 +112,7 @@ class HFCLIPModel(ClipApiMixin, KeepLockedEval, nn.Module):
         self.preprocess = preprocess_from_hf(folder, config)
         self.tokenizer = HFTokenizer(str(folder), context_length=int(config.text_config.max_position_embeddings))
         # give the text model what its own tokenizer gives it (SigLIP's gives no attention mask)
-        self._text_mask = "attention_mask" in getattr(self.tokenizer.tokenizer, "model_input_names", ())
+        self.uses_attention_mask = "attention_mask" in getattr(self.tokenizer.tokenizer, "model_input_names", ())
         self.embed_dim = int(getattr(config, "projection_dim", 0) or config.text_config.hidden_size)
         if model_cfg is None:
             from mmfm.config.model import ModelConfig
@@ -125,18 +131,14 @@ class HFCLIPModel(ClipApiMixin, KeepLockedEval, nn.Module):
     def visual(self) -> nn.Module:
         return self.model.vision_model
 
-    @staticmethod
-    def _pooled(out) -> torch.Tensor:
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        x = self._pooled(self.model.get_image_features(pixel_values=image))
+        x = pooled(self.model.get_image_features(pixel_values=image))
         return nn.functional.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, text_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     normalize: bool = False) -> torch.Tensor:
-        mask = attention_mask if self._text_mask else None
-        x = self._pooled(self.model.get_text_features(input_ids=text_ids, attention_mask=mask))
+        mask = attention_mask if self.uses_attention_mask else None
+        x = pooled(self.model.get_text_features(input_ids=text_ids, attention_mask=mask))
         return nn.functional.normalize(x, dim=-1) if normalize else x
 
     def _lock(self, tower: nn.Module, heads: list[nn.Module], unlocked: int) -> None:
