@@ -233,7 +233,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
 def load_state(model: nn.Module, sd: dict[str, torch.Tensor], origin: str,
                strict: bool = True) -> dict[str, list[str]]:
     """Load the state dict ``sd`` (read from ``origin``, named in errors) into ``model``, as ``load_weights``."""
-    file = origin
     own = model.state_dict()
     obsolete = {f"{name}.{key}" if name else key for name, m in model.named_modules()
                 for key in (getattr(m, "obsolete_keys", None) or ())}      # e.g. a captioner's dropped timm head
@@ -251,7 +250,7 @@ def load_state(model: nn.Module, sd: dict[str, torch.Tensor], origin: str,
     shape = [f"{k} (checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
              for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
     if strict and (missing or unexpected or shape):
-        parts = [f"{file} does not fit {type(model).__name__}:"]
+        parts = [f"{origin} does not fit {type(model).__name__}:"]
         if shape:
             parts.append(f"  {len(shape)} shape mismatches: {_fmt(shape)}")
         if missing:
