@@ -21,8 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run exactly (weights, optimizer, schedule, RNG, data position)")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in an output dir that holds another run's checkpoints, deleting them")
-    p.add_argument("--init-from", default=None, metavar="CKPT",
-                   help="load weights only (continued pre-training: LR warms up again)")
+    p.add_argument("--init-from", default=None, metavar="SPEC",
+                   help="load weights only (continued pre-training: LR warms up again): an mmfm run, checkpoint or "
+                        "export, openclip:ARCH:FILE, openclip:ARCH@TAG, openclip:hf-hub:ORG/REPO or hf:DIR_OR_ID "
+                        "(these define the architecture: the config's model section may be left out)")
     p.add_argument("--output-dir", default=None, help="shortcut for --set train.output_dir=...")
     p.add_argument("--max-steps", type=int, default=None, help="shortcut for --set train.max_steps=...")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")

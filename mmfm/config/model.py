@@ -62,6 +62,9 @@ class ModelConfig:
     kind: Literal["clip", "captioner"] = "clip"
     openclip: str | None = None       # an open_clip architecture name (e.g. ViT-B-32): built by open_clip,
                                       # run through mmfm's adapter; vision/text are then ignored
+    source: str | None = None         # hf:DIR_OR_ID: a transformers CLIPModel / SiglipModel folder gives the
+                                      # architecture, tokenizer and preprocessing; vision/text (but lock,
+                                      # unlock_last_groups, grad_checkpointing) are then ignored
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     decoder: DecoderConfig | None = None        # captioner / VQA decoder
@@ -69,6 +72,13 @@ class ModelConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None        # set (e.g. -10) for SigLIP
     clip_checkpoint: str | None = None          # captioner: take the vision tower from an mmfm CLIP ckpt
+
+    def validate(self) -> None:
+        if self.source is not None and not self.source.startswith("hf:"):
+            raise ConfigError(f"source: expected hf:DIR_OR_ID (a transformers CLIPModel / SiglipModel folder), got "
+                              f"{self.source!r}; open_clip architectures go in model.openclip")
+        if self.source and self.openclip:
+            raise ConfigError("source: set either model.source (transformers) or model.openclip, not both")
 
 
 def model_config_dirs() -> list[Path]:
@@ -106,6 +116,22 @@ def expand_model_dict(model: dict | None) -> dict:
     base = read_yaml(named_model_path(name))
     base.pop("name", None)          # a named file inherits with _base_, not with name
     return _deep_merge(base, model)
+
+
+def model_section_from_spec(spec) -> dict | None:
+    """The model section a library spec defines (its architecture): ``openclip:ARCH[:FILE]``,
+    ``openclip:ARCH@TAG`` -> ``{openclip: ARCH}``; ``openclip:hf-hub:ORG/REPO`` -> ``{openclip: hf-hub:ORG/REPO}``;
+    ``hf:DIR_OR_ID`` -> ``{source: hf:DIR_OR_ID}``; anything else (an mmfm folder) -> None."""
+    if not isinstance(spec, str):
+        return None
+    if spec.startswith("hf:"):
+        return {"kind": "clip", "source": spec}
+    if not spec.startswith("openclip:"):
+        return None
+    body = spec[len("openclip:"):]
+    if not body.startswith(("hf-hub:", "local-dir:")):
+        body = body.split("@", 1)[0] if "@" in body else body.split(":", 1)[0]
+    return {"kind": "clip", "openclip": body}
 
 
 def expand_named_model(data: dict) -> dict:

@@ -7,6 +7,8 @@ Formats:
 * ``onnx``: CLIP image and text towers as two graphs, captioners as vision encoder + decoder; each
   graph is checked against PyTorch in onnxruntime right after export (``mmfm.export.onnx``).
 * ``hf``: a folder open_clip's / transformers' own loaders open (``mmfm.export.hf`` lists the combinations).
+* ``openclip``: a weights file ``open_clip.create_model(ARCH, pretrained=FILE)`` loads, with ``ARCH.json``;
+  ``transformers``: a ``CLIPModel`` / ``SiglipModel.from_pretrained`` folder (``mmfm.export.library``).
 * ``int8``: dynamic int8 quantization of the Linear layers for CPU inference, saved as safetensors
   (``mmfm.export.int8``); ``mmfm.load(OUT)`` reads it.
 """
@@ -19,7 +21,7 @@ from mmfm.config import ConfigError
 
 __all__ = ["export", "FORMATS"]
 
-FORMATS = ("onnx", "safetensors", "hf", "int8")
+FORMATS = ("onnx", "safetensors", "hf", "openclip", "transformers", "int8")
 
 
 def export(model_path, format: str, out: str | os.PathLike, **options) -> dict:
@@ -46,5 +48,9 @@ def export(model_path, format: str, out: str | os.PathLike, **options) -> dict:
     if format == "onnx":
         from .onnx import export_onnx
         return export_onnx(model, out, source=source, **options)
+    if format in ("openclip", "transformers"):
+        from .library import export_openclip, export_transformers
+        fn = export_openclip if format == "openclip" else export_transformers
+        return fn(model, out, source=source, **options)
     from .hf import export_hf
     return export_hf(model, out, source=source, **options)

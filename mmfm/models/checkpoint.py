@@ -11,7 +11,9 @@ Layouts (all written atomically: a temp folder renamed into place):
 * int8 folder (``mmfm export --format int8``): ``model.int8.safetensors`` + ``config.yaml`` + ``meta.json``
   (``meta["quantization"]``); see :mod:`mmfm.models.quantized`.
 * specs: ``openclip:MODEL_NAME[:STATE_DICT_FILE]`` / ``openclip:MODEL_NAME@PRETRAINED_TAG`` /
-  ``openclip:hf-hub:ORG/REPO``; ``hf:`` is reserved for transformers folders.
+  ``openclip:hf-hub:ORG/REPO``; ``hf:DIR_OR_ID`` for transformers CLIPModel / SiglipModel folders
+  (:mod:`mmfm.models.hf_clip`). ``init_weights_from(model, spec)`` copies any of them into a model
+  (``train.init_from``).
 
 ``load(spec, device)`` takes any of them and returns the model in eval mode with ``.model_cfg``, ``.preprocess``,
 ``.tokenizer``, ``.generate_config`` (the decoding settings stored with a captioner), ``.checkpoint_path`` and
@@ -36,7 +38,7 @@ from mmfm.config.model import ModelConfig
 from .quantized import QUANT_FORMAT, QUANT_WEIGHTS
 
 __all__ = ["CheckpointMismatchError", "load", "read_config", "resolve_checkpoint", "resolve_latest", "load_weights",
-           "save_pretrained", "write_pretrained", "export_pretrained", "state_dict_to_save", "checkpoint_meta",
+           "save_pretrained", "write_pretrained", "load_state", "init_weights_from", "export_pretrained", "state_dict_to_save", "checkpoint_meta",
            "atomic_dir", "is_quantized_dir", "is_spec", "WEIGHTS", "CONFIG_YAML", "META", "EXPORT_CONFIG"]
 
 WEIGHTS, CONFIG_YAML, META, EXPORT_CONFIG = "model.safetensors", "config.yaml", "meta.json", "config.json"
@@ -225,6 +227,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
         sd = load_file(str(file), device="cpu")
     except Exception as e:  # noqa: BLE001 - a truncated / foreign file
         raise ConfigError(f"cannot read weights {file}: {e}") from e
+    return load_state(model, sd, str(file), strict)
+
+
+def load_state(model: nn.Module, sd: dict[str, torch.Tensor], origin: str,
+               strict: bool = True) -> dict[str, list[str]]:
+    """Load the state dict ``sd`` (read from ``origin``, named in errors) into ``model``, as ``load_weights``."""
     own = model.state_dict()
     obsolete = {f"{name}.{key}" if name else key for name, m in model.named_modules()
                 for key in (getattr(m, "obsolete_keys", None) or ())}      # e.g. a captioner's dropped timm head
@@ -242,7 +250,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     shape = [f"{k} (checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
              for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
     if strict and (missing or unexpected or shape):
-        parts = [f"{file} does not fit {type(model).__name__}:"]
+        parts = [f"{origin} does not fit {type(model).__name__}:"]
         if shape:
             parts.append(f"  {len(shape)} shape mismatches: {_fmt(shape)}")
         if missing:
@@ -299,13 +307,35 @@ def _stored_generate(d: Path) -> GenerateConfig | None:
     return None
 
 
+def init_weights_from(model: nn.Module, spec: str | os.PathLike) -> dict:
+    """``train.init_from``: copy the weights of ``spec`` into ``model`` (same architecture; a mismatch lists the
+    tensors). ``spec`` is an mmfm checkpoint, run or export folder, or a library spec: ``openclip:ARCH:FILE``
+    (a bare state dict or an open_clip_train checkpoint), ``openclip:ARCH@TAG``, ``openclip:hf-hub:ORG/REPO``,
+    ``hf:DIR_OR_ID``. Returns the provenance that checkpoints record in ``meta.json["init_from"]``."""
+    if not is_spec(str(spec)):
+        d = resolve_checkpoint(spec)
+        load_weights(model, d / WEIGHTS, strict=True)
+        return {"spec": str(spec), "resolved": str(d.resolve())}
+    source = load(str(spec))
+    if type(source) is not type(model):
+        raise ConfigError(f"train.init_from {spec}: gives a {type(source).__name__}, but the model section builds a "
+                          f"{type(model).__name__}. Leave the model section out (the spec defines the "
+                          f"architecture) or set model.openclip / model.source to the same model")
+    load_state(model, source.state_dict(), str(spec), strict=True)
+    from .openclip import parse_openclip_spec
+    weights = parse_openclip_spec(str(spec))[1] if str(spec).startswith("openclip:") else None
+    resolved = str(Path(weights).resolve()) if weights and os.path.isfile(weights) else \
+        str(getattr(source, "folder", "") or spec)
+    return {"spec": str(spec), "resolved": resolved}
+
+
 _KINDS = {"clip": ("encode_image", "CLIP model (model.kind: clip)"),
           "captioner": ("generate_ids", "captioner (model.kind: captioner)")}
 
 
 def load(spec: str | os.PathLike, device: str | torch.device = "cpu", expect: str | None = None) -> nn.Module:
     """Load any model mmfm knows, ready for inference (eval mode): a checkpoint or run folder, an exported or
-    int8 folder, or an ``openclip:`` spec. ``expect`` ("clip" | "captioner") turns a model of the wrong kind into
+    int8 folder, or an ``openclip:`` / ``hf:`` spec. ``expect`` ("clip" | "captioner") turns a model of the wrong kind into
     a ConfigError naming the spec. The model carries ``.model_cfg``, ``.preprocess``, ``.tokenizer``,
     ``.generate_config``, ``.checkpoint_path`` and ``.checkpoint_meta``."""
     text = str(spec)
@@ -315,8 +345,9 @@ def load(spec: str | os.PathLike, device: str | torch.device = "cpu", expect: st
         model = OpenCLIPModel(name, pretrained=weights)
         model.checkpoint_path, model.checkpoint_meta, model.generate_config = text, {"source": text}, None
     elif text.startswith("hf:"):
-        raise ConfigError(f"{text}: transformers (hf:) models are not supported yet; convert with "
-                          f"`mmfm export` from an mmfm run, or use openclip:NAME:FILE")
+        from .hf_clip import HFCLIPModel
+        model = HFCLIPModel(text)
+        model.checkpoint_path, model.checkpoint_meta, model.generate_config = text, {"source": text}, None
     else:
         d = resolve_checkpoint(spec)
         meta = read_meta(d)

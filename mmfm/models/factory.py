@@ -1,7 +1,8 @@
 """``build_model(model_cfg)``: a ModelConfig (or a dict, or a named config) -> an nn.Module.
 
 Every model has ``.preprocess`` (timm data config dict), ``.tokenizer`` and ``.model_cfg``.
-``kind: clip`` builds :class:`mmfm.models.clip.CLIP` (or the open_clip adapter when ``openclip`` is set);
+``kind: clip`` builds :class:`mmfm.models.clip.CLIP` (or the open_clip adapter when ``openclip`` is set, the
+transformers CLIPModel / SiglipModel adapter when ``source: hf:...`` is);
 ``kind: captioner`` is delegated to ``mmfm.models.captioner.build_captioner``.
 """
 from __future__ import annotations
@@ -100,6 +101,9 @@ def build_model(model_cfg: ModelConfig | dict | str | None = None, *, init_weigh
     if cfg.openclip:
         from .openclip import build_openclip_model
         return build_openclip_model(cfg)
+    if cfg.source:
+        from .hf_clip import build_hf_clip
+        return build_hf_clip(cfg, init_weights=init_weights)
     return _build_clip(cfg, init_weights)
 
 

@@ -77,6 +77,7 @@ class Trainer:
         self.step, self.epoch, self.samples_seen = 0, 0, 0
         self.last_ckpt: Path | None = None
         self._saved_step = -1
+        self.init_source: dict | None = None          # where the starting weights came from (meta.json)
         self._stop_signal = None
         self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self._ddp = None
@@ -116,7 +117,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def _restore(self) -> bool:
         """Resume (full state) or init_from (weights only). True when evaluation should run at the start."""
-        from mmfm.models.checkpoint import load_weights
+        from mmfm.models.checkpoint import init_weights_from, load_weights
 
         if self.tc.resume:
             error = None
@@ -133,13 +134,15 @@ class Trainer:
             if self.last_ckpt is not None:
                 return False
         if self.tc.init_from:
-            load_weights(self.task.model, self.tc.init_from, strict=True)
+            self.init_source = init_weights_from(self.task.model, self.tc.init_from)
             log.info("initialised weights from %s (optimizer, schedule and data start fresh)", self.tc.init_from)
             return True
         return bool(self.cfg.eval.at_start)
 
     def _resume(self, ckpt: Path, load_weights) -> None:
+        from mmfm.models.checkpoint import read_meta
         load_weights(self.task.model, ckpt, strict=True)
+        self.init_source = read_meta(ckpt).get("init_from")
         state = load_trainer_state(ckpt)
         if int(state.get("world_size", 1)) != self.dist.world_size:
             raise ConfigError(f"{ckpt}: written by {state.get('world_size')} processes, this run has "
@@ -204,7 +207,7 @@ class Trainer:
                      "world_size": self.dist.world_size, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "rng": rngs, "data": datas}
             meta = {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
-                    "task": self.cfg.task.name}
+                    "task": self.cfg.task.name, "init_from": self.init_source}
             path = save_checkpoint(self.out / "checkpoints", self.step, self.task.model, self.cfg, state, meta,
                                    self.tc.keep_last)
             log.info("saved checkpoint %s", path)
