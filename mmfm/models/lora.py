@@ -1,9 +1,9 @@
 """LoRA fine-tuning through ``peft``: adapters on the towers' attention and MLP projections, merged away for use.
 
 * ``apply_lora(model, cfg)`` injects peft LoRA layers (``peft.inject_adapter_in_model``) into every Linear (and
-  ``nn.MultiheadAttention``, open_clip's text attention) inside the block stacks of the towers ``cfg.towers`` names
-  (timm's ``blocks``, open_clip's ``resblocks``, a transformers ``encoder.layer``: attention and MLP projections),
-  or only those whose module name ends with one of ``cfg.targets``; everything else is frozen, so only the
+  the q/k/v ``in_proj_weight`` of open_clip's ``nn.MultiheadAttention``) inside the block stacks of the towers
+  ``cfg.towers`` names (timm's ``blocks``, open_clip's ``resblocks``, a transformers ``encoder.layer``: attention
+  and MLP projections), or only those whose module name ends with one of ``cfg.targets``; everything else is frozen, so only the
   ``lora_A`` / ``lora_B`` matrices train. The model's state dict then holds ``...qkv.base_layer.weight`` and
   ``...qkv.lora_A.default.weight``.
 * ``merge_lora(model)`` folds the adapters into the base weights (W + B A * alpha / r, peft's merge) and puts the
@@ -47,11 +47,19 @@ def _block_stacks(tower: nn.Module) -> list[str]:
     return stacks
 
 
-def lora_targets(model: nn.Module, towers: list[str], targets: list[str] | None = None) -> list[str]:
-    """Full names of the modules that get adapters: Linear / MultiheadAttention inside the block stacks of each
-    tower in ``towers`` (module paths: ``visual``, ``text``; ``model.visual`` for the open_clip adapter); with
-    ``targets``, only names ending with one of these suffixes."""
-    out: list[str] = []
+def lora_targets(model: nn.Module, towers: list[str], targets: list[str] | None = None
+                 ) -> tuple[list[str], list[str]]:
+    """What gets adapters, as (module names, parameter names): each Linear inside the block stacks of each tower in
+    ``towers`` (module paths: ``visual``, ``text``; ``model.visual`` for the open_clip adapter), and the
+    ``in_proj_weight`` (q, k, v) of each ``nn.MultiheadAttention`` there, adapted as a parameter (peft's
+    ``target_parameters``: a parametrization, so the frozen weight is never rewritten; peft's module-level MHA
+    adapter merges and unmerges in every forward, which moves the frozen weight by float rounding). An MHA's
+    ``out_proj`` is left alone: MHA reads its weight without calling it. ``targets``: only names ending so."""
+    def wanted(name: str) -> bool:
+        return not targets or any(name == t or name.endswith("." + t) for t in targets)
+
+    modules: list[str] = []
+    params: list[str] = []
     for tower in towers:
         try:
             module = model.get_submodule(tower)
@@ -59,21 +67,23 @@ def lora_targets(model: nn.Module, towers: list[str], targets: list[str] | None 
             tops = ", ".join(n for n, _ in model.named_children())
             raise ConfigError(f"model.lora.towers: {type(model).__name__} has no module '{tower}' (a module path; "
                               f"its top-level modules: {tops})") from None
-        found = len(out)
+        found = len(modules) + len(params)
+        attentions: list[str] = []
         for stack in _block_stacks(module):
             prefix = f"{tower}.{stack}."
             for name, m in model.named_modules():
-                if not name.startswith(prefix) or not isinstance(m, (nn.Linear, nn.MultiheadAttention)):
+                if not name.startswith(prefix) or any(name.startswith(a + ".") for a in attentions):
                     continue
-                if any(name.startswith(o + ".") for o in out):        # out_proj inside a targeted attention
-                    continue
-                if targets and not any(name == t or name.endswith("." + t) for t in targets):
-                    continue
-                out.append(name)
-        if len(out) == found:
+                if isinstance(m, nn.MultiheadAttention):
+                    attentions.append(name)
+                    if wanted(name) and m.in_proj_weight is not None:
+                        params.append(f"{name}.in_proj_weight")
+                elif isinstance(m, nn.Linear) and wanted(name):
+                    modules.append(name)
+        if len(modules) + len(params) == found:
             raise ConfigError(f"model.lora: no Linear or attention module in the blocks of tower '{tower}' "
                               f"matches model.lora.targets {targets or '(any)'}; LoRA adapts transformer towers")
-    return out
+    return modules, params
 
 
 def apply_lora(model: nn.Module, cfg) -> nn.Module:
@@ -82,8 +92,12 @@ def apply_lora(model: nn.Module, cfg) -> nn.Module:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError as e:    # pragma: no cover - peft is a dependency
         raise ConfigError(f"model.lora needs the peft package: {e}") from e
-    names = lora_targets(model, list(cfg.towers), list(cfg.targets))
-    peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=names)
+    modules, params = lora_targets(model, list(cfg.towers), list(cfg.targets))
+    if params and cfg.dropout:
+        raise ConfigError(f"model.lora.dropout: the q/k/v adapters of nn.MultiheadAttention ({params[0]}, ...) take "
+                          f"no dropout in peft; set dropout: 0, or leave the attention out of model.lora.targets")
+    peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=modules or None,
+                          target_parameters=params or None)
     inject_adapter_in_model(peft_cfg, model)
     for name, p in model.named_parameters():
         p.requires_grad = is_lora_key(name)

@@ -171,7 +171,7 @@ def test_lora_targets_both_towers_and_merge_equals_unmerged(text, bert_dir):
     model = build_model({**spec, "lora": {"r": 4, "alpha": 8}})
     names = {n.rsplit(".lora_", 1)[0] for n, p in model.named_parameters() if p.requires_grad}
     if text == "openclip":
-        assert {"text.transformer.resblocks.0.attn", "text.transformer.resblocks.0.attn.base_layer.out_proj",
+        assert {"text.transformer.resblocks.0.attn", "text.transformer.resblocks.1.attn",      # q, k, v
                 "text.transformer.resblocks.1.mlp.c_fc", "text.transformer.resblocks.1.mlp.c_proj"} <= names
     else:
         assert {"text.transformer.encoder.layer.0.attention.self.query",
@@ -200,6 +200,9 @@ def test_lora_config_errors():
         build_model({"name": "tiny", "lora": {"towers": ["vision"]}})
     with pytest.raises(ConfigError, match="tower 'text' matches model.lora.targets"):
         build_model({"name": "tiny", "lora": {"targets": ["qkv"]}})       # no qkv in open_clip's text blocks
+    with pytest.raises(ConfigError, match="model.lora.dropout: the q/k/v adapters of nn.MultiheadAttention"):
+        build_model({"name": "tiny", "lora": {"dropout": 0.1}})
+    build_model({"name": "tiny", "lora": {"dropout": 0.1, "targets": ["qkv", "c_fc"]}})   # Linear layers take it
     with pytest.raises(ConfigError, match="model.lora: LoRA fine-tuning is for CLIP models"):
         build_model({"name": "tiny_captioner", "lora": {}})
 
