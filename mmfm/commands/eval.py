@@ -1,4 +1,4 @@
-"""``mmfm eval caption|vqa|bias|compare``: evaluate checkpoints on a dataset, write results into a folder.
+"""``mmfm eval caption|vqa|bias|compare|wise-ft``: evaluate checkpoints on a dataset, write results into a folder.
 
 Sub-commands live in ``SUBCOMMANDS`` (name -> (help, add_arguments, run)); a new evaluation adds one entry.
 The library does the work (``mmfm.eval.caption_eval``, ``mmfm.eval.bias``, ``mmfm.eval.compare``); this module
@@ -195,6 +195,31 @@ def _run_latency_compare(args) -> int:
     return 0
 
 
+def _wise_ft_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a fine-tuned run (or checkpoint) that recorded train.init_from")
+    p.add_argument("data", help="image folder with class subfolders")
+    p.add_argument("--alphas", default="0,0.25,0.5,0.75,1",
+                   help="comma-separated WiSE-FT alphas in [0, 1] (0 = initial weights, 1 = fine-tuned)")
+    p.add_argument("--init-from", help="the initial weights (default: the run's train.init_from)")
+    p.add_argument("--templates", default="openai", help="zero-shot templates: a name, a file or a literal with {}")
+    p.add_argument("--max-samples", type=int, help="an even subsample of N images")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="runs/eval/wise_ft.json", help="JSON results (default runs/eval/wise_ft.json)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _run_wise_ft(args) -> int:
+    from mmfm.eval.common import write_json
+    from mmfm.eval.wise_ft import format_sweep, parse_alphas, wise_ft_sweep
+
+    res = wise_ft_sweep(args.run, args.data, parse_alphas(args.alphas), templates=args.templates,
+                        init_from=args.init_from, device=args.device, max_samples=args.max_samples,
+                        progress=not args.quiet)
+    print(format_sweep(res))
+    print(f"wrote {write_json(args.out, res)}")
+    return 0
+
+
 SUBCOMMANDS = {
     "caption": ("BLEU-1..4, ROUGE-L, CIDEr-D + degenerate-output report", _caption_args, _run_caption),
     "vqa": ("VQAv2 accuracy by answer type (yes/no, number, other)", _vqa_args, _run_vqa),
@@ -203,6 +228,8 @@ SUBCOMMANDS = {
     "compare": ("several models on the same data: zero-shot, probes, retrieval, caption/VQA metrics, perplexity, "
                 "deltas with 95%% CIs; or (--model/--variant) size, CPU latency and metric drop of int8 / "
                 "distilled variants", _compare_args, _run_compare),
+    "wise-ft": ("zero-shot top-1 of a run's WiSE-FT weights (initial/fine-tuned interpolation) per alpha",
+                _wise_ft_args, _run_wise_ft),
 }
 
 

@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dynamo: torch.export based (PyTorch's default); torchscript: the legacy tracer, faster")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--atol", type=float, default=1e-4, help="ONNX parity tolerance (max |onnxruntime - torch|)")
-    p.add_argument("--no-check", action="store_true", help="hf, openclip, transformers: skip loading the folder back with the target library")
+    p.add_argument("--no-check", action="store_true", help="hf, openclip, transformers: skip loading the folder back with the target "
+                   "library")
+    p.add_argument("--wise-ft", type=float, default=None, metavar="ALPHA",
+                   help="WiSE-FT: export (1-ALPHA) * initial + ALPHA * fine-tuned weights of a run that recorded "
+                        "train.init_from (0 = initial, 1 = fine-tuned); any format")
     return p
 
 
@@ -53,9 +57,10 @@ def main(argv: list[str]) -> int:
         opts = {"exporter": args.onnx_exporter, "opset": args.opset, "atol": args.atol}
     elif args.format in ("hf", "openclip", "transformers"):
         opts = {"check": not args.no_check}
-    info = export(model, args.format, args.out, **opts)
+    info = export(model, args.format, args.out, wise_ft=args.wise_ft, **opts)
     summary = {k: info.get(k) for k in ("format", "kind", "loader", "portable", "parity", "parity_max_abs_diff",
-                                        "not_covered", "arch", "class", "bytes", "quantized_linears", "export_seconds") if k in info}
+                                        "not_covered", "arch", "class", "bytes", "quantized_linears",
+                                        "export_seconds", "wise_ft") if k in info}
     summary["out"] = str(args.out)
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -57,6 +57,22 @@ class TextConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft) on the towers' attention and MLP projections; only the adapters train. Merged into
+    plain weights when the model is loaded for inference or exported (docs/finetune.md)."""
+    r: int = ranged(8, ge=1)                 # rank of each adapter
+    alpha: float = ranged(16.0, gt=0)        # scaling: alpha / r
+    dropout: float = ranged(0.0, ge=0, lt=1)
+    targets: list[str] = field(default_factory=list)   # module-name suffixes inside the towers' blocks
+                                             # (e.g. [qkv, proj, fc1, fc2]); empty: every Linear / attention
+    towers: list[str] = field(default_factory=lambda: ["visual", "text"])   # which towers get adapters
+
+    def validate(self) -> None:
+        if not self.towers:
+            raise ConfigError("towers: name at least one tower (visual, text)")
+
+
+@dataclass
 class ModelConfig:
     name: str | None = None           # a named config from configs/models/<name>.yaml
     kind: Literal["clip", "captioner"] = "clip"
@@ -72,6 +88,7 @@ class ModelConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None        # set (e.g. -10) for SigLIP
     clip_checkpoint: str | None = None          # captioner: take the vision tower from an mmfm CLIP ckpt
+    lora: LoraConfig | None = None              # LoRA fine-tuning (CLIP models): model.lora: {r: 8, alpha: 16}
 
     def validate(self) -> None:
         if self.source is not None and not self.source.startswith("hf:"):

@@ -1,7 +1,7 @@
 """Schema of the ``train:`` section. Owned by mmfm.train."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .core import ConfigError, ranged
@@ -36,8 +36,17 @@ class TrainConfig:
     dist_timeout_minutes: float = ranged(30.0, gt=0)   # bound on every collective (a dead rank fails the others)
     device: str | None = None             # default: cuda:LOCAL_RANK when available, else cpu
     find_unused_parameters: bool = False  # DDP: set for models with parameters some steps do not use
+    lr_groups: dict[str, float] = field(default_factory=dict)   # lr by parameter-name prefix (a module path
+                                          # of the model: visual, text, text.text_projection); longest prefix
+                                          # wins; the rest (projections, logit scale) train at train.lr
+    layer_decay: float = ranged(1.0, gt=0, le=1)   # layer-wise lr decay inside each tower (timm's layer ids:
+                                          # embeddings 0, block i is i + 1, the final norm/projection last):
+                                          # layer k of K trains at its lr * layer_decay ** (K - k)
 
     def validate(self) -> None:
+        for key, value in self.lr_groups.items():
+            if value < 0:
+                raise ConfigError(f"lr_groups.{key}: must be >= 0, got {value}")
         if self.overwrite and self.resume:
             raise ConfigError("train.overwrite: cannot be combined with train.resume (overwrite starts a new run "
                               "and deletes the old one's checkpoints; resume continues it)")

@@ -9,6 +9,7 @@ Formats:
 * ``hf``: a folder open_clip's / transformers' own loaders open (``mmfm.export.hf`` lists the combinations).
 * ``openclip``: a weights file ``open_clip.create_model(ARCH, pretrained=FILE)`` loads, with ``ARCH.json``;
   ``transformers``: a ``CLIPModel`` / ``SiglipModel.from_pretrained`` folder (``mmfm.export.library``).
+* ``--wise-ft ALPHA`` (any format): the run's weights interpolated with its initial ones (WiSE-FT).
 * ``int8``: dynamic int8 quantization of the Linear layers for CPU inference, saved as safetensors
   (``mmfm.export.int8``); ``mmfm.load(OUT)`` reads it.
 """
@@ -24,14 +25,19 @@ __all__ = ["export", "FORMATS"]
 FORMATS = ("onnx", "safetensors", "hf", "openclip", "transformers", "int8")
 
 
-def export(model_path, format: str, out: str | os.PathLike, **options) -> dict:
+def export(model_path, format: str, out: str | os.PathLike, wise_ft: float | None = None, **options) -> dict:
     """Export the checkpoint at ``model_path`` (anything ``mmfm.load`` accepts, or a loaded model) as ``format``
-    into the folder ``out`` (written atomically). Returns a summary dict (files, checks)."""
+    into the folder ``out`` (written atomically). ``wise_ft``: export the run's WiSE-FT weights for that alpha
+    instead (``mmfm.models.wiseft``; the run must record train.init_from). Returns a summary dict."""
     if format not in FORMATS:
         import difflib
         close = difflib.get_close_matches(str(format), FORMATS, n=1)
         raise ConfigError(f"export format {format!r} is not one of {', '.join(FORMATS)}."
                           + (f" Did you mean '{close[0]}'?" if close else ""))
+    if wise_ft is not None:
+        from mmfm.models.wiseft import wise_ft as interpolated
+        model = interpolated(model_path, wise_ft)
+        return {**export(model, format, out, **options), "wise_ft": model.checkpoint_meta["wise_ft"]}
     source = None if hasattr(model_path, "parameters") else str(model_path)
     if format == "int8":
         from .int8 import save_quantized

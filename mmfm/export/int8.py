@@ -5,6 +5,7 @@ checkpoint loader, :func:`mmfm.models.checkpoint.load`) reads the folder back.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -34,8 +35,10 @@ def save_quantized(model_or_path, out_dir: str | os.PathLike, dtype: str = "qint
             cfg = read_config(source)
         except ConfigError:
             cfg = None
+    mc = getattr(model, "model_cfg", None)
+    if cfg is not None and isinstance(mc, ModelConfig):
+        cfg = dataclasses.replace(cfg, model=mc)      # the model as loaded (a LoRA run comes merged: no model.lora)
     if cfg is None:
-        mc = getattr(model, "model_cfg", None)
         if not isinstance(mc, ModelConfig):
             raise ConfigError(f"int8 export: {type(model).__name__} has no model config to save")
         cfg = ExperimentConfig(model=mc)

@@ -17,7 +17,8 @@ Layouts (all written atomically: a temp folder renamed into place):
 
 ``load(spec, device)`` takes any of them and returns the model in eval mode with ``.model_cfg``, ``.preprocess``,
 ``.tokenizer``, ``.generate_config`` (the decoding settings stored with a captioner), ``.checkpoint_path`` and
-``.checkpoint_meta``. ``read_config(spec)`` returns the stored ExperimentConfig of any folder kind.
+``.checkpoint_meta``; a LoRA checkpoint comes back merged (plain weights, ``model_cfg.lora`` cleared), so every
+export format writes plain weights. ``read_config(spec)`` returns the stored ExperimentConfig of any folder kind.
 Weights are only ever read with safetensors (or open_clip's ``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
@@ -234,6 +235,8 @@ def load_state(model: nn.Module, sd: dict[str, torch.Tensor], origin: str,
                strict: bool = True) -> dict[str, list[str]]:
     """Load the state dict ``sd`` (read from ``origin``, named in errors) into ``model``, as ``load_weights``."""
     own = model.state_dict()
+    from .lora import adapt_state_dict
+    sd, fresh_adapters = adapt_state_dict(model, sd)      # a plain checkpoint into a LoRA model: adapters at init
     obsolete = {f"{name}.{key}" if name else key for name, m in model.named_modules()
                 for key in (getattr(m, "obsolete_keys", None) or ())}      # e.g. a captioner's dropped timm head
     sd = {k: v for k, v in sd.items() if k not in obsolete}
@@ -245,7 +248,7 @@ def load_state(model: nn.Module, sd: dict[str, torch.Tensor], origin: str,
     for names in aliases.values():
         if present.intersection(names):
             present.update(names)
-    missing = [k for k in own if k not in present]
+    missing = [k for k in own if k not in present and k not in fresh_adapters]
     unexpected = [k for k in sd if k not in own]
     shape = [f"{k} (checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
              for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
@@ -356,8 +359,12 @@ def load(spec: str | os.PathLike, device: str | torch.device = "cpu", expect: st
                 raise ConfigError(f"{d}: int8 dynamic quantization runs on the CPU only (device={device})")
             model = _load_int8(d, meta)
         else:
-            model = _build(read_config(d).model)
+            model_cfg = read_config(d).model
+            model = _build(model_cfg)
             load_weights(model, d / WEIGHTS, strict=True)
+            if model_cfg.lora is not None:      # a LoRA run: adapters folded into plain weights for use
+                from .lora import merge_lora
+                merge_lora(model)
         if meta.get("preprocess"):
             model.preprocess = dict(meta["preprocess"])
         model.checkpoint_path, model.checkpoint_meta = str(d), meta

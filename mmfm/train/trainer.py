@@ -223,7 +223,7 @@ class Trainer:
         logged = accumulate_gradients(self.model, self.task, micro, self.mode, self._no_sync, self._autocast)
         if self.tc.grad_clip:
             logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(self._params, self.tc.grad_clip)
-        logged["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])   # the lr this step used
+        logged["lr"] = torch.tensor(self.tc.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch))  # train.lr's
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
