@@ -64,8 +64,9 @@ def test_recipes_load_build_and_train_what_they_say(repo_root, bert_dir, monkeyp
     """Each recipe loads strictly, builds its task on a tiny vit_minilm-shaped model, and its optimizer holds
     exactly the parameters the recipe means to train."""
     monkeypatch.chdir(repo_root)
+    others = ("openclip_csv", "continue_pretrain_replay")     # docs/finetune.md's recipes, tested with their doc
     assert sorted(p.stem for p in (repo_root / "configs/experiments/finetune").glob("*.yaml")) == \
-        sorted((*RECIPES, "base"))
+        sorted((*RECIPES, "base", *others))
     for name in RECIPES:
         cfg = recipe(name, bert_dir)
         assert cfg.train.init_from, name                     # a fine-tuning recipe starts from weights
