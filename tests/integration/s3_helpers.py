@@ -49,6 +49,8 @@ def endpoint(url: str):
 def moto_s3():
     pytest.importorskip("s3fs")
     server_mod = pytest.importorskip("moto.server")
+    import logging
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
