@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from mmfm.config import ConfigError, atomic_write
+from mmfm.data import fs
 from mmfm.models.device import model_device, resolve_device  # noqa: F401 - the one device helper
 
 
