@@ -10,7 +10,7 @@
 * ``RetryingReader``: a read-only stream over a remote object that, when a read fails (a dropped connection, a
   timeout), reopens the object and continues at the same byte offset, up to ``retries`` times with exponential
   backoff. The bytes handed out are exactly the object's bytes in order, so a tar streamed through it loses
-  and repeats no sample.
+  and repeats no sample. ``MMFM_READ_RETRIES`` (5) and ``MMFM_READ_BACKOFF`` (0.5 s) set the bounds.
 * ``upload`` / ``download`` / ``write_bytes`` / ``read_text``: whole files; an object store makes each upload
   visible only once it is complete, and callers upload the file that commits a result (``manifest.json``,
   ``checkpoints/latest``) last.
@@ -32,6 +32,7 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 FS_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 # object stores an image column may name (a table's images next to it in a bucket); other schemes are skipped
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
+# a remote read: retries after the first failure, and the first wait (doubled each time); env overrides
 RETRIES, BACKOFF = 5, 0.5
 
 
@@ -157,8 +158,8 @@ class RetryingReader(io.RawIOBase):
     def __init__(self, url: str, retries: int | None = None, backoff: float | None = None):
         super().__init__()
         self.url = url
-        self.retries = RETRIES if retries is None else int(retries)
-        self.backoff = BACKOFF if backoff is None else float(backoff)
+        self.retries = int(os.environ.get("MMFM_READ_RETRIES", RETRIES)) if retries is None else int(retries)
+        self.backoff = float(os.environ.get("MMFM_READ_BACKOFF", BACKOFF)) if backoff is None else float(backoff)
         self.fs, self.path = url_fs(url, "data source")
         self.pos, self.retried, self._f = 0, 0, None
 

@@ -2,17 +2,14 @@
 evaluate with every path an ``s3://`` URL; shards streamed through a proxy that drops connections mid-shard
 give every sample once; a URL scheme no installed filesystem handles is an error, not a local folder."""
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 
 from s3_helpers import DropProxy, endpoint, moto_s3
-from train_helpers import PY, ROOT, env, make_shards, png, run
+from train_helpers import PY, make_shards, png, run
 
 
 def _upload_table(bucket: str, n: int) -> str:
@@ -31,10 +28,14 @@ def test_unknown_scheme_is_an_error_not_a_local_folder(tmp_path, monkeypatch):
     from mmfm.data.shards.options import BuildOptions
     from mmfm.train.trainer import check_output_dir
 
-    make_shards(tmp_path / "in", 4, 4)
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        (tmp_path / "in" / f"{i}.png").write_bytes(png(i))
+    (tmp_path / "in" / "t.jsonl").write_text("".join(json.dumps({"image": f"{i}.png", "caption": "a red square"})
+                                                     + "\n" for i in range(2)))
     monkeypatch.chdir(tmp_path)
-    opts = BuildOptions()
-    opts.source.path = str(tmp_path / "in" / "shard-000000.tar")
+    opts = BuildOptions(workers=0)
+    opts.source.path = str(tmp_path / "in" / "t.jsonl")
     with pytest.raises(ConfigError, match=r"--out: nosuchfs://bucket/x: no installed filesystem handles"):
         build(opts, "nosuchfs://bucket/x", progress=False)
     with pytest.raises(ConfigError, match=r"train.output_dir: nosuchfs://b/run: no installed filesystem"):
@@ -42,15 +43,18 @@ def test_unknown_scheme_is_an_error_not_a_local_folder(tmp_path, monkeypatch):
     assert not (tmp_path / "nosuchfs:").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_dropped_connections_mid_shard_lose_and_repeat_no_sample(tmp_path, monkeypatch, caplog):
-    from mmfm.data import fs
+    import fsspec
+
+    from mmfm.data.shards import ShardError
     from mmfm.data.sources import read_samples, resolve_source
 
-    monkeypatch.setattr(fs, "BACKOFF", 0.05)
+    monkeypatch.setenv("MMFM_READ_BACKOFF", "0.05")
     make_shards(tmp_path / "shards", 40, 10)                  # 4 tars of ~30 KB
     with moto_s3() as (bucket, url):
-        fs.upload(tmp_path / "shards", f"{bucket}/shards")
+        fsspec.filesystem("s3").put(str(tmp_path / "shards"), f"{bucket}/shards", recursive=True)
         src = resolve_source(f"{bucket}/shards")
         urls = [s.url for s in src.shards]
         expected = [s["__key__"] for s in read_samples(urls)]
@@ -65,7 +69,6 @@ def test_dropped_connections_mid_shard_lose_and_repeat_no_sample(tmp_path, monke
             assert any("retry" in r.getMessage() for r in caplog.records)
             always = DropProxy((host, int(port)), drops=10 ** 9, after=3000)
             t0 = time.monotonic()
-            from mmfm.data.shards import ShardError
             with endpoint(always.url), pytest.raises(ShardError, match=r"shard-000000.tar .*after 5 retries"):
                 list(read_samples(urls))
             assert time.monotonic() - t0 < 60                   # bounded
