@@ -23,6 +23,7 @@ from pathlib import Path
 from torch.utils.data import IterableDataset
 
 from mmfm.config import ConfigError
+from mmfm.data import fs
 from mmfm.data.decode import DEFAULT_MAX_PIXELS, decode_image
 from mmfm.data.transforms import eval_transform
 
@@ -101,6 +102,8 @@ def _as_captions(value, p, n, key) -> list[str]:
 
 
 def is_shard_source(data: str) -> bool:
+    if fs.is_remote(data):       # s3://bucket/shards (a folder, manifest or pattern); tables stay local files
+        return not str(data).endswith((".csv", ".tsv", ".jsonl"))
     p = Path(data)
     return p.is_dir() or p.suffix == ".tar" or "{" in str(data)
 
@@ -291,7 +294,7 @@ def retrieval_evaluate(model, data, *, image_key=None, caption_key=None, batch_s
     from mmfm.version import __version__
     t0 = time.perf_counter()
     src = str(data)
-    if not (Path(src).exists() or "{" in src):
+    if not (fs.is_remote(src) or Path(src).exists() or "{" in src):
         raise ConfigError(f"retrieval data not found: {src}")
     table = None if is_shard_source(src) else read_table(src, image_key, caption_key)
     if table is None:

@@ -20,6 +20,10 @@ Layouts (all written atomically: a temp folder renamed into place):
 ``.checkpoint_meta``; a LoRA checkpoint comes back merged (plain weights, ``model_cfg.lora`` cleared), so every
 export format writes plain weights. ``read_config(spec)`` returns the stored ExperimentConfig of any folder kind.
 Weights are only ever read with safetensors (or open_clip's ``torch.load(weights_only=True)``).
+
+Any folder may be an fsspec URL (``s3://bucket/runs/clip``): ``atomic_dir`` fills a local temporary folder and
+uploads it; ``resolve_checkpoint`` downloads the folder (a run's ``checkpoints/latest`` target) into a fresh
+local copy under ``$MMFM_CACHE`` (default ``~/.cache/mmfm``) before reading it.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from torch import nn
 from mmfm.config import ConfigError, ExperimentConfig, from_dict, read_yaml, save_config, to_dict
 from mmfm.config.caption import GenerateConfig
 from mmfm.config.model import ModelConfig
+from mmfm.data import fs
 
 from .quantized import QUANT_FORMAT, QUANT_WEIGHTS
 
@@ -103,8 +108,16 @@ def write_pretrained(model: nn.Module, cfg, directory: str | os.PathLike, meta: 
     return directory
 
 
-def atomic_dir(target: Path, fill) -> Path:
-    """Fill a temp dir next to ``target``, then rename it into place (replacing an old one)."""
+def atomic_dir(target: str | os.PathLike, fill) -> Path | str:
+    """Fill a temp dir next to ``target``, then rename it into place (replacing an old one). An fsspec URL
+    ``target``: fill a local temp dir, then upload it in place of the old folder (returns the URL)."""
+    if fs.is_remote(target):
+        with tempfile.TemporaryDirectory(prefix="mmfm-upload-") as tmp:
+            fill(Path(tmp))
+            fs.remove(str(target), "output folder")
+            fs.upload(tmp, str(target), "output folder")
+        return str(target)
+    target = fs.local_path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
     try:
@@ -125,7 +138,7 @@ def atomic_dir(target: Path, fill) -> Path:
 def save_pretrained(model: nn.Module, cfg=None, directory: str | os.PathLike = "model",
                     meta: dict | None = None) -> Path:
     """Save a checkpoint dir atomically (temp dir, then rename). ``cfg``: ExperimentConfig or ModelConfig."""
-    return atomic_dir(Path(directory), lambda tmp: write_pretrained(model, cfg, tmp, meta))
+    return atomic_dir(directory, lambda tmp: write_pretrained(model, cfg, tmp, meta))
 
 
 def export_pretrained(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -151,10 +164,32 @@ def export_pretrained(model: nn.Module | str | os.PathLike, out_dir: str | os.Pa
         save_file(state_dict_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / EXPORT_CONFIG).write_text(json.dumps(config, indent=2, default=str), encoding="utf-8")
 
-    return atomic_dir(Path(out_dir), fill)
+    return atomic_dir(out_dir, fill)
 
 
 # ---------------------------------------------------------------- reading
+def _remote_target(url: str) -> str:
+    """The folder holding the weights behind an fsspec URL (a checkpoint/export/int8 folder, or a run / its
+    ``checkpoints`` folder through ``latest``)."""
+    url = url.rstrip("/")
+    names = fs.listing(url, "checkpoint")
+    if WEIGHTS in names or QUANT_WEIGHTS in names:
+        return url
+    for ckpts in (fs.join(url, "checkpoints"), url):
+        if "latest" in fs.listing(ckpts, "checkpoint"):
+            name = fs.read_text(fs.join(ckpts, "latest"), "checkpoint").strip()
+            return _remote_target(fs.join(ckpts, name))
+    raise ConfigError(f"not an mmfm checkpoint: {url} (no {WEIGHTS}, {QUANT_WEIGHTS} or checkpoints/latest there)")
+
+
+def fetch_checkpoint(url: str) -> Path:
+    """A fresh local copy of the checkpoint folder behind the fsspec URL ``url`` (see ``_remote_target``)."""
+    import hashlib
+
+    src = _remote_target(str(url))
+    cache = Path(os.environ.get("MMFM_CACHE") or Path.home() / ".cache" / "mmfm") / "checkpoints"
+    dest = cache / f"{src.rsplit('/', 1)[-1]}-{hashlib.sha1(src.encode()).hexdigest()[:12]}"
+    return atomic_dir(dest, lambda tmp: fs.download(src, tmp, "checkpoint"))
 def resolve_latest(ckpts: Path) -> Path:
     """The checkpoint folder that ``ckpts/latest`` names (a symlink, or a file holding the folder name)."""
     latest = ckpts / "latest"
@@ -170,7 +205,9 @@ def resolve_latest(ckpts: Path) -> Path:
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint dir, a run dir (``checkpoints/latest``), an ``OUT/checkpoints`` dir, an exported folder,
     or a ``model.safetensors`` file -> the folder holding the weights."""
-    p = Path(os.path.expanduser(str(path)))
+    if fs.is_remote(path):
+        return fetch_checkpoint(str(path))
+    p = Path(os.path.expanduser(str(fs.local_path(path))))
     if p.is_file() and p.name.endswith(".safetensors"):
         p = p.parent
     if not p.exists():

@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from mmfm.config import ConfigError, read_yaml, save_config, to_dict
+from mmfm.data import fs
 
 from . import distributed as D
 from .accumulate import TaskForward, accumulate_gradients, accumulation_mode, batch_len, to_device
-from .checkpoint import (check_run_folder, clear_run, find_resume, load_trainer_state, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import (RunFolder, check_run_folder, clear_run, find_resume, load_trainer_state, rng_state,
+                         save_checkpoint, set_rng_state)
 from .logging import MetricsWriter, Progress
 from .optim import build_optimizer, build_scheduler
 
@@ -40,8 +41,12 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN/inf; training stopped without writing a checkpoint."""
 
 
-def check_output_dir(path: Path) -> None:
-    """Create ``path`` and prove it is writable, before any training work."""
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Create ``path`` and prove it is writable, before any training work (an fsspec URL: write a probe)."""
+    run = RunFolder(str(path), stage=False)
+    if run.remote:
+        return run.check_writable()
+    path = run.local
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write_test.{os.getpid()}"
@@ -54,9 +59,10 @@ def check_output_dir(path: Path) -> None:
 class Trainer:
     def __init__(self, cfg, task: nn.Module, train_data, val_data=None, hooks=()):
         self.cfg, self.tc = cfg, cfg.train
-        self.out = Path(self.tc.output_dir)
-        check_output_dir(self.out)
-        check_run_folder(self.out, self.tc)
+        check_output_dir(self.tc.output_dir)
+        check_run_folder(self.tc.output_dir, self.tc)
+        self.run = RunFolder(self.tc.output_dir)         # an fsspec URL: a local staging folder, uploaded
+        self.out = self.run.local
         self.dist = D.init_distributed(self.tc.dist_timeout_minutes, self.tc.device)
         self.device = self.dist.device
         self.task = task.to(self.device)
@@ -122,6 +128,7 @@ class Trainer:
         if self.tc.resume:
             error = None
             try:
+                self.run.pull(self.tc.resume)
                 ckpt = find_resume(self.tc.resume, self.out)
                 if ckpt is None:
                     log.info("train.resume=latest: no checkpoint in %s yet, starting from scratch",
@@ -210,7 +217,9 @@ class Trainer:
                     "task": self.cfg.task.name, "init_from": self.init_source}
             path = save_checkpoint(self.out / "checkpoints", self.step, self.task.model, self.cfg, state, meta,
                                    self.tc.keep_last)
-            log.info("saved checkpoint %s", path)
+            self.run.push(path, self.tc.keep_last)
+            log.info("saved checkpoint %s", fs.join(self.run.remote, "checkpoints", path.name) if self.run.remote
+                     else path)
         D.barrier()
         self.last_ckpt = path or self.out / "checkpoints" / "latest"
         self._saved_step = self.step
@@ -309,7 +318,7 @@ class Trainer:
         tc = self.tc
         if self.dist.is_main:
             if tc.overwrite:
-                clear_run(self.out)
+                clear_run(self.out, self.run.remote)
             save_config(self.cfg, self.out / "config.yaml")
         eval_at_start = self._restore()
         self.metrics = MetricsWriter(self.out, self.dist.is_main, tc.tensorboard,

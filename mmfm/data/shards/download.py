@@ -271,9 +271,26 @@ def read_local(path: str) -> bytes:
         raise Skip("read_error", f"{path}: {e}") from None
 
 
+def read_remote(url: str) -> bytes:
+    """An image on an fsspec filesystem (``s3://``, ``gs://``, ...), e.g. next to a table read from there."""
+    from mmfm.config import ConfigError
+    from mmfm.data import fs
+
+    try:
+        return fs.read_bytes(url, "image")
+    except ConfigError as e:
+        msg = str(e)
+        raise Skip("file_not_found" if "does not exist" in msg else "bad_url", msg) from None
+    except Exception as e:  # noqa: BLE001 - one unreadable object costs its sample, not the build
+        raise Skip("read_error", f"{url}: {type(e).__name__}: {e}") from None
+
+
 def fetch(src: str, opts: DownloadOptions) -> bytes:
     if is_url(src):
         return fetch_url(src, opts)
     if "://" in src:
-        raise Skip("bad_url", f"unsupported scheme: {src.split('://', 1)[0]}")
+        from mmfm.data.fs import OBJECT_STORES, scheme
+        if scheme(src) not in OBJECT_STORES:
+            raise Skip("bad_url", f"unsupported scheme: {src.split('://', 1)[0]}")
+        return read_remote(src)
     return read_local(src)
