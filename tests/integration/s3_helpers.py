@@ -14,6 +14,7 @@ import threading
 import pytest
 
 BUCKET = "mmfm-test"
+_COUNT = iter(range(10 ** 6))
 
 
 def _clear_fs_cache() -> None:
@@ -57,8 +58,9 @@ def moto_s3():
         host, port = server.get_host_and_port()
         with endpoint(f"http://{host}:{port}") as url:
             import fsspec
-            fsspec.filesystem("s3").mkdir(BUCKET)
-            yield f"s3://{BUCKET}", url
+            bucket = f"{BUCKET}-{next(_COUNT)}"       # moto keeps its buckets per process: a new one per server
+            fsspec.filesystem("s3").mkdir(bucket)
+            yield f"s3://{bucket}", url
     finally:
         server.stop()
 
