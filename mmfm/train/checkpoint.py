@@ -131,12 +131,13 @@ def check_run_folder(path: Path, tc) -> None:
         return
     raise ConfigError(f"train.output_dir: {path} already holds a run's checkpoints ({ckpts}). Continue it with "
                       f"--resume latest, start afresh there with --overwrite (train.overwrite=true; deletes "
-                      f"its checkpoints, metrics.jsonl and tb/), or choose another --output-dir")
+                      f"its checkpoints, metrics.jsonl, tb/ and wandb/), or choose another --output-dir")
 
 
 def clear_run(path: Path) -> None:
-    """``train.overwrite``: remove what a previous run left (checkpoints, metrics, TensorBoard); rank 0 only."""
-    for name in ("checkpoints", "tb"):
+    """``train.overwrite``: remove what a previous run left (checkpoints, metrics, TensorBoard, local wandb files);
+    rank 0 only."""
+    for name in ("checkpoints", "tb", "wandb"):
         shutil.rmtree(path / name, ignore_errors=True)
     (path / "metrics.jsonl").unlink(missing_ok=True)
 
