@@ -25,16 +25,22 @@ from torch import nn
 from mmfm.models.checkpoint import SHARDED
 
 
-def blocks(module: nn.Module) -> list[nn.Module]:
+def blocks(module: nn.Module, _seen: set | None = None) -> list[nn.Module]:
     """The repeated blocks of ``module``: members of every ``ModuleList``/``Sequential`` of two or more modules
-    of one class holding parameters (not searched inside a block already found)."""
+    of one class holding parameters (not searched inside a block already found; a module reached twice, as
+    through a wrapper that keeps both a task and its model, counts once)."""
+    seen = set() if _seen is None else _seen
     found: list[nn.Module] = []
     for child in module.children():
+        if id(child) in seen:
+            continue
+        seen.add(id(child))
         kids = list(child.children()) if isinstance(child, (nn.ModuleList, nn.Sequential)) else []
         if len(kids) >= 2 and len({type(k) for k in kids}) == 1 and any(True for _ in child.parameters()):
-            found.extend(kids)
+            found.extend(k for k in kids if id(k) not in seen)
+            seen.update(id(k) for k in kids)
         else:
-            found.extend(blocks(child))
+            found.extend(blocks(child, seen))
     return found
 
 
