@@ -3,6 +3,7 @@ the new train: keys' validation, on the tiny CLIP and real shards, in-process.""
 import glob
 import json
 import struct
+import time
 
 import pytest
 import torch
@@ -56,6 +57,8 @@ def wandb_records(path):
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = open(path, "rb").read()
+    if len(data) < 7:                                 # not written yet
+        return
     assert data[:4] == b":W&B", data[:7]
     pos, block, part = 7, 32768, b""
     while pos + 7 <= len(data):
@@ -76,11 +79,17 @@ def wandb_records(path):
             yield rec
 
 
-def wandb_history(run_dir) -> dict[int, dict]:
+def wandb_history(run_dir, wait_s: float = 30.0) -> dict[int, dict]:
     files = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1, files
+    # wandb's core process may still be writing the log when run.finish() returns: wait (bounded) for its last
+    # record, "exit"
+    deadline = time.monotonic() + wait_s
+    while not (records := list(wandb_records(files[0]))) or records[-1].WhichOneof("record_type") != "exit":
+        assert time.monotonic() < deadline, f"{files[0]}: no exit record after {wait_s} s"
+        time.sleep(0.2)
     rows: dict[int, dict] = {}
-    for rec in wandb_records(files[0]):
+    for rec in records:
         if rec.WhichOneof("record_type") == "history":
             row = rows.setdefault(rec.history.step.num, {})
             for item in rec.history.item:
@@ -99,6 +108,7 @@ def test_wandb_offline_files_hold_the_metrics_of_metrics_jsonl(data, tmp_path, m
     history = wandb_history(out)
     rows = metrics(out)
     assert any("val/loss" in r for r in rows) and sum("train/loss" in r for r in rows) == 3
+    assert {r["step"] for r in rows} <= set(history), {k: sorted(v)[:3] for k, v in history.items()}
     for row in rows:
         logged = history[row["step"]]
         for k, v in row.items():
@@ -110,7 +120,7 @@ def test_wandb_offline_files_hold_the_metrics_of_metrics_jsonl(data, tmp_path, m
     ("train.strategy", "zero3", "train.strategy: 'zero3' is not one of ['ddp', 'fsdp']"),
     ("train.precision", "fp8", "train.precision: 'fp8' is not one of"),
     ("train.report_to", "[tensorboard, mlflow]", "train.report_to[1]: 'mlflow' is not one of"),
-    ("train.grad_scaler_init", "0", "train.grad_scaler_init"),
+    ("train.grad_scaler_init", "0", "train.grad_scaler_init: must be > 0"),
 ])
 def test_new_train_keys_are_checked(key, value, message):
     base = {"model": {"name": "tiny"}, "data": {"train": [{"path": "x"}]}}
