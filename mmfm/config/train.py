@@ -20,7 +20,9 @@ class TrainConfig:
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_accum: int = ranged(1, ge=1)
     grad_clip: float | None = ranged(1.0, ge=0)   # None or 0: no clipping
-    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
+    grad_scaler_init: float = ranged(65536.0, gt=0)   # fp16: the GradScaler's first loss scale
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the model
     compile: bool = False
     seed: int = 0
     log_every: int = ranged(10, ge=1)
@@ -30,7 +32,8 @@ class TrainConfig:
     init_from: str | None = None          # continued pre-training: load weights only
     resume: str | None = None             # "latest" or a checkpoint path
     overwrite: bool = False               # start afresh in an output_dir that holds another run's checkpoints
-    tensorboard: bool = True
+    tensorboard: bool = True              # false: no TensorBoard even when report_to lists it
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=lambda: ["tensorboard"])
     progress: bool = True
     min_lr_ratio: float = ranged(0.0, ge=0, le=1)   # cosine decays to lr * min_lr_ratio
     dist_timeout_minutes: float = ranged(30.0, gt=0)   # bound on every collective (a dead rank fails the others)

@@ -5,6 +5,9 @@ Layouts (all written atomically: a temp folder renamed into place):
 * checkpoint folder (``save_pretrained``, the trainer's ``OUT/checkpoints/step_XXXXXXXX``): ``model.safetensors`` +
   ``config.yaml`` (the resolved ExperimentConfig) + ``meta.json`` (preprocess, tokenizer name, mmfm version, step,
   ...); the trainer adds ``trainer_state.pt``.
+* sharded checkpoint folder (``train.strategy: fsdp``): ``sharded/`` (torch.distributed.checkpoint, one file per
+  rank) in place of ``model.safetensors``; read into one full state dict in any process (:mod:`.sharded`), and
+  ``consolidate_checkpoint`` writes its ``model.safetensors``.
 * run folder: ``OUT/checkpoints/latest`` names the newest checkpoint folder (``resolve_latest``).
 * exported folder (``export_pretrained``): ``model.safetensors`` + ``config.json`` (model config, preprocess,
   tokenizer).
@@ -42,10 +45,12 @@ from mmfm.config.model import ModelConfig
 from mmfm.data import fs
 
 from .quantized import QUANT_FORMAT, QUANT_WEIGHTS
+from .sharded import SHARDED, consolidate, is_sharded_dir, read_sharded
 
 __all__ = ["CheckpointMismatchError", "load", "read_config", "resolve_checkpoint", "resolve_latest", "load_weights",
-           "save_pretrained", "write_pretrained", "load_state", "init_weights_from", "export_pretrained", "state_dict_to_save", "checkpoint_meta",
-           "atomic_dir", "is_quantized_dir", "is_spec", "WEIGHTS", "CONFIG_YAML", "META", "EXPORT_CONFIG"]
+           "save_pretrained", "write_pretrained", "load_state", "init_weights_from", "export_pretrained",
+           "state_dict_to_save", "checkpoint_meta", "atomic_dir", "is_quantized_dir", "is_spec", "consolidate_checkpoint",
+           "SHARDED", "WEIGHTS", "CONFIG_YAML", "META", "EXPORT_CONFIG"]
 
 WEIGHTS, CONFIG_YAML, META, EXPORT_CONFIG = "model.safetensors", "config.yaml", "meta.json", "config.json"
 EXPORT_FORMAT = "mmfm-export/1"
@@ -96,13 +101,16 @@ def _experiment_cfg(model: nn.Module, cfg) -> ExperimentConfig:
                       f"{type(cfg).__name__}")
 
 
-def write_pretrained(model: nn.Module, cfg, directory: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Write model.safetensors + config.yaml + meta.json into an existing (temporary) directory."""
+def write_pretrained(model: nn.Module, cfg, directory: str | os.PathLike, meta: dict | None = None,
+                     weights: bool = True) -> Path:
+    """Write model.safetensors + config.yaml + meta.json into an existing (temporary) directory.
+    ``weights=False``: only the config and meta (a sharded checkpoint, whose ranks write ``sharded/`` themselves)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict_to_save(model), str(directory / WEIGHTS), metadata={"format": "pt"})
+    if weights:
+        save_file(state_dict_to_save(model), str(directory / WEIGHTS), metadata={"format": "pt"})
     save_config(_experiment_cfg(model, cfg), directory / CONFIG_YAML)
     (directory / META).write_text(json.dumps(checkpoint_meta(model, meta), indent=2, default=str), encoding="utf-8")
     return directory
@@ -214,13 +222,15 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         raise ConfigError(f"checkpoint not found: {p}")
     if (p / WEIGHTS).is_file() and ((p / CONFIG_YAML).is_file() or (p / EXPORT_CONFIG).is_file()):
         return p
+    if is_sharded_dir(p) and (p / CONFIG_YAML).is_file():
+        return p
     if is_quantized_dir(p):
         return p
     for ckpts in (p / "checkpoints", p):
         if (ckpts / "latest").exists():
             return resolve_checkpoint(resolve_latest(ckpts))
     raise ConfigError(f"not an mmfm checkpoint: {p} (expected model.safetensors with config.yaml or config.json, "
-                      f"{QUANT_WEIGHTS} with config.yaml, a run dir with checkpoints/latest, or "
+                      f"{QUANT_WEIGHTS} with config.yaml, {SHARDED}/ with config.yaml, a run dir with checkpoints/latest, or "
                       f"openclip:MODEL_NAME[:STATE_DICT_FILE])")
 
 
@@ -251,20 +261,52 @@ def _fmt(names, limit: int = 20) -> str:
     return ", ".join(names[:limit]) + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
+def consolidate_checkpoint(path: str | os.PathLike) -> Path:
+    """A sharded checkpoint (a step folder or a run folder's ``latest``) gets its single ``model.safetensors``;
+    returns the file. Ordinary folders already have one."""
+    d = resolve_checkpoint(path)
+    return d / WEIGHTS if (d / WEIGHTS).is_file() else consolidate(d, WEIGHTS)
+
+
+def _read_weights(path: str | os.PathLike) -> tuple[Path, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        d = resolve_checkpoint(p)
+        if not (d / WEIGHTS).is_file() and is_sharded_dir(d):
+            return d / SHARDED, read_sharded(d)
+        p = d / WEIGHTS
+    try:
+        return p, load_file(str(p), device="cpu")
+    except Exception as e:  # noqa: BLE001 - a truncated / foreign file
+        raise ConfigError(f"cannot read weights {p}: {e}") from e
+
+
+def _storage_key(t: torch.Tensor):
+    """Tensors that share storage (tied weights) get the same key; a sharded DTensor is keyed by identity (FSDP
+    hands out the same parameter object for tied names, and an empty local shard has no storage to compare)."""
+    if hasattr(t, "to_local"):
+        return ("dtensor", id(t))
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+
+
+def _load_state(model: nn.Module, sd: dict[str, torch.Tensor], own: dict) -> None:
+    if any(hasattr(t, "to_local") for t in own.values()):       # FSDP-sharded: every rank keeps its own shard
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        model.load_state_dict(sd, strict=False)
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, list[str]]:
-    """Load safetensors weights (a file, or anything resolve_checkpoint takes) into ``model``.
+    """Load weights (a safetensors file, or anything resolve_checkpoint takes, sharded folders included) into
+    ``model``, which may itself be sharded by FSDP.
 
     With ``strict`` any missing, unexpected or wrongly shaped tensor raises CheckpointMismatchError listing
     them; otherwise the matching tensors load and the lists are returned.
     """
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    file = p if p.is_file() else resolve_checkpoint(p) / WEIGHTS
-    try:
-        sd = load_file(str(file), device="cpu")
-    except Exception as e:  # noqa: BLE001 - a truncated / foreign file
-        raise ConfigError(f"cannot read weights {file}: {e}") from e
+    file, sd = _read_weights(path)
     return load_state(model, sd, str(file), strict)
 
 
@@ -280,7 +322,7 @@ def load_state(model: nn.Module, sd: dict[str, torch.Tensor], origin: str,
     aliases = {}   # tied tensors saved once: any name sharing storage with a saved tensor counts as present
     for name, t in own.items():
         if t.numel():
-            aliases.setdefault((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)), []).append(name)
+            aliases.setdefault(_storage_key(t), []).append(name)
     present = set(sd)
     for names in aliases.values():
         if present.intersection(names):
@@ -299,7 +341,7 @@ def load_state(model: nn.Module, sd: dict[str, torch.Tensor], origin: str,
             parts.append(f"  {len(unexpected)} unexpected tensors in the checkpoint: {_fmt(unexpected)}")
         raise CheckpointMismatchError("\n".join(parts))
     bad = {s.split(" ", 1)[0] for s in shape}
-    model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in bad}, strict=False)
+    _load_state(model, {k: v for k, v in sd.items() if k in own and k not in bad}, own)
     # tied names that were not saved share storage with a loaded one, nothing more to do
     return {"missing": missing, "unexpected": unexpected, "shape_mismatch": shape}
 
@@ -398,7 +440,7 @@ def load(spec: str | os.PathLike, device: str | torch.device = "cpu", expect: st
         else:
             model_cfg = read_config(d).model
             model = _build(model_cfg)
-            load_weights(model, d / WEIGHTS, strict=True)
+            load_weights(model, d, strict=True)
             if model_cfg.lora is not None:      # a LoRA run: adapters folded into plain weights for use
                 from .lora import merge_lora
                 merge_lora(model)

@@ -17,13 +17,15 @@ __all__ = ["TaskForward", "accumulation_mode", "merge_features", "RngState", "ac
 
 
 class TaskForward(nn.Module):
-    """What DDP / torch.compile wrap: ``forward(batch)`` = the task's loss dict; ``features_only`` = ``encode``."""
+    """What DDP / FSDP / torch.compile wrap: ``forward(batch)`` = the task's loss dict; ``features_only`` = ``encode``."""
 
     def __init__(self, task: nn.Module):
         super().__init__()
         self.task = task
 
-    def forward(self, batch: dict, features_only: bool = False):
+    def forward(self, batch: dict | None, features_only: bool = False, run=None):
+        if run is not None:            # FSDP evaluation: ``run()`` inside the root module's forward
+            return run()
         return self.task.encode(batch) if features_only else self.task(batch)
 
 
@@ -76,12 +78,14 @@ class RngState:
 
 
 def accumulate_gradients(model: nn.Module, task: nn.Module, micro: list[dict], mode: str,
-                         no_sync=None, autocast=contextlib.nullcontext) -> dict:
+                         no_sync=None, autocast=contextlib.nullcontext, backward=None) -> dict:
     """Forward and backward over one optimizer step's micro-batches, leaving in ``.grad`` the gradient of one
     big batch. ``features``: cache every micro-batch's features without a graph, then per micro-batch recompute
     its own (same RNG state) and back-propagate the full-batch loss; ``plain``: average the micro-batch losses.
-    ``model`` is the (DDP-wrapped) ``_Forward``; ``no_sync(last)`` the DDP context for a micro-batch.
+    ``model`` is the (DDP/FSDP-wrapped) ``TaskForward``; ``no_sync(last)`` the DDP context for a micro-batch;
+    ``backward(loss)`` how a loss is back-propagated (default ``loss.backward()``; fp16: through the GradScaler).
     Returns the last micro-batch's outputs (features) or the averaged scalar outputs (plain)."""
+    backward = backward or torch.Tensor.backward
     n = len(micro)
     no_sync = no_sync or (lambda last: contextlib.nullcontext())
     if mode == "features" and n > 1:
@@ -96,13 +100,13 @@ def accumulate_gradients(model: nn.Module, task: nn.Module, micro: list[dict], m
             with no_sync(j == n - 1), autocast(), rng[j].replay():
                 live = model(b, features_only=True)
                 out = task.compute_loss(merge_features(cached, j, live, size))
-            out["loss"].backward()
+            backward(out["loss"])
         return out
     logged: dict = {}
     for j, b in enumerate(micro):
         with no_sync(j == n - 1), autocast():
             out = model(b)
-        (out["loss"] / n).backward() if n > 1 else out["loss"].backward()
+        backward(out["loss"] / n if n > 1 else out["loss"])
         for k, v in out.items():
             if isinstance(v, torch.Tensor) and v.ndim == 0:
                 logged[k] = logged.get(k, 0) + v.detach().float() / n

@@ -3,7 +3,8 @@
 ``OUT/checkpoints/step_00000100/`` holds ``model.safetensors`` + ``config.yaml`` + ``meta.json`` (written by
 ``mmfm.models.checkpoint.write_pretrained``, so ``mmfm.load`` reads it) and ``trainer_state.pt`` (optimizer,
 scheduler, per-rank RNG and data position; plain tensors/containers, read with ``weights_only=True``).
-The folder is filled under a temporary name and renamed into place; ``latest`` is a relative symlink
+With ``train.strategy: fsdp`` every rank writes its shards of the model and the optimizer into ``sharded/``
+(torch.distributed.checkpoint) instead, and ``trainer_state.pt`` holds the rest. The folder is filled under a temporary name and renamed into place; ``latest`` is a relative symlink
 replaced atomically; only the newest ``keep_last`` step folders are kept.
 
 ``train.output_dir`` may be an fsspec URL (``s3://bucket/runs/clip``), see ``RunFolder``: every process works in
@@ -65,19 +66,27 @@ def _point_latest(ckpt_root: Path, target: Path) -> None:
     os.replace(tmp, ckpt_root / "latest")
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model, cfg, trainer_state: dict, meta: dict,
-                    keep_last: int = 3) -> Path:
-    """Rank 0 only. Writes ``step_XXXXXXXX`` atomically, repoints ``latest``, prunes old ones."""
-    from mmfm.models.checkpoint import write_pretrained
-
+def new_checkpoint_dir(ckpt_root: Path, step: int) -> Path:
+    """Rank 0: the temporary folder that becomes ``step_XXXXXXXX`` (the ranks of a sharded save all write into it)."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / step_dir_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=ckpt_root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{step_dir_name(step)}.tmp", dir=ckpt_root))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)              # mkdtemp makes 0700; checkpoints are shared like any output
+    return tmp
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model, cfg, trainer_state: dict, meta: dict,
+                    keep_last: int = 3, tmp: Path | None = None) -> Path:
+    """Rank 0 only. Writes ``step_XXXXXXXX`` atomically, repoints ``latest``, prunes old ones. ``tmp``: the folder
+    from :func:`new_checkpoint_dir` into which every rank already wrote its shards (``sharded/``); the model's
+    weights are then not written again as ``model.safetensors``."""
+    from mmfm.models.checkpoint import write_pretrained
+
+    final = ckpt_root / step_dir_name(step)
+    sharded, tmp = tmp is not None, tmp or new_checkpoint_dir(ckpt_root, step)
     try:
-        write_pretrained(model, cfg, tmp, meta=meta)
+        write_pretrained(model, cfg, tmp, meta=meta, weights=not sharded)
         torch.save(trainer_state, tmp / STATE)
         if final.exists():                     # re-saving the same step (e.g. final == last periodic)
             shutil.rmtree(final)
@@ -139,15 +148,15 @@ def check_run_folder(path: str | os.PathLike, tc) -> None:
             return
     raise ConfigError(f"train.output_dir: {path} already holds a run's checkpoints ({ckpts}). Continue it with "
                       f"--resume latest, start afresh there with --overwrite (train.overwrite=true; deletes "
-                      f"its checkpoints, metrics.jsonl and tb/), or choose another --output-dir")
+                      f"its checkpoints, metrics.jsonl, tb/ and wandb/), or choose another --output-dir")
 
 
 def clear_run(path: Path, remote: str | None = None) -> None:
-    """``train.overwrite``: remove what a previous run left (checkpoints, metrics, TensorBoard); rank 0 only.
-    ``remote``: the run's fsspec URL, cleared too."""
+    """``train.overwrite``: remove what a previous run left (checkpoints, metrics, TensorBoard, local wandb files);
+    rank 0 only. ``remote``: the run's fsspec URL, cleared too."""
     for name in ("checkpoints", "tb", "metrics.jsonl") if remote else ():
         fs.remove(fs.join(remote, name), "train.output_dir")
-    for name in ("checkpoints", "tb"):
+    for name in ("checkpoints", "tb", "wandb"):
         shutil.rmtree(path / name, ignore_errors=True)
     (path / "metrics.jsonl").unlink(missing_ok=True)
 

@@ -1,10 +1,10 @@
 """One training loop for every task (contrastive, caption, VQA): ``Trainer(cfg, task, train_data).fit()``.
 
-* DDP under torchrun (gloo on CPU, nccl on CUDA); AdamW (no decay on norms/biases/logit scale); linear
-  warmup + cosine; gradient accumulation (``task.accumulation_mode``: ``features`` keeps the full batch's
-  negatives, ``plain`` sums micro-batch losses); gradient clipping; bf16 autocast on CUDA only; optional
-  ``torch.compile``.
-* tqdm bar on rank 0; metrics to ``OUT/metrics.jsonl`` and TensorBoard ``OUT/tb``; validation loss and
+* DDP or FSDP2 (``train.strategy``, :mod:`.fsdp`) under torchrun (gloo on CPU, nccl on CUDA); AdamW (no decay
+  on norms/biases/logit scale); linear warmup + cosine; gradient accumulation (``task.accumulation_mode``:
+  ``features`` keeps the full batch's negatives, ``plain`` sums micro-batch losses); gradient clipping; bf16
+  autocast on CUDA, or fp16 with a GradScaler (skipped steps counted); optional ``torch.compile``.
+* tqdm bar on rank 0; metrics to ``OUT/metrics.jsonl``, TensorBoard ``OUT/tb`` and wandb; validation loss and
   eval hooks every ``eval.every_steps`` (and at the end; at the start too for ``init_from``).
 * Checkpoints every N steps / minutes, atomic, last K kept; ``train.resume`` continues exactly (weights,
   optimizer state, RNG and data position; the lr schedule is rebuilt from the current config at the restored
@@ -28,8 +28,10 @@ from mmfm.config import ConfigError, read_yaml, save_config, to_dict
 from mmfm.data import fs
 
 from . import distributed as D
+from . import fsdp
 from .accumulate import TaskForward, accumulate_gradients, accumulation_mode, batch_len, to_device
-from .checkpoint import (RunFolder, check_run_folder, clear_run, find_resume, load_trainer_state, rng_state,
+from .checkpoint import (RunFolder, check_run_folder, clear_run, find_resume, load_trainer_state, new_checkpoint_dir,
+                         rng_state,
                          save_checkpoint, set_rng_state)
 from .logging import MetricsWriter, Progress
 from .optim import build_optimizer, build_scheduler
@@ -77,17 +79,21 @@ class Trainer:
         self.total_steps = int(self.tc.max_steps or self.tc.epochs * self.steps_per_epoch)
         if self.total_steps <= 0:
             raise ConfigError("train: nothing to do (train.max_steps / train.epochs give 0 steps)")
+        self._ddp = self._fsdp = None
+        self._replicated: list = []          # FSDP: 0-dim parameters kept whole on every rank
+        self.model = self._wrap()            # before the optimizer: FSDP replaces the parameters by their shards
         self.optimizer = build_optimizer(self.task, self.tc)
         self.scheduler = build_scheduler(self.optimizer, self.tc, self.total_steps)
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]   # for clipping, once
-        self.step, self.epoch, self.samples_seen = 0, 0, 0
+        scaler = fsdp.GradScaler if self._fsdp is not None else torch.amp.GradScaler
+        self.scaler = scaler(self.device.type, init_scale=self.tc.grad_scaler_init,
+                             enabled=self.amp_dtype == torch.float16)
+        self.step, self.epoch, self.samples_seen, self.skipped_steps = 0, 0, 0, 0
         self.last_ckpt: Path | None = None
         self._saved_step = -1
         self.init_source: dict | None = None          # where the starting weights came from (meta.json)
         self._stop_signal = None
         self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        self._ddp = None
-        self.model = self._wrap()
         self.metrics: MetricsWriter | None = None      # opened by fit() once the start step is known
 
     # ------------------------------------------------------------------ setup
@@ -95,6 +101,11 @@ class Trainer:
         p = self.tc.precision
         if p == "fp32" or (p == "auto" and self.device.type != "cuda"):
             return None
+        if p == "fp16":
+            if self.device.type != "cuda":
+                log.warning("train.precision=fp16 on %s: fp16 autocast and the GradScaler run, but slowly (a check "
+                            "before a GPU run)", self.device)
+            return torch.float16
         if self.device.type != "cuda":
             log.warning("train.precision=bf16 needs CUDA; training in fp32 on %s (bf16 matmul on CPU is very slow)",
                         self.device)
@@ -103,7 +114,13 @@ class Trainer:
 
     def _wrap(self) -> nn.Module:
         model: nn.Module = TaskForward(self.task)
-        if self.dist.enabled:
+        if self.tc.strategy == "fsdp" and not self.dist.enabled:
+            log.warning("train.strategy=fsdp shards over the processes of a torchrun job; one process trains the "
+                        "whole model")
+        if self.tc.strategy == "fsdp" and self.dist.enabled:
+            self._replicated = fsdp.shard(model, self.device, self.amp_dtype)
+            self._fsdp = model
+        elif self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = self._ddp = DDP(model, device_ids=ids, broadcast_buffers=False,
@@ -147,19 +164,31 @@ class Trainer:
         return bool(self.cfg.eval.at_start)
 
     def _resume(self, ckpt: Path, load_weights) -> None:
-        from mmfm.models.checkpoint import read_meta
-        load_weights(self.task.model, ckpt, strict=True)
+        from mmfm.models.checkpoint import is_sharded_dir, read_meta
+
         self.init_source = read_meta(ckpt).get("init_from")
         state = load_trainer_state(ckpt)
         if int(state.get("world_size", 1)) != self.dist.world_size:
             raise ConfigError(f"{ckpt}: written by {state.get('world_size')} processes, this run has "
                               f"{self.dist.world_size}; exact resume needs the same number")
+        sharded = is_sharded_dir(ckpt) and "optimizer" not in state
+        if sharded != (self._fsdp is not None):
+            raise ConfigError(f"{ckpt}: written with train.strategy={'fsdp' if sharded else 'ddp'}, this run has "
+                              f"train.strategy={self.tc.strategy} (with {self.dist.world_size} process(es)); exact "
+                              f"resume needs the same (train.init_from loads the weights alone)")
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self._log_changes(ckpt)
         # The optimizer's moments come from the checkpoint; its hyper-parameters (lr, betas, eps, weight decay)
         # and the schedule (base lr, warmup, total steps) from this run's config, at the restored step.
         current = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
+        if sharded:
+            fsdp.load_sharded(ckpt, self._fsdp, self.task.model, self.optimizer)
+        else:
+            load_weights(self.task.model, ckpt, strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         for group, hyper in zip(self.optimizer.param_groups, current):
             group.update(hyper)
         self.scheduler = build_scheduler(self.optimizer, self.tc, self.total_steps, start_step=self.step)
@@ -208,15 +237,22 @@ class Trainer:
         """Collective: every rank contributes RNG + data position; rank 0 writes."""
         rngs = D.all_gather_object(rng_state())
         datas = D.all_gather_object(self.train_data.state_dict())
-        path = None
+        path = tmp = None
+        if self._fsdp is not None:          # every rank writes its shards into the folder rank 0 makes
+            tmp = D.all_gather_object(new_checkpoint_dir(self.out / "checkpoints", self.step)
+                                      if self.dist.is_main else None)[0]
+            fsdp.save_sharded(tmp, self._fsdp, self.task.model, self.optimizer)
         if self.dist.is_main:
             state = {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
-                     "world_size": self.dist.world_size, "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "rng": rngs, "data": datas}
+                     "world_size": self.dist.world_size, "strategy": "fsdp" if tmp else "ddp",
+                     "scheduler": self.scheduler.state_dict(), "rng": rngs, "data": datas,
+                     "scaler": self.scaler.state_dict(), "skipped_steps": self.skipped_steps}
+            if tmp is None:
+                state["optimizer"] = self.optimizer.state_dict()
             meta = {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
-                    "task": self.cfg.task.name, "init_from": self.init_source}
+                    "task": self.cfg.task.name, "init_from": self.init_source, "sharded": tmp is not None}
             path = save_checkpoint(self.out / "checkpoints", self.step, self.task.model, self.cfg, state, meta,
-                                   self.tc.keep_last)
+                                   self.tc.keep_last, tmp=tmp)
             self.run.push(path, self.tc.keep_last)
             log.info("saved checkpoint %s", fs.join(self.run.remote, "checkpoints", path.name) if self.run.remote
                      else path)
@@ -227,13 +263,26 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ one optimizer step
-    def train_step(self, micro: list[dict]) -> dict:
+    def forward_backward(self, micro: list[dict]) -> dict:
+        """Forward and backward over one step's micro-batches: ``.grad`` holds the (scaled, under fp16) gradient
+        of the global batch, averaged over the ranks (sharded under FSDP). Returns the outputs to log."""
         micro = [to_device(b, self.device) for b in micro]
-        logged = accumulate_gradients(self.model, self.task, micro, self.mode, self._no_sync, self._autocast)
+        logged = accumulate_gradients(self.model, self.task, micro, self.mode, self._no_sync, self._autocast,
+                                      lambda loss: self.scaler.scale(loss).backward())
+        fsdp.average_replicated_grads(self._replicated)
+        return logged
+
+    def train_step(self, micro: list[dict]) -> dict:
+        logged = self.forward_backward(micro)
+        self.scaler.unscale_(self.optimizer)
         if self.tc.grad_clip:
-            logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(self._params, self.tc.grad_clip)
+            clip = fsdp.clip_grad_norm if self._fsdp is not None else torch.nn.utils.clip_grad_norm_
+            logged["grad_norm"] = clip(self._params, self.tc.grad_clip)
         logged["lr"] = torch.tensor(self.tc.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch))  # train.lr's
-        self.optimizer.step()
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)    # fp16: skipped when a gradient overflowed (the same on every rank)
+        self.scaler.update()
+        self.skipped_steps += int(self.scaler.get_scale() < scale)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._bad = self._bad | ~torch.isfinite(logged["loss"].detach())
@@ -242,13 +291,13 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict:
-        metrics: dict = {}
         self.task.eval()
         try:
-            if self.val_data is not None and self.cfg.eval.val_loss:
-                metrics.update(self._val_loss())
-            for hook in self.hooks:
-                metrics.update(hook(self.task, self.step) or {})
+            if self._fsdp is None:
+                metrics = self._evaluate()
+            else:                           # whole weights on every rank while the ranks evaluate unevenly
+                with fsdp.full_weights(self._fsdp):
+                    metrics = self._fsdp(None, run=self._evaluate)
         finally:
             self.task.train()
         if metrics:
@@ -257,6 +306,14 @@ class Trainer:
                                 ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in metrics.items()))
         self.last_eval = metrics
+        return metrics
+
+    def _evaluate(self) -> dict:
+        metrics: dict = {}
+        if self.val_data is not None and self.cfg.eval.val_loss:
+            metrics.update(self._val_loss())
+        for hook in self.hooks:
+            metrics.update(hook(self.task, self.step) or {})
         return metrics
 
     def _val_loss(self) -> dict:
@@ -321,8 +378,9 @@ class Trainer:
                 clear_run(self.out, self.run.remote)
             save_config(self.cfg, self.out / "config.yaml")
         eval_at_start = self._restore()
-        self.metrics = MetricsWriter(self.out, self.dist.is_main, tc.tensorboard,
-                                     start_step=self.step if self.last_ckpt else -1)
+        self.metrics = MetricsWriter(self.out, self.dist.is_main, tc.tensorboard and "tensorboard" in tc.report_to,
+                                     start_step=self.step if self.last_ckpt else -1,
+                                     wandb=self.cfg if "wandb" in tc.report_to else None)
         self._last_save_time = time.monotonic()
         self.progress = Progress(self.total_steps, self.step, self.dist.is_main and tc.progress)
         self.last_eval: dict = {}
@@ -414,6 +472,8 @@ class Trainer:
         metrics = {f"train/{k}": v for k, v in zip(keys, vec.tolist())} if vec is not None else {}
         lr = metrics.get("train/lr", self.optimizer.param_groups[0]["lr"])
         metrics.update({"train/samples_per_s": samples_per_s, "train/samples_seen": self.samples_seen})
+        if self.scaler.is_enabled():       # fp16: steps skipped for overflowing gradients (so far) and the scale
+            metrics.update({"train/skipped_steps": self.skipped_steps, "train/loss_scale": self.scaler.get_scale()})
         if getattr(self.train_data, "corrupt_total", 0):
             metrics["data/corrupt_samples_epoch"] = self.train_data.corrupt_total
         self.metrics.write(self.step, metrics, epoch=self.epoch)
