@@ -19,7 +19,7 @@ from torch import nn
 
 from mmfm.config import ConfigError
 
-from .clip import ClipApiMixin
+from .clip import ClipApiMixin, LibraryModelMixin
 from .towers import KeepLockedEval
 
 __all__ = ["HFCLIPModel", "build_hf_clip", "resolve_hf_source", "preprocess_from_hf", "pooled", "HF_CLASSES"]
@@ -87,7 +87,7 @@ def pooled(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-class HFCLIPModel(ClipApiMixin, KeepLockedEval, nn.Module):
+class HFCLIPModel(LibraryModelMixin, ClipApiMixin, KeepLockedEval, nn.Module):
     """A transformers CLIPModel / SiglipModel with mmfm's ``encode_image`` / ``encode_text`` / ``forward``."""
 
     def __init__(self, source: str, model_cfg=None, load_weights: bool = True):
@@ -118,14 +118,6 @@ class HFCLIPModel(ClipApiMixin, KeepLockedEval, nn.Module):
             from mmfm.config.model import ModelConfig
             model_cfg = ModelConfig(source=source, embed_dim=self.embed_dim)
         self.model_cfg = model_cfg
-
-    @property
-    def logit_scale(self) -> nn.Parameter:
-        return self.model.logit_scale
-
-    @property
-    def logit_bias(self):
-        return getattr(self.model, "logit_bias", None)
 
     @property
     def visual(self) -> nn.Module:

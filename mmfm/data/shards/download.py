@@ -37,8 +37,8 @@ def _time_left() -> float:
     return left
 
 
-class _DeadlineSocket(socket.socket):
-    """A socket whose every read waits at most until the attempt's deadline (a trickle cannot stretch it)."""
+class _DeadlineReads:
+    """Every read waits at most until the attempt's deadline, so a trickling server cannot stretch it."""
 
     def recv_into(self, *args, **kwargs):
         self.settimeout(_time_left())
@@ -49,16 +49,13 @@ class _DeadlineSocket(socket.socket):
         return super().recv(*args, **kwargs)
 
 
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    """The TLS twin of ``_DeadlineSocket`` (CPython bounds one handshake call by the socket timeout)."""
+class _DeadlineSocket(_DeadlineReads, socket.socket):
+    """A plain socket whose reads keep the deadline."""
 
-    def recv_into(self, *args, **kwargs):
-        self.settimeout(_time_left())
-        return super().recv_into(*args, **kwargs)
 
-    def recv(self, *args, **kwargs):
-        self.settimeout(_time_left())
-        return super().recv(*args, **kwargs)
+class _DeadlineSSLSocket(_DeadlineReads, ssl.SSLSocket):
+    """The TLS twin of ``_DeadlineSocket``; the handshake keeps the deadline too (CPython bounds one handshake
+    call by the socket timeout)."""
 
     def do_handshake(self, block=False):
         self.settimeout(_time_left())
