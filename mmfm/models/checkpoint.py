@@ -40,7 +40,6 @@ import torch
 from torch import nn
 
 from mmfm.config import ConfigError, ExperimentConfig, from_dict, read_yaml, save_config, to_dict
-from mmfm.config.caption import GenerateConfig
 from mmfm.config.model import ModelConfig
 from mmfm.data import fs
 
@@ -362,7 +361,7 @@ def is_spec(spec) -> bool:
     return isinstance(spec, str) and spec.startswith(("openclip:", "hf:"))
 
 
-def _load_int8(d: Path, meta: dict) -> nn.Module:
+def _load_int8(d: Path, meta: dict) -> tuple[nn.Module, ExperimentConfig]:
     from safetensors.torch import load_file
 
     from .quantized import quantize_model, restore_quantized
@@ -372,7 +371,8 @@ def _load_int8(d: Path, meta: dict) -> nn.Module:
         raise ConfigError(f"{d / META}: quantization format {info.get('format')!r}, expected {QUANT_FORMAT}")
     if not (d / CONFIG_YAML).is_file():
         raise ConfigError(f"{d}: {CONFIG_YAML} is missing (it rebuilds the architecture)")
-    q = quantize_model(_build(read_config(d).model), info.get("dtype", "qint8"), inplace=True,
+    cfg = read_config(d)
+    q = quantize_model(_build(cfg.model), info.get("dtype", "qint8"), inplace=True,
                        embeddings=bool(info.get("embeddings", False)))
     try:
         sd = load_file(str(d / QUANT_WEIGHTS), device="cpu")
@@ -380,13 +380,7 @@ def _load_int8(d: Path, meta: dict) -> nn.Module:
         raise ConfigError(f"cannot read {d / QUANT_WEIGHTS}: {e}") from e
     restore_quantized(q, sd, str(d / QUANT_WEIGHTS))
     q.quantization = info
-    return q
-
-
-def _stored_generate(d: Path) -> GenerateConfig | None:
-    if (d / CONFIG_YAML).is_file():
-        return read_config(d).generate
-    return None
+    return q, cfg
 
 
 def init_weights_from(model: nn.Module, spec: str | os.PathLike) -> dict:
@@ -436,18 +430,18 @@ def load(spec: str | os.PathLike, device: str | torch.device = "cpu", expect: st
         if is_quantized_dir(d):
             if str(device) != "cpu":
                 raise ConfigError(f"{d}: int8 dynamic quantization runs on the CPU only (device={device})")
-            model = _load_int8(d, meta)
+            model, cfg = _load_int8(d, meta)
         else:
-            model_cfg = read_config(d).model
-            model = _build(model_cfg)
+            cfg = read_config(d)               # read once: architecture and decoding settings
+            model = _build(cfg.model)
             load_weights(model, d, strict=True)
-            if model_cfg.lora is not None:      # a LoRA run: adapters folded into plain weights for use
+            if cfg.model.lora is not None:      # a LoRA run: adapters folded into plain weights for use
                 from .lora import merge_lora
                 merge_lora(model)
         if meta.get("preprocess"):
             model.preprocess = dict(meta["preprocess"])
         model.checkpoint_path, model.checkpoint_meta = str(d), meta
-        model.generate_config = _stored_generate(d)
+        model.generate_config = cfg.generate if (d / CONFIG_YAML).is_file() else None   # exports store none
     if expect is not None:
         attr, what = _KINDS[expect]
         if not callable(getattr(model, attr, None)):
