@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_PKGS := fonts-noto-color-emoji unicode-data
-TEST_PKGS := $(DEMO_PKGS) chromium   # chromium: the service page's browser test
+TEST_PKGS := $(DEMO_PKGS) chromium dataset-fashion-mnist   # chromium: the service page's browser test; Fashion-MNIST: the old-domain probe
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -13,11 +13,12 @@ export TOKENIZERS_PARALLELISM := false
 MMFM_CACHE ?= $(HOME)/.cache/mmfm
 TWEMOJI := $(MMFM_CACHE)/emoji-datasource-twitter-16.0.0
 
-.PHONY: demo test venv apt-deps demo-deps twemoji clean help
+.PHONY: demo test venv apt-deps demo-deps twemoji continued clean help
 
 help:
 	@echo "make demo   - build emoji shards, train CLIP + captioner, evaluate, write runs/demo/report.html"
 	@echo "make test   - run the test suite (CPU, offline)"
+	@echo "make continued - continue pre-training pretrained towers on emoji; compare what they gained and forgot"
 	@echo "make twemoji - fetch Twemoji (npm emoji-datasource-twitter) into $(TWEMOJI) for data_recipes/twemoji"
 
 apt-deps:
@@ -45,6 +46,12 @@ test: apt-deps venv
 
 demo: demo-deps venv
 	$(VENV)/bin/mmfm demo --out runs/demo
+
+# Issue 13's measured run: three ways to continue pre-training (image tower locked / last 2 groups / all) from
+# the same pretrained towers, compared on the new domain and an old one (runs/continued/compare/compare.html).
+continued: venv twemoji
+	@bash tools/ensure_apt.sh $(DEMO_PKGS) dataset-fashion-mnist
+	$(PY) tools/continued_pretraining.py --out runs/continued
 
 clean:
 	rm -rf runs .pytest_cache

@@ -35,3 +35,33 @@ def headed_captioner(arch: str) -> dict:
     return {"kind": "captioner", "vision": copy.deepcopy(HEADED_TOWERS[arch]), "embed_dim": 32,
             "decoder": {"arch": "gpt2", "tokenizer": "openclip", "max_length": 24,
                         "config_overrides": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64}}}
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST IDX files
+def write_idx(path, array):
+    """``array`` as a gzip IDX file of unsigned bytes, Zalando's Fashion-MNIST format."""
+    import gzip
+    import struct
+
+    import numpy as np
+    array = np.asarray(array, dtype=np.uint8)
+    head = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(head + array.tobytes())
+    return path
+
+
+def fake_fashion(folder, n_train=40, n_test=30):
+    """Fashion-MNIST's four IDX files in ``folder``: random 28x28 images whose pixel (0, 0) is their label."""
+    import numpy as np
+
+    from mmfm.data.fashion_mnist import CLASSES as FASHION_CLASSES
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % len(FASHION_CLASSES)
+        images = (rng.random((n, 28, 28)) * 255).astype(np.uint8)
+        images[:, 0, 0] = labels                          # each image remembers its label
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder

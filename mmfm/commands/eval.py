@@ -127,9 +127,10 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                    help="CLIP: image folder (zero-shot, probes) or image-caption shards/CSV/JSONL (retrieval); "
                         "captioner: captions (BLEU-4, CIDEr-D, ROUGE-L, perplexity) or questions (VQA accuracy, "
                         "token F1); repeat for the new domain and an old one")
-    p.add_argument("--probe-train", metavar="FOLDER",
-                   help="image folder with the same classes: train a linear probe and k-shot probes on it, "
-                        "score them on each --data image folder")
+    p.add_argument("--probe-train", action="append", metavar="[NAME=]FOLDER",
+                   help="image folder with the same classes as a --data image folder: train a linear probe and "
+                        "k-shot probes on it and score them there; NAME=FOLDER pairs it with the --data of that "
+                        "name (repeat for the new and the old domain), a bare FOLDER serves every image folder")
     p.add_argument("--fewshot", default="1,5,10", help="k of the k-shot probes, comma-separated ('' for none)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the 95%% intervals")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap draws and the probes")

@@ -5,7 +5,9 @@ What is measured depends on the models' kind (all models must be of one kind) an
 
 * CLIP, an image folder (one subfolder per class): zero-shot top-1, top-5 (5+ classes), mean per-class recall
   and macro-F1; with ``probe_train`` (a folder with the same classes) a linear probe on frozen image features
-  and k-shot probes (``mmfm.eval.probe``, CLIP_benchmark's protocol), scored on the data folder.
+  and k-shot probes (``mmfm.eval.probe``, CLIP_benchmark's protocol), scored on the data folder. ``probe_train``
+  entries ``NAME=FOLDER`` pair a train folder with the data set of that name (the new domain's and the old
+  domain's probes train on their own images); a bare ``FOLDER`` serves every image folder without its own.
 * CLIP, shards / CSV / JSONL of image-caption pairs: retrieval R@1/5/10 both ways.
 * Captioner, captions (shards, CSV, JSONL): BLEU-4, CIDEr-D, ROUGE-L of generated captions and perplexity per
   token of the references (``mmfm.eval.perplexity``).
@@ -21,13 +23,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 
 from mmfm.config import ConfigError
 
 from .bootstrap import SampleMetric, paired_delta
 
-__all__ = ["compare_suite", "parse_data", "data_kind"]
+__all__ = ["compare_suite", "parse_data", "data_kind", "probe_folders"]
 
 FEWSHOT = (1, 5, 10)
 
@@ -38,6 +39,29 @@ def parse_data(spec: str) -> tuple[str, str]:
     if sep and name and "/" not in name and path:
         return name, path
     return Path(str(spec).rstrip("/")).stem or str(spec), str(spec)
+
+
+def probe_folders(probe_train, data_names: list[str]) -> dict[str, str]:
+    """``--probe-train`` entries (``NAME=FOLDER`` or ``FOLDER``; a string or a list) -> ``{data name: folder}``.
+    A bare folder is the default of every data set; a name that no ``--data`` has is an error naming it."""
+    entries = [probe_train] if isinstance(probe_train, str) else list(probe_train or [])
+    named: dict[str, str] = {}
+    default = None
+    for entry in entries:
+        name, sep, folder = str(entry).partition("=")
+        if sep and name and "/" not in name and folder:
+            if name not in data_names:
+                raise ConfigError(f"--probe-train {entry}: no --data is named {name!r} (the data sets: "
+                                  f"{', '.join(data_names)})")
+            if name in named:
+                raise ConfigError(f"--probe-train: two train folders for the data set {name!r}")
+            named[name] = folder
+        elif default is not None:
+            raise ConfigError(f"--probe-train: two unnamed train folders ({default}, {entry}); name them "
+                              f"NAME=FOLDER after their --data")
+        else:
+            default = str(entry)
+    return {n: named.get(n, default) for n in data_names if named.get(n, default)}
 
 
 def _first_row(path: str) -> dict:
@@ -169,10 +193,10 @@ def _vqa(model, spec: str, path: str, gen, max_samples, progress) -> tuple[dict,
                                      "mean")}, []
 
 
-def _evaluate(model, spec, kind, path, opts) -> tuple[dict, list]:
+def _evaluate(model, spec, kind, name, path, opts) -> tuple[dict, list]:
     if kind == "folder":
-        return _zeroshot(model, path, opts["templates"], opts["max_samples"], opts["probe_train"], opts["fewshot"],
-                         opts["progress"])
+        return _zeroshot(model, path, opts["templates"], opts["max_samples"], opts["probe_train"].get(name),
+                         opts["fewshot"], opts["progress"])
     if kind == "pairs":
         return _retrieval(model, path, opts["max_samples"], opts["progress"])
     if kind == "vqa":
@@ -185,7 +209,7 @@ def _model_kind(model) -> str:
     return getattr(getattr(model, "model_cfg", None), "kind", "clip")
 
 
-def compare_suite(models: list[str], data: list[str], *, probe_train: str | None = None,
+def compare_suite(models: list[str], data: list[str], *, probe_train: str | list[str] | None = None,
                   fewshot=FEWSHOT, templates="simple", max_samples: int | None = None, gen=None,
                   n_boot: int = 1000, seed: int = 0, device: str | None = None, progress: bool = True) -> dict:
     """Evaluate every model on every data set (``NAME=PATH`` or ``PATH``). Returns ``{"rows": [{"model",
@@ -206,7 +230,8 @@ def compare_suite(models: list[str], data: list[str], *, probe_train: str | None
     sets = [parse_data(d) for d in data]
     if len({n for n, _ in sets}) != len(sets):
         raise ConfigError(f"--data: two data sets share a name ({[n for n, _ in sets]}); name them NAME=PATH")
-    opts = {"templates": templates, "max_samples": max_samples, "probe_train": probe_train,
+    probes = probe_folders(probe_train, [n for n, _ in sets])
+    opts = {"templates": templates, "max_samples": max_samples, "probe_train": probes,
             "fewshot": tuple(fewshot or ()), "gen": gen, "progress": progress}
     scores: dict = {}        # (data, metric) -> [SampleMetric per model]
     notes, kind = [], None
@@ -220,7 +245,7 @@ def compare_suite(models: list[str], data: list[str], *, probe_train: str | None
         for name, path in sets:
             if progress:
                 print(f"evaluating {spec} on {name} ({kinds[name]}) ...", flush=True)
-            metrics, more = _evaluate(model, spec, kinds[name], path, opts)
+            metrics, more = _evaluate(model, spec, kinds[name], name, path, opts)
             notes += [f"{spec} on {name}: {n}" for n in more]
             for metric, sm in metrics.items():
                 scores.setdefault((name, metric), {})[spec] = sm
@@ -229,7 +254,7 @@ def compare_suite(models: list[str], data: list[str], *, probe_train: str | None
     return {"task": "compare_models", "kind": kind, "models": list(models),
             "data": [{"name": n, "path": p, "kind": kinds[n]} for n, p in sets], "reference": models[0],
             "rows": rows, "notes": notes, "bootstrap": {"n_boot": n_boot, "seed": seed, "paired": True},
-            "probe": {"train": probe_train, "fewshot": list(opts["fewshot"])} if probe_train else None,
+            "probe": {"train": probes, "fewshot": list(opts["fewshot"])} if probes else None,
             "templates": templates if kind == "clip" else None, "max_samples": max_samples,
             "decoding": None if gen is None else _settings(gen),
             "backend": f"mmfm {__version__} (torch {torch.__version__})",

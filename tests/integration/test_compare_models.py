@@ -137,3 +137,34 @@ def test_probe_and_perplexity_hooks(setup):
                                                "eval": {"perplexity_data": str(setup / "caps.jsonl")}}))
     with pytest.raises(ConfigError, match="linear_probe_test"):
         build_eval_hooks(load_experiment(data={"model": {"name": "tiny"}, "eval": {"linear_probe_train": str(FOLDER)}}))
+
+
+def test_each_domain_probes_with_its_own_train_folder(setup, tmp_path):
+    """The forgetting check: the new domain's probe trains on new-domain images and the old domain's on old ones
+    (``--probe-train new=... --probe-train old=...``), scored on each data set's own folder."""
+    from mmfm.commands.eval import main as eval_main
+    from mmfm.data.fashion_mnist import write_fashion_folders
+    from mmfm.eval.compare_suite import probe_folders
+    from tests.helpers import fake_fashion
+    fm = write_fashion_folders(tmp_path / "fm", train_per_class=2, test_per_class=1,
+                               source=fake_fashion(tmp_path / "src"))
+    out = tmp_path / "cmp"
+    assert eval_main(["compare", str(setup / "clip0"), str(setup / "clip1"), "--data", f"new={FOLDER}",
+                      "--data", f"old={fm['test']}", "--probe-train", f"new={FOLDER}", "--probe-train",
+                      f"old={fm['train']}", "--fewshot", "1,2", "--bootstrap", "50", "--out", str(out),
+                      "--quiet"]) == 0
+    res = json.loads((out / "compare.json").read_text())
+    n = {(r["data"], r["metric"]): r["n"] for r in res["rows"]}
+    assert n[("new", "linear probe top1")] == 6 and n[("old", "linear probe top1")] == 10     # each its own test
+    assert ("old", "2-shot probe top1") in n and ("new", "2-shot probe top1") in n
+    assert res["probe"]["train"] == {"new": str(FOLDER), "old": str(fm["train"])}
+    # a bare folder serves every data set without its own; a named one must name a --data
+    assert probe_folders(["A", "old=B"], ["new", "old"]) == {"new": "A", "old": "B"}
+    assert probe_folders(None, ["new"]) == {}
+    with pytest.raises(ConfigError, match="no --data is named 'olds'"):
+        probe_folders(["olds=B"], ["new", "old"])
+    with pytest.raises(ConfigError, match="two unnamed train folders"):
+        probe_folders(["A", "B"], ["new"])
+    with pytest.raises(ConfigError, match="its classes .* differ"):        # the old folder cannot probe the new set
+        eval_main(["compare", str(setup / "clip0"), "--data", f"new={FOLDER}", "--probe-train", str(fm["train"]),
+                   "--out", str(out), "--quiet"])
