@@ -1,0 +1,160 @@
+"""`--distributor ray` on a real local Ray cluster (127.0.0.1, 2 CPUs, one per module) against real HTTP servers:
+the same samples, keys, image bytes, captions and splits as the one-machine build; --resume re-runs only the
+unfinished partitions; a SIGKILLed worker's partition is retried by Ray."""
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mmfm.data.shards import read_manifest
+from mmfm.data.shards.build import build
+from mmfm.data.shards.inspect import iter_samples
+from mmfm.data.shards.recipes import resolve_options
+from tests.fixtures.shards import factory as F
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+N = 60
+OPTS = ["image.size=16", "shard_size=7", "download.retries=0", "download.timeout=5", "download.threads=2",
+        "download.allow_private_urls=true", "holdout=0.3", "distributor.partition_rows=20"]
+IMAGES = {f"{i}.jpg": F.photo(30, 24, seed=i) for i in range(N)}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, object_store_memory=150 * 2**20)
+    yield ray
+    ray.shutdown()
+
+
+def _table(tmp_path, url) -> Path:
+    rows = []
+    for i in range(N):
+        if i % 17 == 4:
+            image = f"{url}/404"                       # failures in several partitions
+        elif i % 13 == 9 or i == 45:
+            image = f"{url}/img/{i % 13}.jpg"           # duplicates of an earlier image; 45: of row 6, two partitions back
+        else:
+            image = f"{url}/img/{i}.jpg"
+        rows.append(json.dumps({"image": image, "caption": f"photo number {i}"}))
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _opts(table, *extra):
+    return resolve_options(None, OPTS + list(extra), {"source": {"path": str(table)}})
+
+
+def _samples(folder: Path) -> dict:
+    out = {}
+    for tar in sorted(folder.glob("shard-*.tar")):
+        for s in iter_samples(tar):
+            out[s["__key__"]] = (s["txt"], s["jpg"], s["json"])
+    return out
+
+
+def _same_as_local(out: Path, ref: Path) -> None:
+    for split in ("train", "heldout"):
+        got, want = read_manifest(out / split), read_manifest(ref / split)
+        assert got["total_samples"] == want["total_samples"] > 0
+        assert got["failures"] == want["failures"]
+        assert _samples(out / split) == _samples(ref / split)     # keys, captions, image bytes, metadata
+        listed = {s["name"] for s in got["shards"]}
+        assert listed == {p.name for p in (out / split).glob("shard-*.tar")}
+        assert [json.loads(x)["index"] for x in (out / split / "failures.jsonl").read_text().splitlines()] == \
+               [json.loads(x)["index"] for x in (ref / split / "failures.jsonl").read_text().splitlines()]
+
+
+def _reference(tmp_path, table):
+    ref = tmp_path / "ref"
+    build(_opts(table, "workers=0"), ref, progress=False)
+    return ref
+
+
+def test_ray_build_equals_local_build_and_resume_reruns_only_unfinished(ray_cluster, tmp_path):
+    with F.FaultServer(IMAGES) as server:
+        table = _table(tmp_path, server.url)
+        ref = _reference(tmp_path, table)
+        out = tmp_path / "out"
+        t0 = time.monotonic()
+        ms = build(_opts(table, "distributor.kind=ray"), out, progress=False)
+        print(f"ray build {time.monotonic() - t0:.1f}s")
+        _same_as_local(out, ref)
+        n404 = sum(1 for i in range(N) if i % 17 == 4)
+        assert sum(m["failures"].get("http_404", 0) for m in ms.values()) == n404
+        assert sum(m["failures"].get("duplicate", 0) for m in ms.values()) == 4   # 22, 35, 48 (of row 9), 45 (of row 6)
+        assert sorted(p.name for p in out.glob("ray-part-*.json")) == [f"ray-part-{p:06d}.json" for p in range(3)]
+        # partition 1 (rows 20..39, shard ids 3..5) was killed after one tar: no marker, a tar, a .partial
+        (out / "ray-part-000001.json").unlink()
+        marker1 = sorted((out / "train").glob("shard-00000[345].tar"))
+        marker1[-1].rename(marker1[-1].with_name(marker1[-1].name + ".partial"))
+        hits = dict(server.hits)
+        ms2 = build(_opts(table, "distributor.kind=ray"), out, resume=True, progress=False)
+        again = {p for p, n in server.hits.items() if n > hits.get(p, 0)}
+    rerun = {f"/img/{i}.jpg" for i in range(20, 40) if i % 17 != 4 and i % 13 != 9} | {"/404", "/img/9.jpg"}
+    assert again == rerun                     # only partition 1's rows were fetched again
+    assert ms2["train"]["build"]["resumed"] is True
+    assert not list(out.rglob("*.partial"))
+    _same_as_local(out, ref)
+
+
+def _ray_workers_of(pid: int, title: str) -> list[int]:
+    """PIDs under process ``pid`` whose title (Ray sets ``ray::FUNCTION`` while a task runs) starts with ``title``."""
+    parent, found = {}, []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if f.read().decode(errors="replace").startswith(title):
+                    found.append(int(d))
+        except OSError:
+            continue
+
+    def under(p: int) -> bool:
+        while p > 1:
+            if p == pid:
+                return True
+            p = parent.get(p, 0)
+        return False
+    return [p for p in found if under(p)]
+
+
+def test_sigkilled_worker_is_retried(ray_cluster, tmp_path):
+    with F.FaultServer(IMAGES, delay=0.05) as server:
+        table = _table(tmp_path, server.url)
+        ref = _reference(tmp_path, table)
+        hits = dict(server.hits)
+        out, result = tmp_path / "out", {}
+
+        def run():
+            try:
+                result["m"] = build(_opts(table, "distributor.kind=ray", "distributor.max_retries=2"), out,
+                                    progress=False)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
+                result["error"] = e
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        deadline, killed = time.monotonic() + 60, []
+        while not killed and thread.is_alive():
+            assert time.monotonic() < deadline, "no partition task seen running"
+            busy = _ray_workers_of(os.getpid(), "ray::process_partition")
+            if busy:
+                os.kill(busy[0], signal.SIGKILL)
+                killed.append(busy[0])
+            time.sleep(0.02)
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "the build did not finish"
+        refetched = sum(1 for p, n in server.hits.items() if p.startswith("/img/") and n - hits.get(p, 0) > 1)
+    assert killed, "the build finished before a worker could be killed"
+    assert "error" not in result, result.get("error")
+    assert refetched > 0            # the killed partition ran again: its images were downloaded twice
+    _same_as_local(out, ref)
