@@ -18,7 +18,8 @@ FLAGS = {
     "max_redirects": "download.max_redirects", "threads": "download.threads", "shard_size": "shard_size",
     "workers": "workers", "dedup": "dedup", "holdout": "holdout", "holdout_by": "holdout_by",
     "allow_private_urls": "download.allow_private_urls", "allow_local_files": "source.allow_local_files",
-    "shuffle": "shuffle",
+    "shuffle": "shuffle", "distributor": "distributor.kind", "ray_address": "distributor.address",
+    "partition_rows": "distributor.partition_rows",
 }
 
 
@@ -77,6 +78,11 @@ def _build_parser(sub) -> None:
     g.add_argument("--holdout-by", help="metadata field hashed for the split (default: source path)")
     g.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
                    help="seeded shuffle of the input order (default: image folders only; --set shuffle_seed=N)")
+    g = p.add_argument_group("distributed (docs/scale.md)")
+    g.add_argument("--distributor", choices=["local", "ray"],
+                   help="local: worker processes here (default); ray: partitions of rows as Ray tasks (mmfm[ray])")
+    g.add_argument("--ray-address", help="a running Ray cluster (HOST:PORT or auto); default: start one here")
+    g.add_argument("--partition-rows", type=int, help="ray: input rows per partition (default 10000)")
 
 
 def _inspect_parser(sub) -> None:

@@ -3,7 +3,12 @@ the same samples, keys, image bytes, captions and splits as the one-machine buil
 unfinished partitions; a SIGKILLed worker's partition is retried by Ray."""
 import json
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,6 +22,7 @@ from mmfm.data.shards.recipes import resolve_options
 from tests.fixtures.shards import factory as F
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+ROOT = Path(__file__).resolve().parents[2]
 N = 60
 OPTS = ["image.size=16", "shard_size=7", "download.retries=0", "download.timeout=5", "download.threads=2",
         "download.allow_private_urls=true", "holdout=0.3", "distributor.partition_rows=20"]
@@ -75,6 +81,59 @@ def _reference(tmp_path, table):
     ref = tmp_path / "ref"
     build(_opts(table, "workers=0"), ref, progress=False)
     return ref
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"ray start exited with {proc.returncode}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"the Ray head did not listen on {port} within {timeout}s"
+            time.sleep(0.5)
+
+
+def test_cli_joins_a_cluster_started_with_ray_start(tmp_path):
+    """`ray start --head` (as a user would, on 127.0.0.1), then `mmfm shards build --ray-address`. Runs before the
+    module's in-process cluster exists, so the two never share the CPUs."""
+    pytest.importorskip("ray")
+    port, temp = _free_port(), tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")   # a throwaway loopback cluster: no ~/.ray token to share
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                             "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+                             "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with F.FaultServer(IMAGES) as server:
+            table = _table(tmp_path, server.url)
+            ref = _reference(tmp_path, table)
+            sets = [a for o in OPTS for a in ("--set", o)]
+            cmd = [sys.executable, "-m", "mmfm", "shards", "build", str(table), "--out", str(tmp_path / "out"),
+                   "--distributor", "ray", "--ray-address", f"127.0.0.1:{port}", "--no-progress", *sets]
+            _wait_for_port(port, head, timeout=90)
+            res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+            assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+        assert "samples in" in res.stdout
+        _same_as_local(tmp_path / "out", ref)
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)      # whatever of this head's session is left
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_ray_build_equals_local_build_and_resume_reruns_only_unfinished(ray_cluster, tmp_path):

@@ -227,12 +227,11 @@ def _build(opts: BuildOptions, root: Store, resume: bool, overwrite: bool, progr
     names = ["train", "heldout"] if opts.holdout > 0 else [""]
     splits = [Split(n, root.child(n) if n else root) for n in names]
     source = open_source(opts)   # config errors surface before anything is written
-    local = opts.distributor.kind == "local"
-    _prepare_out(root, splits, opts, resume, overwrite, restore=local)
-    if not local:
+    if opts.distributor.kind == "ray":
         from .distributed import build_partitions
 
-        return build_partitions(opts, root, splits, source, resume, progress)
+        return build_partitions(opts, root, splits, source, resume, overwrite, progress)
+    _prepare_out(root, splits, opts, resume, overwrite)
     restart = min(s.skip_until for s in splits)
     seen: set[str] = {h for s in splits for st in s.restored for i, h in st.get("image_sha256", []) if i < restart}
     for s in splits:

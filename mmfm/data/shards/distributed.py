@@ -26,9 +26,11 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Iterator
 
+from mmfm.config import ConfigError
 from mmfm.data import fs
 
-from .build import CHUNK, Split, _chunk_timeout, _chunks, _finish, _nothing_written, _progress, _shard_number, _split_of
+from .build import (CHUNK, Split, _chunk_timeout, _chunks, _finish, _nothing_written, _prepare_out, _progress,
+                    _shard_number, _split_of)
 from .manifest import atomic_write_json, stats_name
 from .options import BuildOptions
 from .process import init_worker, process_chunk
@@ -137,8 +139,12 @@ def _connect(opts: BuildOptions):
     if ray.is_initialized():
         return ray, False
     quiet = {"log_to_driver": False, "configure_logging": False}
-    if opts.distributor.address:
-        ray.init(address=opts.distributor.address, **quiet)
+    address = opts.distributor.address
+    if address:
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as e:
+            raise ConfigError(f"distributor.address (--ray-address): {address}: {e}") from None
     else:
         ray.init(address="local", num_cpus=max(1, opts.workers), include_dashboard=False,
                  _node_ip_address="127.0.0.1", **quiet)
@@ -226,22 +232,22 @@ class _Driver:
                                  "partitions") from None
 
 
-def build_partitions(opts: BuildOptions, root: Store, splits: list[Split], source, resume: bool,
+def build_partitions(opts: BuildOptions, root: Store, splits: list[Split], source, resume: bool, overwrite: bool,
                      progress: bool) -> dict[str, dict]:
-    """The Ray build of ``build()`` (after its option and --resume/--overwrite checks)."""
-    done = _restore(root, splits) if resume else {}
-    if not resume:
-        root.delete(n for n in root.sizes() if _PART_RE.match(n))
+    """The Ray build of ``build()``. Joins the cluster first: an unreachable one leaves ``--out`` untouched."""
     ray, started = _connect(opts)
-    t0 = time.monotonic()
-    bar = _progress(source.total, 0, progress)
     try:
-        driver = _Driver(ray, opts, root.target, done, bar)
-        for part, rows in enumerate(_partitions(opts, source, [s.name for s in splits])):
-            driver.submit(part, rows)
-        markers = driver.finish()
+        _prepare_out(root, splits, opts, resume, overwrite, restore=False)
+        done = _restore(root, splits) if resume else {}
+        if not resume:
+            root.delete(n for n in root.sizes() if _PART_RE.match(n))
+        t0 = time.monotonic()
+        with _progress(source.total, 0, progress) as bar:
+            driver = _Driver(ray, opts, root.target, done, bar)
+            for part, rows in enumerate(_partitions(opts, source, [s.name for s in splits])):
+                driver.submit(part, rows)
+            markers = driver.finish()
     finally:
-        bar.close()
         if started:
             ray.shutdown()
     seconds = time.monotonic() - t0

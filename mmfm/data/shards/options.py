@@ -80,6 +80,10 @@ class DistributorOptions:
     partition_rows: int = ranged(10_000, ge=1)   # ray: input rows per partition (each its own shard-id block)
     max_retries: int = ranged(3, ge=0)           # ray: re-runs of a partition whose worker died
 
+    def validate(self) -> None:
+        if self.address and self.kind != "ray":
+            raise ConfigError(f"address: {self.address!r} is a Ray cluster; it needs kind ray (--distributor ray)")
+
 
 @dataclass
 class BuildOptions:
