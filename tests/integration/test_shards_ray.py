@@ -20,6 +20,7 @@ from mmfm.data.shards.build import build
 from mmfm.data.shards.inspect import iter_samples
 from mmfm.data.shards.recipes import resolve_options
 from tests.fixtures.shards import factory as F
+from tests.integration.s3_helpers import moto_s3
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,10 +102,21 @@ def _wait_for_port(port: int, proc, timeout: float) -> None:
             time.sleep(0.5)
 
 
-def test_cli_joins_a_cluster_started_with_ray_start(tmp_path):
-    """`ray start --head` (as a user would, on 127.0.0.1), then `mmfm shards build --ray-address`. Runs before the
-    module's in-process cluster exists, so the two never share the CPUs."""
+def test_cli_joins_a_cluster_started_with_ray_start_and_writes_to_s3(tmp_path):
+    """`ray start --head` (as a user would, on 127.0.0.1), then `mmfm shards build --ray-address --out s3://...`
+    (a moto S3 server on 127.0.0.1). Runs before the module's in-process cluster exists, so the two never share
+    the CPUs."""
     pytest.importorskip("ray")
+    with moto_s3() as (bucket, _):
+        _cli_build_on_cluster(tmp_path, f"{bucket}/shards")
+        import fsspec
+
+        fsspec.filesystem("s3").get(f"{bucket}/shards/", str(tmp_path / "got"), recursive=True)
+    assert not list((tmp_path / "got").rglob("*.partial"))
+    _same_as_local(tmp_path / "got", tmp_path / "ref")
+
+
+def _cli_build_on_cluster(tmp_path, out: str) -> None:
     port, temp = _free_port(), tempfile.mkdtemp(prefix="ray", dir="/tmp")
     env = dict(os.environ, RAY_AUTH_MODE="disabled")   # a throwaway loopback cluster: no ~/.ray token to share
     head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
@@ -114,15 +126,14 @@ def test_cli_joins_a_cluster_started_with_ray_start(tmp_path):
     try:
         with F.FaultServer(IMAGES) as server:
             table = _table(tmp_path, server.url)
-            ref = _reference(tmp_path, table)
+            _reference(tmp_path, table)            # tmp_path/ref, compared by the caller
             sets = [a for o in OPTS for a in ("--set", o)]
-            cmd = [sys.executable, "-m", "mmfm", "shards", "build", str(table), "--out", str(tmp_path / "out"),
+            cmd = [sys.executable, "-m", "mmfm", "shards", "build", str(table), "--out", out,
                    "--distributor", "ray", "--ray-address", f"127.0.0.1:{port}", "--no-progress", *sets]
             _wait_for_port(port, head, timeout=90)
             res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
             assert res.returncode == 0, res.stdout + res.stderr[-3000:]
         assert "samples in" in res.stdout
-        _same_as_local(tmp_path / "out", ref)
     finally:
         head.send_signal(signal.SIGTERM)
         try:
