@@ -112,6 +112,7 @@ def _flags_to_dict(args: argparse.Namespace) -> dict:
 def run_build(args: argparse.Namespace) -> int:
     from mmfm.config import ConfigError
     from mmfm.data.shards.build import EmptyBuildError, build
+    from mmfm.data.shards.distributed import PartitionError
     from mmfm.data.shards.recipes import resolve_options
 
     if args.input_flag:
@@ -122,7 +123,7 @@ def run_build(args: argparse.Namespace) -> int:
     try:
         manifests = build(opts, args.out, resume=args.resume, overwrite=args.overwrite,
                           progress=not args.no_progress)
-    except EmptyBuildError as e:
+    except (EmptyBuildError, PartitionError) as e:   # a failed partition: the finished ones stay for --resume
         print(f"mmfm shards build: {e}", file=sys.stderr)
         return 1
     for split, m in manifests.items():

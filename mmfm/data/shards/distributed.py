@@ -72,7 +72,7 @@ def process_partition(opts: BuildOptions, rows: list[tuple[int, dict]]) -> tuple
     return digests, [(split_of[r[0]], r) for r in results]
 
 
-def write_partition(opts: BuildOptions, target: str, part: int, rows: list[int], results: list,
+def write_partition(opts: BuildOptions, target: str, part: int, span: list[int], results: list,
                     duplicates: set[int]) -> dict:
     """Write one partition's shards into its id block, then its marker (the commit); returns the marker."""
     with tempfile.TemporaryDirectory(prefix="mmfm-part-") as stage:
@@ -98,7 +98,7 @@ def write_partition(opts: BuildOptions, target: str, part: int, rows: list[int],
             for sink in sinks:
                 sink.abort()
             raise
-        marker = {"partition": part, "rows": rows, "splits": {}}
+        marker = {"partition": part, "rows": span, "splits": {}}
         for name, sink, fails in zip(_split_names(opts), sinks, failures):
             shards = sink.close()
             marker["splits"][name] = {"shards": shards, "tail_failed": sink.tail_failed,
@@ -186,7 +186,8 @@ class _Driver:
         self.timeout = _chunk_timeout(opts) * math.ceil(rows / CHUNK) * (retries + 1)
         self.window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1))) + 1
         self.pending: deque = deque()
-        self.writes: list[tuple[int, object]] = []
+        self.writes: deque = deque()        # (partition, ref) of writing tasks not yet collected
+        self.markers = dict(done)
         self.seen: set[str] = set()
         self.inputs = 0
 
@@ -200,10 +201,14 @@ class _Driver:
     def finish(self) -> dict[int, dict]:
         while self.pending:
             self._settle(*self.pending.popleft())
-        markers = dict(self.done)
-        for part, ref in self.writes:
-            markers[part] = self._get(ref, part, "writing")
-        return markers
+        self._collect(0)
+        return self.markers
+
+    def _collect(self, keep: int) -> None:
+        """Wait for the oldest writing tasks until ``keep`` are left: encoded samples never pile up in memory."""
+        while len(self.writes) > keep:
+            part, ref = self.writes.popleft()
+            self.markers[part] = self._get(ref, part, "writing")
 
     def _settle(self, part: int, span: list[int], refs) -> None:
         self.inputs += span[1] - span[0]
@@ -219,6 +224,7 @@ class _Driver:
                 duplicates.add(index)
             self.seen.add(digest)
         self.writes.append((part, self.write.remote(self.opts, self.target, part, span, results_ref, duplicates)))
+        self._collect(self.window)
 
     def _get(self, ref, part: int, what: str):
         try:
