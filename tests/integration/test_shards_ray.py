@@ -213,14 +213,7 @@ def test_sigkilled_worker_is_retried(ray_cluster, tmp_path):
                 result["error"] = e
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        deadline, killed = time.monotonic() + 60, []
-        while not killed and thread.is_alive():
-            assert time.monotonic() < deadline, "no partition task seen running"
-            busy = _ray_workers_of(os.getpid(), "ray::process_partition")
-            if busy:
-                os.kill(busy[0], signal.SIGKILL)
-                killed.append(busy[0])
-            time.sleep(0.02)
+        killed = _kill_first_partition_task(thread)
         thread.join(timeout=120)
         assert not thread.is_alive(), "the build did not finish"
         refetched = sum(1 for p, n in server.hits.items() if p.startswith("/img/") and n - hits.get(p, 0) > 1)
@@ -228,3 +221,51 @@ def test_sigkilled_worker_is_retried(ray_cluster, tmp_path):
     assert "error" not in result, result.get("error")
     assert refetched > 0            # the killed partition ran again: its images were downloaded twice
     _same_as_local(out, ref)
+
+
+def _kill_first_partition_task(thread: threading.Thread) -> list[int]:
+    deadline, killed = time.monotonic() + 60, []
+    while not killed and thread.is_alive():
+        assert time.monotonic() < deadline, "no partition task seen running"
+        busy = _ray_workers_of(os.getpid(), "ray::process_partition")
+        if busy:
+            os.kill(busy[0], signal.SIGKILL)
+            killed.append(busy[0])
+        time.sleep(0.02)
+    return killed
+
+
+def test_partition_failing_after_its_retries_stops_the_build_then_resume_finishes(ray_cluster, tmp_path):
+    from mmfm.data.shards.distributed import PartitionError
+
+    with F.FaultServer(IMAGES, delay=0.05) as server:
+        table = _table(tmp_path, server.url)
+        ref = _reference(tmp_path, table)
+        out, result = tmp_path / "out", {}
+
+        def run():
+            try:
+                build(_opts(table, "distributor.kind=ray", "distributor.max_retries=0"), out, progress=False)
+            except BaseException as e:  # noqa: BLE001 - checked in the test thread
+                result["error"] = e
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        killed = _kill_first_partition_task(thread)
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "the build did not stop"
+        assert killed, "the build finished before a worker could be killed"
+        assert isinstance(result.get("error"), PartitionError), result
+        assert "failed after 0 retries" in str(result["error"]) and "--resume" in str(result["error"])
+        assert not (out / "train" / "manifest.json").exists()
+        build(_opts(table, "distributor.kind=ray"), out, resume=True, progress=False)
+    _same_as_local(out, ref)
+
+
+def test_empty_input_is_a_clear_error(ray_cluster, tmp_path):
+    from mmfm.data.shards.build import EmptyBuildError
+
+    table = tmp_path / "rows.jsonl"
+    table.write_text("")
+    with pytest.raises(EmptyBuildError, match="gave 0 inputs"):
+        build(_opts(table, "distributor.kind=ray"), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "build_args.json").exists()

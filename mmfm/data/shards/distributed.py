@@ -204,6 +204,16 @@ class _Driver:
         self._collect(0)
         return self.markers
 
+    def cancel(self) -> None:
+        """Stop this build's tasks after an error or Ctrl-C (a driver that stays alive, e.g. in a notebook,
+        would else let them write on); a partition without its marker is re-run by --resume."""
+        refs = [r for _, _, refs in self.pending if refs for r in refs[:1]] + [ref for _, ref in self.writes]
+        for ref in refs:
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - finished or already gone
+                pass
+
     def _collect(self, keep: int) -> None:
         """Wait for the oldest writing tasks until ``keep`` are left: encoded samples never pile up in memory."""
         while len(self.writes) > keep:
@@ -250,9 +260,13 @@ def build_partitions(opts: BuildOptions, root: Store, splits: list[Split], sourc
         t0 = time.monotonic()
         with _progress(source.total, 0, progress) as bar:
             driver = _Driver(ray, opts, root.target, done, bar)
-            for part, rows in enumerate(_partitions(opts, source, [s.name for s in splits])):
-                driver.submit(part, rows)
-            markers = driver.finish()
+            try:
+                for part, rows in enumerate(_partitions(opts, source, [s.name for s in splits])):
+                    driver.submit(part, rows)
+                markers = driver.finish()
+            except BaseException:
+                driver.cancel()
+                raise
     finally:
         if started:
             ray.shutdown()
