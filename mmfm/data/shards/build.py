@@ -8,6 +8,8 @@ a killed build ends with exactly the samples of an uninterrupted one.
 ``out_dir`` may be an fsspec URL (``s3://bucket/shards``): files are written into a local staging folder and
 uploaded as each one is finished, ``manifest.json`` last (``store.py``); ``--resume`` reads the stats back
 from the URL.
+
+``--distributor ray`` (``distributed.py``) runs partitions of the input as Ray tasks with the same rules.
 """
 from __future__ import annotations
 
