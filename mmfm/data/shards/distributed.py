@@ -18,6 +18,7 @@ the same samples, keys, image bytes and splits as ``--distributor local`` (only 
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import tempfile
@@ -101,16 +102,14 @@ def write_partition(opts: BuildOptions, target: str, part: int, span: list[int],
         marker = {"partition": part, "rows": span, "splits": {}}
         for name, sink, fails in zip(_split_names(opts), sinks, failures):
             shards = sink.close()
-            marker["splits"][name] = {"shards": shards, "tail_failed": sink.tail_failed,
-                                            "failures": dict(fails), "written": sum(s["samples"] for s in shards)}
+            marker["splits"][name] = {"shards": shards, "tail_failed": sink.tail_failed, "failures": dict(fails),
+                                      "written": sum(s["samples"] for s in shards)}
         atomic_write_json(root.local / (PART % part), marker)
         root.publish(PART % part)
         return marker
 
 
 def _source_of(sample: dict) -> str:
-    import json
-
     return json.loads(sample["json"])["source"]
 
 
