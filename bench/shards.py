@@ -6,6 +6,11 @@ img2dataset runs in the anchors' venv (bench/anchor_venv.sh). Prints images/s fo
 
     .venv/bin/python bench/shards.py               # 5,000 images, 2 workers
     .venv/bin/python bench/shards.py --n 1000      # quicker
+    .venv/bin/python bench/shards.py --distributor ray --n 20000   # also the Ray build (mmfm[ray]) vs local
+
+With ``--distributor ray`` the same list is built twice by mmfm, ``--distributor local`` and ``--distributor ray``
+(a local Ray cluster with ``--workers`` CPUs, ~4 partitions per CPU), and the Ray path's overhead is printed
+as the ratio of the two (pipeline: after Ray started; end-to-end: including starting it).
 """
 from __future__ import annotations
 
@@ -155,12 +160,12 @@ def _timed(cmd: list[str], **kw) -> tuple[float, float]:
 
 # --- the two builders -------------------------------------------------------------------------------
 
-def run_mmfm(url_list: Path, out: Path, workers: int) -> tuple[float, int, float, float]:
+def run_mmfm(url_list: Path, out: Path, workers: int, extra: tuple[str, ...] = ()) -> tuple[float, int, float, float]:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "mmfm", "shards", "build", str(url_list), "--out", str(out),
            "--image-column", "url", "--caption-column", "caption", "--size", "224",
            "--resize-mode", "keep_ratio", "--resize-side", "shortest", "--format", "jpg", "--quality", "95",
-           "--shard-size", "1000", "--workers", str(workers), "--no-progress"]
+           "--shard-size", "1000", "--workers", str(workers), "--no-progress", *extra]
     seconds, cpu = _timed(cmd, cwd=ROOT)
     manifest = json.loads((out / "manifest.json").read_text())
     return seconds, manifest["total_samples"], manifest["build"]["seconds"], cpu
@@ -205,6 +210,18 @@ def _report(name: str, r: tuple, out: Path) -> None:
           f"(output {_sample_size(out)})", flush=True)
 
 
+def _compare_ray(url_list: Path, args, local: tuple) -> None:
+    rows = math.ceil(args.n / (4 * args.workers))     # ~4 partitions per CPU: no idle tail
+    extra = ("--distributor", "ray", "--partition-rows", str(rows))
+    best_r = min((run_mmfm(url_list, WORK / "out_mmfm_ray", args.workers, extra) for _ in range(args.repeat)),
+                 key=lambda r: r[0])
+    _report("mmfm --distributor ray", best_r, WORK / "out_mmfm_ray")
+    wall, pipe = (local[1] / local[0]) / (best_r[1] / best_r[0]), (local[1] / local[2]) / (best_r[1] / best_r[2])
+    print(f"ratio local / ray images/s: {pipe:.2f}x pipeline ({local[2]:.1f}s vs {best_r[2]:.1f}s; Ray overhead "
+          f"{(pipe - 1) * 100:+.0f}%, target <= +15%), {wall:.2f}x end-to-end ({local[0]:.1f}s vs {best_r[0]:.1f}s, "
+          f"includes starting Ray); {rows} rows per partition", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=5000, help="number of images (default 5000)")
@@ -213,6 +230,8 @@ def main() -> int:
     p.add_argument("--anchor-python", help="python with img2dataset (default: from bench/anchor_venv.sh)")
     p.add_argument("--skip-anchor", action="store_true", help="only time mmfm")
     p.add_argument("--repeat", type=int, default=1, help="runs per tool; the best is reported")
+    p.add_argument("--distributor", choices=["local", "ray"], default="local",
+                   help="ray: also build with --distributor ray and print its ratio to the local build")
     args = p.parse_args()
 
     WORK.mkdir(parents=True, exist_ok=True)
@@ -224,6 +243,8 @@ def main() -> int:
     best_m = min((run_mmfm(url_list, WORK / "out_mmfm", args.workers) for _ in range(args.repeat)),
                  key=lambda r: r[0])
     _report("mmfm shards build", best_m, WORK / "out_mmfm")
+    if args.distributor == "ray":
+        _compare_ray(url_list, args, best_m)
     if args.skip_anchor:
         return 0
     python = args.anchor_python or anchor_python()

@@ -18,7 +18,8 @@ FLAGS = {
     "max_redirects": "download.max_redirects", "threads": "download.threads", "shard_size": "shard_size",
     "workers": "workers", "dedup": "dedup", "holdout": "holdout", "holdout_by": "holdout_by",
     "allow_private_urls": "download.allow_private_urls", "allow_local_files": "source.allow_local_files",
-    "shuffle": "shuffle",
+    "shuffle": "shuffle", "distributor": "distributor.kind", "ray_address": "distributor.address",
+    "partition_rows": "distributor.partition_rows",
 }
 
 
@@ -77,6 +78,11 @@ def _build_parser(sub) -> None:
     g.add_argument("--holdout-by", help="metadata field hashed for the split (default: source path)")
     g.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
                    help="seeded shuffle of the input order (default: image folders only; --set shuffle_seed=N)")
+    g = p.add_argument_group("distributed (docs/scale.md)")
+    g.add_argument("--distributor", choices=["local", "ray"],
+                   help="local: worker processes here (default); ray: partitions of rows as Ray tasks (mmfm[ray])")
+    g.add_argument("--ray-address", help="a running Ray cluster (HOST:PORT or auto); default: start one here")
+    g.add_argument("--partition-rows", type=int, help="ray: input rows per partition (default 10000)")
 
 
 def _inspect_parser(sub) -> None:
@@ -106,6 +112,7 @@ def _flags_to_dict(args: argparse.Namespace) -> dict:
 def run_build(args: argparse.Namespace) -> int:
     from mmfm.config import ConfigError
     from mmfm.data.shards.build import EmptyBuildError, build
+    from mmfm.data.shards.distributed import PartitionError
     from mmfm.data.shards.recipes import resolve_options
 
     if args.input_flag:
@@ -116,7 +123,7 @@ def run_build(args: argparse.Namespace) -> int:
     try:
         manifests = build(opts, args.out, resume=args.resume, overwrite=args.overwrite,
                           progress=not args.no_progress)
-    except EmptyBuildError as e:
+    except (EmptyBuildError, PartitionError) as e:   # a failed partition: the finished ones stay for --resume
         print(f"mmfm shards build: {e}", file=sys.stderr)
         return 1
     for split, m in manifests.items():

@@ -96,7 +96,10 @@ def test_shard_build_and_demo_settings_ranges_are_checked():
     for data, message in (({"holdout": 1.0}, r"^holdout: must be >= 0 and < 1"),
                           ({"image": {"quality": 0}}, r"image\.quality: must be >= 1 and <= 100"),
                           ({"download": {"threads": 0}}, r"download\.threads: must be >= 1"),
-                          ({"text": {"max_answers": 0}}, r"text\.max_answers: must be >= 1")):
+                          ({"text": {"max_answers": 0}}, r"text\.max_answers: must be >= 1"),
+                          ({"distributor": {"partition_rows": 0}}, r"distributor\.partition_rows: must be >= 1"),
+                          ({"distributor": {"address": "h:1"}}, r"distributor\.address: 'h:1' is a Ray cluster; "
+                                                                r"it needs kind ray")):
         with pytest.raises(ConfigError, match=message):
             from_dict(BuildOptions, data)
     with pytest.raises(ConfigError, match=r"shards\.subsample: must be >= 1"):

@@ -8,6 +8,8 @@ a killed build ends with exactly the samples of an uninterrupted one.
 ``out_dir`` may be an fsspec URL (``s3://bucket/shards``): files are written into a local staging folder and
 uploaded as each one is finished, ``manifest.json`` last (``store.py``); ``--resume`` reads the stats back
 from the URL.
+
+``--distributor ray`` (``distributed.py``) runs partitions of the input as Ray tasks with the same rules.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class Split:
         self.skip_until = 0            # inputs before this index are already in complete shards
         self.failures: Counter = Counter()
         self.sink: ShardSink | None = None
+        self.tail_failed: list[dict] = []   # failures after the last shard when no sink wrote them (ray)
 
     def restore(self) -> None:
         """Keep complete shards (tar + matching stats), delete everything after the first gap."""
@@ -111,6 +114,8 @@ def _fingerprint(opts: BuildOptions) -> dict:
         for h in head:
             node = node[h]
         node.pop(last, None)
+    if args["distributor"]["kind"] == "local":
+        args.pop("distributor")   # a local build's args read as before the distributor option existed
     return args
 
 
@@ -124,7 +129,10 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _prepare_out(root: Store, splits: list[Split], opts: BuildOptions, resume: bool, overwrite: bool) -> None:
+def _prepare_out(root: Store, splits: list[Split], opts: BuildOptions, resume: bool, overwrite: bool,
+                 restore: bool = True) -> None:
+    """Check --resume/--overwrite against what ``root`` holds; ``restore``: keep the complete shards of a
+    one-machine build (a partitioned build restores its own way, distributed.py)."""
     out = root.target
     root.local.mkdir(parents=True, exist_ok=True)
     has_args = BUILD_ARGS in root.sizes()
@@ -147,7 +155,7 @@ def _prepare_out(root: Store, splits: list[Split], opts: BuildOptions, resume: b
             s.store.delete(n for n in s.store.sizes() if n.startswith("shard-") or n in (MANIFEST, FAILURES))
     for s in splits:
         s.folder.mkdir(parents=True, exist_ok=True)
-        if resume:
+        if resume and restore:
             s.restore()
     atomic_write_json(root.local / BUILD_ARGS, _fingerprint(opts))
     root.publish(BUILD_ARGS)
@@ -221,6 +229,10 @@ def _build(opts: BuildOptions, root: Store, resume: bool, overwrite: bool, progr
     names = ["train", "heldout"] if opts.holdout > 0 else [""]
     splits = [Split(n, root.child(n) if n else root) for n in names]
     source = open_source(opts)   # config errors surface before anything is written
+    if opts.distributor.kind == "ray":
+        from .distributed import build_partitions
+
+        return build_partitions(opts, root, splits, source, resume, overwrite, progress)
     _prepare_out(root, splits, opts, resume, overwrite)
     restart = min(s.skip_until for s in splits)
     seen: set[str] = {h for s in splits for st in s.restored for i, h in st.get("image_sha256", []) if i < restart}
@@ -278,7 +290,8 @@ def _build(opts: BuildOptions, root: Store, resume: bool, overwrite: bool, progr
 
 
 def _write_failures(split: Split, shards: list[dict]) -> None:
-    failed = [rec for st in shards for rec in st.get("failed_items", [])] + split.sink.tail_failed
+    tail = split.sink.tail_failed if split.sink else split.tail_failed
+    failed = [rec for st in shards for rec in st.get("failed_items", [])] + tail
     with open(split.folder / f".{FAILURES}.tmp", "w", encoding="utf-8") as f:
         for rec in failed:
             f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")

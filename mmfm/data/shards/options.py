@@ -73,6 +73,19 @@ class DownloadOptions:
 
 
 @dataclass
+class DistributorOptions:
+    """Who processes the partitions: ``local`` (worker processes of this machine) or ``ray`` (docs/scale.md)."""
+    kind: Literal["local", "ray"] = "local"
+    address: str = ""               # ray: a running cluster (HOST:PORT or "auto"); "" starts one here
+    partition_rows: int = ranged(10_000, ge=1)   # ray: input rows per partition (each its own shard-id block)
+    max_retries: int = ranged(3, ge=0)           # ray: re-runs of a partition whose worker died
+
+    def validate(self) -> None:
+        if self.address and self.kind != "ray":
+            raise ConfigError(f"address: {self.address!r} is a Ray cluster; it needs kind ray (--distributor ray)")
+
+
+@dataclass
 class BuildOptions:
     name: str = ""
     description: str = ""
@@ -89,7 +102,8 @@ class BuildOptions:
     shuffle: bool | None = None     # seeded shuffle of the input order; None: image folders only (listed
                                     # class by class), tables and JSON keep their order; true: every source
     shuffle_seed: int = 0
+    distributor: DistributorOptions = field(default_factory=DistributorOptions)
 
 
 # Options that change how a build runs but not what it writes (ignored when --resume compares args).
-RUNTIME_ONLY = ("workers", "download.threads")
+RUNTIME_ONLY = ("workers", "download.threads", "distributor.address", "distributor.max_retries")

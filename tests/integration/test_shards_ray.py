@@ -1,0 +1,272 @@
+"""`--distributor ray` on a real local Ray cluster (127.0.0.1, 2 CPUs, one per module) against real HTTP servers:
+the same samples, keys, image bytes, captions and splits as the one-machine build; --resume re-runs only the
+unfinished partitions; a SIGKILLed worker's partition is retried by Ray."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mmfm.data.shards import read_manifest
+from mmfm.data.shards.build import build
+from mmfm.data.shards.inspect import iter_samples
+from mmfm.data.shards.recipes import resolve_options
+from tests.fixtures.shards import factory as F
+from tests.integration.s3_helpers import moto_s3
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+ROOT = Path(__file__).resolve().parents[2]
+N = 60
+OPTS = ["image.size=16", "shard_size=7", "download.retries=0", "download.timeout=5", "download.threads=2",
+        "download.allow_private_urls=true", "holdout=0.3", "distributor.partition_rows=20"]
+IMAGES = {f"{i}.jpg": F.photo(30, 24, seed=i) for i in range(N)}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, object_store_memory=150 * 2**20)
+    yield ray
+    ray.shutdown()
+
+
+def _table(tmp_path, url) -> Path:
+    rows = []
+    for i in range(N):
+        if i % 17 == 4:
+            image = f"{url}/404"                       # failures in several partitions
+        elif i % 13 == 9 or i == 45:
+            image = f"{url}/img/{i % 13}.jpg"           # duplicates of an earlier image; 45: of row 6, two partitions back
+        else:
+            image = f"{url}/img/{i}.jpg"
+        rows.append(json.dumps({"image": image, "caption": f"photo number {i}"}))
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _opts(table, *extra):
+    return resolve_options(None, OPTS + list(extra), {"source": {"path": str(table)}})
+
+
+def _samples(folder: Path) -> dict:
+    out = {}
+    for tar in sorted(folder.glob("shard-*.tar")):
+        for s in iter_samples(tar):
+            out[s["__key__"]] = (s["txt"], s["jpg"], s["json"])
+    return out
+
+
+def _same_as_local(out: Path, ref: Path) -> None:
+    for split in ("train", "heldout"):
+        got, want = read_manifest(out / split), read_manifest(ref / split)
+        assert got["total_samples"] == want["total_samples"] > 0
+        assert got["failures"] == want["failures"]
+        assert _samples(out / split) == _samples(ref / split)     # keys, captions, image bytes, metadata
+        listed = {s["name"] for s in got["shards"]}
+        assert listed == {p.name for p in (out / split).glob("shard-*.tar")}
+        assert [json.loads(x)["index"] for x in (out / split / "failures.jsonl").read_text().splitlines()] == \
+               [json.loads(x)["index"] for x in (ref / split / "failures.jsonl").read_text().splitlines()]
+
+
+def _reference(tmp_path, table):
+    ref = tmp_path / "ref"
+    build(_opts(table, "workers=0"), ref, progress=False)
+    return ref
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"ray start exited with {proc.returncode}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"the Ray head did not listen on {port} within {timeout}s"
+            time.sleep(0.5)
+
+
+def test_cli_joins_a_cluster_started_with_ray_start_and_writes_to_s3(tmp_path):
+    """`ray start --head` (as a user would, on 127.0.0.1), then `mmfm shards build --ray-address --out s3://...`
+    (a moto S3 server on 127.0.0.1). Runs before the module's in-process cluster exists, so the two never share
+    the CPUs."""
+    pytest.importorskip("ray")
+    with moto_s3() as (bucket, _):
+        _cli_build_on_cluster(tmp_path, f"{bucket}/shards")
+        import fsspec
+
+        fsspec.filesystem("s3").get(f"{bucket}/shards/", str(tmp_path / "got"), recursive=True)
+    assert not list((tmp_path / "got").rglob("*.partial"))
+    _same_as_local(tmp_path / "got", tmp_path / "ref")
+
+
+def _cli_build_on_cluster(tmp_path, out: str) -> None:
+    port, temp = _free_port(), tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")   # a throwaway loopback cluster: no ~/.ray token to share
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                             "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+                             "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with F.FaultServer(IMAGES) as server:
+            table = _table(tmp_path, server.url)
+            _reference(tmp_path, table)            # tmp_path/ref, compared by the caller
+            sets = [a for o in OPTS for a in ("--set", o)]
+            cmd = [sys.executable, "-m", "mmfm", "shards", "build", str(table), "--out", out,
+                   "--distributor", "ray", "--ray-address", f"127.0.0.1:{port}", "--no-progress", *sets]
+            _wait_for_port(port, head, timeout=90)
+            res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+            assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+        assert "samples in" in res.stdout
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)      # whatever of this head's session is left
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_build_equals_local_build_and_resume_reruns_only_unfinished(ray_cluster, tmp_path):
+    with F.FaultServer(IMAGES) as server:
+        table = _table(tmp_path, server.url)
+        ref = _reference(tmp_path, table)
+        out = tmp_path / "out"
+        t0 = time.monotonic()
+        ms = build(_opts(table, "distributor.kind=ray"), out, progress=False)
+        print(f"ray build {time.monotonic() - t0:.1f}s")
+        _same_as_local(out, ref)
+        n404 = sum(1 for i in range(N) if i % 17 == 4)
+        assert sum(m["failures"].get("http_404", 0) for m in ms.values()) == n404
+        assert sum(m["failures"].get("duplicate", 0) for m in ms.values()) == 4   # 22, 35, 48 (of row 9), 45 (of row 6)
+        assert sorted(p.name for p in out.glob("ray-part-*.json")) == [f"ray-part-{p:06d}.json" for p in range(3)]
+        # partition 1 (rows 20..39, shard ids 3..5) was killed after one tar: no marker, a tar, a .partial
+        (out / "ray-part-000001.json").unlink()
+        marker1 = sorted((out / "train").glob("shard-00000[345].tar"))
+        marker1[-1].rename(marker1[-1].with_name(marker1[-1].name + ".partial"))
+        hits = dict(server.hits)
+        ms2 = build(_opts(table, "distributor.kind=ray"), out, resume=True, progress=False)
+        again = {p for p, n in server.hits.items() if n > hits.get(p, 0)}
+    rerun = {f"/img/{i}.jpg" for i in range(20, 40) if i % 17 != 4 and i % 13 != 9} | {"/404", "/img/9.jpg"}
+    assert again == rerun                     # only partition 1's rows were fetched again
+    assert ms2["train"]["build"]["resumed"] is True
+    assert not list(out.rglob("*.partial"))
+    _same_as_local(out, ref)
+
+
+def _ray_workers_of(pid: int, title: str) -> list[int]:
+    """PIDs under process ``pid`` whose title (Ray sets ``ray::FUNCTION`` while a task runs) starts with ``title``."""
+    parent, found = {}, []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if f.read().decode(errors="replace").startswith(title):
+                    found.append(int(d))
+        except OSError:
+            continue
+
+    def under(p: int) -> bool:
+        while p > 1:
+            if p == pid:
+                return True
+            p = parent.get(p, 0)
+        return False
+    return [p for p in found if under(p)]
+
+
+def test_sigkilled_worker_is_retried(ray_cluster, tmp_path):
+    with F.FaultServer(IMAGES, delay=0.05) as server:
+        table = _table(tmp_path, server.url)
+        ref = _reference(tmp_path, table)
+        hits = dict(server.hits)
+        out, result = tmp_path / "out", {}
+
+        def run():
+            try:
+                result["m"] = build(_opts(table, "distributor.kind=ray", "distributor.max_retries=2"), out,
+                                    progress=False)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
+                result["error"] = e
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        killed = _kill_first_partition_task(thread)
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "the build did not finish"
+        # a partition that ran twice fetched its images more often than the one-machine build did
+        refetched = [p for p, n in server.hits.items() if p.startswith("/img/") and n - hits[p] > hits[p]]
+    assert killed, "the build finished before a worker could be killed"
+    assert "error" not in result, result.get("error")
+    assert refetched                # the killed partition ran again: its images were downloaded twice
+    _same_as_local(out, ref)
+
+
+def _kill_first_partition_task(thread: threading.Thread) -> list[int]:
+    deadline, killed = time.monotonic() + 60, []
+    while not killed and thread.is_alive():
+        assert time.monotonic() < deadline, "no partition task seen running"
+        busy = _ray_workers_of(os.getpid(), "ray::process_partition")
+        if busy:
+            os.kill(busy[0], signal.SIGKILL)
+            killed.append(busy[0])
+        time.sleep(0.02)
+    return killed
+
+
+def test_partition_failing_after_its_retries_stops_the_build_then_resume_finishes(ray_cluster, tmp_path):
+    from mmfm.data.shards.distributed import PartitionError
+
+    with F.FaultServer(IMAGES, delay=0.05) as server:
+        table = _table(tmp_path, server.url)
+        ref = _reference(tmp_path, table)
+        out, result = tmp_path / "out", {}
+
+        def run():
+            try:
+                build(_opts(table, "distributor.kind=ray", "distributor.max_retries=0"), out, progress=False)
+            except BaseException as e:  # noqa: BLE001 - checked in the test thread
+                result["error"] = e
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        killed = _kill_first_partition_task(thread)
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "the build did not stop"
+        assert killed, "the build finished before a worker could be killed"
+        assert isinstance(result.get("error"), PartitionError), result
+        assert "failed after 0 retries" in str(result["error"]) and "--resume" in str(result["error"])
+        assert not (out / "train" / "manifest.json").exists()
+        build(_opts(table, "distributor.kind=ray"), out, resume=True, progress=False)
+    _same_as_local(out, ref)
+
+
+def test_empty_input_is_a_clear_error(ray_cluster, tmp_path):
+    from mmfm.data.shards.build import EmptyBuildError
+
+    table = tmp_path / "rows.jsonl"
+    table.write_text("")
+    with pytest.raises(EmptyBuildError, match="gave 0 inputs"):
+        build(_opts(table, "distributor.kind=ray"), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "build_args.json").exists()
