@@ -64,15 +64,14 @@ def _as_list(texts: str | Sequence[str]) -> list[str]:
 def _pad_rows(rows: list[list[int]], length: int, pad_id: int, eos_id: int) -> dict[str, torch.Tensor]:
     """Id rows (bos ... eos) -> padded ``text_ids`` + length-based ``attention_mask``; a row longer than
     ``length`` is truncated with eos kept last (as open_clip does)."""
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
+    ids, mask = [], []
+    for row in rows:                   # plain lists, one tensor each: per-row tensor writes cost more than BPE
         if len(row) > length:
-            row = row[:length]
-            row[-1] = eos_id
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return {"text_ids": ids, "attention_mask": mask}
+            row = row[: length - 1] + [eos_id]
+        ids.append(row + [pad_id] * (length - len(row)))
+        mask.append([1] * len(row) + [0] * (length - len(row)))
+    return {"text_ids": torch.tensor(ids, dtype=torch.long).reshape(len(rows), length),
+            "attention_mask": torch.tensor(mask, dtype=torch.long).reshape(len(rows), length)}
 
 
 def _ids_list(ids) -> list[int]:
