@@ -5,6 +5,10 @@ item index, dedup and splits are decided in the main process. ``--resume`` resta
 last complete shard (its ``_stats.json`` holds the input position, failure counts and image hashes), so
 a killed build ends with exactly the samples of an uninterrupted one.
 
+Memory does not grow with the dataset: dedup digests live in a sqlite index (``digests.py``), per-shard stats
+stay in their ``_stats.json`` files (the build keeps only name, counts and checksums per shard) and
+``failures.jsonl`` is written from those files one shard at a time.
+
 ``out_dir`` may be an fsspec URL (``s3://bucket/shards``): files are written into a local staging folder and
 uploaded as each one is finished, ``manifest.json`` last (``store.py``); ``--resume`` reads the stats back
 from the URL.
@@ -25,13 +29,14 @@ from typing import Iterator
 from mmfm.config import ConfigError, to_dict
 from mmfm.data import fs
 
+from .digests import DigestIndex
 from .manifest import (MANIFEST, SHARD_PATTERN, atomic_write_json, key_role, make_manifest, stats_name,
                        write_manifest)
 from .options import RUNTIME_ONLY, BuildOptions
 from .process import init_worker, process_chunk
 from .readers import open_source
 from .store import Store
-from .writer import PARTIAL, ShardSink
+from .writer import PARTIAL, ShardSink, light_stats
 
 BUILD_ARGS = "build_args.json"
 FAILURES = "failures.jsonl"
@@ -52,8 +57,9 @@ class Split:
         self.failures: Counter = Counter()
         self.sink: ShardSink | None = None
 
-    def restore(self) -> None:
-        """Keep complete shards (tar + matching stats), delete everything after the first gap."""
+    def restore(self, index: DigestIndex | None) -> None:
+        """Keep complete shards (tar + matching stats), delete everything after the first gap. Their image
+        digests go to ``index`` (only those it missed); the build keeps only each shard's light stats."""
         for p in self.folder.glob(f"*{PARTIAL}"):
             p.unlink()
         sizes = self.store.sizes()
@@ -65,7 +71,9 @@ class Split:
             stats = self.store.read_json(stats_name(tar))
             if stats.get("bytes") != sizes[tar] or "input_end" not in stats:
                 break
-            self.restored.append(stats)
+            if index is not None:
+                index.absorb(stats.get("image_sha256", []))
+            self.restored.append(light_stats(stats))
             i += 1
         self.store.delete(n for n in sizes if n.startswith("shard-") and _shard_number(n) >= i)
         if self.restored:
@@ -124,7 +132,8 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _prepare_out(root: Store, splits: list[Split], opts: BuildOptions, resume: bool, overwrite: bool) -> None:
+def _prepare_out(root: Store, splits: list[Split], opts: BuildOptions, resume: bool,
+                 overwrite: bool) -> DigestIndex | None:
     out = root.target
     root.local.mkdir(parents=True, exist_ok=True)
     has_args = BUILD_ARGS in root.sizes()
@@ -145,12 +154,21 @@ def _prepare_out(root: Store, splits: list[Split], opts: BuildOptions, resume: b
                               "--overwrite to replace it")
         for s in splits:
             s.store.delete(n for n in s.store.sizes() if n.startswith("shard-") or n in (MANIFEST, FAILURES))
+    if not resume:
+        _drop_index(root)
+    index = DigestIndex(root.local) if opts.dedup else None
     for s in splits:
         s.folder.mkdir(parents=True, exist_ok=True)
         if resume:
-            s.restore()
+            s.restore(index)
     atomic_write_json(root.local / BUILD_ARGS, _fingerprint(opts))
     root.publish(BUILD_ARGS)
+    return index
+
+
+def _drop_index(root: Store) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        (root.local / (DigestIndex.NAME + suffix)).unlink(missing_ok=True)
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
@@ -221,12 +239,23 @@ def _build(opts: BuildOptions, root: Store, resume: bool, overwrite: bool, progr
     names = ["train", "heldout"] if opts.holdout > 0 else [""]
     splits = [Split(n, root.child(n) if n else root) for n in names]
     source = open_source(opts)   # config errors surface before anything is written
-    _prepare_out(root, splits, opts, resume, overwrite)
+    index = _prepare_out(root, splits, opts, resume, overwrite)
     restart = min(s.skip_until for s in splits)
-    seen: set[str] = {h for s in splits for st in s.restored for i, h in st.get("image_sha256", []) if i < restart}
-    for s in splits:
-        s.open(opts.shard_size)
+    try:
+        if index is not None:
+            index.restart_at(restart)
+        for s in splits:
+            s.open(opts.shard_size)
+        manifests = _run(opts, root, splits, names, source, index, restart, resume, progress)
+    finally:
+        if index is not None:
+            index.close()
+    _drop_index(root)    # only an unfinished build needs it (for --resume)
+    return manifests
 
+
+def _run(opts: BuildOptions, root: Store, splits: list[Split], names: list[str], source, dedup: DigestIndex | None,
+         restart: int, resume: bool, progress: bool) -> dict[str, dict]:
     items = itertools.islice(enumerate(source.items), restart, None)
     routed = ((i, dict(it, split=_split_of(it, opts, names))) for i, it in items)
     split_of: dict[int, int] = {}
@@ -243,11 +272,10 @@ def _build(opts: BuildOptions, root: Store, resume: bool, overwrite: bool, progr
         for res in results:
             index, status = res[0], res[1]
             split = splits[split_of.pop(index)]
-            if status == "ok" and opts.dedup:
-                if res[3] in seen:
-                    status, res = "fail", (index, "fail", "duplicate", "", json.loads(res[2]["json"])["source"])
-                else:
-                    seen.add(res[3])
+            if status == "ok" and dedup is not None and not dedup.add(res[3], index):
+                status, res = "fail", (index, "fail", "duplicate", "", json.loads(res[2]["json"])["source"])
+            if dedup is not None:
+                dedup.seen(index)
             bar.update(1)
             inputs += 1
             if index < split.skip_until:
@@ -277,10 +305,19 @@ def _build(opts: BuildOptions, root: Store, resume: bool, overwrite: bool, progr
             for s in splits}
 
 
+def _failed_items(split: Split, shards: list[dict]) -> Iterator[dict]:
+    """The skipped inputs, read back from each shard's stats file (one at a time), then the unwritten tail's."""
+    for st in shards:
+        local = split.folder / stats_name(st["name"])
+        full = json.loads(local.read_text(encoding="utf-8")) if local.is_file() else \
+            split.store.read_json(stats_name(st["name"]))
+        yield from full.get("failed_items", [])
+    yield from split.sink.tail_failed
+
+
 def _write_failures(split: Split, shards: list[dict]) -> None:
-    failed = [rec for st in shards for rec in st.get("failed_items", [])] + split.sink.tail_failed
     with open(split.folder / f".{FAILURES}.tmp", "w", encoding="utf-8") as f:
-        for rec in failed:
+        for rec in _failed_items(split, shards):
             f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
     os.replace(split.folder / f".{FAILURES}.tmp", split.folder / FAILURES)
     split.store.publish(FAILURES)

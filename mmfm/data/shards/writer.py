@@ -94,6 +94,12 @@ def encode_sample(sample: dict, quality: int = 95) -> dict:
     return out
 
 
+def light_stats(stats: dict) -> dict:
+    """A shard's stats without its per-sample lists (image digests, failed items), which stay in its stats file
+    only: what a build keeps in memory per shard, so memory does not grow with the samples."""
+    return {k: v for k, v in stats.items() if k not in ("image_sha256", "failed_items")}
+
+
 class ShardSink:
     """Streams encoded samples into ``OUT/shard-%06d.tar`` through ``webdataset.ShardWriter``.
 
@@ -153,9 +159,9 @@ class ShardSink:
         if self._failed:
             stats["failed_items"] = self._failed
         atomic_write_json(self.out_dir / stats_name(name), stats)
-        self.shards.append(stats)
         if self.on_shard is not None:
             self.on_shard(stats)
+        self.shards.append(light_stats(stats))
         self._reset_shard()
 
     def note_failed(self, record: dict, limit: int = 1000) -> None:
