@@ -56,6 +56,7 @@ class Split:
         self.skip_until = 0            # inputs before this index are already in complete shards
         self.failures: Counter = Counter()
         self.sink: ShardSink | None = None
+        self.index: DigestIndex | None = None
 
     def restore(self, index: DigestIndex | None) -> None:
         """Keep complete shards (tar + matching stats), delete everything after the first gap. Their image
@@ -81,14 +82,19 @@ class Split:
             self.skip_until = last["input_end"]
             self.failures = Counter(last.get("failures", {}))
 
-    def open(self, shard_size: int) -> None:
+    def open(self, shard_size: int, index: DigestIndex | None) -> None:
+        self.index = index
         self.sink = ShardSink(self.folder, shard_size=shard_size, start_shard=len(self.restored),
-                              on_shard=self._publish if self.store.remote else None)
+                              on_shard=self._shard_done)
 
-    def _publish(self, stats: dict) -> None:
-        """A finished shard: its tar, then its stats (which make it count for --resume)."""
-        self.store.publish(stats["name"], keep_local=False)
-        self.store.publish(stats_name(stats["name"]))
+    def _shard_done(self, stats: dict) -> None:
+        """A finished shard: its tar, then its stats (which make it count for --resume) are uploaded; the digest
+        index commits, so a --resume after a kill finds this shard's digests in the index."""
+        if self.store.remote:
+            self.store.publish(stats["name"], keep_local=False)
+            self.store.publish(stats_name(stats["name"]))
+        if self.index is not None:
+            self.index.flush()
 
 
 def _shard_number(name: str) -> int:
@@ -245,7 +251,7 @@ def _build(opts: BuildOptions, root: Store, resume: bool, overwrite: bool, progr
         if index is not None:
             index.restart_at(restart)
         for s in splits:
-            s.open(opts.shard_size)
+            s.open(opts.shard_size, index)
         manifests = _run(opts, root, splits, names, source, index, restart, resume, progress)
     finally:
         if index is not None:
