@@ -18,7 +18,8 @@ FLAGS = {
     "max_redirects": "download.max_redirects", "threads": "download.threads", "shard_size": "shard_size",
     "workers": "workers", "dedup": "dedup", "holdout": "holdout", "holdout_by": "holdout_by",
     "allow_private_urls": "download.allow_private_urls", "allow_local_files": "source.allow_local_files",
-    "shuffle": "shuffle",
+    "shuffle": "shuffle", "disallowed_header_directives": "download.disallowed_header_directives",
+    "per_host": "download.per_host",
 }
 
 
@@ -69,6 +70,11 @@ def _build_parser(sub) -> None:
                    help="also download from private, loopback and link-local addresses (refused by default)")
     g.add_argument("--allow-local-files", action="store_const", const=True,
                    help="let a table of http(s) URLs also name local paths or file:// URLs (refused by default)")
+    g.add_argument("--disallowed-header-directives", nargs="*", metavar="DIRECTIVE",
+                   help="X-Robots-Tag directives that opt an image out, counted as opted_out (default: noai "
+                   "noimageai); give the flag alone to download opted-out images too")
+    g.add_argument("--per-host", type=int, metavar="N",
+                   help="at most N downloads at once per host, over all workers (default: no limit)")
     g = p.add_argument_group("output")
     g.add_argument("--shard-size", type=int, help="samples per shard (default 1000)")
     g.add_argument("--workers", type=int, help="worker processes (default 2; 0 = in-process)")

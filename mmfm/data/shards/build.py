@@ -30,6 +30,7 @@ from mmfm.config import ConfigError, to_dict
 from mmfm.data import fs
 
 from .digests import DigestIndex
+from .download import make_host_slots
 from .manifest import (MANIFEST, SHARD_PATTERN, atomic_write_json, key_role, make_manifest, stats_name,
                        write_manifest)
 from .options import RUNTIME_ONLY, BuildOptions
@@ -185,6 +186,8 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
 def _chunk_timeout(opts: BuildOptions) -> float:
     d = opts.download
     per_item = d.timeout * (d.retries + 1) + d.backoff * (2 ** d.retries)
+    if d.per_host:    # one host's items may run per_host at a time, shared with the other workers
+        return per_item * (CHUNK * max(1, opts.workers) // min(d.threads, d.per_host) + 1) + 120.0
     return per_item * max(1, CHUNK // d.threads + 1) + 120.0
 
 
@@ -200,7 +203,7 @@ def _gather(sent: list, res, timeout: float) -> list[tuple]:
 def _results(opts: BuildOptions, chunks: Iterator[list]) -> Iterator[tuple]:
     """Ordered results; at most ``3 * workers`` chunks in flight; a stuck chunk times out."""
     if opts.workers == 0:
-        init_worker(opts)
+        init_worker(opts, make_host_slots(opts.download.per_host))
         for chunk in chunks:
             yield from process_chunk(chunk)
         return
@@ -208,7 +211,8 @@ def _results(opts: BuildOptions, chunks: Iterator[list]) -> Iterator[tuple]:
     ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["mmfm.data.shards.process"])
-    pool = ctx.Pool(opts.workers, initializer=init_worker, initargs=(opts,))
+    pool = ctx.Pool(opts.workers, initializer=init_worker,
+                    initargs=(opts, make_host_slots(opts.download.per_host, ctx)))
     timeout, window = _chunk_timeout(opts), deque()
     try:
         for chunk in chunks:
