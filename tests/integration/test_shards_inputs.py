@@ -52,3 +52,70 @@ def test_per_host_limit_holds_over_all_workers(tmp_path):
         server.peak.clear()
         m = _build(table, tmp_path / "free", "download.threads=4")
         assert m["total_samples"] == 64 and max(server.peak.values()) > 2, server.peak
+
+
+def _write_parts(folder, rows):
+    """rows 0-1: Parquet, 2-3: CSV.gz, 4-5: JSONL.gz, 6-7: TSV.gz; plus files that are not tables."""
+    import gzip
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"image": [r[0] for r in rows[:2]], "caption": [r[1] for r in rows[:2]]}), buf)
+    files = {"part-0.parquet": buf.getvalue(),
+             "part-1.csv.gz": gzip.compress(("image,caption\n" + "".join(f"{a},{b}\n" for a, b in rows[2:4])).encode()),
+             "part-2.jsonl.gz": gzip.compress("".join(json.dumps({"image": a, "caption": b}) + "\n"
+                                                      for a, b in rows[4:6]).encode()),
+             "part-3.tsv.gz": gzip.compress(("image\tcaption\n" + "".join(f"{a}\t{b}\n" for a, b in rows[6:])).encode()),
+             "README.txt": b"not a table", "notes.json": b"{}"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return files
+
+
+def _captions(out):
+    from mmfm.data.shards.inspect import iter_samples
+
+    return [s["txt"].decode() for p in sorted(out.glob("shard-*.tar")) for s in iter_samples(p)]
+
+
+def test_folder_glob_and_prefix_of_gzip_and_parquet_tables(tmp_path):
+    rows = []
+    for i in range(8):
+        img = tmp_path / "images" / f"{i}.jpg"
+        img.parent.mkdir(exist_ok=True)
+        img.write_bytes(F.photo(20, 16, seed=i))
+        rows.append((str(img), f"row {i}"))
+    files = _write_parts(tmp_path / "tables", rows)
+    (tmp_path / "tables" / "sub").mkdir()       # a subfolder does not make it an image folder
+
+    m = _build(tmp_path / "tables", tmp_path / "out")
+    assert m["total_samples"] == 8 and m["failures"] == {}
+    assert _captions(tmp_path / "out") == [f"row {i}" for i in range(8)]     # file order, then row order
+    m = _build(str(tmp_path / "tables" / "part-*.*.gz"), tmp_path / "glob")
+    assert _captions(tmp_path / "glob") == [f"row {i}" for i in range(2, 8)]
+    _build(tmp_path / "tables" / "part-2.jsonl.gz", tmp_path / "one")
+    assert _captions(tmp_path / "one") == ["row 4", "row 5"]
+
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    for name, data in files.items():
+        memory.pipe_file(f"/i15m-tables/{name}", data)
+    try:
+        remote = _build("memory://i15m-tables", tmp_path / "remote")
+    finally:
+        memory.rm("/i15m-tables", recursive=True)
+    local = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [s["sha256"] for s in remote["shards"]] == [s["sha256"] for s in local["shards"]]
+
+
+def test_glob_or_prefix_without_tables_is_a_clear_error(tmp_path):
+    from mmfm.config import ConfigError
+
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(ConfigError, match=r"source.path: .*\*.parquet matches no table files"):
+        _build(str(tmp_path / "*.parquet"), tmp_path / "out")
