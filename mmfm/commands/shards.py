@@ -19,7 +19,7 @@ FLAGS = {
     "workers": "workers", "dedup": "dedup", "holdout": "holdout", "holdout_by": "holdout_by",
     "allow_private_urls": "download.allow_private_urls", "allow_local_files": "source.allow_local_files",
     "shuffle": "shuffle", "disallowed_header_directives": "download.disallowed_header_directives",
-    "per_host": "download.per_host",
+    "per_host": "download.per_host", "retry_failures": "retry_failures",
 }
 
 
@@ -36,6 +36,9 @@ def _build_parser(sub) -> None:
                    help="any option by its dotted name, e.g. --set image.background=[0,0,0]")
     p.add_argument("--resume", action="store_true", help="continue after the last complete shard")
     p.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
+    p.add_argument("--retry-failures", metavar="PREVIOUS_BUILD",
+                   help="build only the inputs that PREVIOUS_BUILD (its --out) skipped, under their old keys, "
+                   "into --out (same input and options)")
     p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("source")
     g.add_argument("--type", choices=["auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa",

@@ -119,3 +119,33 @@ def test_glob_or_prefix_without_tables_is_a_clear_error(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ConfigError, match=r"source.path: .*\*.parquet matches no table files"):
         _build(str(tmp_path / "*.parquet"), tmp_path / "out")
+
+
+def test_retry_failures_downloads_only_what_failed_under_the_same_keys(tmp_path):
+    from mmfm.config import ConfigError
+    from mmfm.data.shards.inspect import iter_samples
+
+    photos = {f"{i}.jpg": F.photo(20, 16, seed=i) for i in range(8)}
+    with F.FaultServer({k: v for k, v in photos.items() if k not in ("2.jpg", "5.jpg", "6.jpg")}) as server:
+        urls = [f"{server.url}/img/{i}.jpg" for i in range(8)] + [f"{server.url}/img/0.jpg", f"{server.url}/500"]
+        table = _table(tmp_path, urls)
+        rows = table.read_text().splitlines()
+        rows[3] = json.dumps({"image": f"{server.url}/img/3.jpg", "caption": None})   # a row problem
+        table.write_text("\n".join(rows) + "\n")
+        first = _build(table, tmp_path / "first")
+        assert first["failures"] == {"http_404": 3, "duplicate": 1, "missing_caption": 1, "http_5xx": 1}
+
+        server.images.update({"2.jpg": photos["2.jpg"], "5.jpg": photos["5.jpg"], "6.jpg": photos["1.jpg"]})
+        server.hits.clear()
+        again = _build(table, tmp_path / "again", f"retry_failures={tmp_path / 'first'}")
+        assert sorted(server.hits) == ["/500", "/img/2.jpg", "/img/5.jpg", "/img/6.jpg"]   # only what failed
+        # 6.jpg now serves the bytes of 1.jpg, which the first build holds: still a duplicate
+        assert again["failures"] == {"duplicate": 1, "http_5xx": 1} and again["total_samples"] == 2
+        keys = [s["__key__"] for sh in again["shards"] for s in iter_samples(tmp_path / "again" / sh["name"])]
+        assert keys == ["000000002", "000000005"]                      # the keys of the first build's rows
+        failed = [json.loads(x)["index"] for x in (tmp_path / "again" / "failures.jsonl").read_text().splitlines()]
+        assert failed == [6, 9]
+        other = tmp_path / "other.jsonl"
+        other.write_text(table.read_text())
+        with pytest.raises(ConfigError, match=r"--retry-failures: .* was built from source.path=.*same input"):
+            _build(other, tmp_path / "bad", f"retry_failures={tmp_path / 'first'}")

@@ -36,6 +36,7 @@ from .manifest import (MANIFEST, SHARD_PATTERN, atomic_write_json, key_role, mak
 from .options import RUNTIME_ONLY, BuildOptions
 from .process import init_worker, process_chunk
 from .readers import open_source
+from . import retry
 from .store import Store
 from .writer import PARTIAL, ShardSink, light_stats
 
@@ -249,11 +250,16 @@ def _build(opts: BuildOptions, root: Store, resume: bool, overwrite: bool, progr
     names = ["train", "heldout"] if opts.holdout > 0 else [""]
     splits = [Split(n, root.child(n) if n else root) for n in names]
     source = open_source(opts)   # config errors surface before anything is written
+    if opts.retry_failures:
+        retry.check_previous(opts.retry_failures, opts)
+        source.total = retry.count_failed(opts.retry_failures)
     index = _prepare_out(root, splits, opts, resume, overwrite)
     restart = min(s.skip_until for s in splits)
     try:
         if index is not None:
             index.restart_at(restart)
+            if opts.retry_failures:
+                index.seed(retry.previous_digests(opts.retry_failures))
         for s in splits:
             s.open(opts.shard_size, index)
         manifests = _run(opts, root, splits, names, source, index, restart, resume, progress)
@@ -267,6 +273,8 @@ def _build(opts: BuildOptions, root: Store, resume: bool, overwrite: bool, progr
 def _run(opts: BuildOptions, root: Store, splits: list[Split], names: list[str], source, dedup: DigestIndex | None,
          restart: int, resume: bool, progress: bool) -> dict[str, dict]:
     items = itertools.islice(enumerate(source.items), restart, None)
+    if opts.retry_failures:
+        items = retry.only(items, retry.failed_indices(opts.retry_failures))
     routed = ((i, dict(it, split=_split_of(it, opts, names))) for i, it in items)
     split_of: dict[int, int] = {}
 
@@ -341,7 +349,9 @@ def _nothing_written(root: Store, splits: list[Split], opts: BuildOptions, input
         failures.update(s.failures)
     root.delete([BUILD_ARGS])   # nothing to resume: the same command may simply run again
     path = opts.source.path
-    if inputs == 0:
+    if inputs == 0 and opts.retry_failures:
+        why = f"{opts.retry_failures} lists no input to retry (failures other than {', '.join(sorted(retry.NOT_RETRIED))})"
+    elif inputs == 0:
         from .readers import IMAGE_SUFFIXES
 
         what = (f"its class folders hold no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"

@@ -45,6 +45,15 @@ class DigestIndex:
             self._db.executemany("INSERT OR IGNORE INTO digest VALUES (?, ?)",
                                  ((bytes.fromhex(h), i) for i, h in pairs if i >= covered))
 
+    def seed(self, shards: Iterable[Iterable]) -> None:
+        """Digests from outside this build (``--retry-failures``: the previous build's), per shard ``[index, hex]``
+        pairs; kept at index -1, before every input, so no restart forgets them."""
+        for pairs in shards:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR IGNORE INTO digest VALUES (?, -1)",
+                                     ((bytes.fromhex(h),) for _, h in pairs))
+
     def restart_at(self, restart: int) -> None:
         """The build (re)starts at input ``restart``: forget the digests of that input and later ones."""
         with self._db:

@@ -93,6 +93,7 @@ class BuildOptions:
     shuffle: bool | None = None     # seeded shuffle of the input order; None: image folders only (listed
                                     # class by class), tables and JSON keep their order; true: every source
     shuffle_seed: int = 0
+    retry_failures: str = ""        # a previous build's --out: build only the inputs it skipped (retry.py)
 
 
 # Options that change how a build runs but not what it writes (ignored when --resume compares args).
