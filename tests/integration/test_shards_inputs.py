@@ -69,7 +69,8 @@ def _write_parts(folder, rows):
              "part-1.csv.gz": gzip.compress(("image,caption\n" + "".join(f"{a},{b}\n" for a, b in rows[2:4])).encode()),
              "part-2.jsonl.gz": gzip.compress("".join(json.dumps({"image": a, "caption": b}) + "\n"
                                                       for a, b in rows[4:6]).encode()),
-             "part-3.tsv.gz": gzip.compress(("image\tcaption\n" + "".join(f"{a}\t{b}\n" for a, b in rows[6:])).encode()),
+             "part-3.tsv.gz": gzip.compress(("image\tcaption\n" + "".join(f"{a}\t{b}\n" for a, b in rows[6:]))
+                                            .encode()),
              "README.txt": b"not a table", "notes.json": b"{}"}
     for name, data in files.items():
         (folder / name).write_bytes(data)

@@ -29,19 +29,17 @@ from typing import Iterator
 from mmfm.config import ConfigError, to_dict
 from mmfm.data import fs
 
+from . import retry
 from .digests import DigestIndex
 from .download import make_host_slots
-from .manifest import (MANIFEST, SHARD_PATTERN, atomic_write_json, key_role, make_manifest, stats_name,
-                       write_manifest)
+from .manifest import (BUILD_ARGS, FAILURES, MANIFEST, SHARD_PATTERN, atomic_write_json, key_role, make_manifest,
+                       stats_name, write_manifest)
 from .options import RUNTIME_ONLY, BuildOptions
 from .process import init_worker, process_chunk
 from .readers import open_source
-from . import retry
 from .store import Store
 from .writer import PARTIAL, ShardSink, light_stats
 
-BUILD_ARGS = "build_args.json"
-FAILURES = "failures.jsonl"
 CHUNK = 32
 
 
@@ -350,7 +348,8 @@ def _nothing_written(root: Store, splits: list[Split], opts: BuildOptions, input
     root.delete([BUILD_ARGS])   # nothing to resume: the same command may simply run again
     path = opts.source.path
     if inputs == 0 and opts.retry_failures:
-        why = f"{opts.retry_failures} lists no input to retry (failures other than {', '.join(sorted(retry.NOT_RETRIED))})"
+        why = (f"{opts.retry_failures} lists no input to retry (failures other than "
+               f"{', '.join(sorted(retry.NOT_RETRIED))})")
     elif inputs == 0:
         from .readers import IMAGE_SUFFIXES
 

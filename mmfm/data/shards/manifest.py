@@ -21,6 +21,8 @@ from mmfm.data import fs
 
 FORMAT = "mmfm-shards/1"
 MANIFEST = "manifest.json"
+BUILD_ARGS = "build_args.json"   # a build's options (``--resume`` compares them)
+FAILURES = "failures.jsonl"      # every skipped input, in input order: {"index", "source", "reason", "detail"}
 SHARD_PATTERN = "shard-%06d.tar"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 KEY_ROLES = {"txt": "caption", "json": "metadata", "cls": "label"}

@@ -17,12 +17,10 @@ from typing import Iterator
 from mmfm.config import ConfigError
 from mmfm.data import fs
 
-from .manifest import MANIFEST, stats_name
+from .manifest import BUILD_ARGS, FAILURES, MANIFEST, stats_name
 from .options import BuildOptions
 from .store import Store
 
-FAILURES = "failures.jsonl"
-BUILD_ARGS = "build_args.json"
 # decided by the row, a policy or dedup: downloading again gives the same answer (or a wrong sample)
 NOT_RETRIED = frozenset({"duplicate", "missing_image", "missing_caption", "empty_caption", "caption_too_short",
                          "caption_not_utf8", "bad_row", "local_file", "private_address", "redirect_scheme",
