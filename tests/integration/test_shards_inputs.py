@@ -120,6 +120,15 @@ def test_glob_or_prefix_without_tables_is_a_clear_error(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ConfigError, match=r"source.path: .*\*.parquet matches no table files"):
         _build(str(tmp_path / "*.parquet"), tmp_path / "out")
+    both = tmp_path / "both"
+    (both / "cat").mkdir(parents=True)
+    (both / "cat" / "a.jpg").write_bytes(F.photo(seed=1))
+    (both / "rows.csv").write_text(f"image,caption\n{both / 'cat' / 'a.jpg'},a cat\n")
+    with pytest.raises(ConfigError, match=r"holds table files \(rows.csv, ...\) and class folders of images; "
+                                          r"say which it is: --type image_folder, or --type csv"):
+        _build(both, tmp_path / "out")
+    assert _build(both, tmp_path / "as_folder", "source.type=image_folder")["total_samples"] == 1
+    assert _build(both, tmp_path / "as_table", "source.type=csv")["total_samples"] == 1
 
 
 def test_retry_failures_downloads_only_what_failed_under_the_same_keys(tmp_path):

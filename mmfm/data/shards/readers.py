@@ -42,10 +42,10 @@ def _is_glob(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
-def list_tables(path: str) -> list[str] | None:
+def list_tables(path: str, kind: str = "auto") -> list[str] | None:
     """A folder (its files, not subfolders), a glob or an fsspec prefix of table files -> their paths or URLs,
     sorted (the input order); None when ``path`` is none of these (one file, or an image folder: a folder with
-    no table file in it)."""
+    no table file in it). A folder with both table files and class folders of images needs ``kind``."""
     if fs.is_remote(path):
         filesystem, p = fs.url_fs(path, "source.path")
         if _is_glob(p):
@@ -66,8 +66,17 @@ def list_tables(path: str) -> list[str] | None:
         return tables
     if local.is_dir():
         tables = sorted(str(f) for f in local.iterdir() if f.is_file() and table_kind(f.name))
+        if tables and kind == "auto" and _has_class_folders(local):
+            raise ConfigError(f"source.path: {path} holds table files ({os.path.basename(tables[0])}, ...) and class "
+                              "folders of images; say which it is: --type image_folder, or --type "
+                              f"{table_kind(tables[0])} for its tables")
         return tables or None
     return None
+
+
+def _has_class_folders(folder: Path) -> bool:
+    return any(sub.is_dir() and not sub.name.startswith(".") and
+               any(f.suffix.lower() in IMAGE_SUFFIXES for f in sub.iterdir()) for sub in folder.iterdir())
 
 
 _TABLE_NAMES = ".csv, .tsv, .jsonl, .parquet, .csv.gz, .tsv.gz, .jsonl.gz"
@@ -119,7 +128,7 @@ def open_source(opts: BuildOptions) -> Source:
         raise ConfigError("source.path: give an input (folder, table, COCO/VQA JSON or emoji-test.txt)")
     fs.check_url(src.path, "source.path")
     stage = None
-    tables = list_tables(src.path) if src.type in ("auto", *TABLE_KINDS) else None
+    tables = list_tables(src.path, src.type) if src.type in ("auto", *TABLE_KINDS) else None
     if tables is not None:
         return _finish_source(read_tables(tables, src), opts, "table")
     if fs.is_remote(src.path):
