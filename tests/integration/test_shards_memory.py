@@ -1,5 +1,6 @@
 """The builder's memory does not grow with the dataset: dedup digests live in an on-disk sqlite index that
-``--resume`` reopens, and per-shard stats (digests, failed items) stay in their ``_stats.json`` files."""
+``--resume`` reopens, per-shard digests stay in the ``_stats.json`` files and every skipped input goes to its
+shard's ``_failed.jsonl`` (no cap)."""
 import json
 import os
 import shutil
@@ -121,4 +122,22 @@ def test_sink_keeps_only_light_stats_in_memory(tmp_path):
     assert [s["samples"] for s in shards] == [4, 4, 2]
     assert all("image_sha256" not in s and "failed_items" not in s for s in shards)
     on_disk = json.loads((tmp_path / "shard-000000_stats.json").read_text())
-    assert [h[0] for h in on_disk["image_sha256"]] == [0, 1, 2, 3] and len(on_disk["failed_items"]) == 4
+    assert [h[0] for h in on_disk["image_sha256"]] == [0, 1, 2, 3] and on_disk["failed"] == 4
+    failed = [json.loads(x)["index"] for x in (tmp_path / "shard-000000_failed.jsonl").read_text().splitlines()]
+    assert failed == [100, 101, 102, 103]
+
+
+def test_every_skipped_input_is_listed_without_a_cap(tmp_path):
+    """1100 inputs skipped in one shard: failures.jsonl (and so --retry-failures) lists each of them."""
+    good = tmp_path / "good.jpg"
+    good.write_bytes(F.photo(20, 16, seed=1))
+    rows = [str(tmp_path / f"missing-{i}.jpg") for i in range(1100)] + [str(good)] + \
+        [str(tmp_path / f"late-{i}.jpg") for i in range(3)]
+    table = tmp_path / "rows.jsonl"
+    table.write_text("".join(json.dumps({"image": r, "caption": "x"}) + "\n" for r in rows))
+    m = build(resolve_options(None, ["workers=0", "image.size=8"], {"source": {"path": str(table)}}),
+              tmp_path / "out", progress=False)[""]
+    assert m["failures"] == {"file_not_found": 1103} and m["total_samples"] == 1
+    failed = [json.loads(x)["index"] for x in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert failed == list(range(1100)) + [1101, 1102, 1103]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if "failed" in p.name) == ["shard-000000_failed.jsonl"]

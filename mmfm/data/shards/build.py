@@ -5,9 +5,9 @@ item index, dedup and splits are decided in the main process. ``--resume`` resta
 last complete shard (its ``_stats.json`` holds the input position, failure counts and image hashes), so
 a killed build ends with exactly the samples of an uninterrupted one.
 
-Memory does not grow with the dataset: dedup digests live in a sqlite index (``digests.py``), per-shard stats
-stay in their ``_stats.json`` files (the build keeps only name, counts and checksums per shard) and
-``failures.jsonl`` is written from those files one shard at a time.
+Memory does not grow with the dataset: dedup digests live in a sqlite index (``digests.py``), per-shard digests
+stay in their ``_stats.json`` files (the build keeps only name, counts and checksums per shard), skipped inputs
+are appended to their shard's ``_failed.jsonl`` and ``failures.jsonl`` is concatenated from those files.
 
 ``out_dir`` may be an fsspec URL (``s3://bucket/shards``): files are written into a local staging folder and
 uploaded as each one is finished, ``manifest.json`` last (``store.py``); ``--resume`` reads the stats back
@@ -32,8 +32,8 @@ from mmfm.data import fs
 from . import retry
 from .digests import DigestIndex
 from .download import make_host_slots
-from .manifest import (BUILD_ARGS, FAILURES, MANIFEST, SHARD_PATTERN, atomic_write_json, key_role, make_manifest,
-                       stats_name, write_manifest)
+from .manifest import (BUILD_ARGS, FAILURES, MANIFEST, SHARD_PATTERN, atomic_write_json, failed_name, key_role,
+                       make_manifest, stats_name, write_manifest)
 from .options import RUNTIME_ONLY, BuildOptions
 from .process import init_worker, process_chunk
 from .readers import open_source
@@ -92,6 +92,8 @@ class Split:
         index commits, so a --resume after a kill finds this shard's digests in the index."""
         if self.store.remote:
             self.store.publish(stats["name"], keep_local=False)
+            if stats.get("failed"):
+                self.store.publish(failed_name(stats["name"]), keep_local=False)
             self.store.publish(stats_name(stats["name"]))
         if self.index is not None:
             self.index.flush()
@@ -321,20 +323,31 @@ def _run(opts: BuildOptions, root: Store, splits: list[Split], names: list[str],
             for s in splits}
 
 
-def _failed_items(split: Split, shards: list[dict]) -> Iterator[dict]:
-    """The skipped inputs, read back from each shard's stats file (one at a time), then the unwritten tail's."""
+def _failed_lines(split: Split, shards: list[dict]) -> Iterator[str]:
+    """The skipped inputs as JSON lines: each shard's ``_failed.jsonl`` (streamed), then the unwritten tail's.
+    Builds before these files kept up to 1000 records per shard in the stats (``failed_items``)."""
     for st in shards:
-        local = split.folder / stats_name(st["name"])
-        full = json.loads(local.read_text(encoding="utf-8")) if local.is_file() else \
-            split.store.read_json(stats_name(st["name"]))
-        yield from full.get("failed_items", [])
-    yield from split.sink.tail_failed
+        if "failed" not in st:
+            stats = split.store.read_json(stats_name(st["name"])) if split.store.remote else \
+                json.loads((split.folder / stats_name(st["name"])).read_text(encoding="utf-8"))
+            yield from (json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in stats.get("failed_items", []))
+        elif st.get("failed"):
+            local = split.folder / failed_name(st["name"])
+            if local.is_file():
+                with open(local, encoding="utf-8") as f:
+                    yield from f
+            else:
+                yield from split.store.read_text(failed_name(st["name"])).splitlines(keepends=True)
+    tail = split.sink.tail_failed if split.sink else None
+    if tail is not None:
+        with open(tail, encoding="utf-8") as f:
+            yield from f
+        tail.unlink()
 
 
 def _write_failures(split: Split, shards: list[dict]) -> None:
     with open(split.folder / f".{FAILURES}.tmp", "w", encoding="utf-8") as f:
-        for rec in _failed_items(split, shards):
-            f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        f.writelines(_failed_lines(split, shards))
     os.replace(split.folder / f".{FAILURES}.tmp", split.folder / FAILURES)
     split.store.publish(FAILURES)
 

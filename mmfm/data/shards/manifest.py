@@ -43,6 +43,11 @@ def stats_name(shard_name: str) -> str:
     return shard_name[: -len(".tar")] + "_stats.json"
 
 
+def failed_name(shard_name: str) -> str:
+    """``shard-000003.tar`` -> ``shard-000003_failed.jsonl``: the inputs skipped while that shard was written."""
+    return shard_name[: -len(".tar")] + "_failed.jsonl"
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
