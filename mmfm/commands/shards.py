@@ -20,6 +20,8 @@ FLAGS = {
     "allow_private_urls": "download.allow_private_urls", "allow_local_files": "source.allow_local_files",
     "shuffle": "shuffle", "distributor": "distributor.kind", "ray_address": "distributor.address",
     "partition_rows": "distributor.partition_rows",
+    "disallowed_header_directives": "download.disallowed_header_directives",
+    "per_host": "download.per_host", "retry_failures": "retry_failures",
 }
 
 
@@ -36,6 +38,9 @@ def _build_parser(sub) -> None:
                    help="any option by its dotted name, e.g. --set image.background=[0,0,0]")
     p.add_argument("--resume", action="store_true", help="continue after the last complete shard")
     p.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
+    p.add_argument("--retry-failures", metavar="PREVIOUS_BUILD",
+                   help="build only the inputs that PREVIOUS_BUILD (its --out) skipped, under their old keys, "
+                   "into --out (same input and options)")
     p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("source")
     g.add_argument("--type", choices=["auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa",
@@ -70,6 +75,11 @@ def _build_parser(sub) -> None:
                    help="also download from private, loopback and link-local addresses (refused by default)")
     g.add_argument("--allow-local-files", action="store_const", const=True,
                    help="let a table of http(s) URLs also name local paths or file:// URLs (refused by default)")
+    g.add_argument("--disallowed-header-directives", nargs="*", metavar="DIRECTIVE",
+                   help="X-Robots-Tag directives that opt an image out, counted as opted_out (default: noai "
+                   "noimageai); give the flag alone to download opted-out images too")
+    g.add_argument("--per-host", type=int, metavar="N",
+                   help="at most N downloads at once per host, over all workers (default: no limit)")
     g = p.add_argument_group("output")
     g.add_argument("--shard-size", type=int, help="samples per shard (default 1000)")
     g.add_argument("--workers", type=int, help="worker processes (default 2; 0 = in-process)")

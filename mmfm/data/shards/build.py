@@ -5,6 +5,10 @@ item index, dedup and splits are decided in the main process. ``--resume`` resta
 last complete shard (its ``_stats.json`` holds the input position, failure counts and image hashes), so
 a killed build ends with exactly the samples of an uninterrupted one.
 
+Memory does not grow with the dataset: dedup digests live in a sqlite index (``digests.py``), per-shard digests
+stay in their ``_stats.json`` files (the build keeps only name, counts and checksums per shard), skipped inputs
+are appended to their shard's ``_failed.jsonl`` and ``failures.jsonl`` is concatenated from those files.
+
 ``out_dir`` may be an fsspec URL (``s3://bucket/shards``): files are written into a local staging folder and
 uploaded as each one is finished, ``manifest.json`` last (``store.py``); ``--resume`` reads the stats back
 from the URL.
@@ -27,16 +31,17 @@ from typing import Iterator
 from mmfm.config import ConfigError, to_dict
 from mmfm.data import fs
 
-from .manifest import (MANIFEST, SHARD_PATTERN, atomic_write_json, key_role, make_manifest, stats_name,
-                       write_manifest)
+from . import retry
+from .digests import DigestIndex
+from .download import make_host_slots
+from .manifest import (BUILD_ARGS, FAILURES, MANIFEST, SHARD_PATTERN, atomic_write_json, failed_name, key_role,
+                       make_manifest, stats_name, write_manifest)
 from .options import RUNTIME_ONLY, BuildOptions
 from .process import init_worker, process_chunk
 from .readers import open_source
 from .store import Store
-from .writer import PARTIAL, ShardSink
+from .writer import PARTIAL, ShardSink, light_stats
 
-BUILD_ARGS = "build_args.json"
-FAILURES = "failures.jsonl"
 CHUNK = 32
 
 
@@ -54,9 +59,11 @@ class Split:
         self.failures: Counter = Counter()
         self.sink: ShardSink | None = None
         self.tail_failed: list[dict] = []   # failures after the last shard when no sink wrote them (ray)
+        self.index: DigestIndex | None = None
 
-    def restore(self) -> None:
-        """Keep complete shards (tar + matching stats), delete everything after the first gap."""
+    def restore(self, index: DigestIndex | None) -> None:
+        """Keep complete shards (tar + matching stats), delete everything after the first gap. Their image
+        digests go to ``index`` (only those it missed); the build keeps only each shard's light stats."""
         for p in self.folder.glob(f"*{PARTIAL}"):
             p.unlink()
         sizes = self.store.sizes()
@@ -68,7 +75,9 @@ class Split:
             stats = self.store.read_json(stats_name(tar))
             if stats.get("bytes") != sizes[tar] or "input_end" not in stats:
                 break
-            self.restored.append(stats)
+            if index is not None:
+                index.absorb(stats.get("image_sha256", []))
+            self.restored.append(light_stats(stats))
             i += 1
         self.store.delete(n for n in sizes if n.startswith("shard-") and _shard_number(n) >= i)
         if self.restored:
@@ -76,14 +85,21 @@ class Split:
             self.skip_until = last["input_end"]
             self.failures = Counter(last.get("failures", {}))
 
-    def open(self, shard_size: int) -> None:
+    def open(self, shard_size: int, index: DigestIndex | None) -> None:
+        self.index = index
         self.sink = ShardSink(self.folder, shard_size=shard_size, start_shard=len(self.restored),
-                              on_shard=self._publish if self.store.remote else None)
+                              on_shard=self._shard_done)
 
-    def _publish(self, stats: dict) -> None:
-        """A finished shard: its tar, then its stats (which make it count for --resume)."""
-        self.store.publish(stats["name"], keep_local=False)
-        self.store.publish(stats_name(stats["name"]))
+    def _shard_done(self, stats: dict) -> None:
+        """A finished shard: its tar, then its stats (which make it count for --resume) are uploaded; the digest
+        index commits, so a --resume after a kill finds this shard's digests in the index."""
+        if self.store.remote:
+            self.store.publish(stats["name"], keep_local=False)
+            if stats.get("failed"):
+                self.store.publish(failed_name(stats["name"]), keep_local=False)
+            self.store.publish(stats_name(stats["name"]))
+        if self.index is not None:
+            self.index.flush()
 
 
 def _shard_number(name: str) -> int:
@@ -130,9 +146,9 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def _prepare_out(root: Store, splits: list[Split], opts: BuildOptions, resume: bool, overwrite: bool,
-                 restore: bool = True) -> None:
+                 restore: bool = True) -> DigestIndex | None:
     """Check --resume/--overwrite against what ``root`` holds; ``restore``: keep the complete shards of a
-    one-machine build (a partitioned build restores its own way, distributed.py)."""
+    one-machine build and open its dedup index (a partitioned build restores its own way, distributed.py)."""
     out = root.target
     root.local.mkdir(parents=True, exist_ok=True)
     has_args = BUILD_ARGS in root.sizes()
@@ -153,12 +169,21 @@ def _prepare_out(root: Store, splits: list[Split], opts: BuildOptions, resume: b
                               "--overwrite to replace it")
         for s in splits:
             s.store.delete(n for n in s.store.sizes() if n.startswith("shard-") or n in (MANIFEST, FAILURES))
+    if not resume:
+        _drop_index(root)
+    index = DigestIndex(root.local) if opts.dedup and restore else None
     for s in splits:
         s.folder.mkdir(parents=True, exist_ok=True)
         if resume and restore:
-            s.restore()
+            s.restore(index)
     atomic_write_json(root.local / BUILD_ARGS, _fingerprint(opts))
     root.publish(BUILD_ARGS)
+    return index
+
+
+def _drop_index(root: Store) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        (root.local / (DigestIndex.NAME + suffix)).unlink(missing_ok=True)
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
@@ -169,6 +194,8 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
 def _chunk_timeout(opts: BuildOptions) -> float:
     d = opts.download
     per_item = d.timeout * (d.retries + 1) + d.backoff * (2 ** d.retries)
+    if d.per_host:    # one host's items may run per_host at a time, shared with the other workers
+        return per_item * (CHUNK * max(1, opts.workers) // min(d.threads, d.per_host) + 1) + 120.0
     return per_item * max(1, CHUNK // d.threads + 1) + 120.0
 
 
@@ -184,7 +211,7 @@ def _gather(sent: list, res, timeout: float) -> list[tuple]:
 def _results(opts: BuildOptions, chunks: Iterator[list]) -> Iterator[tuple]:
     """Ordered results; at most ``3 * workers`` chunks in flight; a stuck chunk times out."""
     if opts.workers == 0:
-        init_worker(opts)
+        init_worker(opts, make_host_slots(opts.download.per_host))
         for chunk in chunks:
             yield from process_chunk(chunk)
         return
@@ -192,7 +219,8 @@ def _results(opts: BuildOptions, chunks: Iterator[list]) -> Iterator[tuple]:
     ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["mmfm.data.shards.process"])
-    pool = ctx.Pool(opts.workers, initializer=init_worker, initargs=(opts,))
+    pool = ctx.Pool(opts.workers, initializer=init_worker,
+                    initargs=(opts, make_host_slots(opts.download.per_host, ctx)))
     timeout, window = _chunk_timeout(opts), deque()
     try:
         for chunk in chunks:
@@ -231,15 +259,37 @@ def _build(opts: BuildOptions, root: Store, resume: bool, overwrite: bool, progr
     source = open_source(opts)   # config errors surface before anything is written
     if opts.distributor.kind == "ray":
         from .distributed import build_partitions
+        if opts.retry_failures or opts.download.per_host:
+            flag = "--retry-failures" if opts.retry_failures else "--per-host"
+            raise ConfigError(f"{flag} is not supported with --distributor ray yet (run it with --distributor "
+                              "local)")
 
         return build_partitions(opts, root, splits, source, resume, overwrite, progress)
-    _prepare_out(root, splits, opts, resume, overwrite)
+    if opts.retry_failures:
+        retry.check_previous(opts.retry_failures, opts)
+        source.total = retry.count_failed(opts.retry_failures)
+    index = _prepare_out(root, splits, opts, resume, overwrite)
     restart = min(s.skip_until for s in splits)
-    seen: set[str] = {h for s in splits for st in s.restored for i, h in st.get("image_sha256", []) if i < restart}
-    for s in splits:
-        s.open(opts.shard_size)
+    try:
+        if index is not None:
+            index.restart_at(restart)
+            if opts.retry_failures:
+                index.seed(retry.previous_digests(opts.retry_failures))
+        for s in splits:
+            s.open(opts.shard_size, index)
+        manifests = _run(opts, root, splits, names, source, index, restart, resume, progress)
+    finally:
+        if index is not None:
+            index.close()
+    _drop_index(root)    # only an unfinished build needs it (for --resume)
+    return manifests
 
+
+def _run(opts: BuildOptions, root: Store, splits: list[Split], names: list[str], source, dedup: DigestIndex | None,
+         restart: int, resume: bool, progress: bool) -> dict[str, dict]:
     items = itertools.islice(enumerate(source.items), restart, None)
+    if opts.retry_failures:
+        items = retry.only(items, retry.failed_indices(opts.retry_failures))
     routed = ((i, dict(it, split=_split_of(it, opts, names))) for i, it in items)
     split_of: dict[int, int] = {}
 
@@ -255,11 +305,10 @@ def _build(opts: BuildOptions, root: Store, resume: bool, overwrite: bool, progr
         for res in results:
             index, status = res[0], res[1]
             split = splits[split_of.pop(index)]
-            if status == "ok" and opts.dedup:
-                if res[3] in seen:
-                    status, res = "fail", (index, "fail", "duplicate", "", json.loads(res[2]["json"])["source"])
-                else:
-                    seen.add(res[3])
+            if status == "ok" and dedup is not None and not dedup.add(res[3], index):
+                status, res = "fail", (index, "fail", "duplicate", "", json.loads(res[2]["json"])["source"])
+            if dedup is not None:
+                dedup.seen(index)
             bar.update(1)
             inputs += 1
             if index < split.skip_until:
@@ -289,12 +338,33 @@ def _build(opts: BuildOptions, root: Store, resume: bool, overwrite: bool, progr
             for s in splits}
 
 
+def _failed_lines(split: Split, shards: list[dict]) -> Iterator[str]:
+    """The skipped inputs as JSON lines: each shard's ``_failed.jsonl`` (streamed), then the unwritten tail's.
+    Builds before these files kept up to 1000 records per shard in the stats (``failed_items``)."""
+    for st in shards:
+        if "failed" not in st:
+            stats = split.store.read_json(stats_name(st["name"])) if split.store.remote else \
+                json.loads((split.folder / stats_name(st["name"])).read_text(encoding="utf-8"))
+            yield from (json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in stats.get("failed_items", []))
+        elif st.get("failed"):
+            local = split.folder / failed_name(st["name"])
+            if local.is_file():
+                with open(local, encoding="utf-8") as f:
+                    yield from f
+            else:
+                yield from split.store.read_text(failed_name(st["name"])).splitlines(keepends=True)
+    tail = split.sink.tail_failed if split.sink else None
+    if tail is not None:
+        with open(tail, encoding="utf-8") as f:
+            yield from f
+        tail.unlink()
+    # a partitioned (Ray) build: each partition's skipped inputs after its last shard, from its marker
+    yield from (json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in split.tail_failed)
+
+
 def _write_failures(split: Split, shards: list[dict]) -> None:
-    tail = split.sink.tail_failed if split.sink else split.tail_failed
-    failed = [rec for st in shards for rec in st.get("failed_items", [])] + tail
     with open(split.folder / f".{FAILURES}.tmp", "w", encoding="utf-8") as f:
-        for rec in failed:
-            f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        f.writelines(_failed_lines(split, shards))
     os.replace(split.folder / f".{FAILURES}.tmp", split.folder / FAILURES)
     split.store.publish(FAILURES)
 
@@ -307,7 +377,10 @@ def _nothing_written(root: Store, splits: list[Split], opts: BuildOptions, input
         failures.update(s.failures)
     root.delete([BUILD_ARGS])   # nothing to resume: the same command may simply run again
     path = opts.source.path
-    if inputs == 0:
+    if inputs == 0 and opts.retry_failures:
+        why = (f"{opts.retry_failures} lists no input to retry (failures other than "
+               f"{', '.join(sorted(retry.NOT_RETRIED))})")
+    elif inputs == 0:
         from .readers import IMAGE_SUFFIXES
 
         what = (f"its class folders hold no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"

@@ -32,7 +32,7 @@ from mmfm.data import fs
 
 from .build import (CHUNK, Split, _chunk_timeout, _chunks, _finish, _nothing_written, _prepare_out, _progress,
                     _shard_number, _split_of)
-from .manifest import atomic_write_json, stats_name
+from .manifest import atomic_write_json, failed_name, stats_name
 from .options import BuildOptions
 from .process import init_worker, process_chunk
 from .store import Store
@@ -99,14 +99,27 @@ def write_partition(opts: BuildOptions, target: str, part: int, span: list[int],
             for sink in sinks:
                 sink.abort()
             raise
-        marker = {"partition": part, "rows": span, "splits": {}}
+        # the digests of what this partition wrote: a resumed build keeps the partition and still dedups against
+        # them (the shards' in-memory stats are light, writer.light_stats)
+        marker = {"partition": part, "rows": span, "splits": {},
+                  "digests": [[r[0], r[3]] for _, r in results if r[1] == "ok" and r[0] not in duplicates]}
         for name, sink, fails in zip(_split_names(opts), sinks, failures):
             shards = sink.close()
-            marker["splits"][name] = {"shards": shards, "tail_failed": sink.tail_failed, "failures": dict(fails),
-                                      "written": sum(s["samples"] for s in shards)}
+            marker["splits"][name] = {"shards": shards, "tail_failed": _read_tail(sink.tail_failed),
+                                      "failures": dict(fails), "written": sum(s["samples"] for s in shards)}
         atomic_write_json(root.local / (PART % part), marker)
         root.publish(PART % part)
         return marker
+
+
+def _read_tail(path: Path | None) -> list[dict]:
+    """The skipped inputs after a partition's last shard (the sink's file; at most ``partition_rows``)."""
+    if path is None:
+        return []
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    path.unlink()
+    return rows
 
 
 def _source_of(sample: dict) -> str:
@@ -116,6 +129,8 @@ def _source_of(sample: dict) -> str:
 def _publisher(store: Store):
     def publish(stats: dict) -> None:   # a finished shard: its tar, then its stats (as the one-machine build)
         store.publish(stats["name"], keep_local=False)
+        if stats.get("failed"):
+            store.publish(failed_name(stats["name"]), keep_local=False)
         store.publish(stats_name(stats["name"]))
     return publish
 
@@ -223,8 +238,7 @@ class _Driver:
         self.inputs += span[1] - span[0]
         self.bar.update(span[1] - span[0])
         if refs is None:       # kept from an earlier run: its digests still count for dedup
-            self.seen.update(h for sp in self.done[part]["splits"].values() for st in sp["shards"]
-                             for _, h in st.get("image_sha256", []))
+            self.seen.update(h for _, h in self.done[part].get("digests", []))
             return
         digests_ref, results_ref = refs
         duplicates = set()
@@ -280,7 +294,7 @@ def _assemble(opts, root, splits, source, markers, done, inputs, seconds, resume
         for part in sorted(markers):
             sp = markers[part]["splits"].get(s.name, {"shards": [], "tail_failed": [], "failures": {}})
             shards[s.name] += [{k: v for k, v in st.items() if k != "failed_items"} for st in sp["shards"]]
-            s.tail_failed += [rec for st in sp["shards"] for rec in st.get("failed_items", [])] + sp["tail_failed"]
+            s.tail_failed += sp["tail_failed"]
             s.failures.update(sp["failures"])
             if part not in done:
                 written[s.name] += sum(st["samples"] for st in sp["shards"])

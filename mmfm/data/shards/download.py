@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from pathlib import Path
 
 from .imageops import Skip
@@ -28,6 +29,46 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 _RETRY = {"timeout", "http_5xx", "http_429", "connection_error", "incomplete_read"}
 _SCHEMES = ("http", "https")
 _DEADLINE = threading.local()   # time.monotonic() at which this thread's current attempt ends
+_HOST_SLOTS: list | None = None  # download.per_host: semaphores shared by every worker, a host -> one of them
+HOST_BUCKETS = 64
+
+
+def make_host_slots(per_host: int, ctx=None) -> list | None:
+    """``download.per_host`` semaphores (from the multiprocessing context ``ctx`` to be shared with workers, or
+    thread semaphores); a host uses the one its name hashes to (two hosts may share one: stricter, never looser)."""
+    if not per_host:
+        return None
+    return [(ctx or threading).BoundedSemaphore(per_host) for _ in range(HOST_BUCKETS)]
+
+
+def set_host_slots(slots: list | None) -> None:
+    global _HOST_SLOTS
+    _HOST_SLOTS = slots
+
+
+def slot_wait(opts: DownloadOptions) -> float:
+    """How long a download waits for its host's slot: the other downloads this process may run on that host
+    ahead of it, each at its longest."""
+    return opts.timeout * (opts.retries + 1) * math.ceil(opts.threads / max(1, opts.per_host)) + opts.timeout
+
+
+class _HostSlot:
+    """Holds one of the host's ``per_host`` slots for one attempt; a bounded wait (``host_busy`` after it)."""
+
+    def __init__(self, url: str, opts: DownloadOptions):
+        host = (urllib.parse.urlsplit(url).hostname or "").lower()
+        self.sem = _HOST_SLOTS[zlib.crc32(host.encode()) % len(_HOST_SLOTS)] if _HOST_SLOTS and opts.per_host \
+            else None
+        self.wait, self.host = slot_wait(opts), host
+
+    def __enter__(self):
+        if self.sem is not None and not self.sem.acquire(timeout=self.wait):
+            raise Skip("host_busy", f"no free slot for {self.host} in {self.wait:.0f}s (download.per_host)")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.sem is not None:
+            self.sem.release()
 
 
 def _time_left() -> float:
@@ -161,7 +202,26 @@ def _status_reason(code: int) -> str:
     return f"http_{code}"
 
 
+def opted_out(headers, opts: DownloadOptions) -> str | None:
+    """The ``X-Robots-Tag`` directive that opts this image out of AI training (e.g. ``noai``), or None.
+    A value ``TOKEN: d1, d2`` applies only to the user agent ``TOKEN`` (``download.user_agent_token``)."""
+    disallowed = {d.lower() for d in opts.disallowed_header_directives}
+    if not disallowed:
+        return None
+    for value in headers.get_all("X-Robots-Tag") or []:
+        token, sep, rest = value.partition(":")
+        if sep and token.strip().lower() not in (opts.user_agent_token.lower(), "*"):
+            continue
+        for directive in (rest if sep else value).split(","):
+            if directive.strip().lower() in disallowed:
+                return value.strip()
+    return None
+
+
 def _read_body(resp, opts: DownloadOptions, deadline: float) -> bytes:
+    directive = opted_out(resp.headers, opts)
+    if directive:
+        raise Skip("opted_out", f"X-Robots-Tag: {directive[:200]}")
     length = resp.headers.get("Content-Length")
     if length and length.isdigit() and int(length) > opts.max_bytes:
         raise Skip("too_large", f"Content-Length {length} > {opts.max_bytes}")
@@ -246,7 +306,8 @@ def fetch_url(url: str, opts: DownloadOptions) -> bytes:
         if attempt:
             time.sleep(min(opts.backoff * 2 ** (attempt - 1), 30.0))
         try:
-            return _attempt(url, opts)
+            with _HostSlot(url, opts):
+                return _attempt(url, opts)
         except Exception as e:  # noqa: BLE001 - classified into a reason, never raised past here
             last = _classify(e)
             if last.reason not in _RETRY:

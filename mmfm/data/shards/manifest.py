@@ -21,6 +21,8 @@ from mmfm.data import fs
 
 FORMAT = "mmfm-shards/1"
 MANIFEST = "manifest.json"
+BUILD_ARGS = "build_args.json"   # a build's options (``--resume`` compares them)
+FAILURES = "failures.jsonl"      # every skipped input, in input order: {"index", "source", "reason", "detail"}
 SHARD_PATTERN = "shard-%06d.tar"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 KEY_ROLES = {"txt": "caption", "json": "metadata", "cls": "label"}
@@ -39,6 +41,11 @@ def key_role(ext: str) -> str:
 def stats_name(shard_name: str) -> str:
     """``shard-000003.tar`` -> ``shard-000003_stats.json``."""
     return shard_name[: -len(".tar")] + "_stats.json"
+
+
+def failed_name(shard_name: str) -> str:
+    """``shard-000003.tar`` -> ``shard-000003_failed.jsonl``: the inputs skipped while that shard was written."""
+    return shard_name[: -len(".tar")] + "_failed.jsonl"
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -70,6 +70,10 @@ class DownloadOptions:
     threads: int = ranged(16, ge=1)          # concurrent downloads per worker process
     user_agent: str = "mmfm-shards/0.1 (+https://github.com/mmfm)"
     allow_private_urls: bool = False  # connect to private, loopback and link-local addresses too
+    # X-Robots-Tag directives that opt an image out (img2dataset's disallowed_header_directives); [] = ignore them
+    disallowed_header_directives: list[str] = field(default_factory=lambda: ["noai", "noimageai"])
+    user_agent_token: str = "mmfm"   # an X-Robots-Tag "TOKEN: directives" applies if TOKEN is this (or absent)
+    per_host: int = ranged(0, ge=0)  # at most N downloads at once per host, over all workers (0 = no limit)
 
 
 @dataclass
@@ -103,7 +107,9 @@ class BuildOptions:
                                     # class by class), tables and JSON keep their order; true: every source
     shuffle_seed: int = 0
     distributor: DistributorOptions = field(default_factory=DistributorOptions)
+    retry_failures: str = ""        # a previous build's --out: build only the inputs it skipped (retry.py)
 
 
 # Options that change how a build runs but not what it writes (ignored when --resume compares args).
-RUNTIME_ONLY = ("workers", "download.threads", "distributor.address", "distributor.max_retries")
+RUNTIME_ONLY = ("workers", "download.threads", "download.per_host", "distributor.address",
+                "distributor.max_retries")

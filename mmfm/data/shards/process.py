@@ -11,7 +11,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .download import fetch, is_url
+from .download import fetch, is_url, set_host_slots
 from .imageops import Skip, process_bytes, process_pil
 from .options import BuildOptions
 
@@ -19,9 +19,11 @@ _OPTS: BuildOptions | None = None
 _POOL: ThreadPoolExecutor | None = None
 
 
-def init_worker(opts: BuildOptions) -> None:
+def init_worker(opts: BuildOptions, host_slots: list | None = None) -> None:
+    """Per process: the options, and the ``download.per_host`` semaphores shared by all workers (if any)."""
     global _OPTS, _POOL
     _OPTS, _POOL = opts, None
+    set_host_slots(host_slots)
 
 
 def sample_key(index: int) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
+import glob
+import gzip
 import json
 import math
 import os
@@ -24,6 +26,60 @@ from .options import BuildOptions, SourceOptions
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TABLE_TYPES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+TABLE_KINDS = ("csv", "tsv", "jsonl", "parquet")
+
+
+def table_kind(name: str) -> str | None:
+    """``a.csv`` -> csv, ``a.jsonl.gz`` -> jsonl (gzip-compressed text tables), anything else -> None."""
+    name = name.lower()
+    if name.endswith(".gz"):
+        kind = TABLE_TYPES.get(os.path.splitext(name[:-3])[1])
+        return kind if kind != "parquet" else None     # Parquet compresses its own columns
+    return TABLE_TYPES.get(os.path.splitext(name)[1])
+
+
+def _is_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def list_tables(path: str, kind: str = "auto") -> list[str] | None:
+    """A folder (its files, not subfolders), a glob or an fsspec prefix of table files -> their paths or URLs,
+    sorted (the input order); None when ``path`` is none of these (one file, or an image folder: a folder with
+    no table file in it). A folder with both table files and class folders of images needs ``kind``."""
+    if fs.is_remote(path):
+        filesystem, p = fs.url_fs(path, "source.path")
+        if _is_glob(p):
+            found = filesystem.glob(p)
+        elif filesystem.isdir(p):
+            found = filesystem.ls(p, detail=False)
+        else:
+            return None
+        tables = sorted(f for f in found if table_kind(f) and filesystem.isfile(f))
+        if not tables:
+            raise ConfigError(f"source.path: {path} holds no table files ({_TABLE_NAMES})")
+        return [filesystem.unstrip_protocol(f) for f in tables]
+    local = fs.local_path(path)
+    if _is_glob(str(local)) and not local.exists():
+        tables = sorted(f for f in glob.glob(str(local)) if table_kind(f) and os.path.isfile(f))
+        if not tables:
+            raise ConfigError(f"source.path: {path} matches no table files ({_TABLE_NAMES})")
+        return tables
+    if local.is_dir():
+        tables = sorted(str(f) for f in local.iterdir() if f.is_file() and table_kind(f.name))
+        if tables and kind == "auto" and _has_class_folders(local):
+            raise ConfigError(f"source.path: {path} holds table files ({os.path.basename(tables[0])}, ...) and class "
+                              "folders of images; say which it is: --type image_folder, or --type "
+                              f"{table_kind(tables[0])} for its tables")
+        return tables or None
+    return None
+
+
+def _has_class_folders(folder: Path) -> bool:
+    return any(sub.is_dir() and not sub.name.startswith(".") and
+               any(f.suffix.lower() in IMAGE_SUFFIXES for f in sub.iterdir()) for sub in folder.iterdir())
+
+
+_TABLE_NAMES = ".csv, .tsv, .jsonl, .parquet, .csv.gz, .tsv.gz, .jsonl.gz"
 
 
 class Source:
@@ -40,8 +96,8 @@ def detect_type(path: Path) -> str:
     if path.name == "emoji-test.txt":
         return "noto_emoji"
     suffix = path.suffix.lower()
-    if suffix in TABLE_TYPES:
-        return TABLE_TYPES[suffix]
+    if table_kind(path.name):
+        return table_kind(path.name)
     if suffix == ".json":
         data = _load_json(path)
         if isinstance(data, dict) and "images" in data and "annotations" in data:
@@ -72,6 +128,9 @@ def open_source(opts: BuildOptions) -> Source:
         raise ConfigError("source.path: give an input (folder, table, COCO/VQA JSON or emoji-test.txt)")
     fs.check_url(src.path, "source.path")
     stage = None
+    tables = list_tables(src.path, src.type) if src.type in ("auto", *TABLE_KINDS) else None
+    if tables is not None:
+        return _finish_source(read_tables(tables, src), opts, "table")
     if fs.is_remote(src.path):
         path, stage = _fetch_input(src.path)
         src = dataclasses.replace(src, image_root=src.image_root or src.path.rstrip("/").rsplit("/", 1)[0])
@@ -94,9 +153,14 @@ def open_source(opts: BuildOptions) -> Source:
     else:
         from .emoji import read_emoji
         source = read_emoji(path, src)
+    source.stage = stage      # keeps a remote input's local copy while the items are read
+    return _finish_source(source, opts, kind)
+
+
+def _finish_source(source: Source, opts: BuildOptions, kind: str) -> Source:
+    src = opts.source
     if opts.shuffle or (opts.shuffle is None and kind == "image_folder"):
         _shuffle(source, opts.shuffle_seed)
-    source.stage = stage      # keeps a remote input's local copy while the items are read
     if src.limit is not None:
         import itertools
         source.items = itertools.islice(source.items, src.limit)
@@ -191,8 +255,14 @@ def _row_item(row: dict, src: SourceOptions, base: Path, lineno: int, url_table:
     return item
 
 
+def _open(path: Path, mode: str, **kwargs):
+    """A table file; ``.gz`` ones are decompressed while read."""
+    return gzip.open(path, mode + ("t" if "b" not in mode else ""), **kwargs) if path.name.lower().endswith(".gz") \
+        else open(path, mode, **kwargs)
+
+
 def _iter_csv(path: Path, kind: str, src: SourceOptions) -> Iterator[dict]:
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+    with _open(path, "r", newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f, delimiter="\t" if kind == "tsv" else ",")
         _check_columns(path, list(reader.fieldnames or []),
                        [src.image_column, src.caption_column, *src.extra_columns])
@@ -202,7 +272,7 @@ def _iter_csv(path: Path, kind: str, src: SourceOptions) -> Iterator[dict]:
 
 def _iter_jsonl(path: Path, src: SourceOptions) -> Iterator[dict]:
     checked = False
-    with open(path, "rb") as f:
+    with _open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             line = raw.decode("utf-8", errors="surrogateescape").strip()
             if not line:
@@ -239,9 +309,9 @@ def count_rows(path: Path, kind: str) -> int | None:
     if kind == "parquet":
         import pyarrow.parquet as pq
         return pq.ParquetFile(path).metadata.num_rows
-    if path.stat().st_size > 512 * 2**20:
+    if path.stat().st_size > (64 if path.name.lower().endswith(".gz") else 512) * 2**20:
         return None
-    with open(path, "rb") as f:
+    with _open(path, "rb") as f:
         n = sum(1 for line in f if line.strip())
     return max(0, n - 1) if kind in ("csv", "tsv") else n
 
@@ -274,6 +344,38 @@ def read_table(path: Path, kind: str, src: SourceOptions) -> Source:
         return _row_item(row, src, base, lineno, url_table)
     total = count_rows(path, kind)
     return Source(items(), total)
+
+
+def read_tables(files: list[str], src: SourceOptions) -> Source:
+    """Several table files (paths or URLs), one after another in the given order; each may be CSV, TSV, JSONL
+    (plain or .gz) or Parquet, and its relative image paths are relative to its own folder. A remote file is
+    copied to a temporary folder only while it is read."""
+    import tempfile
+
+    stage = tempfile.TemporaryDirectory(prefix="mmfm-input-") if any(map(fs.is_remote, files)) else None
+
+    def open_one(i: int, name: str) -> Source:
+        kind = src.type if src.type in TABLE_KINDS else table_kind(name)
+        if not fs.is_remote(name):
+            return read_table(Path(name), kind, src)
+        local = fs.download(name, Path(stage.name) / f"{i:06d}-{name.rsplit('/', 1)[-1]}", "source.path")
+        one = dataclasses.replace(src, image_root=src.image_root or name.rsplit("/", 1)[0])
+        return read_table(local, kind, one)
+
+    first = open_one(0, files[0])       # its column errors surface now, not inside the build loop
+
+    def items() -> Iterator[dict]:
+        for i, name in enumerate(files):
+            source = first if i == 0 else open_one(i, name)
+            yield from source.items
+            if stage is not None:
+                for p in Path(stage.name).iterdir():
+                    p.unlink()
+    totals = [first.total] + [None if fs.is_remote(f) else count_rows(Path(f), src.type if src.type in TABLE_KINDS
+                                                                        else table_kind(f)) for f in files[1:]]
+    source = Source(items(), None if None in totals else sum(totals))
+    source.stage = stage
+    return source
 
 
 # --- COCO captions and VQA ----------------------------------------------------------------------

@@ -35,10 +35,12 @@ class Store:
             return {}
         return {p.name: p.stat().st_size for p in self.local.iterdir() if p.is_file()}
 
-    def read_json(self, name: str):
-        text = fs.read_text(fs.join(self.remote, name), "--out") if self.remote else \
+    def read_text(self, name: str) -> str:
+        return fs.read_text(fs.join(self.remote, name), "--out") if self.remote else \
             (self.local / name).read_text(encoding="utf-8")
-        return json.loads(text)
+
+    def read_json(self, name: str):
+        return json.loads(self.read_text(name))
 
     def delete(self, names) -> None:
         for name in names:

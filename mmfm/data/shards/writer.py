@@ -22,8 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .manifest import (IMAGE_EXTS, SHARD_PATTERN, ShardError, atomic_write_json, key_role, make_manifest,
-                       sha256_file, stats_name, write_manifest)
+from .manifest import (IMAGE_EXTS, SHARD_PATTERN, ShardError, atomic_write_json, failed_name, key_role,
+                       make_manifest, sha256_file, stats_name, write_manifest)
 
 PARTIAL = ".partial"
 TAR_MTIME = 1_700_000_000  # fixed member mtime: the same samples give byte-identical tars
@@ -94,6 +94,12 @@ def encode_sample(sample: dict, quality: int = 95) -> dict:
     return out
 
 
+def light_stats(stats: dict) -> dict:
+    """A shard's stats without its per-sample lists (image digests; ``failed_items`` of older builds), which stay
+    in its stats file only: what a build keeps in memory per shard, so memory does not grow with the samples."""
+    return {k: v for k, v in stats.items() if k not in ("image_sha256", "failed_items")}
+
+
 class ShardSink:
     """Streams encoded samples into ``OUT/shard-%06d.tar`` through ``webdataset.ShardWriter``.
 
@@ -114,8 +120,9 @@ class ShardSink:
         self.on_shard = on_shard
         self.shards: list[dict] = []
         self.keys: Counter = Counter()
-        self.tail_failed: list[dict] = []
+        self.tail_failed: Path | None = None   # after close(): the skipped inputs after the last shard
         self._file = None
+        self._failed_file = None
         self._reset_shard()
         self._writer = wds.ShardWriter(str(self.out_dir / SHARD_PATTERN), maxcount=self.shard_size,
                                        maxsize=max_shard_bytes, start_shard=start_shard, verbose=0,
@@ -126,7 +133,7 @@ class ShardSink:
         self._first_key = self._last_key = None
         self._state: dict = {}
         self._hashes: list = []
-        self._failed: list[dict] = []
+        self._failed = 0
 
     def _open(self, fname: str):
         self._file = open(fname + PARTIAL, "wb")
@@ -140,7 +147,7 @@ class ShardSink:
         partial = fname + PARTIAL
         if count == 0:
             os.unlink(partial)
-            self.tail_failed = self._failed
+            self.tail_failed = self._close_failed(partial_of=fname)
             self._reset_shard()
             return
         os.replace(partial, fname)
@@ -150,18 +157,31 @@ class ShardSink:
                  "last_key": self._last_key, **self._state}
         if self._hashes:
             stats["image_sha256"] = self._hashes
-        if self._failed:
-            stats["failed_items"] = self._failed
+        stats["failed"] = self._failed
+        if self._failed:     # the records went to a file as they came (no cap, no memory): it is now complete
+            os.replace(self._close_failed(partial_of=fname), self.out_dir / failed_name(name))
         atomic_write_json(self.out_dir / stats_name(name), stats)
-        self.shards.append(stats)
         if self.on_shard is not None:
             self.on_shard(stats)
+        self.shards.append(light_stats(stats))
         self._reset_shard()
 
-    def note_failed(self, record: dict, limit: int = 1000) -> None:
-        """Remember a skipped input in the stats of the shard that is being written (up to ``limit``)."""
-        if len(self._failed) < limit:
-            self._failed.append(record)
+    def note_failed(self, record: dict) -> None:
+        """Record a skipped input (every one) in ``shard-NNNNNN_failed.jsonl`` of the shard being written."""
+        if self._failed_file is None:
+            self._failed_file = open(self._failed_partial(self._writer.fname), "w", encoding="utf-8")
+        self._failed_file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._failed += 1
+
+    def _failed_partial(self, tar: str) -> Path:
+        return self.out_dir / (failed_name(os.path.basename(tar)) + PARTIAL)
+
+    def _close_failed(self, partial_of: str) -> Path | None:
+        if self._failed_file is None:
+            return None
+        self._failed_file.close()
+        self._failed_file = None
+        return self._failed_partial(partial_of)
 
     def abort(self) -> None:
         """Drop the shard being written (after an error or Ctrl-C); complete shards stay."""
@@ -174,6 +194,8 @@ class ShardSink:
             if os.path.exists(self._file.name):
                 os.unlink(self._file.name)
             self._file = None
+        if self._writer is not None and (failed := self._close_failed(partial_of=self._writer.fname)):
+            failed.unlink(missing_ok=True)
         self._writer = None
 
     def write(self, sample: dict, state: dict | None = None, image_hash=None) -> None:
