@@ -213,7 +213,8 @@ def test_sigkilled_worker_is_retried(ray_cluster, tmp_path):
                 result["error"] = e
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        killed = _kill_first_partition_task(thread)
+        # killed once it has fetched an image (killed earlier, a retry would fetch nothing twice: a flaky test)
+        killed = _kill_first_partition_task(thread, ready=lambda: sum(server.hits.values()) > sum(hits.values()))
         thread.join(timeout=120)
         assert not thread.is_alive(), "the build did not finish"
         # a partition that ran twice fetched its images more often than the one-machine build did
@@ -224,12 +225,13 @@ def test_sigkilled_worker_is_retried(ray_cluster, tmp_path):
     _same_as_local(out, ref)
 
 
-def _kill_first_partition_task(thread: threading.Thread) -> list[int]:
+def _kill_first_partition_task(thread: threading.Thread, ready=lambda: True) -> list[int]:
+    """SIGKILL the first running partition task once ``ready()`` (e.g. it has fetched an image)."""
     deadline, killed = time.monotonic() + 60, []
     while not killed and thread.is_alive():
         assert time.monotonic() < deadline, "no partition task seen running"
         busy = _ray_workers_of(os.getpid(), "ray::process_partition")
-        if busy:
+        if busy and ready():
             os.kill(busy[0], signal.SIGKILL)
             killed.append(busy[0])
         time.sleep(0.02)
