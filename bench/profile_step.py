@@ -2,7 +2,7 @@
 """Where a step's CPU time goes: torch.profiler over a few steps, top ops by self CPU time.
 
     python bench/profile_step.py train            # bench/train.py's model: Trainer.train_step, batch 100
-    python bench/profile_step.py image --model vit_b32 --batch 32   # zero-shot's image forward (inference_mode)
+    python bench/profile_step.py image --model openclip:ViT-B-32 --batch 16   # zero-shot's image forward
 
 The batch is synthetic (random 64 px images, random token ids with realistic padding), so no shards are needed;
 the op mix is the same as on real data. ``--set key=value`` overrides train config fields (e.g. compile=true).
@@ -71,6 +71,15 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    if args.model.startswith("openclip:"):      # what bench/zeroshot.py runs: open_clip's own model
+        import open_clip
+        model = open_clip.create_model(args.model.split(":", 1)[1]).eval()
+        image = torch.randn(args.batch, 3, *model.visual.image_size)
+
+        def fn():
+            with torch.inference_mode():
+                model.encode_image(image)
+        return report(args, profile(fn, args.steps, args.warmup, args.rows))
     cfg, task = build(args.model, overrides)
     size = int(task.model.preprocess["input_size"][-1])
     batch = synthetic_batch(task, args.batch, size)
@@ -90,10 +99,17 @@ def main() -> int:
         def fn():
             with torch.inference_mode():
                 task.model.encode_image(image)
-    per_step = profile(fn, args.steps, args.warmup, args.rows)
-    print(f"{args.what} {args.model} batch {args.batch}: {per_step * 1e3:.0f} ms/step = {args.batch / per_step:.1f} "
-          f"samples/s ({torch.get_num_threads()} threads; load average {__import__('os').getloadavg()[0]:.1f})")
+    report(args, profile(fn, args.steps, args.warmup, args.rows))
     shutil.rmtree(cfg.train.output_dir, ignore_errors=True)
+    return 0
+
+
+def report(args, per_step: float) -> int:
+    import os
+
+    import torch
+    print(f"{args.what} {args.model} batch {args.batch}: {per_step * 1e3:.0f} ms/step = {args.batch / per_step:.1f} "
+          f"samples/s ({torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f})")
     return 0
 
 
