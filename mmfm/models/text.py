@@ -50,12 +50,14 @@ def trim_padding(text_ids: torch.Tensor, attention_mask: torch.Tensor | None):
 class FusedAttentionBlock(ResidualAttentionBlock):
     """open_clip's ``ResidualAttentionBlock`` (same parameters, same function) whose self-attention is one
     batch-first ``scaled_dot_product_attention`` call: no sequence-first transposes, no q/k/v copies.
-    Cross-attention (``k_x``/``v_x``) keeps ``nn.MultiheadAttention``."""
+    Cross-attention (``k_x``/``v_x``) and a wrapped ``attn`` (peft's LoRA ``ParamWrapper``, which applies the
+    adapter inside the wrapped module's forward) keep ``nn.MultiheadAttention``'s path."""
 
     def attention(self, q_x: torch.Tensor, k_x: torch.Tensor | None = None, v_x: torch.Tensor | None = None,
                   attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         attn = self.attn
-        if k_x is not None or v_x is not None or not attn.batch_first or attn.in_proj_weight is None:
+        if (k_x is not None or v_x is not None or type(attn) is not nn.MultiheadAttention or not attn.batch_first
+                or attn.in_proj_weight is None):      # cross-attention, a peft LoRA wrapper, separate q/k/v
             return super().attention(q_x, k_x, v_x, attn_mask)
         b, n, d = q_x.shape
         heads = attn.num_heads
@@ -63,7 +65,8 @@ class FusedAttentionBlock(ResidualAttentionBlock):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         mask = attn_mask.to(q_x.dtype) if attn_mask is not None else None
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.dropout if self.training else 0.0)
-        return attn.out_proj(x.transpose(1, 2).reshape(b, n, d))
+        out = attn.out_proj     # read as nn.MultiheadAttention does (never called: LoRA / quantization skip it)
+        return F.linear(x.transpose(1, 2).reshape(b, n, d), out.weight, out.bias)
 
 
 class OpenCLIPTextTower(KeepLockedEval, TextTransformer):
