@@ -2,7 +2,9 @@
 
 * ``OpenCLIPTextTower``: open_clip's ``TextTransformer`` (causal, eos/argmax pooling, same parameter names as
   open_clip, so open_clip text weights load as-is). It trims trailing padding columns before running, which
-  is exact under the causal mask and saves work on short captions.
+  is exact under the causal mask and saves work on short captions. Its blocks run self-attention as one
+  batch-first ``F.scaled_dot_product_attention`` call on the same ``attn.in_proj_*`` / ``attn.out_proj``
+  parameters (``nn.MultiheadAttention``'s training path transposes to sequence-first and copies q, k, v).
 * ``HFTextTower``: any ``transformers.AutoModel`` from a local folder, pooled by ``cls``, ``mean`` or ``eos``
   (the last attended token), then a linear projection.
 
@@ -16,7 +18,8 @@ from __future__ import annotations
 import os
 
 import torch
-from open_clip.transformer import TextTransformer
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock, TextTransformer
 from torch import nn
 
 from mmfm.config import ConfigError
@@ -24,7 +27,7 @@ from mmfm.data.tokenizers import resolve_path
 
 from .towers import KeepLockedEval
 
-__all__ = ["OpenCLIPTextTower", "HFTextTower", "trim_padding"]
+__all__ = ["OpenCLIPTextTower", "FusedAttentionBlock", "HFTextTower", "trim_padding"]
 
 
 def _compiling() -> bool:
@@ -44,6 +47,28 @@ def trim_padding(text_ids: torch.Tensor, attention_mask: torch.Tensor | None):
     return text_ids, attention_mask
 
 
+class FusedAttentionBlock(ResidualAttentionBlock):
+    """open_clip's ``ResidualAttentionBlock`` (same parameters, same function) whose self-attention is one
+    batch-first ``scaled_dot_product_attention`` call: no sequence-first transposes, no q/k/v copies.
+    Cross-attention (``k_x``/``v_x``) and a wrapped ``attn`` (peft's LoRA ``ParamWrapper``, which applies the
+    adapter inside the wrapped module's forward) keep ``nn.MultiheadAttention``'s path."""
+
+    def attention(self, q_x: torch.Tensor, k_x: torch.Tensor | None = None, v_x: torch.Tensor | None = None,
+                  attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        attn = self.attn
+        if (k_x is not None or v_x is not None or type(attn) is not nn.MultiheadAttention or not attn.batch_first
+                or attn.in_proj_weight is None):      # cross-attention, a peft LoRA wrapper, separate q/k/v
+            return super().attention(q_x, k_x, v_x, attn_mask)
+        b, n, d = q_x.shape
+        heads = attn.num_heads
+        qkv = F.linear(q_x, attn.in_proj_weight, attn.in_proj_bias).view(b, n, 3, heads, d // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        mask = attn_mask.to(q_x.dtype) if attn_mask is not None else None
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.dropout if self.training else 0.0)
+        out = attn.out_proj     # read as nn.MultiheadAttention does (never called: LoRA / quantization skip it)
+        return F.linear(x.transpose(1, 2).reshape(b, n, d), out.weight, out.bias)
+
+
 class OpenCLIPTextTower(KeepLockedEval, TextTransformer):
     """open_clip's text transformer with mmfm's call signature; state-dict keys match open_clip's."""
 
@@ -51,6 +76,9 @@ class OpenCLIPTextTower(KeepLockedEval, TextTransformer):
                  layers: int = 12, output_dim: int = 512, mlp_ratio: float = 4.0):
         super().__init__(context_length=context_length, vocab_size=vocab_size, width=width, heads=heads,
                          layers=layers, mlp_ratio=mlp_ratio, output_dim=output_dim, pool_type="argmax")
+        for block in self.transformer.resblocks:       # same modules and parameters; fused self-attention
+            if type(block) is ResidualAttentionBlock:
+                block.__class__ = FusedAttentionBlock
 
     def _embeds(self, text):
         x, attn_mask = super()._embeds(text)
