@@ -155,12 +155,16 @@ def classification_counts(logits, targets: np.ndarray, n_classes: int) -> dict:
 
 
 def counts_metrics(counts: dict) -> dict:
-    """``classification_counts`` (or their sum over ranks) -> top-1, top-5 and mean per-class recall."""
+    """``classification_counts`` (or their sum over ranks) -> top-1, top-5, mean per-class recall (over the
+    classes that have images) and macro-F1 (over the classes that have images or predictions, as
+    scikit-learn's ``f1_score(average="macro")``: a class predicted but absent scores 0)."""
     cm = counts["confusion"]
-    n, support = int(cm.sum()), cm.sum(axis=1)
+    n, support, predicted = int(cm.sum()), cm.sum(axis=1), cm.sum(axis=0)
     recalls = np.diag(cm)[support > 0] / support[support > 0]
+    seen = (support > 0) | (predicted > 0)
+    f1 = 2 * np.diag(cm)[seen] / (support[seen] + predicted[seen])
     return {"top1": float(np.trace(cm)) / n, "top5": counts["top5_hits"] / n if len(cm) >= 5 else None,
-            "mean_per_class_recall": float(recalls.mean())}
+            "mean_per_class_recall": float(recalls.mean()), "macro_f1": float(f1.mean())}
 
 
 def share_counts(model, spec: FolderSpec, weights, *, share=(0, 1), batch_size: int = 64, workers: int = 0,
