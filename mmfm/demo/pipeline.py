@@ -1,8 +1,10 @@
 """The demo stages on real data (Noto emoji), each a thin call into the library.
 
 1. shards   -- ``mmfm shards build --recipe noto_emoji`` with a held-out split by base name
-2. clip     -- ``mmfm train configs/experiments/demo/clip.yaml`` (timm ViT from scratch + locked MiniLM, LiT)
+2. clip     -- ``mmfm train configs/experiments/demo/clip.yaml`` (ImageNet EfficientNet-Lite0 + MiniLM, LiT)
 3. zeroshot -- held-out images exported as a folder tree by group, then ``mmfm zeroshot``'s library call
+   transfer -- zero-shot over all 9 groups on held-out Noto, Twemoji (another artist) and real photos
+   scratch  -- today's from-scratch recipe (``clip_scratch.yaml``) at the same budget, scored the same way
 4. caption  -- ``mmfm train .../caption.yaml`` on the names, then ``mmfm eval caption`` on the held-out split
 5. bias     -- ``mmfm eval bias``: zero-shot and caption quality per skin tone, matched by base name
 6. vqa      -- questions drawn from the metadata -> VQA shards -> ``mmfm train .../vqa.yaml`` -> ``mmfm eval vqa``
@@ -20,6 +22,7 @@ from mmfm.config import ConfigError, atomic_write_text
 from mmfm.config.resources import resource_dir
 
 from . import data as D
+from . import transfer as T
 from .settings import DemoSettings
 from .stages import Stage
 
@@ -107,15 +110,38 @@ def _train(ctx: DemoContext, config: Path, out_dir: Path, values: dict) -> dict:
             "samples_per_s": last.get("train/samples_per_s"), "run": str(out_dir)}
 
 
-def stage_clip(ctx: DemoContext) -> dict:
+def _clip_data(ctx: DemoContext) -> dict:
+    """The CLIP runs' data: Noto training emoji only (name captions + group captions), held-out for validation."""
     g = ctx.settings.group_captions
     sources = [{"path": str(ctx.shards / "train"), "weight": 1.0 - g.weight}]
     if g.template:
         sources.append({"path": str(ctx.shards / "train_groups"), "weight": g.weight})
     else:
         sources[0]["weight"] = 1.0
-    values = {"data.train": sources, "data.val": [{"path": str(ctx.shards / "heldout")}]}
-    return _train(ctx, ctx.config("clip"), ctx.out / "clip", values)
+    return {"data.train": sources, "data.val": [{"path": str(ctx.shards / "heldout")}]}
+
+
+def stage_clip(ctx: DemoContext) -> dict:
+    return _train(ctx, ctx.config("clip"), ctx.out / "clip", _clip_data(ctx))
+
+
+# ----------------------------------------------------------------------------- transfer + from scratch
+def stage_transfer(ctx: DemoContext) -> dict:
+    """The pretrained CLIP, zero-shot over all 9 groups on held-out Noto, Twemoji and real photos."""
+    return {"sets": T.score_sets(ctx, ctx.out / "clip"), "run": str(ctx.out / "clip")}
+
+
+def stage_scratch(ctx: DemoContext) -> dict:
+    """Today's recipe (``clip_scratch.yaml``: a timm tower from random weights + locked MiniLM) on the same data
+    for the pretrained CLIP's number of steps, scored on the same three sets: from scratch vs pretrained towers
+    at an equal training budget."""
+    from mmfm.config import read_yaml
+
+    steps = read_yaml(ctx.out / "clip" / "config.yaml")["train"]["max_steps"]
+    summary = _train(ctx, ctx.config("clip_scratch"), ctx.out / "scratch",
+                     {**_clip_data(ctx), "train.max_steps": steps})
+    summary["sets"] = T.score_sets(ctx, ctx.out / "scratch")
+    return summary
 
 
 # ----------------------------------------------------------------------------- 3. zero-shot
@@ -268,20 +294,26 @@ def stage_report(ctx: DemoContext) -> dict:
 
     results = ctx.results
     rows = R.metrics_rows(results)
-    curves = R.plot_curves({"CLIP (LiT) pre-training": ctx.out / "clip", "captioner": ctx.out / "caption",
-                            "VQA": ctx.out / "vqa"}, ctx.out / "training_curves.png")
+    curves = R.plot_curves({"CLIP (pretrained towers)": ctx.out / "clip", "CLIP from scratch": ctx.out / "scratch",
+                            "captioner": ctx.out / "caption", "VQA": ctx.out / "vqa"}, ctx.out / "training_curves.png")
     items = _grid_items(ctx, ctx.settings.report.grid)
     zs = results.get("zeroshot", {})
     info = {"summary": _summary_line(ctx), "details": _details(ctx)}
     conf = Path(zs["confusion_png"]) if zs.get("confusion_png") else None
     bias = results.get("bias") or {}
+    compare, targets = R.comparison_rows(results), R.target_rows(results)
+    chart = R.plot_comparison(compare, ctx.out / "scratch_vs_pretrained.png")
     path = R.write_report(ctx.out, rows=rows, curves=curves, confusion=conf, items=items, info=info,
-                          groups=R.group_count(zs), bias=bias)
+                          groups=R.group_count(zs), bias=bias, comparison=R.comparison_html(compare, chart, targets))
     table = R.format_table(rows)
+    if compare:
+        table = R.format_comparison(compare) + "\n\n" + table
+    table += "\n\n" + R.format_targets(targets)
     if bias:
         table += "\n\n" + R.format_bias(bias)
     atomic_write_text(ctx.out / "metrics.txt", table + "\n")
     atomic_write_text(ctx.out / "metrics.json", json.dumps(rows, indent=1))
+    atomic_write_text(ctx.out / "comparison.json", json.dumps({"rows": compare, "targets": targets}, indent=1))
     return {"report": str(path), "table": table}
 
 
@@ -369,10 +401,15 @@ def build_stages() -> list[Stage]:
     return [
         Stage("shards", "Build emoji shards (noto_emoji recipe, held-out split by base name)", stage_shards,
               lambda c: _fp(c), ("shards",)),
-        Stage("clip", "Pre-train CLIP: timm vision tower from scratch + locked MiniLM text tower (LiT)", stage_clip,
+        Stage("clip", "Continued pre-training of CLIP on Noto emoji: ImageNet EfficientNet-Lite0 + locked MiniLM",
+              stage_clip,
               lambda c: _fp(c, "clip"), ("clip",)),
         Stage("zeroshot", "Zero-shot classify the held-out emoji into their CLDR groups", stage_zeroshot,
               lambda c: _fp(c, "clip"), ("zeroshot",)),
+        Stage("transfer", "Zero-shot on held-out Noto, Twemoji (another artist) and real photos, all 9 groups",
+              stage_transfer, lambda c: _fp(c, "clip"), ("transfer", "twemoji", "photos")),
+        Stage("scratch", "From scratch at the same budget: today's recipe (random timm tower), scored the same way",
+              stage_scratch, lambda c: _fp(c, "clip", "clip_scratch"), ("scratch",)),
         Stage("caption", "Fine-tune a captioner on emoji names, caption the held-out emoji", stage_caption,
               lambda c: _fp(c, "clip", "caption"), ("caption",)),
         Stage("bias", "Skin-tone bias table: zero-shot and captions per tone on the same held-out emoji",
