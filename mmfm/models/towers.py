@@ -203,10 +203,22 @@ class TimmVisionTower(KeepLockedEval, nn.Module):
         cfg.update(preprocess or {})            # user overrides (validated by mmfm.data.transforms)
         self.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
+    memo = None                                     # cache_locked_features: a RowMemo of the trunk's output
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if self.obsolete_keys is not None:
             raise RuntimeError("this vision tower keeps only its token path (drop_pooling_head): use forward_tokens")
+        if self.memo is not None and self.training:
+            return self.memo([self.memo.key(row) for row in image], lambda idx: self.trunk(image[idx]), image.device)
         return self.trunk(image)
+
+    def cache_locked_features(self) -> None:
+        """Training computes the locked trunk once per distinct preprocessed image (``mmfm.models.memo``)."""
+        from .memo import RowMemo
+        if any(p.requires_grad for p in self.trunk.parameters()):
+            raise ConfigError("model.vision.cache_locked_features: needs a locked tower with nothing unlocked "
+                              "(lock: true, unlock_last_groups: 0)")
+        self.memo = RowMemo()
 
     def drop_pooling_head(self) -> None:
         """Keep only what ``forward_tokens`` uses (a captioner's tower). timm's pooling head (ConvNeXt's
