@@ -34,7 +34,10 @@ def main() -> None:
         run = out / "bench_unlock" / f"s{args.image_size}_u{n}_{args.steps}"
         values = {**_clip_data(ctx), "train.max_steps": args.steps, "train.output_dir": str(run),
                   "train.progress": False, "model.vision.unlock_last_groups": n, "data.batch_size": args.batch,
-                  "model.vision.image_size": args.image_size, "train.ckpt_every_steps": args.steps}
+                  "model.vision.image_size": args.image_size, "train.ckpt_every_steps": args.steps,
+                  "model.vision.cache_locked_features": n == 0}      # a partly unlocked tower cannot be cached
+        if n:   # the unlocked blocks see a random crop, as the from-scratch recipe does
+            values["model.vision.preprocess"] = {"crop_pct": 1.0, "scale": [0.7, 1.0]}
         t0 = time.monotonic()
         if not (run / "checkpoints" / "latest").exists():
             train_experiment(load_experiment(ctx.config("clip"), values=values))
@@ -44,6 +47,7 @@ def main() -> None:
         row = {"unlock_last_groups": n, "image_size": args.image_size, "steps": args.steps, "train_s": round(dt),
                **{f"{k}_{m}": round(r[m], 3) for k, r in res.items() for m in ("top1", "mean_per_class_recall", "macro_f1")}}
         print(json.dumps(row), flush=True)
+        del model
 
 
 if __name__ == "__main__":
