@@ -382,7 +382,10 @@ def _details(ctx: DemoContext) -> dict:
         out["CLIP training captions"] = (f"the CLDR name ({1 - g.weight:.0%} of samples) or "
                                          f"'{g.template}' ({g.weight:.0%}), for training images only")
     out["zero-shot prompts"] = ", ".join(st.zeroshot.templates)
-    for name, run in (("clip", ctx.out / "clip"), ("caption", ctx.out / "caption"), ("vqa", ctx.out / "vqa")):
+    out["evaluation only (never trained on)"] = ("Twemoji (data_recipes/twemoji, npm emoji-datasource-twitter, "
+                                                 "CC-BY 4.0) and scikit-image's photos (data_recipes/skimage_photos)")
+    for name in ("clip", "scratch", "caption", "vqa"):
+        run = ctx.out / name
         r = ctx.results.get(name) or {}
         if r:
             out[f"{name} run"] = _run_line(run, r)
