@@ -123,7 +123,8 @@ def _vision_cfg_from_clip(cfg: ModelConfig):
                           f"timm vision tower (kind={clip_cfg.kind}, openclip={clip_cfg.openclip})")
     v = cfg.vision
     return dataclasses.replace(clip_cfg.vision, pretrained=None, lock=v.lock,
-                               unlock_last_groups=v.unlock_last_groups, grad_checkpointing=v.grad_checkpointing)
+                               unlock_last_groups=v.unlock_last_groups, grad_checkpointing=v.grad_checkpointing,
+                               cache_locked_features=v.cache_locked_features)
 
 
 def _load_clip_vision(visual: nn.Module, ckpt: str) -> dict:
@@ -367,6 +368,8 @@ def build_captioner(cfg: ModelConfig, init_weights: bool = True) -> Captioner:
         model.lock_image_tower(v.unlock_last_groups)
     elif v.unlock_last_groups:
         raise ConfigError("model.vision.unlock_last_groups: only meaningful with model.vision.lock: true")
+    if v.cache_locked_features:
+        visual.cache_locked_features()
     if v.grad_checkpointing:
         visual.set_grad_checkpointing(True)
     return model

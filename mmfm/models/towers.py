@@ -203,7 +203,7 @@ class TimmVisionTower(KeepLockedEval, nn.Module):
         cfg.update(preprocess or {})            # user overrides (validated by mmfm.data.transforms)
         self.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
-    memo = None                                     # cache_locked_features: a RowMemo of the trunk's output
+    memo = token_memo = None          # cache_locked_features: RowMemos of the pooled and the token outputs
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if self.obsolete_keys is not None:
@@ -218,7 +218,7 @@ class TimmVisionTower(KeepLockedEval, nn.Module):
         if any(p.requires_grad for p in self.trunk.parameters()):
             raise ConfigError("model.vision.cache_locked_features: needs a locked tower with nothing unlocked "
                               "(lock: true, unlock_last_groups: 0)")
-        self.memo = RowMemo()
+        self.memo, self.token_memo = RowMemo(), RowMemo()
 
     def drop_pooling_head(self) -> None:
         """Keep only what ``forward_tokens`` uses (a captioner's tower). timm's pooling head (ConvNeXt's
@@ -236,6 +236,12 @@ class TimmVisionTower(KeepLockedEval, nn.Module):
         self.register_load_state_dict_pre_hook(_ignore_obsolete_keys)
 
     def forward_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        if self.token_memo is not None and self.training:
+            return self.token_memo([self.token_memo.key(row) for row in image],
+                                   lambda idx: self._tokens(image[idx]), image.device)
+        return self._tokens(image)
+
+    def _tokens(self, image: torch.Tensor) -> torch.Tensor:
         x = self.trunk.forward_features(image)
         if x.ndim == 4:                       # CNN feature map (B, C, H, W) -> (B, HW, C)
             x = x.flatten(2).transpose(1, 2)

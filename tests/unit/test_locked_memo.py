@@ -44,11 +44,16 @@ def test_memo_gives_the_towers_outputs_and_gradients_and_skips_repeats():
     # shows two known images (no tower call) and one known caption (the tower runs on "a red sofa" only)
     assert image_calls == [3] and text_calls == [3, 1], (image_calls, text_calls)
     assert cached.visual.memo.hits == 2 and cached.text.memo.hits == 1
+    # the token path (a captioner's) has its own memo: same tokens, the trunk runs once per distinct image
+    calls = len(image_calls)
+    for _ in range(2):
+        assert torch.allclose(cached.visual.forward_tokens(images), plain.visual.forward_tokens(images), atol=1e-5)
+    assert cached.visual.token_memo.misses == 3 and cached.visual.token_memo.hits == 3
     # evaluation never reads or fills the memo (new images at eval time)
     cached.eval()
     with torch.no_grad():
         cached.encode_image(images)
-    assert image_calls == [3, 3]
+    assert image_calls[-1] == 3 and len(image_calls) == calls + 1
 
 
 def test_memo_needs_a_fully_locked_tower():
