@@ -329,8 +329,9 @@ _BEFORE = ("There is no meaningful zero-shot 'before' for the pretrained towers:
            "MiniLM text tower were trained apart and share no embedding space until the new projections are "
            "trained, so at step 0 the zero-shot answer is chance. The comparison that shows what continued "
            "pre-training on emoji buys is therefore against the same recipe from random weights (the 'from "
-           "scratch' rows, the same data and steps), and, for the image tower itself, LiT (the ImageNet tower "
-           "unchanged) against unlocking its last blocks (README, 'The demo').")
+           "scratch' rows, the same data and steps). For the image tower itself, 'before' is LiT (the ImageNet tower "
+           "unchanged) and 'after' is the demo's tower with its last blocks trained on emoji (README, 'The demo', "
+           "measures both).")
 
 
 def comparison_html(rows: list[dict], chart: Path | None, targets: list[dict]) -> list[str]:
