@@ -303,8 +303,9 @@ def stage_report(ctx: DemoContext) -> dict:
     bias = results.get("bias") or {}
     compare, targets = R.comparison_rows(results), R.target_rows(results)
     chart = R.plot_comparison(compare, ctx.out / "scratch_vs_pretrained.png")
+    comparison = R.comparison_html(compare, chart, targets) + R.photos_html(_photo_items(ctx))
     path = R.write_report(ctx.out, rows=rows, curves=curves, confusion=conf, items=items, info=info,
-                          groups=R.group_count(zs), bias=bias, comparison=R.comparison_html(compare, chart, targets))
+                          groups=R.group_count(zs), bias=bias, comparison=comparison)
     table = R.format_table(rows)
     if compare:
         table = R.format_comparison(compare) + "\n\n" + table
@@ -342,6 +343,24 @@ def _grid_items(ctx: DemoContext, n: int) -> list[dict]:
         qa = [(D.QUESTIONS[k], answers[f"{s['key']}_{k}"]) for k in D.QUESTIONS if f"{s['key']}_{k}" in answers]
         items.append({"thumb": thumbnail_data_uri(s["image"], 64, fmt="PNG"), "name": s["txt"], "group": s["meta"].get("group", ""),
                       "caption": captions.get(s["key"], "-"), "zeroshot": zs_pred.get(s["key"], "-"), "answers": qa})
+    return items
+
+
+def _photo_items(ctx: DemoContext) -> list[dict]:
+    """The real photos with their hand-named label and group and each CLIP's zero-shot group."""
+    from mmfm.data.photos import read_photo_list
+    from mmfm.eval.html import thumbnail_data_uri
+
+    preds = {arm: ((ctx.results.get(arm) or {}).get("sets") or {}).get("photos", {}).get("predictions", {})
+             for arm in ("transfer", "scratch")}
+    items = []
+    for p in read_photo_list():
+        rel = f"{D.slug(p['group'])}/{p['name']}.png"
+        path = ctx.out / "photos" / "images" / rel
+        if path.is_file():
+            items.append({"thumb": thumbnail_data_uri(path.read_bytes(), 96, fmt="JPEG"), "label": p["label"],
+                          "group": p["group"], "pretrained": preds["transfer"].get(rel, "-"),
+                          "scratch": preds["scratch"].get(rel, "-")})
     return items
 
 

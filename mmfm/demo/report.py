@@ -356,3 +356,18 @@ def comparison_html(rows: list[dict], chart: Path | None, targets: list[dict]) -
                                               "-" if r["met"] is None else ("met" if r["met"] else "not met")]
                                              for r in targets], raw_columns=(2,), num_columns=(1, 2, 3))]
     return parts
+
+
+def photos_html(items: list[dict]) -> list[str]:
+    """Real photos (never trained on): the hand-named label and group, and each CLIP's zero-shot group."""
+    if not items:
+        return []
+    cards = []
+    for it in items:
+        ok = "ok" if it["pretrained"] == it["group"] else "bad"
+        cards.append(f"<div class=card><img src='{it['thumb']}' alt='{html.escape(it['label'])}'>"
+                     f"<div><b>{html.escape(it['label'])}</b> ({html.escape(it['group'])})</div>"
+                     f"<div class={ok}>pretrained: {html.escape(it['pretrained'])}</div>"
+                     f"<div class=muted>from scratch: {html.escape(it['scratch'])}</div></div>")
+    return ["<h3>Real photos (scikit-image's bundled data, hand-named; never trained on)</h3>",
+            "<div class=grid>" + "".join(cards) + "</div>"]

@@ -181,6 +181,6 @@ def test_pretrained_towers_vs_from_scratch_on_three_sets(quick_demo):
     assert {t["metric"] for t in comp["targets"]} >= {"held-out Noto top-1", "Twemoji top-1 (never trained on)",
                                                       "caption CIDEr-D", "VQA accuracy (%)"}
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert "From scratch vs pretrained towers" in page and "Targets" in page
+    assert "From scratch vs pretrained towers" in page and "Targets" in page and "Real photos (" in page
     assert (out / "scratch_vs_pretrained.png").stat().st_size > 1000
     assert "zero-shot over 9 CLDR groups, same training budget" in proc.stdout and "targets (issue 14)" in proc.stdout
