@@ -3,6 +3,7 @@ Noto shards (OUT/shards from `mmfm demo --until shards`) for STEPS steps per var
 groups on held-out Noto and on Twemoji (never trained on). Prints one row per variant.
 
   python bench/demo_unlock.py runs/demo --steps 60 --unlock 0 2 4
+  python bench/demo_unlock.py runs/demo --steps 60 --scratch      # the from-scratch recipe (clip_scratch.yaml)
 """
 import argparse
 import json
@@ -17,37 +18,52 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--unlock", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--scratch", action="store_true", help="train clip_scratch.yaml (ResNet-10t, 48 px) instead")
     args = ap.parse_args()
-    from mmfm.config import load_experiment
+    from mmfm.data.shards import read_manifest
     from mmfm.demo import transfer as T
     from mmfm.demo.pipeline import DemoContext, _clip_data
-    from mmfm.models.checkpoint import load
-    from mmfm.data.shards import read_manifest
-    from mmfm.train.builder import train_experiment
 
     out = args.out.resolve()
     ctx = DemoContext(out=out, progress=False)
     classes = read_manifest(ctx.shards / "train")["classes"]
     ctx.results["shards"] = {"classes": classes}
-    sets = {"noto": ctx.shards / "heldout_by_group" / "images", "twemoji": T.build_twemoji(ctx)}
+    sets = {"noto": ctx.shards / "heldout_by_group" / "images", "twemoji": T.build_twemoji(ctx),
+            "photos": T.build_photos(ctx)}
+    if args.scratch:
+        run = out / "bench_unlock" / f"scratch_{args.steps}"
+        values = {**_clip_data(ctx), "train.max_steps": args.steps, "train.output_dir": str(run),
+                  "train.progress": False, "train.ckpt_every_steps": args.steps}
+        _run(ctx, "clip_scratch", run, values, sets, classes, {"arm": "scratch", "steps": args.steps})
+        return
     for n in args.unlock:
         run = out / "bench_unlock" / f"s{args.image_size}_u{n}_{args.steps}"
         values = {**_clip_data(ctx), "train.max_steps": args.steps, "train.output_dir": str(run),
                   "train.progress": False, "model.vision.unlock_last_groups": n, "data.batch_size": args.batch,
                   "model.vision.image_size": args.image_size, "train.ckpt_every_steps": args.steps,
                   "model.vision.cache_locked_features": n == 0}      # a partly unlocked tower cannot be cached
-        if n:   # the unlocked blocks see a random crop, as the from-scratch recipe does
-            values["model.vision.preprocess"] = {"crop_pct": 1.0, "scale": [0.7, 1.0]}
-        t0 = time.monotonic()
-        if not (run / "checkpoints" / "latest").exists():
-            train_experiment(load_experiment(ctx.config("clip"), values=values))
-        dt = time.monotonic() - t0
-        model = load(str(run), expect="clip")
-        res = {k: T.score_set(model, f, classes, ["a {} emoji"], progress=False) for k, f in sets.items()}
-        row = {"unlock_last_groups": n, "image_size": args.image_size, "steps": args.steps, "train_s": round(dt),
-               **{f"{k}_{m}": round(r[m], 3) for k, r in res.items() for m in ("top1", "mean_per_class_recall", "macro_f1")}}
-        print(json.dumps(row), flush=True)
-        del model
+        # LiT: no random crop, so each image is encoded once; unlocked blocks see random crops (clip.yaml)
+        values["model.vision.preprocess"] = {"crop_pct": 1.0, "scale": [0.7, 1.0] if n else [1.0, 1.0],
+                                             "ratio": [3 / 4, 4 / 3] if n else [1.0, 1.0]}
+        _run(ctx, "clip", run, values, sets, classes,
+             {"unlock_last_groups": n, "image_size": args.image_size, "steps": args.steps})
+
+
+def _run(ctx, config, run, values, sets, classes, row) -> None:
+    from mmfm.config import load_experiment
+    from mmfm.demo import transfer as T
+    from mmfm.models.checkpoint import load
+    from mmfm.train.builder import train_experiment
+
+    t0 = time.monotonic()
+    if not (run / "checkpoints" / "latest").exists():
+        train_experiment(load_experiment(ctx.config(config), values=values))
+    row["train_s"] = round(time.monotonic() - t0)
+    model = load(str(run), expect="clip")
+    res = {k: T.score_set(model, f, classes, ["a {} emoji"], progress=False) for k, f in sets.items()}
+    row.update({f"{k}_{m}": round(r[m], 3) for k, r in res.items()
+                for m in ("top1", "mean_per_class_recall", "macro_f1")})
+    print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
