@@ -1,4 +1,4 @@
-"""``mmfm eval caption|vqa|bias|compare``: evaluate checkpoints on a dataset, write results into a folder.
+"""``mmfm eval caption|vqa|bias|compare|wise-ft``: evaluate checkpoints on a dataset, write results into a folder.
 
 Sub-commands live in ``SUBCOMMANDS`` (name -> (help, add_arguments, run)); a new evaluation adds one entry.
 The library does the work (``mmfm.eval.caption_eval``, ``mmfm.eval.bias``, ``mmfm.eval.compare``); this module
@@ -118,26 +118,73 @@ def _run_bias(args) -> int:
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="CLIP: image folder (class subfolders) or shards; captioner: shards or JSONL/CSV")
-    p.add_argument("--model", required=True, help="the original (float) checkpoint")
+    # dest "data": the positional inputs (the frozen CLI surface names every eval sub-command's first positional
+    # "data"); here they are the models, and the data sets come with --data (dest "datasets")
+    p.add_argument("data", nargs="*", metavar="MODEL",
+                   help="checkpoints, runs or exports to compare on the same --data (the first is the reference "
+                        "of the deltas); with --model: the one data set of the size/latency comparison")
+    p.add_argument("--data", action="append", dest="datasets", metavar="[NAME=]PATH",
+                   help="CLIP: image folder (zero-shot, probes) or image-caption shards/CSV/JSONL (retrieval); "
+                        "captioner: captions (BLEU-4, CIDEr-D, ROUGE-L, perplexity) or questions (VQA accuracy, "
+                        "token F1); repeat for the new domain and an old one")
+    p.add_argument("--probe-train", metavar="FOLDER",
+                   help="image folder with the same classes: train a linear probe and k-shot probes on it, "
+                        "score them on each --data image folder")
+    p.add_argument("--fewshot", default="1,5,10", help="k of the k-shot probes, comma-separated ('' for none)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the 95%% intervals")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap draws and the probes")
+    p.add_argument("--model", help="size/latency mode: the original (float) checkpoint, measured against "
+                                   "--variant on the one positional data set")
     p.add_argument("--variant", action="append", default=None,
-                   help="int8 (quantize the original here), an int8 folder, or another checkpoint such as a "
-                        "distilled student; repeatable (default: int8)")
-    p.add_argument("--max-samples", type=int, default=500, help="images for the metric (default 500)")
+                   help="size/latency mode: int8 (quantize the original here), an int8 folder, or another "
+                        "checkpoint such as a distilled student; repeatable (default: int8)")
+    p.add_argument("--max-samples", type=int, help="evaluate at most N items (size/latency mode: default 500)")
     p.add_argument("--latency-images", type=int, default=16, help="images timed one by one (default 16)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads while timing (default 1)")
     p.add_argument("--templates", default="simple", help="zero-shot templates: a name, a file or a literal with {}")
     p.add_argument("--label-field", default="auto", help="shards: json field or cls for zero-shot labels")
-    p.add_argument("--out", help="write the comparison JSON here")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", help="output folder for compare.json/.csv/.html (default runs/eval/compare); "
+                                 "size/latency mode: the comparison JSON file")
     p.add_argument("--quiet", action="store_true")
     add_generate_args(p)
 
 
 def _run_compare(args) -> int:
+    from mmfm.config import ConfigError
+    if args.model or args.variant:
+        if len(args.data) != 1 or args.datasets:
+            raise ConfigError("compare --model/--variant (size/latency mode) takes exactly one positional data set "
+                              "and no --data")
+        return _run_latency_compare(args)
+    if not args.data or not args.datasets:
+        raise ConfigError("compare: give the models as positionals and at least one --data (or --model ORIGINAL "
+                          "DATA for the size/latency comparison)")
+    from mmfm.eval.compare_report import format_suite, write_compare
+    from mmfm.eval.compare_suite import compare_suite
+
+    try:
+        fewshot = [int(k) for k in args.fewshot.split(",") if k.strip()]
+    except ValueError:
+        raise ConfigError(f"--fewshot {args.fewshot!r}: expected comma-separated integers such as 1,5,10") from None
+    res = compare_suite(args.data, args.datasets, probe_train=args.probe_train, fewshot=fewshot,
+                        templates=args.templates, max_samples=args.max_samples,
+                        gen=_captioner_settings(args.data[:1], args), n_boot=args.bootstrap, seed=args.bootstrap_seed,
+                        device=args.device, progress=not args.quiet)
+    print(format_suite(res))
+    for note in res["notes"]:
+        print(f"note: {note}")
+    paths = write_compare(res, args.out or "runs/eval/compare")
+    print(f"wrote {paths['json']}, {paths['csv']} and {paths['html']}")
+    return 0
+
+
+def _run_latency_compare(args) -> int:
     from mmfm.eval.common import write_json
     from mmfm.eval.compare import compare_models, format_comparison
 
-    res = compare_models(args.model, args.data, args.variant, max_samples=args.max_samples,
+    res = compare_models(args.model, args.data[0], args.variant,
+                         max_samples=500 if args.max_samples is None else args.max_samples,
                          latency_images=args.latency_images, threads=args.threads, templates=args.templates,
                          label_field=args.label_field, gen=_captioner_settings([args.model], args),
                          progress=not args.quiet)
@@ -148,13 +195,41 @@ def _run_compare(args) -> int:
     return 0
 
 
+def _wise_ft_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a fine-tuned run (or checkpoint) that recorded train.init_from")
+    p.add_argument("data", help="image folder with class subfolders")
+    p.add_argument("--alphas", default="0,0.25,0.5,0.75,1",
+                   help="comma-separated WiSE-FT alphas in [0, 1] (0 = initial weights, 1 = fine-tuned)")
+    p.add_argument("--init-from", help="the initial weights (default: the run's train.init_from)")
+    p.add_argument("--templates", default="openai", help="zero-shot templates: a name, a file or a literal with {}")
+    p.add_argument("--max-samples", type=int, help="an even subsample of N images")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="runs/eval/wise_ft.json", help="JSON results (default runs/eval/wise_ft.json)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _run_wise_ft(args) -> int:
+    from mmfm.eval.common import write_json
+    from mmfm.eval.wise_ft import format_sweep, parse_alphas, wise_ft_sweep
+
+    res = wise_ft_sweep(args.run, args.data, parse_alphas(args.alphas), templates=args.templates,
+                        init_from=args.init_from, device=args.device, max_samples=args.max_samples,
+                        progress=not args.quiet)
+    print(format_sweep(res))
+    print(f"wrote {write_json(args.out, res)}")
+    return 0
+
+
 SUBCOMMANDS = {
     "caption": ("BLEU-1..4, ROUGE-L, CIDEr-D + degenerate-output report", _caption_args, _run_caption),
     "vqa": ("VQAv2 accuracy by answer type (yes/no, number, other)", _vqa_args, _run_vqa),
     "bias": ("zero-shot accuracy and caption quality per group of a sensitive attribute, best-worst gap",
              _bias_args, _run_bias),
-    "compare": ("size, CPU latency per image and metric drop of int8 / distilled variants vs the original",
-                _compare_args, _run_compare),
+    "compare": ("several models on the same data: zero-shot, probes, retrieval, caption/VQA metrics, perplexity, "
+                "deltas with 95%% CIs; or (--model/--variant) size, CPU latency and metric drop of int8 / "
+                "distilled variants", _compare_args, _run_compare),
+    "wise-ft": ("zero-shot top-1 of a run's WiSE-FT weights (initial/fine-tuned interpolation) per alpha",
+                _wise_ft_args, _run_wise_ft),
 }
 
 

@@ -17,19 +17,27 @@ def build_parser() -> argparse.ArgumentParser:
                "               decoder.onnx; onnx_config.json holds preprocessing, tokenizer, parity figures\n"
                "  hf           open_clip folder (open_clip.create_model_and_transforms('local-dir:OUT')) for CLIP;\n"
                "               transformers VisionEncoderDecoderModel (or decoder + timm encoder) for captioners\n"
+               "  openclip     open_clip_model.safetensors + ARCH.json: open_clip.create_model(ARCH,\n"
+               "               pretrained=FILE) (after open_clip.add_model_config('OUT/ARCH.json'))\n"
+               "  transformers CLIPModel / SiglipModel.from_pretrained(OUT) (models started from hf:DIR)\n"
                "  int8         dynamic int8 Linear layers for CPU inference (mmfm.load reads it)\n"
                "example: mmfm export runs/clip --format onnx --out exports/clip_onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", metavar="MODEL",
-                   help="checkpoint dir, run dir, exported or int8 folder, or openclip:NAME[:FILE]")
+                   help="checkpoint dir, run dir, exported or int8 folder, openclip:NAME[:FILE] or hf:DIR")
     p.add_argument("--model", dest="model_flag", help=argparse.SUPPRESS)    # the older spelling
-    p.add_argument("--format", required=True, choices=["onnx", "safetensors", "hf", "int8"])
+    p.add_argument("--format", required=True, choices=["onnx", "safetensors", "hf", "openclip", "transformers",
+                                                               "int8"])
     p.add_argument("--out", required=True, help="output folder (replaced atomically if it exists)")
     p.add_argument("--onnx-exporter", default="dynamo", choices=["dynamo", "torchscript"],
                    help="dynamo: torch.export based (PyTorch's default); torchscript: the legacy tracer, faster")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--atol", type=float, default=1e-4, help="ONNX parity tolerance (max |onnxruntime - torch|)")
-    p.add_argument("--no-check", action="store_true", help="hf: skip loading the folder back with the target library")
+    p.add_argument("--no-check", action="store_true", help="hf, openclip, transformers: skip loading the folder back with the target "
+                   "library")
+    p.add_argument("--wise-ft", type=float, default=None, metavar="ALPHA",
+                   help="WiSE-FT: export (1-ALPHA) * initial + ALPHA * fine-tuned weights of a run that recorded "
+                        "train.init_from (0 = initial, 1 = fine-tuned); any format")
     return p
 
 
@@ -47,11 +55,12 @@ def main(argv: list[str]) -> int:
     opts: dict = {}
     if args.format == "onnx":
         opts = {"exporter": args.onnx_exporter, "opset": args.opset, "atol": args.atol}
-    elif args.format == "hf":
+    elif args.format in ("hf", "openclip", "transformers"):
         opts = {"check": not args.no_check}
-    info = export(model, args.format, args.out, **opts)
+    info = export(model, args.format, args.out, wise_ft=args.wise_ft, **opts)
     summary = {k: info.get(k) for k in ("format", "kind", "loader", "portable", "parity", "parity_max_abs_diff",
-                                        "not_covered", "bytes", "quantized_linears", "export_seconds") if k in info}
+                                        "not_covered", "arch", "class", "bytes", "quantized_linears",
+                                        "export_seconds", "wise_ft") if k in info}
     summary["out"] = str(args.out)
     print(json.dumps(summary, indent=2, default=str))
     return 0

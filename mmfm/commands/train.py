@@ -21,8 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run exactly (weights, optimizer, schedule, RNG, data position)")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in an output dir that holds another run's checkpoints, deleting them")
-    p.add_argument("--init-from", default=None, metavar="CKPT",
-                   help="load weights only (continued pre-training: LR warms up again)")
+    p.add_argument("--init-from", default=None, metavar="SPEC",
+                   help="load weights only (continued pre-training: LR warms up again): an mmfm run, checkpoint or "
+                        "export, openclip:ARCH:FILE, openclip:ARCH@TAG, openclip:hf-hub:ORG/REPO or hf:DIR_OR_ID "
+                        "(these define the architecture: the config's model section may be left out)")
     p.add_argument("--output-dir", default=None, help="shortcut for --set train.output_dir=...")
     p.add_argument("--max-steps", type=int, default=None, help="shortcut for --set train.max_steps=...")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
@@ -50,8 +52,6 @@ def resume_command(argv: list[str]) -> str:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from pathlib import Path
-
     from mmfm.config import load_experiment
 
     overrides = list(args.overrides)
@@ -68,8 +68,8 @@ def main(argv: list[str]) -> int:
     from mmfm.train.builder import train_experiment
     from mmfm.train.checkpoint import check_run_folder
     from mmfm.train.trainer import NonFiniteLoss, check_output_dir
-    check_output_dir(Path(cfg.train.output_dir))          # fail before any heavy work
-    check_run_folder(Path(cfg.train.output_dir), cfg.train)
+    check_output_dir(cfg.train.output_dir)          # fail before any heavy work (a folder or an fsspec URL)
+    check_run_folder(cfg.train.output_dir, cfg.train)
 
     try:
         result = train_experiment(cfg)
@@ -85,5 +85,5 @@ def main(argv: list[str]) -> int:
         return 128 + result["signal"]               # 143 SIGTERM, 130 SIGINT; a checkpoint was saved
     if is_main:
         shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
-        print(f"mmfm train: done ({shown}); checkpoints in {Path(cfg.train.output_dir) / 'checkpoints'}")
+        print(f"mmfm train: done ({shown}); checkpoints in {str(cfg.train.output_dir).rstrip('/')}/checkpoints")
     return 0

@@ -60,11 +60,30 @@ class TextConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft) on the towers' attention and MLP projections; only the adapters train. Merged into
+    plain weights when the model is loaded for inference or exported (docs/finetune.md)."""
+    r: int = ranged(8, ge=1)                 # rank of each adapter
+    alpha: float = ranged(16.0, gt=0)        # scaling: alpha / r
+    dropout: float = ranged(0.0, ge=0, lt=1)
+    targets: list[str] = field(default_factory=list)   # module-name suffixes inside the towers' blocks
+                                             # (e.g. [qkv, proj, fc1, fc2]); empty: every Linear / attention
+    towers: list[str] = field(default_factory=lambda: ["visual", "text"])   # which towers get adapters
+
+    def validate(self) -> None:
+        if not self.towers:
+            raise ConfigError("towers: name at least one tower (visual, text)")
+
+
+@dataclass
 class ModelConfig:
     name: str | None = None           # a named config from configs/models/<name>.yaml
     kind: Literal["clip", "captioner"] = "clip"
     openclip: str | None = None       # an open_clip architecture name (e.g. ViT-B-32): built by open_clip,
                                       # run through mmfm's adapter; vision/text are then ignored
+    source: str | None = None         # hf:DIR_OR_ID: a transformers CLIPModel / SiglipModel folder gives the
+                                      # architecture, tokenizer and preprocessing; vision/text (but lock,
+                                      # unlock_last_groups, grad_checkpointing) are then ignored
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     decoder: DecoderConfig | None = None        # captioner / VQA decoder
@@ -72,6 +91,14 @@ class ModelConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None        # set (e.g. -10) for SigLIP
     clip_checkpoint: str | None = None          # captioner: take the vision tower from an mmfm CLIP ckpt
+    lora: LoraConfig | None = None              # LoRA fine-tuning (CLIP models): model.lora: {r: 8, alpha: 16}
+
+    def validate(self) -> None:
+        if self.source is not None and not self.source.startswith("hf:"):
+            raise ConfigError(f"source: expected hf:DIR_OR_ID (a transformers CLIPModel / SiglipModel folder), got "
+                              f"{self.source!r}; open_clip architectures go in model.openclip")
+        if self.source and self.openclip:
+            raise ConfigError("source: set either model.source (transformers) or model.openclip, not both")
 
 
 def model_config_dirs() -> list[Path]:
@@ -109,6 +136,22 @@ def expand_model_dict(model: dict | None) -> dict:
     base = read_yaml(named_model_path(name))
     base.pop("name", None)          # a named file inherits with _base_, not with name
     return _deep_merge(base, model)
+
+
+def model_section_from_spec(spec) -> dict | None:
+    """The model section a library spec defines (its architecture): ``openclip:ARCH[:FILE]``,
+    ``openclip:ARCH@TAG`` -> ``{openclip: ARCH}``; ``openclip:hf-hub:ORG/REPO`` -> ``{openclip: hf-hub:ORG/REPO}``;
+    ``hf:DIR_OR_ID`` -> ``{source: hf:DIR_OR_ID}``; anything else (an mmfm folder) -> None."""
+    if not isinstance(spec, str):
+        return None
+    if spec.startswith("hf:"):
+        return {"kind": "clip", "source": spec}
+    if not spec.startswith("openclip:"):
+        return None
+    body = spec[len("openclip:"):]
+    if not body.startswith(("hf-hub:", "local-dir:")):
+        body = body.split("@", 1)[0] if "@" in body else body.split(":", 1)[0]
+    return {"kind": "clip", "openclip": body}
 
 
 def expand_named_model(data: dict) -> dict:

@@ -7,7 +7,7 @@ from .caption import GenerateConfig
 from .core import apply_overrides, apply_values, from_dict, read_yaml
 from .data import DataConfig
 from .eval import EvalConfig
-from .model import ModelConfig, expand_named_model
+from .model import ModelConfig, expand_named_model, model_section_from_spec
 from .task import TaskConfig
 from .train import TrainConfig
 
@@ -24,6 +24,17 @@ class ExperimentConfig:
 
 def load_experiment(path=None, overrides=None, data=None, values: dict | None = None) -> ExperimentConfig:
     """YAML (or dict) + ``--set`` overrides (strings) + ``values`` (``{"dotted.key": python value}``, applied last)
-    -> ExperimentConfig; ``model.name`` pulls in the named model config (configs/models/NAME.yaml)."""
+    -> ExperimentConfig; ``model.name`` pulls in the named model config (configs/models/NAME.yaml). Without a
+    ``model`` section, a ``train.init_from`` spec that defines an architecture (``openclip:...``, ``hf:...``)
+    gives it."""
     base = read_yaml(path) if path else dict(data or {})
-    return from_dict(ExperimentConfig, expand_named_model(apply_values(apply_overrides(base, overrides), values)))
+    merged = apply_values(apply_overrides(base, overrides), values)
+    return from_dict(ExperimentConfig, expand_named_model(_model_from_init(merged)))
+
+
+def _model_from_init(data: dict) -> dict:
+    train = data.get("train")
+    section = model_section_from_spec(train.get("init_from")) if isinstance(train, dict) else None
+    if section is None or data.get("model") is not None:
+        return data
+    return {**data, "model": section}

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from mmfm.config import ConfigError
 from mmfm.data.collate import collate_dicts
 from mmfm.data.decode import CorruptCounter, CorruptSample, Decoder
-from mmfm.data.sources import Source, preflight, resolve_sources
+from mmfm.data.sources import Source, preflight, resolve_sources, tar_samples
 from mmfm.data.shards import ShardError
 
 log = logging.getLogger("mmfm.data")
@@ -118,8 +118,6 @@ class StreamDataset(IterableDataset):
 
     # ---------------------------------------------------------------- raw sample streams
     def _shard_stream(self, src_i: int, reader: int) -> Iterator[dict]:
-        import webdataset as wds
-
         src = self.sources[src_i]
         readers = self.world * self.workers
         base = (self.seed, self.epoch, src_i)
@@ -137,7 +135,7 @@ class StreamDataset(IterableDataset):
             if pass_i and self.train:
                 random.Random(_seed(*base, reader, pass_i)).shuffle(order)
             read = [0]
-            stream = _counted(wds.tarfile_to_samples(handler=handler)(dict(url=s.url) for s in order), read)
+            stream = _counted(tar_samples((s.url for s in order), handler), read)
             if self.split == "sample":
                 stream = islice(stream, reader, None, readers)
             stream = self._shuffled(stream, (*base, reader, pass_i))   # drains at the end of a pass
@@ -151,14 +149,12 @@ class StreamDataset(IterableDataset):
                                  f"(data source '{src.spec}')")
 
     def _resampled(self, src: Source, reader: int, base: tuple, handler) -> Iterator[dict]:
-        import webdataset as wds
-
         rng = random.Random(_seed(*base, reader, "resample"))
         empty = 0
         while True:
             shard = rng.choice(src.shards)
             got = 0
-            for sample in wds.tarfile_to_samples(handler=handler)([dict(url=shard.url)]):
+            for sample in tar_samples([shard.url], handler):
                 got += 1
                 yield sample
             empty = 0 if got else empty + 1

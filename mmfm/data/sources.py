@@ -5,7 +5,10 @@ A source is one of
 * a ``manifest.json`` path,
 * a brace pattern or a single ``.tar`` (``data/shard-{000000..000009}.tar``); if the folder has a
   manifest, counts are taken from it for the listed tars,
-* an ``http(s)://`` URL pattern (streamed by webdataset; preflight can only count those).
+* an ``http(s)://`` URL pattern (streamed by webdataset; preflight can only count those),
+* any of the above as an fsspec URL (``s3://bucket/shards``, ``gs://...``): the manifest is read remotely and
+  the shards are streamed through ``mmfm.data.fs.RetryingReader`` (bounded retries with backoff, resuming at
+  the same byte, so no sample is lost or repeated). ``pipe:`` is never accepted.
 
 ``preflight`` runs before step 1 on every rank (it is deterministic, so all ranks agree and none hangs
 on a collective while another has failed). It names the shard in every message.
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from mmfm.data import fs
 from mmfm.data.shards import ShardError, read_manifest
 from mmfm.data.shards.manifest import MANIFEST
 
@@ -32,7 +36,7 @@ class Shard:
 
     @property
     def local(self) -> bool:
-        return not self.url.startswith(REMOTE)
+        return not fs.is_remote(self.url)
 
 
 @dataclass
@@ -67,7 +71,10 @@ def resolve_source(spec: str, weight: float = 1.0) -> Source:
         raise ShardError(f"{spec}: 'pipe:' sources are not allowed (no shell commands from configs)")
     if spec.startswith(REMOTE):
         return Source(spec, [Shard(u) for u in _expand(spec)], weight)
-    path = Path(spec)
+    if fs.is_remote(spec):
+        return _remote_source(spec, weight)
+    spec_path = str(fs.local_path(spec))
+    path = Path(spec_path)
     if path.is_dir():
         if (path / MANIFEST).is_file():
             return _from_manifest(path, spec, weight)
@@ -77,7 +84,7 @@ def resolve_source(spec: str, weight: float = 1.0) -> Source:
         return Source(spec, [Shard(t) for t in tars], weight)   # counts come from scanning the tars
     if path.name == MANIFEST:
         return _from_manifest(path, spec, weight)
-    urls = _expand(spec)
+    urls = _expand(spec_path)
     missing = [u for u in urls if not os.path.exists(u)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -94,6 +101,27 @@ def resolve_source(spec: str, weight: float = 1.0) -> Source:
                 s.samples, s.bytes = int(entry["samples"]), int(entry["bytes"])
     total = sum(s.samples for s in shards) if all(s.samples is not None for s in shards) else None
     return Source(spec, shards, weight, keys, total)
+
+
+def _remote_source(spec: str, weight: float) -> Source:
+    """An fsspec URL: a shard folder with manifest.json, a manifest.json, or a brace pattern / single tar."""
+    filesystem, path = fs.url_fs(spec, "data source")
+    if path.endswith(".json") or filesystem.isfile(f"{path.rstrip('/')}/{MANIFEST}"):
+        url = spec if path.endswith(".json") else fs.join(spec, MANIFEST)
+        manifest = read_manifest(url)
+        folder = url.rsplit("/", 1)[0]
+        shards = [Shard(fs.join(folder, s["name"]), int(s["samples"]), int(s["bytes"]))
+                  for s in manifest["shards"]]
+        if not shards:
+            raise ShardError(f"{spec}: the manifest lists no shards")
+        return Source(spec, shards, weight, dict(manifest.get("keys") or {}), int(manifest["total_samples"]))
+    urls = _expand(spec)
+    if len(urls) == 1 and not urls[0].endswith(".tar"):      # a folder of tars without a manifest
+        names = sorted(n for n in fs.listing(spec, "data source") if n.endswith(".tar"))
+        if not names:
+            raise ShardError(f"{spec}: no manifest.json and no .tar shards there")
+        urls = [fs.join(spec, n) for n in names]
+    return Source(spec, [Shard(u) for u in urls], weight)
 
 
 def _manifest_counts(folder: Path):
@@ -184,12 +212,32 @@ def preflight(sources: list[Source], *, readers: int, resampled: bool, required_
             if miss:
                 raise ShardError(f"data source '{src.spec}': manifest keys {sorted(present)} lack required "
                                  f"key(s) {miss}")
+        _check_remote(src)
         for shard in src.shards:
             if not shard.local:
                 continue
             _check_shard(shard, required_keys, full)
         if full and src.samples is None and all(s.local for s in src.shards):
             src.samples = sum(s.samples or 0 for s in src.shards)
+
+
+def _check_remote(src: Source) -> None:
+    """fsspec shards: one listing per folder (missing, empty, size vs manifest); the headers are not scanned
+    (that would read every byte over the network)."""
+    remote = [s for s in src.shards if fs.is_remote(s.url) and not s.url.startswith(REMOTE)]
+    folders: dict[str, dict[str, int]] = {}
+    for shard in remote:
+        folder, name = shard.url.rsplit("/", 1)
+        if folder not in folders:
+            folders[folder] = fs.listing(folder, "data source")
+        size = folders[folder].get(name)
+        if size is None:
+            raise ShardError(f"shard not found: {shard.url} (from data source '{src.spec}')")
+        if size == 0:
+            raise ShardError(f"shard {shard.url} is empty (0 bytes)")
+        if shard.bytes is not None and size != shard.bytes:
+            raise ShardError(f"shard {shard.url} has {size} bytes but its manifest says {shard.bytes}: "
+                             f"truncated or modified since `mmfm shards build`")
 
 
 def _check_shard(shard: Shard, required_keys: list[str], full: bool) -> None:
@@ -230,14 +278,37 @@ def check_source(spec: str, mode: str = "auto") -> Source:
     return src
 
 
-def read_samples(urls: Iterable[str]) -> Iterator[dict]:
-    """WebDataset samples (``__key__``, ``__url__``, one entry per extension) of ``urls`` in order. A shard
-    that turns out unreadable while it is read is a ``ShardError`` naming it, not a bare ``tarfile`` error."""
-    import webdataset as wds
+def _opened(urls: Iterable[str], handler) -> Iterator[dict]:
+    """webdataset's ``url_opener``, with fsspec URLs opened through the retrying reader."""
+    from webdataset.gopen import gopen
 
     for url in urls:
         try:
-            yield from wds.tarfile_to_samples()([dict(url=url)])
+            stream = fs.open_stream(url) if fs.is_remote(url) and not url.startswith(REMOTE) else gopen(url)
+        except Exception as exn:  # noqa: BLE001 - the handler decides (count and skip, or raise)
+            exn.args = exn.args + (url,)
+            if handler(exn):
+                continue
+            raise
+        yield {"url": url, "stream": stream}
+
+
+def tar_samples(urls: Iterable[str], handler=None) -> Iterator[dict]:
+    """Samples of the tars ``urls`` in order (webdataset's tar expander and key grouping); local paths,
+    ``http(s)://`` and fsspec URLs. ``handler`` as in webdataset (default: raise)."""
+    from webdataset.handlers import reraise_exception
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    handler = handler or reraise_exception
+    return group_by_keys(tar_file_expander(_opened(urls, handler), handler=handler), handler=handler)
+
+
+def read_samples(urls: Iterable[str]) -> Iterator[dict]:
+    """WebDataset samples (``__key__``, ``__url__``, one entry per extension) of ``urls`` in order. A shard
+    that turns out unreadable while it is read is a ``ShardError`` naming it, not a bare ``tarfile`` error."""
+    for url in urls:
+        try:
+            yield from tar_samples([url])
         except (tarfile.TarError, EOFError, OSError) as e:
             detail = e.args[0] if e.args else ""
             raise ShardError(f"shard {url} is unreadable or truncated: {type(e).__name__}: {detail}") from None

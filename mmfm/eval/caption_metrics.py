@@ -38,46 +38,62 @@ def _ngrams(words: Sequence[str], n: int = 4) -> dict[tuple, int]:
 
 
 # ---------------------------------------------------------------- BLEU (bleu_scorer.py, option="closest")
+def _sentence_stats(hyp: str, rs: Sequence[str], n: int) -> list[int]:
+    """``[testlen, reflen, guess_1..n, correct_1..n]`` of one hypothesis: its length, the closest reference
+    length (ties to the shorter), the n-gram counts and the clipped n-gram matches."""
+    reflens, maxcounts = [], {}
+    for ref in rs:
+        words = ref.split()
+        reflens.append(len(words))
+        for ng, c in _ngrams(words, n).items():
+            maxcounts[ng] = max(maxcounts.get(ng, 0), c)
+    words = hyp.split()
+    testlen = len(words)
+    guess = [max(0, testlen - k + 1) for k in range(1, n + 1)]
+    correct = [0] * n
+    for ng, c in _ngrams(words, n).items():
+        correct[len(ng) - 1] += min(maxcounts.get(ng, 0), c)
+    reflen = min((abs(rl - testlen), rl) for rl in reflens)[1]
+    return [testlen, reflen, *guess, *correct]
+
+
+def bleu_stats(hyps: Sequence[str], refs: Sequence[Sequence[str]], n: int = 4) -> list[list[int]]:
+    """One row of counts per sentence (see ``_sentence_stats``); corpus BLEU of any subset of the rows, a
+    bootstrap draw included, is :func:`bleu_from_stats` of those rows."""
+    return [_sentence_stats(h, rs, n) for h, rs in zip(hyps, refs)]
+
+
+def bleu_from_stats(stats, n: int = 4) -> list[float]:
+    """Corpus BLEU-1..n from :func:`bleu_stats` rows (summed counts, brevity penalty on the corpus ratio)."""
+    small, tiny = 1e-9, 1e-15
+    import numpy as np
+    total = [int(x) for x in np.asarray(stats, dtype=np.int64).reshape(-1, 2 + 2 * n).sum(axis=0)]
+    corpus, score = [], 1.0
+    for k in range(n):
+        score *= float(total[2 + n + k] + tiny) / (total[2 + k] + small)
+        corpus.append(score ** (1.0 / (k + 1)))
+    ratio = (total[0] + tiny) / (total[1] + small)
+    if ratio < 1:
+        corpus = [b * math.exp(1 - 1 / ratio) for b in corpus]
+    return corpus
+
+
 def bleu(hyps: Sequence[str], refs: Sequence[Sequence[str]], n: int = 4) -> tuple[list[float], list[list[float]]]:
     """Corpus BLEU-1..n and the per-sentence BLEU lists, as pycocoevalcap's ``Bleu.compute_score``."""
     small, tiny = 1e-9, 1e-15
-    total_guess, total_correct = [0] * n, [0] * n
-    total_test = total_ref = 0
+    stats = bleu_stats(hyps, refs, n)
     per_sentence: list[list[float]] = [[] for _ in range(n)]
-    for hyp, rs in zip(hyps, refs):
-        reflens, maxcounts = [], {}
-        for ref in rs:
-            words = ref.split()
-            reflens.append(len(words))
-            for ng, c in _ngrams(words, n).items():
-                maxcounts[ng] = max(maxcounts.get(ng, 0), c)
-        words = hyp.split()
-        testlen = len(words)
-        guess = [max(0, testlen - k + 1) for k in range(1, n + 1)]
-        correct = [0] * n
-        for ng, c in _ngrams(words, n).items():
-            correct[len(ng) - 1] += min(maxcounts.get(ng, 0), c)
-        reflen = min((abs(rl - testlen), rl) for rl in reflens)[1]
-        total_test += testlen
-        total_ref += reflen
+    for testlen, reflen, *counts in stats:
+        guess, correct = counts[:n], counts[n:]
         score = 1.0
         for k in range(n):
-            total_guess[k] += guess[k]
-            total_correct[k] += correct[k]
             score *= (float(correct[k]) + tiny) / (float(guess[k]) + small)
             per_sentence[k].append(score ** (1.0 / (k + 1)))
         ratio = (testlen + tiny) / (reflen + small)
         if ratio < 1:
             for k in range(n):
                 per_sentence[k][-1] *= math.exp(1 - 1 / ratio)
-    corpus, score = [], 1.0
-    for k in range(n):
-        score *= float(total_correct[k] + tiny) / (total_guess[k] + small)
-        corpus.append(score ** (1.0 / (k + 1)))
-    ratio = (total_test + tiny) / (total_ref + small)
-    if ratio < 1:
-        corpus = [b * math.exp(1 - 1 / ratio) for b in corpus]
-    return corpus, per_sentence
+    return bleu_from_stats(stats, n), per_sentence
 
 
 # ---------------------------------------------------------------- ROUGE-L (rouge.py)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from mmfm.config import ConfigError, atomic_write
+from mmfm.data import fs
 from mmfm.models.device import model_device, resolve_device  # noqa: F401 - the one device helper
 
 
@@ -17,7 +18,7 @@ def load_clip(model, device: str | None = None):
     spec = None
     if isinstance(model, (str, os.PathLike)):
         spec = str(model)
-        if not spec.startswith("openclip:") and not Path(spec).exists():
+        if not spec.startswith("openclip:") and not fs.is_remote(spec) and not Path(spec).exists():
             raise ConfigError(f"checkpoint not found: {spec}")
         from mmfm.models.checkpoint import load as load_model
         model = load_model(spec, device=resolve_device(device))

@@ -1,7 +1,8 @@
-"""Zero-shot and retrieval evaluation inside training.
+"""Zero-shot, retrieval, linear-probe and perplexity evaluation inside training.
 
 ``build_eval_hooks(cfg)`` returns the hooks the trainer calls every ``cfg.eval.every_steps`` steps:
-``hook(task, step) -> {"zeroshot/top1": ..., "retrieval/text_to_image_R@1": ...}``. The folder / data
+``hook(task, step) -> {"zeroshot/top1": ..., "retrieval/text_to_image_R@1": ..., "probe/top1": ...,
+"perplexity/ppl": ...}`` (the same metrics as ``mmfm eval compare``). The folder / data
 are checked when the hooks are built, so a wrong path fails before training starts, not at step N.
 
 Hooks run on every rank (see docs/architecture.md section 7) and share the work: rank ``r`` of ``W`` builds the
@@ -81,7 +82,8 @@ class ZeroShotHook:
             raise ConfigError(f"eval.zeroshot_folder: no image in {self.spec.root} could be decoded "
                               f"({total['n_failed']} failed)")
         m = counts_metrics(total)
-        out = {"zeroshot/top1": m["top1"], "zeroshot/mean_per_class_recall": m["mean_per_class_recall"]}
+        out = {"zeroshot/top1": m["top1"], "zeroshot/mean_per_class_recall": m["mean_per_class_recall"],
+               "zeroshot/macro_f1": m["macro_f1"]}
         if m.get("top5") is not None:
             out["zeroshot/top5"] = m["top5"]
         return out
@@ -125,19 +127,89 @@ class RetrievalHook:
         return {f"retrieval/{k}": v for k, v in recall_at_k(img, txt, owner).items()}
 
 
+class LinearProbeHook:
+    """A linear probe on frozen image features (``mmfm.eval.probe``): every rank embeds its share of the train
+    and test images, the features are gathered in folder order and every rank fits the same seeded probe."""
+
+    def __init__(self, train: str, test: str, max_samples: int | None = None, batch_size: int = 64,
+                 workers: int = 0):
+        from .folder import scan_folder
+        self.train, self.test = (scan_folder(f, max_samples=max_samples) for f in (train, test))
+        for key, spec in (("eval.linear_probe_train", self.train), ("eval.linear_probe_test", self.test)):
+            if not spec.labelled:
+                raise ConfigError(f"{key}: {spec.root} has no class subfolders, so it cannot be scored")
+        if list(self.train.classes) != list(self.test.classes):
+            raise ConfigError(f"eval.linear_probe_train {train} has classes {self.train.classes}, but "
+                              f"{test} has {self.test.classes}")
+        self.batch_size, self.workers = batch_size, workers
+
+    def _features(self, model, spec, share):
+        import numpy as np
+        import torch
+
+        from .probe import folder_features
+        parts = _gather(folder_features(model, spec, share=share, batch_size=self.batch_size,
+                                        workers=self.workers))
+        parts = [p for p in parts if len(p[2])]
+        if not parts:
+            raise ConfigError(f"linear probe: no image in {spec.root} could be decoded")
+        pos = np.concatenate([p[2] for p in parts])
+        order = np.argsort(pos, kind="stable")
+        return torch.cat([p[0] for p in parts])[order], np.concatenate([p[1] for p in parts])[order]
+
+    def __call__(self, task, step: int) -> dict:
+        from .probe import linear_probe
+        share = _world()
+        model = _clip_model(task)
+        with _eval_mode(model):
+            tx, ty = self._features(model, self.train, share)
+            ex, ey = self._features(model, self.test, share)
+        m = linear_probe(tx, ty, ex, ey, len(self.test.classes))
+        return {"probe/top1": m["top1"], "probe/mean_per_class_recall": m["mean_per_class_recall"]}
+
+
+class PerplexityHook:
+    """Perplexity per token of a captioner on held-out captions; rank r scores items r, r + W, ... and the
+    summed NLL and token counts are gathered, so every rank returns the one-process figure."""
+
+    def __init__(self, data: str, max_samples: int | None = None, batch_size: int = 64):
+        from .caption_eval import read_caption_data
+        self.items = read_caption_data(data, max_samples)
+        self.batch_size = batch_size
+
+    def __call__(self, task, step: int) -> dict:
+        from .perplexity import caption_nll, perplexity
+        rank, world = _world()
+        model = _clip_model(task)
+        mine = self.items[rank::world]
+        part = caption_nll(model, mine, batch_size=self.batch_size) if mine else {"nll": [], "tokens": []}
+        parts = _gather((sum(part["nll"]), sum(part["tokens"])))
+        return {"perplexity/ppl": perplexity([p[0] for p in parts], [p[1] for p in parts])}
+
+
 def build_eval_hooks(cfg) -> list:
-    """Hooks for ``cfg.eval.zeroshot_folder`` and ``cfg.eval.retrieval_data`` (CLIP models only)."""
+    """Hooks for ``cfg.eval.zeroshot_folder``, ``retrieval_data``, ``linear_probe_train`` (CLIP models) and
+    ``perplexity_data`` (captioners)."""
     e = cfg.eval
-    if not (e.zeroshot_folder or e.retrieval_data):
-        return []
     kind = getattr(getattr(cfg, "model", None), "kind", "clip")
-    if kind != "clip":
-        key = "eval.zeroshot_folder" if e.zeroshot_folder else "eval.retrieval_data"
-        raise ConfigError(f"{key}: zero-shot/retrieval evaluation needs a CLIP model, but model.kind is {kind!r}")
+    clip_keys = [k for k in ("zeroshot_folder", "retrieval_data", "linear_probe_train") if getattr(e, k)]
+    if clip_keys and kind != "clip":
+        raise ConfigError(f"eval.{clip_keys[0]}: zero-shot/retrieval/probe evaluation needs a CLIP model, but "
+                          f"model.kind is {kind!r}")
+    if e.perplexity_data and kind != "captioner":
+        raise ConfigError(f"eval.perplexity_data: perplexity needs a captioner, but model.kind is {kind!r}")
     hooks: list = []
     if e.zeroshot_folder:
         hooks.append(ZeroShotHook(e.zeroshot_folder, e.zeroshot_templates, e.zeroshot_classnames, e.max_samples,
                                   e.batch_size, e.workers))
     if e.retrieval_data:
         hooks.append(RetrievalHook(e.retrieval_data, e.max_samples, e.batch_size, e.workers))
+    if e.linear_probe_train:
+        test = e.linear_probe_test or e.zeroshot_folder
+        if not test:
+            raise ConfigError("eval.linear_probe_train: also set eval.linear_probe_test (or eval.zeroshot_folder), "
+                              "the folder the probe is scored on")
+        hooks.append(LinearProbeHook(e.linear_probe_train, test, e.max_samples, e.batch_size, e.workers))
+    if e.perplexity_data:
+        hooks.append(PerplexityHook(e.perplexity_data, e.max_samples, e.batch_size))
     return hooks

@@ -144,7 +144,7 @@ def _lexer() -> tuple[re.Pattern, list[tuple[str, re.Pattern]], re.Pattern]:
     wc, lc = f"[{w}]", f"[{w.replace('0-9', '', 1)}]"     # word and letter characters
     keep = re.compile(f"[\\x20-\\x7e{w}{s}\\ue000-\\ue004]")
     rules = [  # (kind, pattern); the longest match wins, ties go to the earlier rule (JFlex semantics)
-        ("url", rf"(?:https?|ftp|file)://[^\s<>\"]+|www\.[^\s<>\"]+"),
+        ("url", r"(?:https?|ftp|file)://[^\s<>\"]+|www\.[^\s<>\"]+"),
         ("tok", rf"{wc}[{w}.+_-]*@{wc}+(?:[.-]{wc}+)+"),                 # e-mail
         ("tok", r"</?[A-Za-z][^\s<>]*>"),                               # SGML tag
         ("tok", r"[#@][A-Za-z][A-Za-z0-9_]*"),                          # #hashtag, @name (ASCII only)

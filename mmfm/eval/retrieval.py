@@ -23,6 +23,7 @@ from pathlib import Path
 from torch.utils.data import IterableDataset
 
 from mmfm.config import ConfigError
+from mmfm.data import fs
 from mmfm.data.decode import DEFAULT_MAX_PIXELS, decode_image
 from mmfm.data.transforms import eval_transform
 
@@ -101,6 +102,8 @@ def _as_captions(value, p, n, key) -> list[str]:
 
 
 def is_shard_source(data: str) -> bool:
+    if fs.is_remote(data):       # s3://bucket/shards (a folder, manifest or pattern); tables stay local files
+        return not str(data).endswith((".csv", ".tsv", ".jsonl"))
     p = Path(data)
     return p.is_dir() or p.suffix == ".tar" or "{" in str(data)
 
@@ -250,10 +253,11 @@ def embed_pairs(model, data, *, batch_size=64, workers=None, precision="auto", m
 
 
 # ----------------------------------------------------------------------------- metrics
-def recall_at_k(image_emb, text_emb, text_owner, ks=(1, 5, 10), chunk: int = 1024) -> dict:
-    """R@k both ways from normalised embeddings; ``text_owner[t]`` is the image index of caption t."""
+def retrieval_ranks(image_emb, text_emb, text_owner, kmax: int = 10, chunk: int = 1024) -> tuple:
+    """Per query: ``(i2t (I,), t2i (T,))``; ``i2t[i]`` is the 0-based rank of the first own caption among image
+    i's top ``kmax`` captions (``kmax`` when none), ``t2i[t]`` the number of images scored above caption t's own."""
     import torch
-    n_img, kmax = image_emb.shape[0], max(ks)
+    n_img = image_emb.shape[0]
     t2i_rank = torch.empty(len(text_emb), dtype=torch.long)
     for s in range(0, len(text_emb), chunk):
         scores = text_emb[s:s + chunk] @ image_emb.T                      # (t, I)
@@ -266,6 +270,12 @@ def recall_at_k(image_emb, text_emb, text_owner, ks=(1, 5, 10), chunk: int = 102
         hit = text_owner[top] == torch.arange(s, s + len(scores))[:, None]
         first = torch.where(hit.any(1), hit.float().argmax(1), torch.full((len(scores),), kmax))
         i2t_best[s:s + chunk] = first
+    return i2t_best, t2i_rank
+
+
+def recall_at_k(image_emb, text_emb, text_owner, ks=(1, 5, 10), chunk: int = 1024) -> dict:
+    """R@k both ways from normalised embeddings; ``text_owner[t]`` is the image index of caption t."""
+    i2t_best, t2i_rank = retrieval_ranks(image_emb, text_emb, text_owner, max(ks), chunk)
     out = {}
     for k in ks:
         out[f"image_to_text_R@{k}"] = float((i2t_best < k).float().mean())
@@ -284,7 +294,7 @@ def retrieval_evaluate(model, data, *, image_key=None, caption_key=None, batch_s
     from mmfm.version import __version__
     t0 = time.perf_counter()
     src = str(data)
-    if not (Path(src).exists() or "{" in src):
+    if not (fs.is_remote(src) or Path(src).exists() or "{" in src):
         raise ConfigError(f"retrieval data not found: {src}")
     table = None if is_shard_source(src) else read_table(src, image_key, caption_key)
     if table is None:

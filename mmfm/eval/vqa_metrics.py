@@ -4,14 +4,43 @@ accuracy, soft targets) live in :mod:`mmfm.data.vqa_answers`.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Mapping
+import re
+import string
+from collections import Counter, defaultdict
+from typing import Mapping, Sequence
 
 from mmfm.data.vqa_answers import (ANSWER_TYPES, answer_weights, normalize_answer, process_digit_article,
                                    process_punctuation, vqa_accuracy)
 
 __all__ = ["ANSWER_TYPES", "answer_weights", "normalize_answer", "process_digit_article", "process_punctuation",
-           "vqa_accuracy", "evaluate_vqa"]
+           "vqa_accuracy", "evaluate_vqa", "squad_normalize", "token_f1", "max_token_f1"]
+
+_PUNCT = str.maketrans("", "", string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def squad_normalize(text: str) -> str:
+    """SQuAD v1.1's ``normalize_answer``: lower case, drop ASCII punctuation, drop the articles a/an/the,
+    collapse white space (in that order)."""
+    return " ".join(_ARTICLES.sub(" ", str(text).lower().translate(_PUNCT)).split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Token-overlap F1 of two answers after :func:`squad_normalize` (SQuAD v1.1 ``f1_score``): the common
+    tokens are counted with multiplicity; no common token (or an empty side) gives 0."""
+    pred, ref = squad_normalize(prediction).split(), squad_normalize(reference).split()
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def max_token_f1(prediction: str, references: Sequence[str]) -> float:
+    """The best :func:`token_f1` over the references (SQuAD's ``metric_max_over_ground_truths``)."""
+    if not references:
+        raise ValueError("token F1 needs at least one reference answer")
+    return max(token_f1(prediction, r) for r in references)
 
 
 def evaluate_vqa(predictions: Mapping[str, str], annotations: Mapping[str, Mapping]) -> dict:

@@ -139,7 +139,7 @@ def per_class_table(cm: np.ndarray, classes: list[str], classnames: list[str]) -
 
 
 def classification_metrics(logits, targets: np.ndarray, n_classes: int) -> dict:
-    """top-1, top-5 (None with fewer than 5 classes) and mean per-class recall (balanced accuracy)."""
+    """top-1, top-5 (None with fewer than 5 classes), mean per-class recall (balanced accuracy), macro-F1."""
     return counts_metrics(classification_counts(logits, targets, n_classes))
 
 
@@ -159,12 +159,20 @@ def counts_metrics(counts: dict) -> dict:
     classes that have images) and macro-F1 (over the classes that have images or predictions, as
     scikit-learn's ``f1_score(average="macro")``: a class predicted but absent scores 0)."""
     cm = counts["confusion"]
-    n, support, predicted = int(cm.sum()), cm.sum(axis=1), cm.sum(axis=0)
+    n, support = int(cm.sum()), cm.sum(axis=1)
     recalls = np.diag(cm)[support > 0] / support[support > 0]
-    seen = (support > 0) | (predicted > 0)
-    f1 = 2 * np.diag(cm)[seen] / (support[seen] + predicted[seen])
     return {"top1": float(np.trace(cm)) / n, "top5": counts["top5_hits"] / n if len(cm) >= 5 else None,
-            "mean_per_class_recall": float(recalls.mean()), "macro_f1": float(f1.mean())}
+            "mean_per_class_recall": float(recalls.mean()), "macro_f1": macro_f1(cm)}
+
+
+def macro_f1(cm: np.ndarray) -> float:
+    """Unweighted mean of the per-class F1 over the classes that occur (as true or predicted labels), as
+    scikit-learn's ``f1_score(average="macro")`` with ``zero_division=0`` and the labels present."""
+    tp = np.diag(cm).astype(np.float64)
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    present = (support + predicted) > 0
+    denom = (support + predicted)[present]
+    return float((2 * tp[present] / denom).mean())
 
 
 def share_counts(model, spec: FolderSpec, weights, *, share=(0, 1), batch_size: int = 64, workers: int = 0,

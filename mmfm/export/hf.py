@@ -304,6 +304,10 @@ def export_hf(model: nn.Module, out_dir: str | os.PathLike, *, source: str | Non
 
     from .onnx import model_kind
 
+    from mmfm.data import fs
+    if fs.is_remote(out_dir):
+        raise ConfigError(f"--out {out_dir}: the hf export writes a local folder (it reloads it to check); "
+                          "export locally, then copy the folder")
     out = Path(out_dir).resolve()
     kind = model_kind(model)
     info: dict = {}

@@ -5,6 +5,7 @@ checkpoint loader, :func:`mmfm.models.checkpoint.load`) reads the folder back.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -34,8 +35,10 @@ def save_quantized(model_or_path, out_dir: str | os.PathLike, dtype: str = "qint
             cfg = read_config(source)
         except ConfigError:
             cfg = None
+    mc = getattr(model, "model_cfg", None)
+    if cfg is not None and isinstance(mc, ModelConfig):
+        cfg = dataclasses.replace(cfg, model=mc)      # the model as loaded (a LoRA run comes merged: no model.lora)
     if cfg is None:
-        mc = getattr(model, "model_cfg", None)
         if not isinstance(mc, ModelConfig):
             raise ConfigError(f"int8 export: {type(model).__name__} has no model config to save")
         cfg = ExperimentConfig(model=mc)
@@ -44,11 +47,13 @@ def save_quantized(model_or_path, out_dir: str | os.PathLike, dtype: str = "qint
     meta = dict(getattr(model, "checkpoint_meta", None) or {})
     meta.update(checkpoint_meta(model, {"quantization": {**q.quantization, "source": source}}))
 
+    written: dict = {}
+
     def fill(tmp: Path) -> None:
         save_file(sd, str(tmp / QUANT_WEIGHTS), metadata={"format": QUANT_FORMAT})
         save_config(cfg, tmp / CONFIG_YAML)
         (tmp / META).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+        written.update(files=sorted(p.name for p in tmp.iterdir()), bytes=(tmp / QUANT_WEIGHTS).stat().st_size)
 
-    out = atomic_dir(Path(out_dir), fill)
-    return {**q.quantization, "format": "int8", "out": str(out), "files": sorted(p.name for p in out.iterdir()),
-            "bytes": (out / QUANT_WEIGHTS).stat().st_size}
+    out = atomic_dir(out_dir, fill)      # a folder or an fsspec URL
+    return {**q.quantization, "format": "int8", "out": str(out), **written}

@@ -297,7 +297,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, exporter: str =
                        "export_seconds": round(time.perf_counter() - t0, 2), **info})
         (tmp / ONNX_CONFIG).write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
 
-    atomic_dir(Path(out_dir), fill)
+    atomic_dir(out_dir, fill)
     return result
 
 

@@ -5,18 +5,28 @@ Layouts (all written atomically: a temp folder renamed into place):
 * checkpoint folder (``save_pretrained``, the trainer's ``OUT/checkpoints/step_XXXXXXXX``): ``model.safetensors`` +
   ``config.yaml`` (the resolved ExperimentConfig) + ``meta.json`` (preprocess, tokenizer name, mmfm version, step,
   ...); the trainer adds ``trainer_state.pt``.
+* sharded checkpoint folder (``train.strategy: fsdp``): ``sharded/`` (torch.distributed.checkpoint, one file per
+  rank) in place of ``model.safetensors``; read into one full state dict in any process (:mod:`.sharded`), and
+  ``consolidate_checkpoint`` writes its ``model.safetensors``.
 * run folder: ``OUT/checkpoints/latest`` names the newest checkpoint folder (``resolve_latest``).
 * exported folder (``export_pretrained``): ``model.safetensors`` + ``config.json`` (model config, preprocess,
   tokenizer).
 * int8 folder (``mmfm export --format int8``): ``model.int8.safetensors`` + ``config.yaml`` + ``meta.json``
   (``meta["quantization"]``); see :mod:`mmfm.models.quantized`.
 * specs: ``openclip:MODEL_NAME[:STATE_DICT_FILE]`` / ``openclip:MODEL_NAME@PRETRAINED_TAG`` /
-  ``openclip:hf-hub:ORG/REPO``; ``hf:`` is reserved for transformers folders.
+  ``openclip:hf-hub:ORG/REPO``; ``hf:DIR_OR_ID`` for transformers CLIPModel / SiglipModel folders
+  (:mod:`mmfm.models.hf_clip`). ``init_weights_from(model, spec)`` copies any of them into a model
+  (``train.init_from``).
 
 ``load(spec, device)`` takes any of them and returns the model in eval mode with ``.model_cfg``, ``.preprocess``,
 ``.tokenizer``, ``.generate_config`` (the decoding settings stored with a captioner), ``.checkpoint_path`` and
-``.checkpoint_meta``. ``read_config(spec)`` returns the stored ExperimentConfig of any folder kind.
+``.checkpoint_meta``; a LoRA checkpoint comes back merged (plain weights, ``model_cfg.lora`` cleared), so every
+export format writes plain weights. ``read_config(spec)`` returns the stored ExperimentConfig of any folder kind.
 Weights are only ever read with safetensors (or open_clip's ``torch.load(weights_only=True)``).
+
+Any folder may be an fsspec URL (``s3://bucket/runs/clip``): ``atomic_dir`` fills a local temporary folder and
+uploads it; ``resolve_checkpoint`` downloads the folder (a run's ``checkpoints/latest`` target) into a fresh
+local copy under ``$MMFM_CACHE`` (default ``~/.cache/mmfm``) before reading it.
 """
 from __future__ import annotations
 
@@ -30,14 +40,16 @@ import torch
 from torch import nn
 
 from mmfm.config import ConfigError, ExperimentConfig, from_dict, read_yaml, save_config, to_dict
-from mmfm.config.caption import GenerateConfig
 from mmfm.config.model import ModelConfig
+from mmfm.data import fs
 
 from .quantized import QUANT_FORMAT, QUANT_WEIGHTS
+from .sharded import SHARDED, consolidate, is_sharded_dir, read_sharded
 
 __all__ = ["CheckpointMismatchError", "load", "read_config", "resolve_checkpoint", "resolve_latest", "load_weights",
-           "save_pretrained", "write_pretrained", "export_pretrained", "state_dict_to_save", "checkpoint_meta",
-           "atomic_dir", "is_quantized_dir", "is_spec", "WEIGHTS", "CONFIG_YAML", "META", "EXPORT_CONFIG"]
+           "save_pretrained", "write_pretrained", "load_state", "init_weights_from", "export_pretrained",
+           "state_dict_to_save", "checkpoint_meta", "atomic_dir", "is_quantized_dir", "is_spec", "consolidate_checkpoint",
+           "SHARDED", "WEIGHTS", "CONFIG_YAML", "META", "EXPORT_CONFIG"]
 
 WEIGHTS, CONFIG_YAML, META, EXPORT_CONFIG = "model.safetensors", "config.yaml", "meta.json", "config.json"
 EXPORT_FORMAT = "mmfm-export/1"
@@ -88,20 +100,31 @@ def _experiment_cfg(model: nn.Module, cfg) -> ExperimentConfig:
                       f"{type(cfg).__name__}")
 
 
-def write_pretrained(model: nn.Module, cfg, directory: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Write model.safetensors + config.yaml + meta.json into an existing (temporary) directory."""
+def write_pretrained(model: nn.Module, cfg, directory: str | os.PathLike, meta: dict | None = None,
+                     weights: bool = True) -> Path:
+    """Write model.safetensors + config.yaml + meta.json into an existing (temporary) directory.
+    ``weights=False``: only the config and meta (a sharded checkpoint, whose ranks write ``sharded/`` themselves)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict_to_save(model), str(directory / WEIGHTS), metadata={"format": "pt"})
+    if weights:
+        save_file(state_dict_to_save(model), str(directory / WEIGHTS), metadata={"format": "pt"})
     save_config(_experiment_cfg(model, cfg), directory / CONFIG_YAML)
     (directory / META).write_text(json.dumps(checkpoint_meta(model, meta), indent=2, default=str), encoding="utf-8")
     return directory
 
 
-def atomic_dir(target: Path, fill) -> Path:
-    """Fill a temp dir next to ``target``, then rename it into place (replacing an old one)."""
+def atomic_dir(target: str | os.PathLike, fill) -> Path | str:
+    """Fill a temp dir next to ``target``, then rename it into place (replacing an old one). An fsspec URL
+    ``target``: fill a local temp dir, then upload it in place of the old folder (returns the URL)."""
+    if fs.is_remote(target):
+        with tempfile.TemporaryDirectory(prefix="mmfm-upload-") as tmp:
+            fill(Path(tmp))
+            fs.remove(str(target), "output folder")
+            fs.upload(tmp, str(target), "output folder")
+        return str(target)
+    target = fs.local_path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
     try:
@@ -122,7 +145,7 @@ def atomic_dir(target: Path, fill) -> Path:
 def save_pretrained(model: nn.Module, cfg=None, directory: str | os.PathLike = "model",
                     meta: dict | None = None) -> Path:
     """Save a checkpoint dir atomically (temp dir, then rename). ``cfg``: ExperimentConfig or ModelConfig."""
-    return atomic_dir(Path(directory), lambda tmp: write_pretrained(model, cfg, tmp, meta))
+    return atomic_dir(directory, lambda tmp: write_pretrained(model, cfg, tmp, meta))
 
 
 def export_pretrained(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -148,10 +171,32 @@ def export_pretrained(model: nn.Module | str | os.PathLike, out_dir: str | os.Pa
         save_file(state_dict_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / EXPORT_CONFIG).write_text(json.dumps(config, indent=2, default=str), encoding="utf-8")
 
-    return atomic_dir(Path(out_dir), fill)
+    return atomic_dir(out_dir, fill)
 
 
 # ---------------------------------------------------------------- reading
+def _remote_target(url: str) -> str:
+    """The folder holding the weights behind an fsspec URL (a checkpoint/export/int8 folder, or a run / its
+    ``checkpoints`` folder through ``latest``)."""
+    url = url.rstrip("/")
+    names = fs.listing(url, "checkpoint")
+    if WEIGHTS in names or QUANT_WEIGHTS in names:
+        return url
+    for ckpts in (fs.join(url, "checkpoints"), url):
+        if "latest" in fs.listing(ckpts, "checkpoint"):
+            name = fs.read_text(fs.join(ckpts, "latest"), "checkpoint").strip()
+            return _remote_target(fs.join(ckpts, name))
+    raise ConfigError(f"not an mmfm checkpoint: {url} (no {WEIGHTS}, {QUANT_WEIGHTS} or checkpoints/latest there)")
+
+
+def fetch_checkpoint(url: str) -> Path:
+    """A fresh local copy of the checkpoint folder behind the fsspec URL ``url`` (see ``_remote_target``)."""
+    import hashlib
+
+    src = _remote_target(str(url))
+    cache = Path(os.environ.get("MMFM_CACHE") or Path.home() / ".cache" / "mmfm") / "checkpoints"
+    dest = cache / f"{src.rsplit('/', 1)[-1]}-{hashlib.sha1(src.encode()).hexdigest()[:12]}"
+    return atomic_dir(dest, lambda tmp: fs.download(src, tmp, "checkpoint"))
 def resolve_latest(ckpts: Path) -> Path:
     """The checkpoint folder that ``ckpts/latest`` names (a symlink, or a file holding the folder name)."""
     latest = ckpts / "latest"
@@ -167,12 +212,16 @@ def resolve_latest(ckpts: Path) -> Path:
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint dir, a run dir (``checkpoints/latest``), an ``OUT/checkpoints`` dir, an exported folder,
     or a ``model.safetensors`` file -> the folder holding the weights."""
-    p = Path(os.path.expanduser(str(path)))
+    if fs.is_remote(path):
+        return fetch_checkpoint(str(path))
+    p = Path(os.path.expanduser(str(fs.local_path(path))))
     if p.is_file() and p.name.endswith(".safetensors"):
         p = p.parent
     if not p.exists():
         raise ConfigError(f"checkpoint not found: {p}")
     if (p / WEIGHTS).is_file() and ((p / CONFIG_YAML).is_file() or (p / EXPORT_CONFIG).is_file()):
+        return p
+    if is_sharded_dir(p) and (p / CONFIG_YAML).is_file():
         return p
     if is_quantized_dir(p):
         return p
@@ -180,7 +229,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         if (ckpts / "latest").exists():
             return resolve_checkpoint(resolve_latest(ckpts))
     raise ConfigError(f"not an mmfm checkpoint: {p} (expected model.safetensors with config.yaml or config.json, "
-                      f"{QUANT_WEIGHTS} with config.yaml, a run dir with checkpoints/latest, or "
+                      f"{QUANT_WEIGHTS} with config.yaml, {SHARDED}/ with config.yaml, a run dir with checkpoints/latest, or "
                       f"openclip:MODEL_NAME[:STATE_DICT_FILE])")
 
 
@@ -211,38 +260,78 @@ def _fmt(names, limit: int = 20) -> str:
     return ", ".join(names[:limit]) + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
+def consolidate_checkpoint(path: str | os.PathLike) -> Path:
+    """A sharded checkpoint (a step folder or a run folder's ``latest``) gets its single ``model.safetensors``;
+    returns the file. Ordinary folders already have one."""
+    d = resolve_checkpoint(path)
+    return d / WEIGHTS if (d / WEIGHTS).is_file() else consolidate(d, WEIGHTS)
+
+
+def _read_weights(path: str | os.PathLike) -> tuple[Path, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        d = resolve_checkpoint(p)
+        if not (d / WEIGHTS).is_file() and is_sharded_dir(d):
+            return d / SHARDED, read_sharded(d)
+        p = d / WEIGHTS
+    try:
+        return p, load_file(str(p), device="cpu")
+    except Exception as e:  # noqa: BLE001 - a truncated / foreign file
+        raise ConfigError(f"cannot read weights {p}: {e}") from e
+
+
+def _storage_key(t: torch.Tensor):
+    """Tensors that share storage (tied weights) get the same key; a sharded DTensor is keyed by identity (FSDP
+    hands out the same parameter object for tied names, and an empty local shard has no storage to compare)."""
+    if hasattr(t, "to_local"):
+        return ("dtensor", id(t))
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+
+
+def _load_state(model: nn.Module, sd: dict[str, torch.Tensor], own: dict) -> None:
+    if any(hasattr(t, "to_local") for t in own.values()):       # FSDP-sharded: every rank keeps its own shard
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        model.load_state_dict(sd, strict=False)
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, list[str]]:
-    """Load safetensors weights (a file, or anything resolve_checkpoint takes) into ``model``.
+    """Load weights (a safetensors file, or anything resolve_checkpoint takes, sharded folders included) into
+    ``model``, which may itself be sharded by FSDP.
 
     With ``strict`` any missing, unexpected or wrongly shaped tensor raises CheckpointMismatchError listing
     them; otherwise the matching tensors load and the lists are returned.
     """
-    from safetensors.torch import load_file
+    file, sd = _read_weights(path)
+    return load_state(model, sd, str(file), strict)
 
-    p = Path(path)
-    file = p if p.is_file() else resolve_checkpoint(p) / WEIGHTS
-    try:
-        sd = load_file(str(file), device="cpu")
-    except Exception as e:  # noqa: BLE001 - a truncated / foreign file
-        raise ConfigError(f"cannot read weights {file}: {e}") from e
+
+def load_state(model: nn.Module, sd: dict[str, torch.Tensor], origin: str,
+               strict: bool = True) -> dict[str, list[str]]:
+    """Load the state dict ``sd`` (read from ``origin``, named in errors) into ``model``, as ``load_weights``."""
     own = model.state_dict()
+    from .lora import adapt_state_dict
+    sd, fresh_adapters = adapt_state_dict(model, sd)      # a plain checkpoint into a LoRA model: adapters at init
     obsolete = {f"{name}.{key}" if name else key for name, m in model.named_modules()
                 for key in (getattr(m, "obsolete_keys", None) or ())}      # e.g. a captioner's dropped timm head
     sd = {k: v for k, v in sd.items() if k not in obsolete}
     aliases = {}   # tied tensors saved once: any name sharing storage with a saved tensor counts as present
     for name, t in own.items():
         if t.numel():
-            aliases.setdefault((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)), []).append(name)
+            aliases.setdefault(_storage_key(t), []).append(name)
     present = set(sd)
     for names in aliases.values():
         if present.intersection(names):
             present.update(names)
-    missing = [k for k in own if k not in present]
+    missing = [k for k in own if k not in present and k not in fresh_adapters]
     unexpected = [k for k in sd if k not in own]
     shape = [f"{k} (checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
              for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
     if strict and (missing or unexpected or shape):
-        parts = [f"{file} does not fit {type(model).__name__}:"]
+        parts = [f"{origin} does not fit {type(model).__name__}:"]
         if shape:
             parts.append(f"  {len(shape)} shape mismatches: {_fmt(shape)}")
         if missing:
@@ -251,7 +340,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
             parts.append(f"  {len(unexpected)} unexpected tensors in the checkpoint: {_fmt(unexpected)}")
         raise CheckpointMismatchError("\n".join(parts))
     bad = {s.split(" ", 1)[0] for s in shape}
-    model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in bad}, strict=False)
+    _load_state(model, {k: v for k, v in sd.items() if k in own and k not in bad}, own)
     # tied names that were not saved share storage with a loaded one, nothing more to do
     return {"missing": missing, "unexpected": unexpected, "shape_mismatch": shape}
 
@@ -272,7 +361,7 @@ def is_spec(spec) -> bool:
     return isinstance(spec, str) and spec.startswith(("openclip:", "hf:"))
 
 
-def _load_int8(d: Path, meta: dict) -> nn.Module:
+def _load_int8(d: Path, meta: dict) -> tuple[nn.Module, ExperimentConfig]:
     from safetensors.torch import load_file
 
     from .quantized import quantize_model, restore_quantized
@@ -282,7 +371,8 @@ def _load_int8(d: Path, meta: dict) -> nn.Module:
         raise ConfigError(f"{d / META}: quantization format {info.get('format')!r}, expected {QUANT_FORMAT}")
     if not (d / CONFIG_YAML).is_file():
         raise ConfigError(f"{d}: {CONFIG_YAML} is missing (it rebuilds the architecture)")
-    q = quantize_model(_build(read_config(d).model), info.get("dtype", "qint8"), inplace=True,
+    cfg = read_config(d)
+    q = quantize_model(_build(cfg.model), info.get("dtype", "qint8"), inplace=True,
                        embeddings=bool(info.get("embeddings", False)))
     try:
         sd = load_file(str(d / QUANT_WEIGHTS), device="cpu")
@@ -290,13 +380,29 @@ def _load_int8(d: Path, meta: dict) -> nn.Module:
         raise ConfigError(f"cannot read {d / QUANT_WEIGHTS}: {e}") from e
     restore_quantized(q, sd, str(d / QUANT_WEIGHTS))
     q.quantization = info
-    return q
+    return q, cfg
 
 
-def _stored_generate(d: Path) -> GenerateConfig | None:
-    if (d / CONFIG_YAML).is_file():
-        return read_config(d).generate
-    return None
+def init_weights_from(model: nn.Module, spec: str | os.PathLike) -> dict:
+    """``train.init_from``: copy the weights of ``spec`` into ``model`` (same architecture; a mismatch lists the
+    tensors). ``spec`` is an mmfm checkpoint, run or export folder, or a library spec: ``openclip:ARCH:FILE``
+    (a bare state dict or an open_clip_train checkpoint), ``openclip:ARCH@TAG``, ``openclip:hf-hub:ORG/REPO``,
+    ``hf:DIR_OR_ID``. Returns the provenance that checkpoints record in ``meta.json["init_from"]``."""
+    if not is_spec(str(spec)):
+        d = resolve_checkpoint(spec)
+        load_weights(model, d / WEIGHTS, strict=True)
+        return {"spec": str(spec), "resolved": str(d.resolve())}
+    source = load(str(spec))
+    if type(source) is not type(model):
+        raise ConfigError(f"train.init_from {spec}: gives a {type(source).__name__}, but the model section builds a "
+                          f"{type(model).__name__}. Leave the model section out (the spec defines the "
+                          f"architecture) or set model.openclip / model.source to the same model")
+    load_state(model, source.state_dict(), str(spec), strict=True)
+    from .openclip import parse_openclip_spec
+    weights = parse_openclip_spec(str(spec))[1] if str(spec).startswith("openclip:") else None
+    resolved = str(Path(weights).resolve()) if weights and os.path.isfile(weights) else \
+        str(getattr(source, "folder", "") or spec)
+    return {"spec": str(spec), "resolved": resolved}
 
 
 _KINDS = {"clip": ("encode_image", "CLIP model (model.kind: clip)"),
@@ -305,7 +411,7 @@ _KINDS = {"clip": ("encode_image", "CLIP model (model.kind: clip)"),
 
 def load(spec: str | os.PathLike, device: str | torch.device = "cpu", expect: str | None = None) -> nn.Module:
     """Load any model mmfm knows, ready for inference (eval mode): a checkpoint or run folder, an exported or
-    int8 folder, or an ``openclip:`` spec. ``expect`` ("clip" | "captioner") turns a model of the wrong kind into
+    int8 folder, or an ``openclip:`` / ``hf:`` spec. ``expect`` ("clip" | "captioner") turns a model of the wrong kind into
     a ConfigError naming the spec. The model carries ``.model_cfg``, ``.preprocess``, ``.tokenizer``,
     ``.generate_config``, ``.checkpoint_path`` and ``.checkpoint_meta``."""
     text = str(spec)
@@ -315,22 +421,27 @@ def load(spec: str | os.PathLike, device: str | torch.device = "cpu", expect: st
         model = OpenCLIPModel(name, pretrained=weights)
         model.checkpoint_path, model.checkpoint_meta, model.generate_config = text, {"source": text}, None
     elif text.startswith("hf:"):
-        raise ConfigError(f"{text}: transformers (hf:) models are not supported yet; convert with "
-                          f"`mmfm export` from an mmfm run, or use openclip:NAME:FILE")
+        from .hf_clip import HFCLIPModel
+        model = HFCLIPModel(text)
+        model.checkpoint_path, model.checkpoint_meta, model.generate_config = text, {"source": text}, None
     else:
         d = resolve_checkpoint(spec)
         meta = read_meta(d)
         if is_quantized_dir(d):
             if str(device) != "cpu":
                 raise ConfigError(f"{d}: int8 dynamic quantization runs on the CPU only (device={device})")
-            model = _load_int8(d, meta)
+            model, cfg = _load_int8(d, meta)
         else:
-            model = _build(read_config(d).model)
-            load_weights(model, d / WEIGHTS, strict=True)
+            cfg = read_config(d)               # read once: architecture and decoding settings
+            model = _build(cfg.model)
+            load_weights(model, d, strict=True)
+            if cfg.model.lora is not None:      # a LoRA run: adapters folded into plain weights for use
+                from .lora import merge_lora
+                merge_lora(model)
         if meta.get("preprocess"):
             model.preprocess = dict(meta["preprocess"])
         model.checkpoint_path, model.checkpoint_meta = str(d), meta
-        model.generate_config = _stored_generate(d)
+        model.generate_config = cfg.generate if (d / CONFIG_YAML).is_file() else None   # exports store none
     if expect is not None:
         attr, what = _KINDS[expect]
         if not callable(getattr(model, attr, None)):

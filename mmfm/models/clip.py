@@ -19,7 +19,7 @@ from mmfm.data.transforms import eval_transform
 
 from .device import model_device
 
-__all__ = ["CLIP", "ClipApiMixin", "MAX_LOGIT_SCALE"]
+__all__ = ["CLIP", "ClipApiMixin", "LibraryModelMixin", "MAX_LOGIT_SCALE"]
 
 MAX_LOGIT_SCALE = math.log(100.0)
 class ClipApiMixin:
@@ -134,6 +134,19 @@ class ClipApiMixin:
             top = [(labels[i], float(s)) for s, i in zip(p.tolist(), idx.tolist())]
             results.append({"label": top[0][0], "score": top[0][1], "top": top})
         return results
+
+
+class LibraryModelMixin:
+    """For wrappers of another library's CLIP (``self.model``: open_clip, transformers): its logit scale and
+    bias are the wrapper's."""
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.model.logit_scale
+
+    @property
+    def logit_bias(self):
+        return getattr(self.model, "logit_bias", None)
 
 
 class CLIP(ClipApiMixin, nn.Module):

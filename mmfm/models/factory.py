@@ -1,7 +1,8 @@
 """``build_model(model_cfg)``: a ModelConfig (or a dict, or a named config) -> an nn.Module.
 
 Every model has ``.preprocess`` (timm data config dict), ``.tokenizer`` and ``.model_cfg``.
-``kind: clip`` builds :class:`mmfm.models.clip.CLIP` (or the open_clip adapter when ``openclip`` is set);
+``kind: clip`` builds :class:`mmfm.models.clip.CLIP` (or the open_clip adapter when ``openclip`` is set, the
+transformers CLIPModel / SiglipModel adapter when ``source: hf:...`` is);
 ``kind: captioner`` is delegated to ``mmfm.models.captioner.build_captioner``.
 """
 from __future__ import annotations
@@ -93,10 +94,13 @@ def _build_clip(cfg: ModelConfig, init_weights: bool) -> nn.Module:
 def build_model(model_cfg: ModelConfig | dict | str | None = None, *, init_weights: bool = True) -> nn.Module:
     """Build the model a config describes.
 
+    ``model.lora`` injects LoRA adapters (only they train; ``mmfm.models.lora``).
     ``init_weights=False`` skips loading pretrained tower weights (vision.pretrained, the hf text folder's
     weights) because a checkpoint is about to overwrite them; the architecture is the same.
     """
     cfg = get_model_config(model_cfg)
+    if cfg.lora is not None and cfg.kind != "clip":
+        raise ConfigError(f"model.lora: LoRA fine-tuning is for CLIP models (model.kind: clip), not {cfg.kind}")
     if cfg.kind == "captioner":
         try:
             from mmfm.models.captioner import build_captioner
@@ -105,8 +109,16 @@ def build_model(model_cfg: ModelConfig | dict | str | None = None, *, init_weigh
         return build_captioner(cfg, init_weights=init_weights)
     if cfg.openclip:
         from .openclip import build_openclip_model
-        return build_openclip_model(cfg)
-    return _build_clip(cfg, init_weights)
+        model = build_openclip_model(cfg)
+    elif cfg.source:
+        from .hf_clip import build_hf_clip
+        model = build_hf_clip(cfg, init_weights=init_weights)
+    else:
+        model = _build_clip(cfg, init_weights)
+    if cfg.lora is not None:            # after any pretrained weights: they become the adapters' base
+        from .lora import apply_lora
+        apply_lora(model, cfg.lora)
+    return model
 
 
 def is_clip_model(model: nn.Module) -> bool:

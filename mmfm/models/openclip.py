@@ -14,7 +14,7 @@ from torch import nn
 
 from mmfm.config import ConfigError
 
-from .clip import ClipApiMixin
+from .clip import ClipApiMixin, LibraryModelMixin
 from .towers import KeepLockedEval
 
 __all__ = ["OpenCLIPModel", "build_openclip_model", "preprocess_from_openclip", "parse_openclip_spec"]
@@ -64,7 +64,7 @@ def parse_openclip_spec(spec: str) -> tuple[str, str | None]:
     return body, None
 
 
-class OpenCLIPModel(ClipApiMixin, KeepLockedEval, nn.Module):
+class OpenCLIPModel(LibraryModelMixin, ClipApiMixin, KeepLockedEval, nn.Module):
     """An open_clip CLIP model with mmfm's ``encode_image`` / ``encode_text`` / ``forward`` contract."""
 
     def __init__(self, model_name: str, pretrained: str | None = None, model_cfg=None):
@@ -99,14 +99,6 @@ class OpenCLIPModel(ClipApiMixin, KeepLockedEval, nn.Module):
             from mmfm.config.model import ModelConfig
             model_cfg = ModelConfig(openclip=spec, embed_dim=self.embed_dim or 512)
         self.model_cfg = model_cfg
-
-    @property
-    def logit_scale(self) -> nn.Parameter:
-        return self.model.logit_scale
-
-    @property
-    def logit_bias(self):
-        return getattr(self.model, "logit_bias", None)
 
     @property
     def visual(self) -> nn.Module:

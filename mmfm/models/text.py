@@ -6,9 +6,10 @@
 * ``HFTextTower``: any ``transformers.AutoModel`` from a local folder, pooled by ``cls``, ``mean`` or ``eos``
   (the last attended token), then a linear projection.
 
-``lock(unlocked_layers)`` freezes the tower except its last N layers; the projection into the joint
-embedding space always stays trainable (LiT trains it). The frozen part stays in eval mode (no dropout)
-through every later ``train()``.
+``group_matcher()`` gives timm's layer grouping (embeddings, one group per block, then the top), which
+layer-wise lr decay reads (``mmfm.models.towers.layer_ids``). ``lock(unlocked_layers)`` freezes the tower
+except its last N layers; the projection into the joint embedding space always stays trainable (LiT trains
+it). The frozen part stays in eval mode (no dropout) through every later ``train()``.
 """
 from __future__ import annotations
 
@@ -65,6 +66,11 @@ class OpenCLIPTextTower(KeepLockedEval, TextTransformer):
                              f"{self.context_length}")
         return super().forward(text_ids)
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm-style layer groups: embeddings, each residual block, then ln_final and the projection."""
+        return {"stem": r"^token_embedding|^positional_embedding",
+                "blocks": [(r"^transformer\.resblocks\.(\d+)", None), (r"^ln_final|^text_projection", (99999,))]}
+
     def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
         blocks = list(self.transformer.resblocks)
         keep = blocks[len(blocks) - unlocked_layers:] if unlocked_layers else []
@@ -83,13 +89,13 @@ class OpenCLIPTextTower(KeepLockedEval, TextTransformer):
         self.keep_locked_eval()
 
 
-def _layer_list(model: nn.Module) -> nn.ModuleList | None:
-    """The longest ModuleList in a transformers model: its stack of layers."""
-    best = None
-    for _, m in model.named_modules():
+def _layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList | None]:
+    """The longest ModuleList in a transformers model (its stack of layers) and its name."""
+    best, best_name = None, ""
+    for name, m in model.named_modules():
         if isinstance(m, nn.ModuleList) and (best is None or len(m) > len(best)):
-            best = m
-    return best
+            best, best_name = m, name
+    return best_name, best
 
 
 class HFTextTower(KeepLockedEval, nn.Module):
@@ -157,11 +163,19 @@ class HFTextTower(KeepLockedEval, nn.Module):
                               "unlocked (lock: true, unlock_last_groups: 0)")
         self.memo = RowMemo()
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm-style layer groups: the embeddings, each layer of the stack, then the rest (final norm, proj)."""
+        import re
+        name, layers = _layer_stack(self.transformer)
+        if layers is None:
+            raise ConfigError(f"train.layer_decay: no layer stack found in {self.path}")
+        return {"stem": r"^transformer\.embeddings", "blocks": [(rf"^transformer\.{re.escape(name)}\.(\d+)", None)]}
+
     def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
         for p in self.transformer.parameters():
             p.requires_grad = False
         if unlocked_layers:
-            layers = _layer_list(self.transformer)
+            _, layers = _layer_stack(self.transformer)
             if layers is None:
                 raise ConfigError(f"model.text.unlock_last_groups: no layer stack found in {self.path}")
             for block in list(layers)[-unlocked_layers:]:

@@ -9,7 +9,7 @@ from torch import nn
 
 from mmfm.config import ConfigError
 
-__all__ = ["TimmVisionTower", "KeepLockedEval", "frozen_modules", "lock_groups"]
+__all__ = ["TimmVisionTower", "KeepLockedEval", "frozen_modules", "lock_groups", "layer_ids"]
 
 
 def _create(name: str, kwargs: dict, image_size: int | None, pretrained: bool = False) -> nn.Module:
@@ -133,6 +133,19 @@ def lock_groups(module: nn.Module, unlocked_groups: int = 0, freeze_bn_stats: bo
                  if g <= last_locked and n in submodules]
         if names:
             freeze(module, names, include_bn_running_stats=True)
+
+
+def layer_ids(tower: nn.Module) -> dict[str, int] | None:
+    """Parameter name -> layer id (0 = embeddings, then one per block, the top last) from the tower's timm
+    ``group_matcher(coarse=False)``, as timm's layer-wise lr decay groups them; None for a module without one.
+    A TimmVisionTower's names carry its ``trunk.`` prefix."""
+    from timm.models import group_parameters
+
+    inner, prefix = (tower.trunk, "trunk.") if isinstance(tower, TimmVisionTower) else (tower, "")
+    if not callable(getattr(inner, "group_matcher", None)):
+        return None
+    ids = group_parameters(inner, inner.group_matcher(coarse=False), reverse=True)
+    return {prefix + name: int(i) for name, i in ids.items()}
 
 
 def frozen_modules(module: nn.Module) -> list[str]:

@@ -102,7 +102,115 @@ class ApiError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
+async def read_upload(request: Request) -> tuple[bytes, dict]:
+    """The multipart form: the ``image`` file's bytes and the other fields (repeated ``labels`` as a list)."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise ApiError(400, "send the image as multipart/form-data with a file field named 'image'")
+    try:
+        form = await request.form(max_files=1, max_fields=32, max_part_size=64 * 1024)
+    except _BodyTooLarge:
+        raise
+    except Exception as e:  # noqa: BLE001 - malformed multipart
+        raise ApiError(400, f"malformed multipart body: {e}") from None
+    upload = form.get("image")
+    if upload is None or isinstance(upload, str):
+        raise ApiError(400, "no file field named 'image' in the form")
+    data = await upload.read()
+    fields = {k: v for k, v in form.multi_items() if k != "image" and isinstance(v, str)}
+    labels = [v for k, v in form.multi_items() if k == "labels" and isinstance(v, str)]
+    if len(labels) > 1:
+        fields["labels"] = labels
+    await form.close()
+    return data, fields
+
+
+class Service:
+    """The service's state and request handling: one dynamic batcher per route, the in-flight bound, counters."""
+
+    def __init__(self, engine: Engine, limits: ServeLimits):
+        self.engine, self.limits = engine, limits
+        self.batchers: dict[str, DynamicBatcher] = {}
+        self.in_flight, self.served, self.errors, self.started = 0, 0, {}, time.time()
+
+    async def start(self) -> None:
+        for route, model, fn in (("caption", self.engine.captioner, self.engine.run_captions),
+                                 ("classify", self.engine.clip, self.engine.run_classify)):
+            if model is not None:
+                self.batchers[route] = DynamicBatcher(fn, max_batch=self.limits.max_batch,
+                                                      max_wait_ms=self.limits.max_wait_ms,
+                                                      max_queue=self.limits.max_concurrency, name=route)
+        for b in self.batchers.values():
+            await b.start()
+
+    async def stop(self) -> None:
+        for b in self.batchers.values():
+            await b.stop()
+
+    def caption_key(self, fields: dict):
+        return self.engine.caption_options({k: v for k, v in fields.items() if k != "labels"})
+
+    def classify_key(self, fields: dict) -> tuple:
+        labels = parse_labels(fields.get("labels"), self.limits)
+        template = str(fields.get("template") or "a photo of a {}.")
+        if "{}" not in template or len(template) > 200:
+            raise ConfigError("template: needs a '{}' placeholder for the label (at most 200 characters)")
+        top_k = fields.get("top_k") or 5
+        try:
+            top_k = int(top_k)
+        except ValueError:
+            raise ConfigError(f"top_k: expected an integer, got {top_k!r}") from None
+        if top_k < 1:
+            raise ConfigError("top_k: must be >= 1")
+        return (tuple(labels), template, top_k)
+
+    async def _work(self, route: str, request: Request, build) -> dict:
+        data, fields = await read_upload(request)
+        key = build(fields)                        # option errors before the image is decoded
+        try:
+            tensor = await asyncio.to_thread(self.engine.decode, data, route)
+        except ImageError as e:
+            raise ApiError(e.status, str(e)) from None
+        return await self.batchers[route].submit(key, tensor)
+
+    async def run(self, route: str, request: Request, build) -> dict:
+        """Bound, time and run one request; every failure becomes an ApiError with its status."""
+        if route not in self.batchers:
+            what = "captioner" if route == "caption" else "CLIP model"
+            raise ApiError(501, f"no {what} loaded: start the server with --model pointing at one")
+        if self.in_flight >= self.limits.max_concurrency:
+            raise ApiError(503, f"busy: {self.in_flight} requests in flight (limit {self.limits.max_concurrency}); "
+                                f"retry shortly", {"Retry-After": "1"})
+        self.in_flight += 1
+        t0 = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(self._work(route, request, build), timeout=self.limits.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"timed out after {self.limits.request_timeout_s:g} s") from None
+        except QueueFull as e:
+            raise ApiError(503, f"busy: {e}", {"Retry-After": "1"}) from None
+        except (ConfigError, ValueError) as e:
+            raise ApiError(422, str(e)) from None
+        except (ApiError, _BodyTooLarge):
+            raise
+        except Exception as e:  # noqa: BLE001 - the model failed on this batch; the server goes on
+            log.exception("%s failed", route)
+            raise ApiError(500, f"internal error while running the model: {type(e).__name__}: {e}") from None
+        finally:
+            self.in_flight -= 1
+        self.served += 1
+        return {**result, "latency_ms": round(1000 * (time.perf_counter() - t0), 2)}
+
+    def health(self) -> dict:
+        return {"status": "ok", "models": self.engine.describe(), "in_flight": self.in_flight,
+                "served": self.served, "errors": {str(k): v for k, v in self.errors.items()},
+                "queued": {k: b.queued for k, b in self.batchers.items()},
+                "batches": {k: b.stats.as_dict() for k, b in self.batchers.items()},
+                "limits": asdict(self.limits), "uptime_s": round(time.time() - self.started, 1)}
+
+
 def create_app(engine: Engine, limits: ServeLimits | None = None):
+    """The FastAPI app: POST /caption, POST /classify, GET /health and the try-it page at /."""
     from fastapi import FastAPI
     from fastapi.responses import HTMLResponse, JSONResponse
 
@@ -111,24 +219,13 @@ def create_app(engine: Engine, limits: ServeLimits | None = None):
     limits = limits or ServeLimits()
     limits.validate()
     engine.max_pixels = limits.max_pixels
-    batchers: dict[str, DynamicBatcher] = {}
-    state = {"in_flight": 0, "served": 0, "errors": {}, "started": time.time()}
+    svc = Service(engine, limits)
 
     @asynccontextmanager
     async def lifespan(_app):
-        if engine.captioner is not None:
-            batchers["caption"] = DynamicBatcher(engine.run_captions, max_batch=limits.max_batch,
-                                                 max_wait_ms=limits.max_wait_ms,
-                                                 max_queue=limits.max_concurrency, name="caption")
-        if engine.clip is not None:
-            batchers["classify"] = DynamicBatcher(engine.run_classify, max_batch=limits.max_batch,
-                                                  max_wait_ms=limits.max_wait_ms,
-                                                  max_queue=limits.max_concurrency, name="classify")
-        for b in batchers.values():
-            await b.start()
+        await svc.start()
         yield
-        for b in batchers.values():
-            await b.stop()
+        await svc.stop()
 
     app = FastAPI(title="mmfm alt-text service", lifespan=lifespan,
                   description="Alt text and zero-shot labels for images, from mmfm checkpoints.")
@@ -136,110 +233,32 @@ def create_app(engine: Engine, limits: ServeLimits | None = None):
 
     @app.exception_handler(ApiError)
     async def _api_error(_request, exc: ApiError):
-        state["errors"][exc.status] = state["errors"].get(exc.status, 0) + 1
+        svc.errors[exc.status] = svc.errors.get(exc.status, 0) + 1
         return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status,
                             headers=exc.headers)
-
-    async def read_upload(request: Request) -> tuple[bytes, dict]:
-        ctype = request.headers.get("content-type", "")
-        if not ctype.startswith("multipart/form-data"):
-            raise ApiError(400, "send the image as multipart/form-data with a file field named 'image'")
-        try:
-            form = await request.form(max_files=1, max_fields=32, max_part_size=64 * 1024)
-        except _BodyTooLarge:
-            raise
-        except Exception as e:  # noqa: BLE001 - malformed multipart
-            raise ApiError(400, f"malformed multipart body: {e}") from None
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise ApiError(400, "no file field named 'image' in the form")
-        data = await upload.read()
-        fields = {k: v for k, v in form.multi_items() if k != "image" and isinstance(v, str)}
-        labels = [v for k, v in form.multi_items() if k == "labels" and isinstance(v, str)]
-        if len(labels) > 1:
-            fields["labels"] = labels
-        await form.close()
-        return data, fields
-
-    async def run(route: str, request: Request, build):
-        batcher = batchers.get(route)
-        if batcher is None:
-            what = "captioner" if route == "caption" else "CLIP model"
-            raise ApiError(501, f"no {what} loaded: start the server with --model pointing at one")
-        if state["in_flight"] >= limits.max_concurrency:
-            raise ApiError(503, f"busy: {state['in_flight']} requests in flight (limit {limits.max_concurrency}); "
-                                f"retry shortly", {"Retry-After": "1"})
-        state["in_flight"] += 1
-        t0 = time.perf_counter()
-        try:
-            async def work():
-                data, fields = await read_upload(request)
-                key = build(fields)                        # option errors before the image is decoded
-                try:
-                    tensor = await asyncio.to_thread(engine.decode, data, route)
-                except ImageError as e:
-                    raise ApiError(e.status, str(e)) from None
-                return await batcher.submit(key, tensor)
-            try:
-                result = await asyncio.wait_for(work(), timeout=limits.request_timeout_s)
-            except asyncio.TimeoutError:
-                raise ApiError(504, f"timed out after {limits.request_timeout_s:g} s") from None
-            except QueueFull as e:
-                raise ApiError(503, f"busy: {e}", {"Retry-After": "1"}) from None
-            except (ConfigError, ValueError) as e:
-                raise ApiError(422, str(e)) from None
-            except (ApiError, _BodyTooLarge):
-                raise
-            except Exception as e:  # noqa: BLE001 - the model failed on this batch; the server goes on
-                log.exception("%s failed", route)
-                raise ApiError(500, f"internal error while running the model: {type(e).__name__}: {e}") from None
-        finally:
-            state["in_flight"] -= 1
-        state["served"] += 1
-        return JSONResponse({**result, "latency_ms": round(1000 * (time.perf_counter() - t0), 2)})
 
     @app.post("/caption", summary="image upload -> alt text")
     async def caption(request: Request):
         """Multipart fields: ``image`` (file); optional ``num_beams``, ``max_new_tokens``, ``min_new_tokens``,
         ``do_sample``, ``temperature``, ``top_p``, ``top_k``, ``no_repeat_ngram_size``, ``repetition_penalty``,
         ``length_penalty``, ``seed``, ``prompt``, ``alt_text`` (false: the raw caption)."""
-        def build(fields):
-            fields = {k: v for k, v in fields.items() if k != "labels"}
-            return engine.caption_options(fields)
-        return await run("caption", request, build)
+        return JSONResponse(await svc.run("caption", request, svc.caption_key))
 
     @app.post("/classify", summary="image + labels -> scores")
     async def classify(request: Request):
         """Multipart fields: ``image`` (file), ``labels`` (comma-separated, a JSON list, or repeated fields),
         optional ``template`` (default ``a photo of a {}.``) and ``top_k``."""
-        def build(fields):
-            labels = parse_labels(fields.get("labels"), limits)
-            template = str(fields.get("template") or "a photo of a {}.")
-            if "{}" not in template or len(template) > 200:
-                raise ConfigError("template: needs a '{}' placeholder for the label (at most 200 characters)")
-            top_k = fields.get("top_k") or 5
-            try:
-                top_k = int(top_k)
-            except ValueError:
-                raise ConfigError(f"top_k: expected an integer, got {top_k!r}") from None
-            if top_k < 1:
-                raise ConfigError("top_k: must be >= 1")
-            return (tuple(labels), template, top_k)
-        return await run("classify", request, build)
+        return JSONResponse(await svc.run("classify", request, svc.classify_key))
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": engine.describe(), "in_flight": state["in_flight"],
-                "served": state["served"], "errors": {str(k): v for k, v in state["errors"].items()},
-                "queued": {k: b.queued for k, b in batchers.items()},
-                "batches": {k: b.stats.as_dict() for k, b in batchers.items()},
-                "limits": asdict(limits), "uptime_s": round(time.time() - state["started"], 1)}
+        return svc.health()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
         return HTMLResponse(PAGE)
 
-    app.state.engine, app.state.limits, app.state.batchers = engine, limits, batchers
+    app.state.engine, app.state.limits, app.state.batchers = engine, limits, svc.batchers
     return app
 
 

@@ -74,8 +74,11 @@ class ContrastiveLoss(nn.Module):
 
 def build_contrastive_loss(lc, model, who: str = "model") -> ContrastiveLoss:
     """``task.contrastive`` -> the loss, refusing siglip for a model without a logit bias (at build time, not at
-    the first step)."""
+    the first step), and warning when the clip loss would leave a model's logit bias (SigLIP) unused."""
     if lc.loss == "siglip" and getattr(model, "logit_bias", None) is None:
         raise ConfigError(f"task.contrastive.loss=siglip needs a logit bias on the {who}: set model.init_logit_bias "
                           f"(SigLIP uses -10 with model.init_logit_scale: 2.302585 = ln 10)")
+    if lc.loss == "clip" and getattr(model, "logit_bias", None) is not None:
+        warnings.warn(f"task.contrastive.loss=clip: the {who} has a logit bias (a SigLIP model), which the clip "
+                      f"loss ignores; its pre-training loss is task.contrastive.loss: siglip", stacklevel=2)
     return ContrastiveLoss(lc.loss, lc.local_loss, lc.gather_with_grad)

@@ -74,13 +74,11 @@ def train_experiment(cfg) -> dict:
     """Train ``cfg`` in this process (one rank of a torchrun job, or alone): returns the trainer's result dict
     (``"stopped"`` in it when a signal stopped the run after a checkpoint). Raises ``NonFiniteLoss`` and
     ``ConfigError``; the process group is always cleaned up."""
-    from pathlib import Path
-
     from . import distributed as D
     from .logging import setup_logging
     from .trainer import Trainer, check_output_dir
 
-    check_output_dir(Path(cfg.train.output_dir))          # fail before any heavy work
+    check_output_dir(cfg.train.output_dir)          # fail before any heavy work
     dist = D.init_distributed(cfg.train.dist_timeout_minutes, cfg.train.device)
     setup_logging(dist.rank)
     try:

@@ -1,10 +1,11 @@
-"""Metrics: JSONL (``OUT/metrics.jsonl``, one object per line) and TensorBoard (``OUT/tb``), rank 0 only,
-plus the tqdm progress bar (samples/s, loss, lr, ETA)."""
+"""Metrics: JSONL (``OUT/metrics.jsonl``, one object per line), TensorBoard (``OUT/tb``) and wandb (``OUT/wandb``),
+rank 0 only, plus the tqdm progress bar (samples/s, loss, lr, ETA)."""
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,19 +56,37 @@ def rewind_jsonl(path: Path, step: int) -> int:
     return dropped
 
 
+def start_wandb(out_dir: Path, cfg, start_step: int | None):
+    """A wandb run for this training run: files under ``OUT/wandb``, named after the run folder, the resolved config
+    attached. wandb reads its usual environment (``WANDB_PROJECT``, default ``mmfm``; ``WANDB_MODE=offline`` keeps
+    everything local for ``wandb sync`` later). wandb cannot take back steps, so a resumed run is a new wandb run
+    in the same group (the run folder's name) that starts at the restored step."""
+    import wandb
+
+    from mmfm.config import to_dict
+    resumed = bool(start_step and start_step > 0)
+    return wandb.init(dir=str(out_dir), project=os.environ.get("WANDB_PROJECT", "mmfm"), group=out_dir.name,
+                      name=f"{out_dir.name}-from-{start_step}" if resumed else out_dir.name, job_type="train",
+                      config=to_dict(cfg), reinit="create_new")
+
+
 class MetricsWriter:
-    """Append-only JSONL + TensorBoard scalars. A no-op on ranks other than 0.
+    """Append-only JSONL + TensorBoard scalars + wandb. A no-op on ranks other than 0.
 
     ``start_step``: the step training starts from; rows (and TensorBoard events) after it are removed first, so a
-    resumed run does not list the steps it redoes twice (-1: a new run, nothing kept). None: append as is."""
+    resumed run does not list the steps it redoes twice (-1: a new run, nothing kept). None: append as is.
+    ``wandb``: the ExperimentConfig to report to wandb with the metrics (None: no wandb)."""
 
     def __init__(self, out_dir: Path, enabled: bool = True, tensorboard: bool = True,
-                 start_step: int | None = None):
+                 start_step: int | None = None, wandb=None):
         self.enabled = enabled
         self._jsonl = None
         self._tb = None
+        self._wandb = None
         if not enabled:
             return
+        if wandb is not None:
+            self._wandb = start_wandb(out_dir, wandb, start_step)
         out_dir.mkdir(parents=True, exist_ok=True)
         if start_step is not None and (n := rewind_jsonl(out_dir / "metrics.jsonl", start_step)):
             log.info("metrics.jsonl: removed %d rows after step %d (they are trained again)", n, start_step)
@@ -87,11 +106,14 @@ class MetricsWriter:
                **{k: _clean(v) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
+        scalars = {k: v for k, v in row.items()
+                   if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k, v, step)
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
 
     def close(self) -> None:
         if self._jsonl:
@@ -100,6 +122,9 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
 
 class Progress:

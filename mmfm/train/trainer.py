@@ -1,10 +1,10 @@
 """One training loop for every task (contrastive, caption, VQA): ``Trainer(cfg, task, train_data).fit()``.
 
-* DDP under torchrun (gloo on CPU, nccl on CUDA); AdamW (no decay on norms/biases/logit scale); linear
-  warmup + cosine; gradient accumulation (``task.accumulation_mode``: ``features`` keeps the full batch's
-  negatives, ``plain`` sums micro-batch losses); gradient clipping; bf16 autocast on CUDA only; optional
-  ``torch.compile``.
-* tqdm bar on rank 0; metrics to ``OUT/metrics.jsonl`` and TensorBoard ``OUT/tb``; validation loss and
+* DDP or FSDP2 (``train.strategy``, :mod:`.fsdp`) under torchrun (gloo on CPU, nccl on CUDA); AdamW (no decay
+  on norms/biases/logit scale); linear warmup + cosine; gradient accumulation (``task.accumulation_mode``:
+  ``features`` keeps the full batch's negatives, ``plain`` sums micro-batch losses); gradient clipping; bf16
+  autocast on CUDA, or fp16 with a GradScaler (skipped steps counted); optional ``torch.compile``.
+* tqdm bar on rank 0; metrics to ``OUT/metrics.jsonl``, TensorBoard ``OUT/tb`` and wandb; validation loss and
   eval hooks every ``eval.every_steps`` (and at the end; at the start too for ``init_from``).
 * Checkpoints every N steps / minutes, atomic, last K kept; ``train.resume`` continues exactly (weights,
   optimizer state, RNG and data position; the lr schedule is rebuilt from the current config at the restored
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import signal
 import time
@@ -26,10 +25,14 @@ import torch
 from torch import nn
 
 from mmfm.config import ConfigError, read_yaml, save_config, to_dict
+from mmfm.data import fs
 
 from . import distributed as D
-from .checkpoint import (check_run_folder, clear_run, find_resume, load_trainer_state, rng_state, save_checkpoint,
-                         set_rng_state)
+from . import fsdp
+from .accumulate import TaskForward, accumulate_gradients, accumulation_mode, batch_len, to_device
+from .checkpoint import (RunFolder, check_run_folder, clear_run, find_resume, load_trainer_state, new_checkpoint_dir,
+                         rng_state,
+                         save_checkpoint, set_rng_state)
 from .logging import MetricsWriter, Progress
 from .optim import build_optimizer, build_scheduler
 
@@ -40,8 +43,12 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN/inf; training stopped without writing a checkpoint."""
 
 
-def check_output_dir(path: Path) -> None:
-    """Create ``path`` and prove it is writable, before any training work."""
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Create ``path`` and prove it is writable, before any training work (an fsspec URL: write a probe)."""
+    run = RunFolder(str(path), stage=False)
+    if run.remote:
+        return run.check_writable()
+    path = run.local
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write_test.{os.getpid()}"
@@ -51,110 +58,13 @@ def check_output_dir(path: Path) -> None:
         raise ConfigError(f"train.output_dir: cannot write to {path}: {e.strerror or e}") from None
 
 
-class _Forward(nn.Module):
-    """What DDP / torch.compile wrap: ``forward(batch)`` = the task's loss dict; ``features_only`` = ``encode``."""
-
-    def __init__(self, task: nn.Module):
-        super().__init__()
-        self.task = task
-
-    def forward(self, batch: dict, features_only: bool = False):
-        return self.task.encode(batch) if features_only else self.task(batch)
-
-
-def accumulation_mode(task) -> str:
-    mode = getattr(task, "accumulation_mode", None)
-    if mode is None:
-        mode = "features" if callable(getattr(task, "encode", None)) and callable(
-            getattr(task, "compute_loss", None)) else "plain"
-    if mode not in ("plain", "features"):
-        raise ConfigError(f"{type(task).__name__}.accumulation_mode: {mode!r} is not 'plain' or 'features'")
-    return mode
-
-
-def merge_features(cached: list[dict], j: int, live: dict, micro: int) -> dict:
-    """Micro-batch ``j``'s live features in place of its cached ones, the rest concatenated along dim 0.
-
-    Outputs without a batch dimension (``logit_scale``, ``logit_bias``) enter every micro-batch's loss, whose
-    gradients are summed: they pass with their value unchanged but 1/n of their gradient, so the n backward
-    passes add up to the big batch's gradient once (not n times)."""
-    n = len(cached)
-    out = {}
-    for k, v in live.items():
-        if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == micro:
-            out[k] = torch.cat([v if i == j else c[k] for i, c in enumerate(cached)])
-        elif isinstance(v, torch.Tensor) and v.requires_grad and n > 1:
-            out[k] = v.detach() + (v - v.detach()) / n
-        else:
-            out[k] = v
-    return out
-
-
-class RngState:
-    """The CPU (and CUDA) RNG state before a micro-batch's cached forward, replayed around its live forward so
-    both draw the same dropout masks (GradCache's RandContext); the global stream goes on untouched."""
-
-    def __init__(self, batch: dict):
-        from torch.utils.checkpoint import get_device_states
-
-        self.cpu = torch.get_rng_state()
-        self.devices, self.states = get_device_states(*[v for v in batch.values() if isinstance(v, torch.Tensor)])
-
-    @contextlib.contextmanager
-    def replay(self):
-        from torch.utils.checkpoint import set_device_states
-
-        with torch.random.fork_rng(devices=self.devices):
-            torch.set_rng_state(self.cpu)
-            set_device_states(self.devices, self.states)
-            yield
-
-
-def accumulate_gradients(model: nn.Module, task: nn.Module, micro: list[dict], mode: str,
-                         no_sync=None, autocast=contextlib.nullcontext) -> dict:
-    """Forward and backward over one optimizer step's micro-batches, leaving in ``.grad`` the gradient of one
-    big batch. ``features``: cache every micro-batch's features without a graph, then per micro-batch recompute
-    its own (same RNG state) and back-propagate the full-batch loss; ``plain``: average the micro-batch losses.
-    ``model`` is the (DDP-wrapped) ``_Forward``; ``no_sync(last)`` the DDP context for a micro-batch.
-    Returns the last micro-batch's outputs (features) or the averaged scalar outputs (plain)."""
-    n = len(micro)
-    no_sync = no_sync or (lambda last: contextlib.nullcontext())
-    if mode == "features" and n > 1:
-        cached, rng = [], []
-        with torch.no_grad(), autocast():
-            for b in micro:
-                rng.append(RngState(b))
-                cached.append({k: (v.detach() if isinstance(v, torch.Tensor) else v)
-                               for k, v in model(b, features_only=True).items()})
-        size = _batch_len(micro[0])
-        for j, b in enumerate(micro):
-            with no_sync(j == n - 1), autocast(), rng[j].replay():
-                live = model(b, features_only=True)
-                out = task.compute_loss(merge_features(cached, j, live, size))
-            out["loss"].backward()
-        return out
-    logged: dict = {}
-    for j, b in enumerate(micro):
-        with no_sync(j == n - 1), autocast():
-            out = model(b)
-        (out["loss"] / n).backward() if n > 1 else out["loss"].backward()
-        for k, v in out.items():
-            if isinstance(v, torch.Tensor) and v.ndim == 0:
-                logged[k] = logged.get(k, 0) + v.detach().float() / n
-    return logged
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    nb = device.type == "cuda"
-    return {k: (v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
 class Trainer:
     def __init__(self, cfg, task: nn.Module, train_data, val_data=None, hooks=()):
         self.cfg, self.tc = cfg, cfg.train
-        self.out = Path(self.tc.output_dir)
-        check_output_dir(self.out)
-        check_run_folder(self.out, self.tc)
+        check_output_dir(self.tc.output_dir)
+        check_run_folder(self.tc.output_dir, self.tc)
+        self.run = RunFolder(self.tc.output_dir)         # an fsspec URL: a local staging folder, uploaded
+        self.out = self.run.local
         self.dist = D.init_distributed(self.tc.dist_timeout_minutes, self.tc.device)
         self.device = self.dist.device
         self.task = task.to(self.device)
@@ -169,16 +79,21 @@ class Trainer:
         self.total_steps = int(self.tc.max_steps or self.tc.epochs * self.steps_per_epoch)
         if self.total_steps <= 0:
             raise ConfigError("train: nothing to do (train.max_steps / train.epochs give 0 steps)")
+        self._ddp = self._fsdp = None
+        self._replicated: list = []          # FSDP: 0-dim parameters kept whole on every rank
+        self.model = self._wrap()            # before the optimizer: FSDP replaces the parameters by their shards
         self.optimizer = build_optimizer(self.task, self.tc)
         self.scheduler = build_scheduler(self.optimizer, self.tc, self.total_steps)
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]   # for clipping, once
-        self.step, self.epoch, self.samples_seen = 0, 0, 0
+        scaler = fsdp.GradScaler if self._fsdp is not None else torch.amp.GradScaler
+        self.scaler = scaler(self.device.type, init_scale=self.tc.grad_scaler_init,
+                             enabled=self.amp_dtype == torch.float16)
+        self.step, self.epoch, self.samples_seen, self.skipped_steps = 0, 0, 0, 0
         self.last_ckpt: Path | None = None
         self._saved_step = -1
+        self.init_source: dict | None = None          # where the starting weights came from (meta.json)
         self._stop_signal = None
         self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        self._ddp = None
-        self.model = self._wrap()
         self.metrics: MetricsWriter | None = None      # opened by fit() once the start step is known
 
     # ------------------------------------------------------------------ setup
@@ -186,6 +101,11 @@ class Trainer:
         p = self.tc.precision
         if p == "fp32" or (p == "auto" and self.device.type != "cuda"):
             return None
+        if p == "fp16":
+            if self.device.type != "cuda":
+                log.warning("train.precision=fp16 on %s: fp16 autocast and the GradScaler run, but slowly (a check "
+                            "before a GPU run)", self.device)
+            return torch.float16
         if self.device.type != "cuda":
             log.warning("train.precision=bf16 needs CUDA; training in fp32 on %s (bf16 matmul on CPU is very slow)",
                         self.device)
@@ -193,8 +113,14 @@ class Trainer:
         return torch.bfloat16
 
     def _wrap(self) -> nn.Module:
-        model: nn.Module = _Forward(self.task)
-        if self.dist.enabled:
+        model: nn.Module = TaskForward(self.task)
+        if self.tc.strategy == "fsdp" and not self.dist.enabled:
+            log.warning("train.strategy=fsdp shards over the processes of a torchrun job; one process trains the "
+                        "whole model")
+        if self.tc.strategy == "fsdp" and self.dist.enabled:
+            self._replicated = fsdp.shard(model, self.device, self.amp_dtype)
+            self._fsdp = model
+        elif self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = self._ddp = DDP(model, device_ids=ids, broadcast_buffers=False,
@@ -214,11 +140,12 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def _restore(self) -> bool:
         """Resume (full state) or init_from (weights only). True when evaluation should run at the start."""
-        from mmfm.models.checkpoint import load_weights
+        from mmfm.models.checkpoint import init_weights_from, load_weights
 
         if self.tc.resume:
             error = None
             try:
+                self.run.pull(self.tc.resume)
                 ckpt = find_resume(self.tc.resume, self.out)
                 if ckpt is None:
                     log.info("train.resume=latest: no checkpoint in %s yet, starting from scratch",
@@ -231,23 +158,37 @@ class Trainer:
             if self.last_ckpt is not None:
                 return False
         if self.tc.init_from:
-            load_weights(self.task.model, self.tc.init_from, strict=True)
+            self.init_source = init_weights_from(self.task.model, self.tc.init_from)
             log.info("initialised weights from %s (optimizer, schedule and data start fresh)", self.tc.init_from)
             return True
         return bool(self.cfg.eval.at_start)
 
     def _resume(self, ckpt: Path, load_weights) -> None:
-        load_weights(self.task.model, ckpt, strict=True)
+        from mmfm.models.checkpoint import is_sharded_dir, read_meta
+
+        self.init_source = read_meta(ckpt).get("init_from")
         state = load_trainer_state(ckpt)
         if int(state.get("world_size", 1)) != self.dist.world_size:
             raise ConfigError(f"{ckpt}: written by {state.get('world_size')} processes, this run has "
                               f"{self.dist.world_size}; exact resume needs the same number")
+        sharded = is_sharded_dir(ckpt) and "optimizer" not in state
+        if sharded != (self._fsdp is not None):
+            raise ConfigError(f"{ckpt}: written with train.strategy={'fsdp' if sharded else 'ddp'}, this run has "
+                              f"train.strategy={self.tc.strategy} (with {self.dist.world_size} process(es)); exact "
+                              f"resume needs the same (train.init_from loads the weights alone)")
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self._log_changes(ckpt)
         # The optimizer's moments come from the checkpoint; its hyper-parameters (lr, betas, eps, weight decay)
         # and the schedule (base lr, warmup, total steps) from this run's config, at the restored step.
         current = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
+        if sharded:
+            fsdp.load_sharded(ckpt, self._fsdp, self.task.model, self.optimizer)
+        else:
+            load_weights(self.task.model, ckpt, strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         for group, hyper in zip(self.optimizer.param_groups, current):
             group.update(hyper)
         self.scheduler = build_scheduler(self.optimizer, self.tc, self.total_steps, start_step=self.step)
@@ -296,16 +237,25 @@ class Trainer:
         """Collective: every rank contributes RNG + data position; rank 0 writes."""
         rngs = D.all_gather_object(rng_state())
         datas = D.all_gather_object(self.train_data.state_dict())
-        path = None
+        path = tmp = None
+        if self._fsdp is not None:          # every rank writes its shards into the folder rank 0 makes
+            tmp = D.all_gather_object(new_checkpoint_dir(self.out / "checkpoints", self.step)
+                                      if self.dist.is_main else None)[0]
+            fsdp.save_sharded(tmp, self._fsdp, self.task.model, self.optimizer)
         if self.dist.is_main:
             state = {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
-                     "world_size": self.dist.world_size, "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "rng": rngs, "data": datas}
+                     "world_size": self.dist.world_size, "strategy": "fsdp" if tmp else "ddp",
+                     "scheduler": self.scheduler.state_dict(), "rng": rngs, "data": datas,
+                     "scaler": self.scaler.state_dict(), "skipped_steps": self.skipped_steps}
+            if tmp is None:
+                state["optimizer"] = self.optimizer.state_dict()
             meta = {"step": self.step, "epoch": self.epoch, "samples_seen": self.samples_seen,
-                    "task": self.cfg.task.name}
+                    "task": self.cfg.task.name, "init_from": self.init_source, "sharded": tmp is not None}
             path = save_checkpoint(self.out / "checkpoints", self.step, self.task.model, self.cfg, state, meta,
-                                   self.tc.keep_last)
-            log.info("saved checkpoint %s", path)
+                                   self.tc.keep_last, tmp=tmp)
+            self.run.push(path, self.tc.keep_last)
+            log.info("saved checkpoint %s", fs.join(self.run.remote, "checkpoints", path.name) if self.run.remote
+                     else path)
         D.barrier()
         self.last_ckpt = path or self.out / "checkpoints" / "latest"
         self._saved_step = self.step
@@ -313,13 +263,26 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ one optimizer step
-    def train_step(self, micro: list[dict]) -> dict:
+    def forward_backward(self, micro: list[dict]) -> dict:
+        """Forward and backward over one step's micro-batches: ``.grad`` holds the (scaled, under fp16) gradient
+        of the global batch, averaged over the ranks (sharded under FSDP). Returns the outputs to log."""
         micro = [to_device(b, self.device) for b in micro]
-        logged = accumulate_gradients(self.model, self.task, micro, self.mode, self._no_sync, self._autocast)
+        logged = accumulate_gradients(self.model, self.task, micro, self.mode, self._no_sync, self._autocast,
+                                      lambda loss: self.scaler.scale(loss).backward())
+        fsdp.average_replicated_grads(self._replicated)
+        return logged
+
+    def train_step(self, micro: list[dict]) -> dict:
+        logged = self.forward_backward(micro)
+        self.scaler.unscale_(self.optimizer)
         if self.tc.grad_clip:
-            logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(self._params, self.tc.grad_clip)
-        logged["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])   # the lr this step used
-        self.optimizer.step()
+            clip = fsdp.clip_grad_norm if self._fsdp is not None else torch.nn.utils.clip_grad_norm_
+            logged["grad_norm"] = clip(self._params, self.tc.grad_clip)
+        logged["lr"] = torch.tensor(self.tc.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch))  # train.lr's
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)    # fp16: skipped when a gradient overflowed (the same on every rank)
+        self.scaler.update()
+        self.skipped_steps += int(self.scaler.get_scale() < scale)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._bad = self._bad | ~torch.isfinite(logged["loss"].detach())
@@ -328,13 +291,13 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict:
-        metrics: dict = {}
         self.task.eval()
         try:
-            if self.val_data is not None and self.cfg.eval.val_loss:
-                metrics.update(self._val_loss())
-            for hook in self.hooks:
-                metrics.update(hook(self.task, self.step) or {})
+            if self._fsdp is None:
+                metrics = self._evaluate()
+            else:                           # whole weights on every rank while the ranks evaluate unevenly
+                with fsdp.full_weights(self._fsdp):
+                    metrics = self._fsdp(None, run=self._evaluate)
         finally:
             self.task.train()
         if metrics:
@@ -345,13 +308,21 @@ class Trainer:
         self.last_eval = metrics
         return metrics
 
+    def _evaluate(self) -> dict:
+        metrics: dict = {}
+        if self.val_data is not None and self.cfg.eval.val_loss:
+            metrics.update(self._val_loss())
+        for hook in self.hooks:
+            metrics.update(hook(self.task, self.step) or {})
+        return metrics
+
     def _val_loss(self) -> dict:
         """Mean loss per validation sample. Each rank scores its share once (batch counts and sizes differ
         across ranks, so no collective runs per batch); the sums and counts are reduced afterwards."""
         self.val_data.set_epoch(0)
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
         for batch in self.val_data:
-            n = _batch_len(batch)
+            n = batch_len(batch)
             with self._autocast():
                 out = self.task(to_device(batch, self.device))
             total[0] += out["loss"].detach().double() * n
@@ -404,11 +375,12 @@ class Trainer:
         tc = self.tc
         if self.dist.is_main:
             if tc.overwrite:
-                clear_run(self.out)
+                clear_run(self.out, self.run.remote)
             save_config(self.cfg, self.out / "config.yaml")
         eval_at_start = self._restore()
-        self.metrics = MetricsWriter(self.out, self.dist.is_main, tc.tensorboard,
-                                     start_step=self.step if self.last_ckpt else -1)
+        self.metrics = MetricsWriter(self.out, self.dist.is_main, tc.tensorboard and "tensorboard" in tc.report_to,
+                                     start_step=self.step if self.last_ckpt else -1,
+                                     wandb=self.cfg if "wandb" in tc.report_to else None)
         self._last_save_time = time.monotonic()
         self.progress = Progress(self.total_steps, self.step, self.dist.is_main and tc.progress)
         self.last_eval: dict = {}
@@ -500,6 +472,8 @@ class Trainer:
         metrics = {f"train/{k}": v for k, v in zip(keys, vec.tolist())} if vec is not None else {}
         lr = metrics.get("train/lr", self.optimizer.param_groups[0]["lr"])
         metrics.update({"train/samples_per_s": samples_per_s, "train/samples_seen": self.samples_seen})
+        if self.scaler.is_enabled():       # fp16: steps skipped for overflowing gradients (so far) and the scale
+            metrics.update({"train/skipped_steps": self.skipped_steps, "train/loss_scale": self.scaler.get_scale()})
         if getattr(self.train_data, "corrupt_total", 0):
             metrics["data/corrupt_samples_epoch"] = self.train_data.corrupt_total
         self.metrics.write(self.step, metrics, epoch=self.epoch)
@@ -518,12 +492,3 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def _batch_len(batch: dict) -> int:
-    for v in batch.values():
-        if isinstance(v, torch.Tensor) and v.ndim >= 1:
-            return v.shape[0]
-        if isinstance(v, list):
-            return len(v)
-    return 0

@@ -65,7 +65,7 @@ def test_two_rank_hooks_share_the_work_and_equal_one_process(tmp_path):
         for got, want in zip(r["results"], one):
             assert got.keys() == want.keys() and got == pytest.approx(want, abs=1e-6)
         assert r["results"][0] == pytest.approx({f"zeroshot/{k}": zs.metrics[k] for k in
-                                                 ("top1", "top5", "mean_per_class_recall")}, abs=1e-6)
+                                                 ("top1", "top5", "mean_per_class_recall", "macro_f1")}, abs=1e-6)
         assert r["results"][1] == pytest.approx({f"retrieval/{k}": v for k, v in ret.items()
                                                  if "_R@" in k or k == "mean_recall"}, abs=1e-6)
         assert r["results"][2] == pytest.approx({f"retrieval/{k}": v for k, v in ret7.items()

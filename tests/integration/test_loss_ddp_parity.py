@@ -54,10 +54,10 @@ def accumulated(case: str, batch: dict) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from mmfm.train.trainer import _Forward, accumulate_gradients
+    from mmfm.train.accumulate import TaskForward, accumulate_gradients
 
     task = make_task(case)
-    ddp = DDP(_Forward(task))
+    ddp = DDP(TaskForward(task))
     half = GLOBAL_BATCH // 4
     micro = [{k: v[i:i + half] for k, v in batch.items()} for i in (0, half)]
     out = accumulate_gradients(ddp, task, micro, "features", lambda last: nullcontext() if last else ddp.no_sync())

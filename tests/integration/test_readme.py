@@ -58,6 +58,7 @@ def test_readme_lists_commands():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)   # a dozen CLI processes; on a loaded 2-core machine the default 300 s ran out
 def test_readme_tour_runs(tmp_path):
     make_inputs(tmp_path)
     (tmp_path / "configs").symlink_to(ROOT / "configs")

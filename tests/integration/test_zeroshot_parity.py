@@ -64,8 +64,9 @@ def test_zeroshot_top1_equals_open_clip_classifier(oc, folder, tmp_path):
 
     res = zeroshot_classify(oc["spec"], folder, templates="openai-simple", workers=0, batch_size=7,
                             cache=tmp_path / "cache", progress=False)
-    assert res.metrics["top1"] == ref_top1
-    assert res.metrics["top5"] == ref_top5
+    # mmfm divides counts in float64, open_clip's reference takes a float32 mean: equal to float32 precision
+    assert res.metrics["top1"] == pytest.approx(ref_top1, rel=1e-6)
+    assert res.metrics["top5"] == pytest.approx(ref_top5, rel=1e-6)
     assert [str(folder / r["path"]) for r in res.predictions] == ref_paths          # ImageFolder order
     assert [r["pred"] for r in res.predictions] == [CLASSES_SORTED[i] for i in ref_logits.argmax(1)]
     assert 0 < ref_top1 < 1                      # a random model: some right, some wrong (not a degenerate check)

@@ -30,3 +30,12 @@ def test_serve_without_fastapi_names_the_extra():
 def test_export_without_onnx_names_the_extra():
     r = _run_without("onnx", ["export", "runs/none", "--format", "onnx", "--out", "x"])
     assert r.returncode == 2 and "mmfm[export]" in r.stderr, r.stderr
+
+
+def test_s3_url_without_s3fs_names_the_extra(tmp_path):
+    table = tmp_path / "t.jsonl"
+    table.write_text('{"image": "a.png", "caption": "x"}\n')
+    r = _run_without("s3fs", ["shards", "build", str(table), "--out", "s3://bucket/shards"])
+    assert r.returncode == 2, r.stderr
+    assert "--out: s3://bucket/shards: the filesystem for 's3://' is not installed (pip install 'mmfm[s3]')" \
+        in r.stderr, r.stderr

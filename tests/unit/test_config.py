@@ -111,3 +111,24 @@ def test_cli_batch_size_zero_is_a_config_error_not_a_traceback(tmp_path):
     proc = run([PY, "-m", "mmfm", "train", str(cfg), "--set", "data.batch_size=0"], timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "data.batch_size: must be >= 1, got 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("spec, model", [
+    ("openclip:ViT-B-32:/data/epoch_32.pt", {"kind": "clip", "openclip": "ViT-B-32"}),
+    ("openclip:ViT-B-32@laion2b_s34b_b79k", {"kind": "clip", "openclip": "ViT-B-32"}),
+    ("openclip:hf-hub:org/repo", {"kind": "clip", "openclip": "hf-hub:org/repo"}),
+    ("hf:/models/siglip", {"kind": "clip", "source": "hf:/models/siglip"}),
+    ("runs/clip", None)])
+def test_init_from_spec_gives_the_missing_model_section(spec, model):
+    from mmfm.config.model import ModelConfig
+    cfg = load_experiment(data={"train": {"init_from": spec}})
+    assert cfg.model == from_dict(ModelConfig, model or {})      # an mmfm folder gives none: the default stays
+    given = load_experiment(data={"model": {"name": "tiny"}, "train": {"init_from": spec}})
+    assert given.model.openclip is None and given.model.source is None          # a given section wins
+
+
+def test_model_source_is_checked():
+    with pytest.raises(ConfigError, match=r"model.source: expected hf:DIR_OR_ID"):
+        load_experiment(data={"model": {"source": "/models/clip"}})
+    with pytest.raises(ConfigError, match=r"model.source: set either model.source .* or model.openclip"):
+        load_experiment(data={"model": {"source": "hf:x", "openclip": "ViT-B-32"}})

@@ -77,6 +77,8 @@ def test_build_task_registry_and_siglip_config_check():
     task = build_task(load_experiment(data={"model": {"name": "tiny", "init_logit_bias": -10.0},
                                             "task": {"contrastive": {"loss": "siglip"}}}))
     assert task.loss.kind == "siglip"
+    with pytest.warns(UserWarning, match="has a logit bias .* task.contrastive.loss: siglip"):
+        build_task(load_experiment(data={"model": {"name": "tiny", "init_logit_bias": -10.0}}))
     with pytest.raises(ConfigError, match="task.name"):
         from mmfm.tasks import task_class
         task_class("segmentation")

@@ -12,7 +12,8 @@ from mmfm.config import ConfigError, ExperimentConfig, apply_overrides, from_dic
 from mmfm.data.shards import write_shards
 from mmfm.train.builder import build_run
 from mmfm.train.optim import build_scheduler, param_groups
-from mmfm.train.trainer import NonFiniteLoss, Trainer, _Forward, accumulate_gradients, accumulation_mode
+from mmfm.train.accumulate import TaskForward, accumulate_gradients, accumulation_mode
+from mmfm.train.trainer import NonFiniteLoss, Trainer
 
 
 def _png(i):
@@ -139,7 +140,7 @@ def test_feature_accumulation_gradients_equal_one_big_batch_float64(loss):
     big(batch)["loss"].backward()
     acc = _float64_task(model, task)
     assert accumulation_mode(acc) == "features"
-    accumulate_gradients(_Forward(acc), acc, _halves(batch), "features")
+    accumulate_gradients(TaskForward(acc), acc, _halves(batch), "features")
     ref, got = _grads(big), _grads(acc)
     assert got.keys() == ref.keys() and "model.logit_scale" in ref
     assert loss != "siglip" or "model.logit_bias" in ref
@@ -163,7 +164,7 @@ def test_feature_accumulation_replays_dropout_masks_float64():
 
     acc = _float64_task(drop).train()
     torch.manual_seed(5)
-    accumulate_gradients(_Forward(acc), acc, micro, "features")
+    accumulate_gradients(TaskForward(acc), acc, micro, "features")
     ref, other, got = one_graph(5), one_graph(6), _grads(acc)
     name = "model.image_proj.weight"
     assert not torch.allclose(ref[name], other[name])              # dropout is on: the masks matter

@@ -4,6 +4,10 @@ Determinism: items are numbered in source order, workers return results in that 
 item index, dedup and splits are decided in the main process. ``--resume`` restarts at the end of the
 last complete shard (its ``_stats.json`` holds the input position, failure counts and image hashes), so
 a killed build ends with exactly the samples of an uninterrupted one.
+
+``out_dir`` may be an fsspec URL (``s3://bucket/shards``): files are written into a local staging folder and
+uploaded as each one is finished, ``manifest.json`` last (``store.py``); ``--resume`` reads the stats back
+from the URL.
 """
 from __future__ import annotations
 
@@ -12,18 +16,21 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import tempfile
 import time
 from collections import Counter, deque
 from pathlib import Path
 from typing import Iterator
 
 from mmfm.config import ConfigError, to_dict
+from mmfm.data import fs
 
 from .manifest import (MANIFEST, SHARD_PATTERN, atomic_write_json, key_role, make_manifest, stats_name,
                        write_manifest)
 from .options import RUNTIME_ONLY, BuildOptions
 from .process import init_worker, process_chunk
 from .readers import open_source
+from .store import Store
 from .writer import PARTIAL, ShardSink
 
 BUILD_ARGS = "build_args.json"
@@ -38,8 +45,8 @@ class EmptyBuildError(ConfigError):
 class Split:
     """One output folder (the whole build, or ``train`` / ``heldout``) and its resume position."""
 
-    def __init__(self, name: str, folder: Path):
-        self.name, self.folder = name, folder
+    def __init__(self, name: str, store: Store):
+        self.name, self.store, self.folder = name, store, store.local
         self.restored: list[dict] = []
         self.skip_until = 0            # inputs before this index are already in complete shards
         self.failures: Counter = Counter()
@@ -49,27 +56,31 @@ class Split:
         """Keep complete shards (tar + matching stats), delete everything after the first gap."""
         for p in self.folder.glob(f"*{PARTIAL}"):
             p.unlink()
+        sizes = self.store.sizes()
         i = 0
         while True:
-            tar = self.folder / (SHARD_PATTERN % i)
-            stats_path = self.folder / stats_name(tar.name)
-            if not (tar.is_file() and stats_path.is_file()):
+            tar = SHARD_PATTERN % i
+            if tar not in sizes or stats_name(tar) not in sizes:
                 break
-            stats = json.loads(stats_path.read_text(encoding="utf-8"))
-            if stats.get("bytes") != tar.stat().st_size or "input_end" not in stats:
+            stats = self.store.read_json(stats_name(tar))
+            if stats.get("bytes") != sizes[tar] or "input_end" not in stats:
                 break
             self.restored.append(stats)
             i += 1
-        for p in self.folder.glob("shard-*"):
-            if p.name.startswith("shard-") and _shard_number(p.name) >= i:
-                p.unlink()
+        self.store.delete(n for n in sizes if n.startswith("shard-") and _shard_number(n) >= i)
         if self.restored:
             last = self.restored[-1]
             self.skip_until = last["input_end"]
             self.failures = Counter(last.get("failures", {}))
 
     def open(self, shard_size: int) -> None:
-        self.sink = ShardSink(self.folder, shard_size=shard_size, start_shard=len(self.restored))
+        self.sink = ShardSink(self.folder, shard_size=shard_size, start_shard=len(self.restored),
+                              on_shard=self._publish if self.store.remote else None)
+
+    def _publish(self, stats: dict) -> None:
+        """A finished shard: its tar, then its stats (which make it count for --resume)."""
+        self.store.publish(stats["name"], keep_local=False)
+        self.store.publish(stats_name(stats["name"]))
 
 
 def _shard_number(name: str) -> int:
@@ -113,16 +124,17 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _prepare_out(out: Path, splits: list[Split], opts: BuildOptions, resume: bool, overwrite: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    args_path = out / BUILD_ARGS
-    has_output = args_path.exists() or any(any(s.folder.glob("shard-*")) or (s.folder / MANIFEST).exists()
-                                           for s in splits)
-    if resume and not args_path.exists() and has_output:
+def _prepare_out(root: Store, splits: list[Split], opts: BuildOptions, resume: bool, overwrite: bool) -> None:
+    out = root.target
+    root.local.mkdir(parents=True, exist_ok=True)
+    has_args = BUILD_ARGS in root.sizes()
+    has_output = has_args or any(MANIFEST in names or any(n.startswith("shard-") for n in names)
+                                 for names in (s.store.sizes() for s in splits))
+    if resume and not has_args and has_output:
         raise ConfigError(f"--resume: {out} has shards but no {BUILD_ARGS}, so it was not written by "
                           "`mmfm shards build`; nothing to resume (use --overwrite or another --out)")
-    if resume and args_path.exists():
-        before = json.loads(args_path.read_text(encoding="utf-8"))
+    if resume and has_args:
+        before = root.read_json(BUILD_ARGS)
         changed = _diff(before, _fingerprint(opts))
         if changed:
             raise ConfigError(f"--resume: {out} was built with other options ({'; '.join(changed)}); "
@@ -132,14 +144,13 @@ def _prepare_out(out: Path, splits: list[Split], opts: BuildOptions, resume: boo
             raise ConfigError(f"{out}: already holds a shard build; use --resume to continue it or "
                               "--overwrite to replace it")
         for s in splits:
-            for p in [*s.folder.glob("shard-*"), s.folder / MANIFEST, s.folder / FAILURES]:
-                if p.is_file():
-                    p.unlink()
+            s.store.delete(n for n in s.store.sizes() if n.startswith("shard-") or n in (MANIFEST, FAILURES))
     for s in splits:
         s.folder.mkdir(parents=True, exist_ok=True)
         if resume:
             s.restore()
-    atomic_write_json(args_path, _fingerprint(opts))
+    atomic_write_json(root.local / BUILD_ARGS, _fingerprint(opts))
+    root.publish(BUILD_ARGS)
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
@@ -197,12 +208,20 @@ def _progress(total: int | None, initial: int, enabled: bool):
 
 def build(opts: BuildOptions, out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
           progress: bool = True) -> dict[str, dict]:
-    """Build shards; returns ``{split_name: manifest}`` (split name ``""`` without ``holdout``)."""
-    out = Path(out_dir)
+    """Build shards; returns ``{split_name: manifest}`` (split name ``""`` without ``holdout``). ``out_dir``: a
+    folder or an fsspec URL (``s3://...``; an unknown scheme is a ConfigError, never a local folder ``s3:``)."""
+    fs.check_url(out_dir, "--out")
+    if fs.is_remote(out_dir):
+        with tempfile.TemporaryDirectory(prefix="mmfm-build-") as stage:
+            return _build(opts, Store(str(out_dir), Path(stage)), resume, overwrite, progress)
+    return _build(opts, Store(str(out_dir)), resume, overwrite, progress)
+
+
+def _build(opts: BuildOptions, root: Store, resume: bool, overwrite: bool, progress: bool) -> dict[str, dict]:
     names = ["train", "heldout"] if opts.holdout > 0 else [""]
-    splits = [Split(n, out / n if n else out) for n in names]
+    splits = [Split(n, root.child(n) if n else root) for n in names]
     source = open_source(opts)   # config errors surface before anything is written
-    _prepare_out(out, splits, opts, resume, overwrite)
+    _prepare_out(root, splits, opts, resume, overwrite)
     restart = min(s.skip_until for s in splits)
     seen: set[str] = {h for s in splits for st in s.restored for i, h in st.get("image_sha256", []) if i < restart}
     for s in splits:
@@ -253,7 +272,7 @@ def build(opts: BuildOptions, out_dir: str | os.PathLike, *, resume: bool = Fals
     rate = sum(written.values()) / seconds if seconds > 0 else None
     shards = {s.name: s.restored + s.sink.close() for s in splits}
     if not any(st["samples"] for sts in shards.values() for st in sts):
-        _nothing_written(out, splits, opts, inputs)
+        _nothing_written(root, splits, opts, inputs)
     return {s.name: _finish(s, shards[s.name], source, opts, seconds, written[s.name], rate, resume)
             for s in splits}
 
@@ -264,27 +283,28 @@ def _write_failures(split: Split, shards: list[dict]) -> None:
         for rec in failed:
             f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
     os.replace(split.folder / f".{FAILURES}.tmp", split.folder / FAILURES)
+    split.store.publish(FAILURES)
 
 
-def _nothing_written(out: Path, splits: list[Split], opts: BuildOptions, inputs: int) -> None:
+def _nothing_written(root: Store, splits: list[Split], opts: BuildOptions, inputs: int) -> None:
     """No manifest for an empty build (it would fail only later, at train): say why and stop."""
     failures: Counter = Counter()
     for s in splits:
         _write_failures(s, [])
         failures.update(s.failures)
-    (out / BUILD_ARGS).unlink(missing_ok=True)   # nothing to resume: the same command may simply run again
+    root.delete([BUILD_ARGS])   # nothing to resume: the same command may simply run again
     path = opts.source.path
     if inputs == 0:
         from .readers import IMAGE_SUFFIXES
 
         what = (f"its class folders hold no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
-                if Path(path).is_dir() else "it has no rows or records" if opts.source.limit != 0 else "limit is 0")
+                if not fs.is_remote(path) and Path(path).is_dir() else "it has no rows or records" if opts.source.limit != 0 else "limit is 0")
         why = f"{path} gave 0 inputs: {what}"
     else:
         counts = ", ".join(f"{r}: {n}" for r, n in failures.most_common())
-        lists = ", ".join(str(s.folder / FAILURES) for s in splits)
+        lists = ", ".join(s.store.path(FAILURES) for s in splits)
         why = f"all {inputs} inputs of {path} were skipped ({counts}); each is listed in {lists}"
-    raise EmptyBuildError(f"{out}: the build wrote 0 samples: {why}")
+    raise EmptyBuildError(f"{root.target}: the build wrote 0 samples: {why}")
 
 
 def _finish(split: Split, shards: list[dict], source, opts: BuildOptions, seconds: float, written: int,
@@ -302,4 +322,5 @@ def _finish(split: Split, shards: list[dict], source, opts: BuildOptions, second
         build={"mmfm_version": __version__, "seconds": round(seconds, 3), "samples_this_run": written,
                "images_per_s": round(rate, 1) if rate else None, "resumed": resumed})
     write_manifest(split.folder, manifest)
+    split.store.publish(MANIFEST)      # last: the manifest commits the build
     return manifest

@@ -37,8 +37,8 @@ def _time_left() -> float:
     return left
 
 
-class _DeadlineSocket(socket.socket):
-    """A socket whose every read waits at most until the attempt's deadline (a trickle cannot stretch it)."""
+class _DeadlineReads:
+    """Every read waits at most until the attempt's deadline, so a trickling server cannot stretch it."""
 
     def recv_into(self, *args, **kwargs):
         self.settimeout(_time_left())
@@ -49,16 +49,13 @@ class _DeadlineSocket(socket.socket):
         return super().recv(*args, **kwargs)
 
 
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    """The TLS twin of ``_DeadlineSocket`` (CPython bounds one handshake call by the socket timeout)."""
+class _DeadlineSocket(_DeadlineReads, socket.socket):
+    """A plain socket whose reads keep the deadline."""
 
-    def recv_into(self, *args, **kwargs):
-        self.settimeout(_time_left())
-        return super().recv_into(*args, **kwargs)
 
-    def recv(self, *args, **kwargs):
-        self.settimeout(_time_left())
-        return super().recv(*args, **kwargs)
+class _DeadlineSSLSocket(_DeadlineReads, ssl.SSLSocket):
+    """The TLS twin of ``_DeadlineSocket``; the handshake keeps the deadline too (CPython bounds one handshake
+    call by the socket timeout)."""
 
     def do_handshake(self, block=False):
         self.settimeout(_time_left())
@@ -271,9 +268,26 @@ def read_local(path: str) -> bytes:
         raise Skip("read_error", f"{path}: {e}") from None
 
 
+def read_remote(url: str) -> bytes:
+    """An image on an fsspec filesystem (``s3://``, ``gs://``, ...), e.g. next to a table read from there."""
+    from mmfm.config import ConfigError
+    from mmfm.data import fs
+
+    try:
+        return fs.read_bytes(url, "image")
+    except ConfigError as e:
+        msg = str(e)
+        raise Skip("file_not_found" if "does not exist" in msg else "bad_url", msg) from None
+    except Exception as e:  # noqa: BLE001 - one unreadable object costs its sample, not the build
+        raise Skip("read_error", f"{url}: {type(e).__name__}: {e}") from None
+
+
 def fetch(src: str, opts: DownloadOptions) -> bytes:
     if is_url(src):
         return fetch_url(src, opts)
     if "://" in src:
-        raise Skip("bad_url", f"unsupported scheme: {src.split('://', 1)[0]}")
+        from mmfm.data.fs import OBJECT_STORES, scheme
+        if scheme(src) not in OBJECT_STORES:
+            raise Skip("bad_url", f"unsupported scheme: {src.split('://', 1)[0]}")
+        return read_remote(src)
     return read_local(src)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmfm.config import ConfigError, atomic_write
+from mmfm.data import fs
 
 FORMAT = "mmfm-shards/1"
 MANIFEST = "manifest.json"
@@ -79,15 +80,23 @@ def write_manifest(out_dir: str | os.PathLike, manifest: dict) -> Path:
 def read_manifest(path: str | os.PathLike) -> dict:
     """Read ``DIR/manifest.json`` (or the manifest file itself) and check its format.
 
-    Raises ``ShardError`` naming the file when it is missing, not JSON, or not ``mmfm-shards/1``.
+    ``path`` may be an fsspec URL (``s3://bucket/shards``). Raises ``ShardError`` naming the file when it is
+    missing, not JSON, or not ``mmfm-shards/1``.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST
-    if not path.is_file():
-        raise ShardError(f"{path}: no manifest.json (build shards with `mmfm shards build`)")
+    if fs.is_remote(path):
+        path = str(path) if str(path).endswith(".json") else fs.join(str(path), MANIFEST)
+        if not fs.exists(path, "manifest"):
+            raise ShardError(f"{path}: no manifest.json (build shards with `mmfm shards build`)")
+        text = fs.read_text(path, "manifest")
+    else:
+        path = fs.local_path(path)
+        if path.is_dir():
+            path = path / MANIFEST
+        if not path.is_file():
+            raise ShardError(f"{path}: no manifest.json (build shards with `mmfm shards build`)")
+        text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ShardError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

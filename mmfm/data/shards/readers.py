@@ -7,6 +7,7 @@ plus ``question``/``answers``/``answer_type`` (VQA), ``emoji`` (rendered sources
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import json
 import math
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mmfm.config import ConfigError
+from mmfm.data import fs
 
 from .download import is_url
 from .options import BuildOptions, SourceOptions
@@ -49,11 +51,32 @@ def detect_type(path: Path) -> str:
                       "(image_folder, csv, tsv, jsonl, parquet, coco, vqa, noto_emoji, emoji_images)")
 
 
+def _fetch_input(url: str):
+    """An input file on an fsspec filesystem -> (a local copy in a temporary folder, that folder). Its images,
+    named relative to it, are read from next to the URL (``image_root`` defaults to the URL's folder)."""
+    import tempfile
+
+    filesystem, p = fs.url_fs(url, "source.path")
+    if not filesystem.exists(p):
+        raise ConfigError(f"source.path: {url} does not exist")
+    if filesystem.isdir(p):
+        raise ConfigError(f"source.path: {url} is a folder; remote inputs are table, COCO/VQA JSON or emoji files "
+                          "(list a remote image folder in a CSV/JSONL table)")
+    stage = tempfile.TemporaryDirectory(prefix="mmfm-input-")
+    return fs.download(url, Path(stage.name) / url.rstrip("/").rsplit("/", 1)[-1], "source.path"), stage
+
+
 def open_source(opts: BuildOptions) -> Source:
     src = opts.source
     if not src.path:
         raise ConfigError("source.path: give an input (folder, table, COCO/VQA JSON or emoji-test.txt)")
-    path = Path(src.path)
+    fs.check_url(src.path, "source.path")
+    stage = None
+    if fs.is_remote(src.path):
+        path, stage = _fetch_input(src.path)
+        src = dataclasses.replace(src, image_root=src.image_root or src.path.rstrip("/").rsplit("/", 1)[0])
+    else:
+        path = fs.local_path(src.path)
     if not path.exists():
         raise ConfigError(f"source.path: {path} does not exist")
     kind = detect_type(path) if src.type == "auto" else src.type
@@ -73,6 +96,7 @@ def open_source(opts: BuildOptions) -> Source:
         source = read_emoji(path, src)
     if opts.shuffle or (opts.shuffle is None and kind == "image_folder"):
         _shuffle(source, opts.shuffle_seed)
+    source.stage = stage      # keeps a remote input's local copy while the items are read
     if src.limit is not None:
         import itertools
         source.items = itertools.islice(source.items, src.limit)
@@ -90,14 +114,16 @@ def _shuffle(source: Source, seed: int) -> None:
     source.items, source.total, source.shuffle_seed = iter(items), len(items), seed
 
 
-def _base(path: Path, src: SourceOptions) -> Path:
+def _base(path: Path, src: SourceOptions) -> Path | str:
+    if src.image_root and fs.is_remote(src.image_root):
+        return src.image_root                # images in a bucket: joined as URLs
     return Path(src.image_root) if src.image_root else path.parent
 
 
-def _resolve(value: str, base: Path) -> str:
+def _resolve(value: str, base: Path | str) -> str:
     if is_url(value) or "://" in value or os.path.isabs(value):
         return value
-    return str(base / value)
+    return fs.join(base, value) if isinstance(base, str) else str(base / value)
 
 
 def _is_http(value: Any) -> bool:

@@ -1,0 +1,114 @@
+"""What ``mmfm eval compare MODEL [MODEL ...]`` writes: ``compare.json`` (everything), ``compare.csv`` (one row
+per model, data set and metric) and ``compare.html`` (the table and a chart: each metric's value per model,
+grouped by data set, with the paired bootstrap 95% interval of the difference to the first model), each
+written atomically; and the text table it prints."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+from .html import esc, page, png_data_uri, table
+
+__all__ = ["write_compare", "format_suite", "compare_csv", "compare_html"]
+
+CSV_FIELDS = ("data", "metric", "model", "value", "n", "delta", "ci95_low", "ci95_high", "improved")
+
+
+def _fmt(v, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _verdict(r: dict) -> str:
+    if r["delta"] is None:
+        return "reference"
+    return {True: "better", False: "worse", None: "no clear change"}[r["improved"]]
+
+
+def _short(name: str, width: int = 40) -> str:
+    return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def compare_csv(res: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_FIELDS)
+    for r in res["rows"]:
+        lo, hi = r["ci95"] or (None, None)
+        w.writerow([r["data"], r["metric"], r["model"], r["value"], r["n"], r["delta"], lo, hi,
+                    "" if r["delta"] is None else r["improved"]])
+    return buf.getvalue()
+
+
+def format_suite(res: dict) -> str:
+    """The comparison as aligned text: one line per data set, metric and model."""
+    head = ["data", "metric", "model", "value", "delta vs first", "95% CI", "verdict"]
+    rows = [[r["data"], r["metric"], _short(r["model"]), _fmt(r["value"]),
+             "-" if r["delta"] is None else f"{r['delta']:+.4f}",
+             "-" if r["ci95"] is None else f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]", _verdict(r)]
+            for r in res["rows"]]
+    widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def _chart(res: dict) -> bytes:
+    """A PNG: one panel per data set, a bar per (metric, model), error bars = the delta's 95% interval."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    names = [d["name"] for d in res["data"]]
+    models = res["models"]
+    fig, axes = plt.subplots(len(names), 1, figsize=(max(6.0, 1.2 * len(models) * 4), 3.2 * len(names)),
+                             squeeze=False)
+    width = 0.8 / len(models)
+    for ax, name in zip(axes[:, 0], names):
+        rows = [r for r in res["rows"] if r["data"] == name]
+        metrics = list(dict.fromkeys(r["metric"] for r in rows))
+        for j, m in enumerate(models):
+            vals, errs = [], [[], []]
+            for metric in metrics:
+                r = next((x for x in rows if x["metric"] == metric and x["model"] == m), None)
+                vals.append(float("nan") if r is None else r["value"])
+                d, (lo, hi) = (0.0, (0.0, 0.0)) if r is None or r["ci95"] is None else (r["delta"], r["ci95"])
+                errs[0].append(max(0.0, d - lo))
+                errs[1].append(max(0.0, hi - d))
+            xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(metrics))]
+            ax.bar(xs, vals, width, yerr=errs if j else None, capsize=3, label=_short(m, 30))
+        ax.set_xticks(range(len(metrics)))
+        ax.set_xticklabels(metrics, rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{name}: value per model (error bar: 95% CI of the difference to the first)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def compare_html(res: dict) -> str:
+    head = ["data", "metric", "model", "value", "n", "delta vs first", "95% CI", "verdict"]
+    body = [[r["data"], r["metric"], r["model"], _fmt(r["value"]), r["n"],
+             "-" if r["delta"] is None else f"{r['delta']:+.4f}",
+             "-" if r["ci95"] is None else f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]",
+             f"<span class={ {'better': 'good', 'worse': 'bad'}.get(_verdict(r), 'muted') }>{esc(_verdict(r))}</span>"]
+            for r in res["rows"]]
+    boot = res["bootstrap"]
+    parts = [f"<h1>{esc('Model comparison')}</h1>",
+             f"<p>Reference: <code>{esc(res['reference'])}</code>. Deltas are paired over the samples both models "
+             f"scored; 95% intervals from {boot['n_boot']} bootstrap draws (seed {boot['seed']}). "
+             f"{esc(res['backend'])}.</p>",
+             table(head, body, raw_columns=(7,), num_columns=(3, 4, 5)),
+             f"<img class=plot alt='metric values per model' src='{png_data_uri(_chart(res))}'>"]
+    if res["notes"]:
+        parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in res["notes"]) + "</ul>")
+    return page("mmfm eval compare", parts)
+
+
+def write_compare(res: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
+    from .common import atomic_write, write_json
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return {"json": write_json(out / "compare.json", res), "csv": atomic_write(out / "compare.csv", compare_csv(res)),
+            "html": atomic_write(out / "compare.html", compare_html(res))}

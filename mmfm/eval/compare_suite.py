@@ -1,0 +1,267 @@
+"""``mmfm eval compare MODEL [MODEL ...] --data ...``: several models on the same data in one run, with the
+difference to the first model and a paired bootstrap 95% interval for every metric.
+
+What is measured depends on the models' kind (all models must be of one kind) and on each data set:
+
+* CLIP, an image folder (one subfolder per class): zero-shot top-1, top-5 (5+ classes), mean per-class recall
+  and macro-F1; with ``probe_train`` (a folder with the same classes) a linear probe on frozen image features
+  and k-shot probes (``mmfm.eval.probe``, CLIP_benchmark's protocol), scored on the data folder.
+* CLIP, shards / CSV / JSONL of image-caption pairs: retrieval R@1/5/10 both ways.
+* Captioner, captions (shards, CSV, JSONL): BLEU-4, CIDEr-D, ROUGE-L of generated captions and perplexity per
+  token of the references (``mmfm.eval.perplexity``).
+* Captioner (VQA), questions (JSONL or shards whose rows have ``question`` and ``answers``): VQAv2 accuracy and
+  SQuAD token F1 (max over the reference answers).
+
+Every metric keeps its per-sample parts (:class:`mmfm.eval.bootstrap.SampleMetric`), so deltas are paired over
+the samples both models scored. Give the new domain and an old one to see what continued pre-training gained
+and what it forgot.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mmfm.config import ConfigError
+
+from .bootstrap import SampleMetric, paired_delta
+
+__all__ = ["compare_suite", "parse_data", "data_kind"]
+
+FEWSHOT = (1, 5, 10)
+
+
+def parse_data(spec: str) -> tuple[str, str]:
+    """``NAME=PATH`` or ``PATH`` (named after its file or folder, without the extension) -> ``(name, path)``."""
+    name, sep, path = str(spec).partition("=")
+    if sep and name and "/" not in name and path:
+        return name, path
+    return Path(str(spec).rstrip("/")).stem or str(spec), str(spec)
+
+
+def _first_row(path: str) -> dict:
+    from .records import is_shards, shard_records
+    if is_shards(path):
+        r = next(iter(shard_records(path)), None)
+        return {} if r is None else dict(r["meta"], question=r["meta"].get("question"))
+    from .retrieval import _read_rows
+    rows = _read_rows(Path(path))
+    return rows[0] if rows else {}
+
+
+def data_kind(path: str, model_kind: str) -> str:
+    """``folder`` | ``pairs`` | ``captions`` | ``vqa`` for a data set and the models' kind."""
+    p = Path(path)
+    from .records import is_shards
+    if not (p.exists() or "{" in path):
+        raise ConfigError(f"--data {path}: not found")
+    if p.is_dir() and not is_shards(path):
+        if model_kind != "clip":
+            raise ConfigError(f"--data {path}: an image folder is scored by zero-shot classification, which needs "
+                              f"CLIP models, not {model_kind}s")
+        return "folder"
+    if model_kind == "clip":
+        return "pairs"
+    row = _first_row(path)
+    return "vqa" if row.get("question") and (row.get("answers") or row.get("answer")) else "captions"
+
+
+# ----------------------------------------------------------------------------- one model on one data set
+def _zeroshot(model, path: str, templates, max_samples, probe, fewshot, progress) -> tuple[dict, list]:
+    from .folder import scan_folder
+    from .zeroshot import zeroshot_classify
+    spec = scan_folder(path, max_samples=max_samples)
+    if not spec.labelled:
+        raise ConfigError(f"--data {path}: a flat folder has no labels; give one subfolder per class")
+    res = zeroshot_classify(model, spec, templates=templates, workers=0, use_cache=False, progress=progress)
+    keys = [r["path"] for r in res.predictions]
+    cls = {"target": res.targets, "pred": res.preds, "n_classes": [len(spec.classes)]}
+    out = {f"zero-shot {m}": SampleMetric(keys, cls, m) for m in ("top1", "mean_per_class_recall", "macro_f1")}
+    if len(spec.classes) >= 5:
+        hits = [r["label"] in [c for c, _ in r["topk"][:5]] for r in res.predictions]
+        out["zero-shot top5"] = SampleMetric(keys, {"value": hits}, "mean")
+    notes = []
+    if probe:
+        more, notes = _probes(model, spec, probe, fewshot, progress)
+        out.update(more)
+    return out, notes
+
+
+def _probes(model, test_spec, train_folder: str, fewshot, progress) -> tuple[dict, list]:
+    from .folder import scan_folder
+    from .probe import folder_features, linear_probe
+    train_spec = scan_folder(train_folder)
+    if list(train_spec.classes) != list(test_spec.classes):
+        raise ConfigError(f"--probe-train {train_folder}: its classes {train_spec.classes} differ from those of "
+                          f"{test_spec.root} {test_spec.classes}")
+    tx, ty, _ = folder_features(model, train_spec, progress=progress)
+    ex, ey, epos = folder_features(model, test_spec, progress=progress)
+    keys = [test_spec.paths[i] for i in epos]
+    out, notes = {}, []
+    for k in [None, *fewshot]:
+        name = "linear probe top1" if k is None else f"{k}-shot probe top1"
+        try:
+            r = linear_probe(tx, ty, ex, ey, len(test_spec.classes), k=k, classnames=test_spec.classnames)
+        except ConfigError as e:
+            notes.append(f"{name} left out: {e}")
+            continue
+        out[name] = SampleMetric(keys, {"target": ey, "pred": r["pred"], "n_classes": [len(test_spec.classes)]},
+                                 "top1")
+    return out, notes
+
+
+def _retrieval(model, path: str, max_samples, progress) -> tuple[dict, list]:
+    import torch
+
+    from .records import shard_urls
+    from .retrieval import embed_pairs, is_shard_source, read_table, retrieval_ranks
+    if is_shard_source(path):
+        shard_urls(path)
+        source = path
+    else:
+        source = read_table(path)
+    img, txt, owner, skipped = embed_pairs(model, source, workers=0, max_samples=max_samples, progress=progress)
+    i2t, t2i = retrieval_ranks(img, txt, owner, 10)
+    keys = list(range(len(img)))
+    n_caps = torch.bincount(owner, minlength=len(img)).double().numpy()
+    out = {}
+    for k in (1, 5, 10):
+        out[f"image_to_text R@{k}"] = SampleMetric(keys, {"value": (i2t < k).double().numpy()}, "mean")
+        hits = torch.zeros(len(img), dtype=torch.float64).index_add_(0, owner, (t2i < k).double()).numpy()
+        out[f"text_to_image R@{k}"] = SampleMetric(keys, {"num": hits, "den": n_caps}, "ratio")
+    return out, [f"{len(skipped)} images skipped"] if skipped else []
+
+
+def _captions(model, path: str, gen, max_samples, progress) -> tuple[dict, list]:
+    from .caption_eval import evaluate_captions, read_caption_data
+    from .caption_metrics import bleu_stats
+    from .perplexity import caption_nll
+    from .ptb_tokenize import tokenize_corpus
+    res = evaluate_captions(model, path, gen, max_samples=max_samples, progress=progress)
+    preds = res["predictions"]
+    keys = [p["key"] for p in preds]
+    hyps = [h for [h] in tokenize_corpus({p["key"]: [p["caption"]] for p in preds}).values()]
+    refs = list(tokenize_corpus({p["key"]: p["references"] for p in preds}).values())
+    out = {"BLEU-4": SampleMetric(keys, {"stats": bleu_stats(hyps, refs)}, "bleu4")}
+    for m in ("CIDEr-D", "ROUGE-L"):
+        out[m] = SampleMetric(keys, {"value": [p["scores"][m] for p in preds]}, "mean")
+    nll = caption_nll(model, read_caption_data(path, max_samples))
+    out["perplexity"] = SampleMetric(nll["keys"], {"num": nll["nll"], "den": nll["tokens"]}, "perplexity",
+                                     higher_is_better=False)
+    return out, []
+
+
+def _vqa(model, spec: str, path: str, gen, max_samples, progress) -> tuple[dict, list]:
+    from mmfm.models.checkpoint import read_config
+
+    from .caption_eval import evaluate_vqa_model
+    from .vqa_metrics import max_token_f1
+    try:
+        vqa_cfg = read_config(spec).task.vqa
+    except Exception:  # noqa: BLE001 - a model without a stored task config answers with the defaults
+        vqa_cfg = None
+    res = evaluate_vqa_model(model, path, gen, vqa_cfg, max_samples=max_samples, progress=progress)
+    rows = res["predictions"]
+    keys = [r["question_id"] for r in rows]
+    return {"VQA accuracy": SampleMetric(keys, {"value": [r["accuracy"] for r in rows]}, "mean"),
+            "token F1": SampleMetric(keys, {"value": [max_token_f1(r["answer"], r["answers"]) for r in rows]},
+                                     "mean")}, []
+
+
+def _evaluate(model, spec, kind, path, opts) -> tuple[dict, list]:
+    if kind == "folder":
+        return _zeroshot(model, path, opts["templates"], opts["max_samples"], opts["probe_train"], opts["fewshot"],
+                         opts["progress"])
+    if kind == "pairs":
+        return _retrieval(model, path, opts["max_samples"], opts["progress"])
+    if kind == "vqa":
+        return _vqa(model, spec, path, opts["gen"], opts["max_samples"], opts["progress"])
+    return _captions(model, path, opts["gen"], opts["max_samples"], opts["progress"])
+
+
+# ----------------------------------------------------------------------------- the run
+def _model_kind(model) -> str:
+    return getattr(getattr(model, "model_cfg", None), "kind", "clip")
+
+
+def compare_suite(models: list[str], data: list[str], *, probe_train: str | None = None,
+                  fewshot=FEWSHOT, templates="simple", max_samples: int | None = None, gen=None,
+                  n_boot: int = 1000, seed: int = 0, device: str | None = None, progress: bool = True) -> dict:
+    """Evaluate every model on every data set (``NAME=PATH`` or ``PATH``). Returns ``{"rows": [{"model",
+    "data", "metric", "value", "n", "delta", "ci95", "improved"}], "notes", ...}``; the first model is the
+    reference of the deltas."""
+    import torch
+
+    from mmfm.models.checkpoint import load as load_model
+    from mmfm.version import __version__
+    if not models:
+        raise ConfigError("compare: give at least one model")
+    if not data:
+        raise ConfigError("compare: give at least one --data")
+    twice = sorted({m for m in models if list(models).count(m) > 1})
+    if twice:
+        raise ConfigError(f"compare: model {twice[0]} is given twice")
+    t0 = time.perf_counter()
+    sets = [parse_data(d) for d in data]
+    if len({n for n, _ in sets}) != len(sets):
+        raise ConfigError(f"--data: two data sets share a name ({[n for n, _ in sets]}); name them NAME=PATH")
+    opts = {"templates": templates, "max_samples": max_samples, "probe_train": probe_train,
+            "fewshot": tuple(fewshot or ()), "gen": gen, "progress": progress}
+    scores: dict = {}        # (data, metric) -> [SampleMetric per model]
+    notes, kind = [], None
+    for spec in models:
+        model = load_model(spec, device=device)
+        if kind is None:
+            kind = _model_kind(model)
+            kinds = {name: data_kind(path, kind) for name, path in sets}
+        elif _model_kind(model) != kind:
+            raise ConfigError(f"model {spec} is a {_model_kind(model)}, the first model is a {kind}")
+        for name, path in sets:
+            if progress:
+                print(f"evaluating {spec} on {name} ({kinds[name]}) ...", flush=True)
+            metrics, more = _evaluate(model, spec, kinds[name], path, opts)
+            notes += [f"{spec} on {name}: {n}" for n in more]
+            for metric, sm in metrics.items():
+                scores.setdefault((name, metric), {})[spec] = sm
+        del model
+    rows = _rows(models, scores, n_boot, seed)
+    return {"task": "compare_models", "kind": kind, "models": list(models),
+            "data": [{"name": n, "path": p, "kind": kinds[n]} for n, p in sets], "reference": models[0],
+            "rows": rows, "notes": notes, "bootstrap": {"n_boot": n_boot, "seed": seed, "paired": True},
+            "probe": {"train": probe_train, "fewshot": list(opts["fewshot"])} if probe_train else None,
+            "templates": templates if kind == "clip" else None, "max_samples": max_samples,
+            "decoding": None if gen is None else _settings(gen),
+            "backend": f"mmfm {__version__} (torch {torch.__version__})",
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _settings(gen) -> dict:
+    import dataclasses
+    return dataclasses.asdict(gen)
+
+
+def _rows(models: list[str], scores: dict, n_boot: int, seed: int) -> list[dict]:
+    rows = []
+    for (name, metric), per_model in scores.items():
+        base = per_model.get(models[0])
+        for spec in models:
+            sm = per_model.get(spec)
+            if sm is None:
+                continue
+            row = {"model": spec, "data": name, "metric": metric, "value": sm.value(), "n": len(sm.keys),
+                   "higher_is_better": sm.higher_is_better, "delta": None, "ci95": None, "improved": None}
+            if spec != models[0] and base is not None:
+                d = paired_delta(base, sm, n_boot=n_boot, seed=seed)
+                row.update(delta=d["delta"], ci95=d["ci95"], improved=d["improved"], n_paired=d["n"])
+            rows.append(row)
+    return rows
+
+
+def values_table(res: dict) -> dict:
+    """``{(data, metric): {model: value}}`` of a result, for printing and plotting."""
+    out: dict = {}
+    for r in res["rows"]:
+        out.setdefault((r["data"], r["metric"]), {})[r["model"]] = r["value"]
+    return out
+
