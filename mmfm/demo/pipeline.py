@@ -137,7 +137,10 @@ def stage_scratch(ctx: DemoContext) -> dict:
     at an equal training budget."""
     from mmfm.config import read_yaml
 
-    steps = read_yaml(ctx.out / "clip" / "config.yaml")["train"]["max_steps"]
+    s = ctx.settings.scratch
+    if not s.train:
+        return {"skipped": "not trained in this run (demo.yaml scratch.train: false)", "reference": s.reference}
+    steps = s.steps or read_yaml(ctx.out / "clip" / "config.yaml")["train"]["max_steps"]
     summary = _train(ctx, ctx.config("clip_scratch"), ctx.out / "scratch",
                      {**_clip_data(ctx), "train.max_steps": steps})
     summary["sets"] = T.score_sets(ctx, ctx.out / "scratch")
@@ -303,12 +306,15 @@ def stage_report(ctx: DemoContext) -> dict:
     bias = results.get("bias") or {}
     compare, targets = R.comparison_rows(results), R.target_rows(results)
     chart = R.plot_comparison(compare, ctx.out / "scratch_vs_pretrained.png")
-    comparison = R.comparison_html(compare, chart, targets) + R.photos_html(_photo_items(ctx))
+    scratch = results.get("scratch") or {}
+    comparison = R.comparison_html(compare, chart, targets, scratch) + R.photos_html(_photo_items(ctx))
     path = R.write_report(ctx.out, rows=rows, curves=curves, confusion=conf, items=items, info=info,
                           groups=R.group_count(zs), bias=bias, comparison=comparison)
     table = R.format_table(rows)
     if compare:
         table = R.format_comparison(compare) + "\n\n" + table
+    if scratch.get("skipped"):
+        table = f"from scratch: {scratch['skipped']}; measured separately: {scratch.get('reference')}\n\n" + table
     table += "\n\n" + R.format_targets(targets)
     if bias:
         table += "\n\n" + R.format_bias(bias)

@@ -335,11 +335,15 @@ _BEFORE = ("There is no meaningful zero-shot 'before' for the pretrained towers:
            "measures both).")
 
 
-def comparison_html(rows: list[dict], chart: Path | None, targets: list[dict]) -> list[str]:
+def comparison_html(rows: list[dict], chart: Path | None, targets: list[dict],
+                    scratch: dict | None = None) -> list[str]:
     if not rows and not targets:
         return []
     parts = ["<h2>From scratch vs pretrained towers (same training budget, trained on Noto emoji only)</h2>",
              f"<p>{html.escape(_BEFORE)}</p>"]
+    if (scratch or {}).get("skipped"):
+        parts.append(f"<p><b>From scratch: {html.escape(scratch['skipped'])}.</b> Measured separately: "
+                     f"{html.escape(scratch.get('reference') or '-')}</p>")
     if rows:
         parts.append(table(["model", "evaluated on", "images", "top-1", "mean per-class recall", "macro-F1",
                             "majority-class top-1"],

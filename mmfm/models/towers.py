@@ -196,24 +196,30 @@ def _ignore_obsolete_keys(module, state_dict, prefix, *args) -> None:
 
 
 def _chain(trunk: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The trunk's children in declaration order, its ``blocks`` Sequential opened into ``blocks.i``."""
+    """The trunk's children in declaration order, its ``blocks`` Sequential opened down to the single blocks
+    (``blocks.5.3``: timm's fine groups, which ``unlock_last_groups`` counts)."""
+    def opened(name: str, seq: nn.Sequential):
+        for i, child in enumerate(seq):
+            if isinstance(child, nn.Sequential):
+                yield from opened(f"{name}.{i}", child)
+            else:
+                yield f"{name}.{i}", child
+
     out: list[tuple[str, nn.Module]] = []
     for name, child in trunk.named_children():
-        if name == "blocks" and isinstance(child, nn.Sequential):
-            out += [(f"blocks.{i}", b) for i, b in enumerate(child)]
-        else:
-            out.append((name, child))
+        out += list(opened(name, child)) if name == "blocks" and isinstance(child, nn.Sequential) else [(name, child)]
     return out
 
 
 def _frozen_prefix_length(trunk: nn.Module) -> int:
-    """How many ``_chain`` items come before the first one with a trainable parameter or with none (a dropout
-    outside the frozen modules follows the train mode: its output must not be cached)."""
+    """How many ``_chain`` items come before the first one with a trainable parameter or with no state at all (a
+    dropout or pooling layer outside the frozen modules follows the train mode: its output must not be cached;
+    a frozen BatchNorm keeps buffers only)."""
     if any(p.requires_grad for p in trunk.parameters(recurse=False)):
         return 0
     for i, (_, module) in enumerate(_chain(trunk)):
-        params = list(module.parameters())
-        if not params or any(p.requires_grad for p in params):
+        stateful = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+        if not stateful or any(p.requires_grad for p in module.parameters()):
             return i
     return len(_chain(trunk))
 
@@ -274,8 +280,9 @@ class TimmVisionTower(KeepLockedEval, nn.Module):
         return image
 
     def _cached_prefix(self, image: torch.Tensor) -> torch.Tensor:
-        memo = self.prefix_memo
-        return memo([memo.key(row) for row in image], lambda idx: self._prefix(image[idx]), image.device)
+        memo = self.prefix_memo        # new images run in chunks of 64: a 256-image batch's early activations
+        return memo([memo.key(row) for row in image],    # at full resolution would peak at ~1 GB
+                    lambda idx: torch.cat([self._prefix(image[c]) for c in idx.split(64)]), image.device)
 
     def _rest(self) -> nn.Module:
         """The trunk with its frozen prefix taken out (a view sharing every module and parameter): its
@@ -289,8 +296,8 @@ class TimmVisionTower(KeepLockedEval, nn.Module):
             if name in prefix:
                 view._modules[name] = nn.Identity()
             elif name == "blocks":
-                kept = [b for i, b in enumerate(self.trunk.blocks) if f"blocks.{i}" not in prefix]
-                view._modules[name] = nn.Sequential(*kept)
+                view._modules[name] = nn.Sequential(*[b for n, b in _chain(self.trunk)
+                                                      if n.startswith("blocks.") and n not in prefix])
         return view
 
     def _check_split(self) -> None:

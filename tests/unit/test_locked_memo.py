@@ -76,11 +76,17 @@ def _lite0(cache: bool, unlock: int):
 
 
 def test_partly_unlocked_tower_caches_its_frozen_prefix_with_the_same_outputs_and_gradients():
-    """unlock_last_groups: 2 (EfficientNet's blocks.6 + conv_head train): the frozen stem and blocks.0-5 run once
+    """unlock_last_groups: 2 (EfficientNet's last blocks + conv_head train): the frozen stem and blocks run once
     per distinct image; the unlocked rest runs every step, in train mode, and gets the same gradients."""
     plain, cached = _lite0(False, 2).train(), _lite0(True, 2).train()
     cached.load_state_dict(plain.state_dict())
-    stem_calls, block6_calls = _count_calls(cached.visual.trunk.conv_stem), _count_calls(cached.visual.trunk.blocks[6])
+    trunk = cached.visual.trunk
+    stem_calls, block6_calls = _count_calls(trunk.conv_stem), _count_calls(trunk.blocks[6][0])
+    # timm's fine groups: the last 2 are conv_head/bn2 and blocks.6.0 ... here blocks.5.3 trains too; the last
+    # frozen block, blocks.5.2, is the end of the cached prefix
+    first_unlocked = next(n for n, p in trunk.named_parameters() if p.requires_grad)
+    assert first_unlocked.startswith("blocks.5.3."), first_unlocked
+    last_frozen_calls = _count_calls(trunk.blocks[5][2])
     images = torch.randn(3, 3, 32, 32)
     tok = plain.tokenizer(["a cat", "a dog", "a cat"])
     for step, idx in enumerate([[0, 1, 2], [2, 0], [1, 2, 0]]):
@@ -93,7 +99,8 @@ def test_partly_unlocked_tower_caches_its_frozen_prefix_with_the_same_outputs_an
                           model.visual.trunk.blocks[6][0].conv_pw.weight.grad.clone()))
         for a, b in zip(*grads):
             assert torch.allclose(a, b, atol=1e-5), step
-    assert stem_calls == [3] and block6_calls == [3, 2, 3], (stem_calls, block6_calls)
+    assert stem_calls == [3] and last_frozen_calls == [3] and block6_calls == [3, 2, 3], (
+        stem_calls, last_frozen_calls, block6_calls)
     assert cached.visual.prefix_memo.misses == 3 and cached.visual.prefix_memo.hits == 5
     # the token path (a captioner's) shares the prefix memo; the unlocked trainable BatchNorm stats move alike
     assert torch.allclose(cached.visual.forward_tokens(images), plain.visual.forward_tokens(images), atol=1e-5)
