@@ -67,6 +67,25 @@ def test_every_stage_ran_and_left_its_outputs(quick_demo):
     assert (out / "vqa" / "eval" / "metrics.json").is_file()
 
 
+def test_group_caption_source_decodes_to_the_name_shards_pixels(quick_demo):
+    """Both CLIP sources show each training image with the same pixels (the group-caption shards are lossless),
+    so the CLIP's cached frozen-prefix features for an image serve both; a JPEG re-encode made every
+    group-caption image a second, different cache entry."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mmfm.demo.data import iter_samples
+    out, _ = quick_demo
+    names = {s["key"]: s["image"] for s in iter_samples(out / "shards" / "train")}
+    groups = list(iter_samples(out / "shards" / "train_groups"))
+    assert len(groups) == len(names)
+    for g in groups[:20]:
+        a, b = (np.asarray(Image.open(io.BytesIO(x)).convert("RGB")) for x in (g["image"], names[g["meta"]["key"]]))
+        assert a.shape == b.shape and np.array_equal(a, b), g["meta"]["key"]
+
+
 def test_report_page_and_table(quick_demo):
     out, proc = quick_demo
     page = (out / "report.html").read_text(encoding="utf-8")
