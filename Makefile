@@ -16,7 +16,7 @@ TWEMOJI := $(MMFM_CACHE)/emoji-datasource-twitter-16.0.0
 .PHONY: demo test venv apt-deps demo-deps twemoji continued clean help
 
 help:
-	@echo "make demo   - build emoji shards, train CLIP + captioner, evaluate, write runs/demo/report.html"
+	@echo "make demo   - build emoji shards, continue pre-training CLIP (ImageNet + MiniLM towers), captioner, VQA, evaluate on Noto, Twemoji and photos, write runs/demo/report.html"
 	@echo "make test   - run the test suite (CPU, offline)"
 	@echo "make continued - continue pre-training pretrained towers on emoji; compare what they gained and forgot"
 	@echo "make twemoji - fetch Twemoji (npm emoji-datasource-twitter) into $(TWEMOJI) for data_recipes/twemoji"
@@ -44,7 +44,7 @@ venv: $(VENV)/.installed
 test: apt-deps venv
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
-demo: demo-deps venv
+demo: demo-deps venv twemoji   # twemoji: the transfer stage reads another artist's emoji (evaluation only)
 	$(VENV)/bin/mmfm demo --out runs/demo
 
 # Issue 13's measured run: three ways to continue pre-training (image tower locked / last 2 groups / all) from

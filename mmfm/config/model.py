@@ -31,6 +31,9 @@ class VisionConfig:
     lock: bool = False                # freeze the tower (LiT)
     unlock_last_groups: int = ranged(0, ge=0)   # with lock: unfreeze the last N blocks
     grad_checkpointing: bool = False
+    cache_locked_features: bool = False   # with lock: compute the frozen trunk (with unlock_last_groups: its frozen
+                                          # layers before the first unlocked one) once per distinct training input
+                                          # (pays off without random augmentation; mmfm.models.memo)
 
 
 @dataclass
@@ -47,6 +50,7 @@ class TextConfig:
     lock: bool = False
     unlock_last_groups: int = ranged(0, ge=0)
     grad_checkpointing: bool = False
+    cache_locked_features: bool = False   # type=hf, lock, nothing unlocked: each distinct caption encoded once
 
     def validate(self) -> None:
         if self.type == "hf" and not self.hf_path:

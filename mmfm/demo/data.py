@@ -121,7 +121,9 @@ def build_caption_shards(samples: list[dict], image_paths: list[Path], template:
     random.Random(0).shuffle(rows)
     atomic_write_text(table, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     data = {"source": {"type": "jsonl", "path": str(table), "extra_columns": ["key"]},
-            "image": {"size": size, "resize_mode": "no", "format": "jpg", "quality": 95},
+            # lossless: the decoded pixels equal the name shards' (same JPEG decoded), so a locked tower's
+            # cached features for an image serve both sources
+            "image": {"size": size, "resize_mode": "no", "format": "png"},
             "dedup": False, "workers": workers, "shard_size": shard_size}
     opts = resolve_options(None, None, data)
     resume = out.is_dir() and any(out.glob("*.tar"))

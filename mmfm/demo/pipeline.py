@@ -1,8 +1,10 @@
 """The demo stages on real data (Noto emoji), each a thin call into the library.
 
 1. shards   -- ``mmfm shards build --recipe noto_emoji`` with a held-out split by base name
-2. clip     -- ``mmfm train configs/experiments/demo/clip.yaml`` (timm ViT from scratch + locked MiniLM, LiT)
+2. clip     -- ``mmfm train configs/experiments/demo/clip.yaml`` (ImageNet EfficientNet-Lite0 + MiniLM, LiT)
 3. zeroshot -- held-out images exported as a folder tree by group, then ``mmfm zeroshot``'s library call
+   transfer -- zero-shot over all 9 groups on held-out Noto, Twemoji (another artist) and real photos
+   scratch  -- today's from-scratch recipe (``clip_scratch.yaml``) at the same budget, scored the same way
 4. caption  -- ``mmfm train .../caption.yaml`` on the names, then ``mmfm eval caption`` on the held-out split
 5. bias     -- ``mmfm eval bias``: zero-shot and caption quality per skin tone, matched by base name
 6. vqa      -- questions drawn from the metadata -> VQA shards -> ``mmfm train .../vqa.yaml`` -> ``mmfm eval vqa``
@@ -20,6 +22,7 @@ from mmfm.config import ConfigError, atomic_write_text
 from mmfm.config.resources import resource_dir
 
 from . import data as D
+from . import transfer as T
 from .settings import DemoSettings
 from .stages import Stage
 
@@ -107,15 +110,41 @@ def _train(ctx: DemoContext, config: Path, out_dir: Path, values: dict) -> dict:
             "samples_per_s": last.get("train/samples_per_s"), "run": str(out_dir)}
 
 
-def stage_clip(ctx: DemoContext) -> dict:
+def _clip_data(ctx: DemoContext) -> dict:
+    """The CLIP runs' data: Noto training emoji only (name captions + group captions), held-out for validation."""
     g = ctx.settings.group_captions
     sources = [{"path": str(ctx.shards / "train"), "weight": 1.0 - g.weight}]
     if g.template:
         sources.append({"path": str(ctx.shards / "train_groups"), "weight": g.weight})
     else:
         sources[0]["weight"] = 1.0
-    values = {"data.train": sources, "data.val": [{"path": str(ctx.shards / "heldout")}]}
-    return _train(ctx, ctx.config("clip"), ctx.out / "clip", values)
+    return {"data.train": sources, "data.val": [{"path": str(ctx.shards / "heldout")}]}
+
+
+def stage_clip(ctx: DemoContext) -> dict:
+    return _train(ctx, ctx.config("clip"), ctx.out / "clip", _clip_data(ctx))
+
+
+# ----------------------------------------------------------------------------- transfer + from scratch
+def stage_transfer(ctx: DemoContext) -> dict:
+    """The pretrained CLIP, zero-shot over all 9 groups on held-out Noto, Twemoji and real photos."""
+    return {"sets": T.score_sets(ctx, ctx.out / "clip"), "run": str(ctx.out / "clip")}
+
+
+def stage_scratch(ctx: DemoContext) -> dict:
+    """Today's recipe (``clip_scratch.yaml``: a timm tower from random weights + locked MiniLM) on the same data
+    for the pretrained CLIP's number of steps, scored on the same three sets: from scratch vs pretrained towers
+    at an equal training budget."""
+    from mmfm.config import read_yaml
+
+    s = ctx.settings.scratch
+    if not s.train:
+        return {"skipped": "not trained in this run (demo.yaml scratch.train: false)", "reference": s.reference}
+    steps = s.steps or read_yaml(ctx.out / "clip" / "config.yaml")["train"]["max_steps"]
+    summary = _train(ctx, ctx.config("clip_scratch"), ctx.out / "scratch",
+                     {**_clip_data(ctx), "train.max_steps": steps})
+    summary["sets"] = T.score_sets(ctx, ctx.out / "scratch")
+    return summary
 
 
 # ----------------------------------------------------------------------------- 3. zero-shot
@@ -268,20 +297,30 @@ def stage_report(ctx: DemoContext) -> dict:
 
     results = ctx.results
     rows = R.metrics_rows(results)
-    curves = R.plot_curves({"CLIP (LiT) pre-training": ctx.out / "clip", "captioner": ctx.out / "caption",
-                            "VQA": ctx.out / "vqa"}, ctx.out / "training_curves.png")
+    curves = R.plot_curves({"CLIP (pretrained towers)": ctx.out / "clip", "CLIP from scratch": ctx.out / "scratch",
+                            "captioner": ctx.out / "caption", "VQA": ctx.out / "vqa"}, ctx.out / "training_curves.png")
     items = _grid_items(ctx, ctx.settings.report.grid)
     zs = results.get("zeroshot", {})
     info = {"summary": _summary_line(ctx), "details": _details(ctx)}
     conf = Path(zs["confusion_png"]) if zs.get("confusion_png") else None
     bias = results.get("bias") or {}
+    compare, targets = R.comparison_rows(results), R.target_rows(results)
+    chart = R.plot_comparison(compare, ctx.out / "scratch_vs_pretrained.png")
+    scratch = results.get("scratch") or {}
+    comparison = R.comparison_html(compare, chart, targets, scratch) + R.photos_html(_photo_items(ctx))
     path = R.write_report(ctx.out, rows=rows, curves=curves, confusion=conf, items=items, info=info,
-                          groups=R.group_count(zs), bias=bias)
+                          groups=R.group_count(zs), bias=bias, comparison=comparison)
     table = R.format_table(rows)
+    if compare:
+        table = R.format_comparison(compare) + "\n\n" + table
+    if scratch.get("skipped"):
+        table = f"from scratch: {scratch['skipped']}; measured separately: {scratch.get('reference')}\n\n" + table
+    table += "\n\n" + R.format_targets(targets)
     if bias:
         table += "\n\n" + R.format_bias(bias)
     atomic_write_text(ctx.out / "metrics.txt", table + "\n")
     atomic_write_text(ctx.out / "metrics.json", json.dumps(rows, indent=1))
+    atomic_write_text(ctx.out / "comparison.json", json.dumps({"rows": compare, "targets": targets}, indent=1))
     return {"report": str(path), "table": table}
 
 
@@ -310,6 +349,24 @@ def _grid_items(ctx: DemoContext, n: int) -> list[dict]:
         qa = [(D.QUESTIONS[k], answers[f"{s['key']}_{k}"]) for k in D.QUESTIONS if f"{s['key']}_{k}" in answers]
         items.append({"thumb": thumbnail_data_uri(s["image"], 64, fmt="PNG"), "name": s["txt"], "group": s["meta"].get("group", ""),
                       "caption": captions.get(s["key"], "-"), "zeroshot": zs_pred.get(s["key"], "-"), "answers": qa})
+    return items
+
+
+def _photo_items(ctx: DemoContext) -> list[dict]:
+    """The real photos with their hand-named label and group and each CLIP's zero-shot group."""
+    from mmfm.data.photos import read_photo_list
+    from mmfm.eval.html import thumbnail_data_uri
+
+    preds = {arm: ((ctx.results.get(arm) or {}).get("sets") or {}).get("photos", {}).get("predictions", {})
+             for arm in ("transfer", "scratch")}
+    items = []
+    for p in read_photo_list():
+        rel = f"{D.slug(p['group'])}/{p['name']}.png"
+        path = ctx.out / "photos" / "images" / rel
+        if path.is_file():
+            items.append({"thumb": thumbnail_data_uri(path.read_bytes(), 96, fmt="JPEG"), "label": p["label"],
+                          "group": p["group"], "pretrained": preds["transfer"].get(rel, "-"),
+                          "scratch": preds["scratch"].get(rel, "-")})
     return items
 
 
@@ -350,7 +407,10 @@ def _details(ctx: DemoContext) -> dict:
         out["CLIP training captions"] = (f"the CLDR name ({1 - g.weight:.0%} of samples) or "
                                          f"'{g.template}' ({g.weight:.0%}), for training images only")
     out["zero-shot prompts"] = ", ".join(st.zeroshot.templates)
-    for name, run in (("clip", ctx.out / "clip"), ("caption", ctx.out / "caption"), ("vqa", ctx.out / "vqa")):
+    out["evaluation only (never trained on)"] = ("Twemoji (data_recipes/twemoji, npm emoji-datasource-twitter, "
+                                                 "CC-BY 4.0) and scikit-image's photos (data_recipes/skimage_photos)")
+    for name in ("clip", "scratch", "caption", "vqa"):
+        run = ctx.out / name
         r = ctx.results.get(name) or {}
         if r:
             out[f"{name} run"] = _run_line(run, r)
@@ -369,10 +429,15 @@ def build_stages() -> list[Stage]:
     return [
         Stage("shards", "Build emoji shards (noto_emoji recipe, held-out split by base name)", stage_shards,
               lambda c: _fp(c), ("shards",)),
-        Stage("clip", "Pre-train CLIP: timm vision tower from scratch + locked MiniLM text tower (LiT)", stage_clip,
+        Stage("clip", "Continued pre-training of CLIP on Noto emoji: ImageNet EfficientNet-Lite0 + locked MiniLM",
+              stage_clip,
               lambda c: _fp(c, "clip"), ("clip",)),
         Stage("zeroshot", "Zero-shot classify the held-out emoji into their CLDR groups", stage_zeroshot,
               lambda c: _fp(c, "clip"), ("zeroshot",)),
+        Stage("transfer", "Zero-shot on held-out Noto, Twemoji (another artist) and real photos, all 9 groups",
+              stage_transfer, lambda c: _fp(c, "clip"), ("transfer", "twemoji", "photos")),
+        Stage("scratch", "From scratch at the same budget: today's recipe (random timm tower), scored the same way",
+              stage_scratch, lambda c: _fp(c, "clip", "clip_scratch"), ("scratch",)),
         Stage("caption", "Fine-tune a captioner on emoji names, caption the held-out emoji", stage_caption,
               lambda c: _fp(c, "clip", "caption"), ("caption",)),
         Stage("bias", "Skin-tone bias table: zero-shot and captions per tone on the same held-out emoji",

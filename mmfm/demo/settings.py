@@ -45,6 +45,16 @@ class BiasSettings:
 
 
 @dataclass
+class ScratchSettings:
+    """The from-scratch comparison arm (stage ``scratch``: ``clip_scratch.yaml`` on the same data, scored the same
+    way). ``train: false`` skips its training where it does not fit the run's time budget; the report then shows
+    ``reference`` (the from-scratch figures measured separately) in its place and says so."""
+    train: bool = True
+    steps: int | None = ranged(None, ge=1)    # None: the pretrained CLIP's steps (clip.yaml)
+    reference: str = ""
+
+
+@dataclass
 class ReportSettings:
     grid: int = ranged(48, ge=0)                      # held-out emoji shown on the page
 
@@ -56,4 +66,5 @@ class DemoSettings:
     zeroshot: ZeroShotSettings = field(default_factory=ZeroShotSettings)
     caption: CaptionSettings = field(default_factory=CaptionSettings)
     bias: BiasSettings = field(default_factory=BiasSettings)
+    scratch: ScratchSettings = field(default_factory=ScratchSettings)
     report: ReportSettings = field(default_factory=ReportSettings)

@@ -109,8 +109,13 @@ def parse_labels(labels: str | list[str]) -> list[str]:
 
 
 def scan_folder(root: str | os.PathLike, *, labels: str | list[str] | None = None,
-                classnames_file: str | os.PathLike | None = None, max_samples: int | None = None) -> FolderSpec:
-    """Index an image folder (see module doc). Errors name the folder or file at fault."""
+                classnames_file: str | os.PathLike | None = None, max_samples: int | None = None,
+                classes: list[str] | None = None) -> FolderSpec:
+    """Index an image folder (see module doc). Errors name the folder or file at fault.
+
+    ``classes``: the full list of class folder names, in label order. Every class is a candidate even when its
+    folder is missing or empty (an evaluation set that holds no image of some classes is still classified over
+    all of them); a subfolder not in the list is an error."""
     rootp = Path(root)
     if not rootp.exists():
         raise ConfigError(f"image folder not found: {rootp}")
@@ -118,7 +123,13 @@ def scan_folder(root: str | os.PathLike, *, labels: str | list[str] | None = Non
         raise ConfigError(f"not a folder: {rootp} (zero-shot expects a folder of images or of class subfolders)")
     entries = sorted(e for e in os.listdir(rootp) if _visible(e))
     subdirs = [e for e in entries if (rootp / e).is_dir()]
-    if subdirs:
+    if classes is not None:
+        unknown = sorted(set(subdirs) - set(classes))
+        if unknown:
+            raise ConfigError(f"{rootp}: class folder(s) {', '.join(unknown)} are not among the classes given "
+                              f"({', '.join(classes[:10])})")
+        spec = _scan_labelled(rootp, list(classes), entries, allow_empty=True)
+    elif subdirs:
         spec = _scan_labelled(rootp, subdirs, entries)
     else:
         spec = _scan_flat(rootp, entries)
@@ -128,13 +139,13 @@ def scan_folder(root: str | os.PathLike, *, labels: str | list[str] | None = Non
     return spec
 
 
-def _scan_labelled(rootp: Path, subdirs: list[str], entries: list[str]) -> FolderSpec:
+def _scan_labelled(rootp: Path, subdirs: list[str], entries: list[str], allow_empty: bool = False) -> FolderSpec:
     skipped = [{"path": e, "reason": "file at the top level of a class-subfolder layout"}
                for e in entries if e not in subdirs]
     paths, targets = [], []
     for idx, cls in enumerate(subdirs):
         n = 0
-        for f in _walk_files(rootp / cls):
+        for f in _walk_files(rootp / cls) if (rootp / cls).is_dir() else ():
             rel = f.relative_to(rootp).as_posix()
             if _is_image(f.name):
                 paths.append(rel)
@@ -142,7 +153,7 @@ def _scan_labelled(rootp: Path, subdirs: list[str], entries: list[str]) -> Folde
                 n += 1
             else:
                 skipped.append({"path": rel, "reason": "not an image file (extension)"})
-        if n == 0:
+        if n == 0 and not allow_empty:
             raise ConfigError(f"class folder '{cls}' in {rootp} holds no images "
                               f"(extensions: {', '.join(sorted(IMAGE_EXTS))}); remove it or add images")
     if len(subdirs) < 2:

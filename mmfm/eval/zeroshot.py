@@ -155,7 +155,9 @@ def classification_counts(logits, targets: np.ndarray, n_classes: int) -> dict:
 
 
 def counts_metrics(counts: dict) -> dict:
-    """``classification_counts`` (or their sum over ranks) -> top-1, top-5 and mean per-class recall."""
+    """``classification_counts`` (or their sum over ranks) -> top-1, top-5, mean per-class recall (over the
+    classes that have images) and macro-F1 (over the classes that have images or predictions, as
+    scikit-learn's ``f1_score(average="macro")``: a class predicted but absent scores 0)."""
     cm = counts["confusion"]
     n, support = int(cm.sum()), cm.sum(axis=1)
     recalls = np.diag(cm)[support > 0] / support[support > 0]

@@ -114,7 +114,8 @@ def _build_decoder(dcfg: DecoderConfig, tokenizer, init_weights: bool) -> nn.Mod
 
 
 def _vision_cfg_from_clip(cfg: ModelConfig):
-    """The CLIP checkpoint's vision architecture, with this config's lock / checkpointing choices."""
+    """The CLIP checkpoint's vision architecture, with this config's lock / checkpointing / caching choices and
+    preprocessing keys on top of the CLIP's (e.g. a captioner without the CLIP's random crop)."""
     from .checkpoint import read_config
 
     clip_cfg = read_config(cfg.clip_checkpoint).model
@@ -123,7 +124,9 @@ def _vision_cfg_from_clip(cfg: ModelConfig):
                           f"timm vision tower (kind={clip_cfg.kind}, openclip={clip_cfg.openclip})")
     v = cfg.vision
     return dataclasses.replace(clip_cfg.vision, pretrained=None, lock=v.lock,
-                               unlock_last_groups=v.unlock_last_groups, grad_checkpointing=v.grad_checkpointing)
+                               unlock_last_groups=v.unlock_last_groups, grad_checkpointing=v.grad_checkpointing,
+                               cache_locked_features=v.cache_locked_features,
+                               preprocess={**clip_cfg.vision.preprocess, **v.preprocess})
 
 
 def _load_clip_vision(visual: nn.Module, ckpt: str) -> dict:
@@ -362,11 +365,13 @@ def build_captioner(cfg: ModelConfig, init_weights: bool = True) -> Captioner:
     decoder = _build_decoder(dcfg, tokenizer, init_weights)
     model = Captioner(visual, decoder, tokenizer, cfg)
     if clip_meta and clip_meta.get("preprocess"):
-        model.preprocess = dict(clip_meta["preprocess"])
+        model.preprocess = {**clip_meta["preprocess"], **v.preprocess}
     if v.lock:
         model.lock_image_tower(v.unlock_last_groups)
     elif v.unlock_last_groups:
         raise ConfigError("model.vision.unlock_last_groups: only meaningful with model.vision.lock: true")
+    if v.cache_locked_features:
+        visual.cache_locked_features()
     if v.grad_checkpointing:
         visual.set_grad_checkpointing(True)
     return model

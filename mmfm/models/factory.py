@@ -78,6 +78,12 @@ def _build_clip(cfg: ModelConfig, init_weights: bool) -> nn.Module:
         model.lock_text_tower(t.unlock_last_groups)
     elif t.unlock_last_groups:
         raise ConfigError("model.text.unlock_last_groups: only meaningful with model.text.lock: true")
+    if v.cache_locked_features:
+        model.visual.cache_locked_features()
+    if t.cache_locked_features:
+        if not hasattr(model.text, "cache_locked_features"):
+            raise ConfigError("model.text.cache_locked_features: only for text.type: hf")
+        model.text.cache_locked_features()
     if v.grad_checkpointing:
         model.visual.set_grad_checkpointing(True)
     if t.grad_checkpointing:

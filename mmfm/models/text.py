@@ -161,16 +161,35 @@ class HFTextTower(KeepLockedEval, nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(text_ids)
         text_ids, attention_mask = trim_padding(text_ids, attention_mask)
+        if self.memo is not None and self.training:
+            # key: the row up to its last attended token (trailing padding, which varies by batch, left out)
+            ends = [int(m.nonzero().max()) + 1 if m.any() else 0 for m in attention_mask]
+            keys = [self.memo.key(torch.stack([i[:e], m[:e].to(i.dtype)])) for i, m, e in
+                    zip(text_ids, attention_mask, ends)]
+            pooled = self.memo(keys, lambda idx: self._pool(text_ids[idx], attention_mask[idx]), text_ids.device)
+        else:
+            pooled = self._pool(text_ids, attention_mask)
+        return self.proj(pooled)
+
+    def _pool(self, text_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         h = self.forward_tokens(text_ids, attention_mask)
         if self.pooling == "cls":
-            pooled = h[:, 0]
-        elif self.pooling == "mean":
+            return h[:, 0]
+        if self.pooling == "mean":
             m = attention_mask.unsqueeze(-1).to(h.dtype)
-            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-        else:  # eos: the last attended token
-            last = attention_mask.long().sum(1).clamp(min=1) - 1
-            pooled = h[torch.arange(h.shape[0], device=h.device), last]
-        return self.proj(pooled)
+            return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+        last = attention_mask.long().sum(1).clamp(min=1) - 1       # eos: the last attended token
+        return h[torch.arange(h.shape[0], device=h.device), last]
+
+    memo = None                                     # cache_locked_features: a RowMemo of the pooled output
+
+    def cache_locked_features(self) -> None:
+        """Training encodes each distinct caption once with the locked transformer (``mmfm.models.memo``)."""
+        from .memo import RowMemo
+        if any(p.requires_grad for p in self.transformer.parameters()):
+            raise ConfigError("model.text.cache_locked_features: needs a locked text tower with nothing "
+                              "unlocked (lock: true, unlock_last_groups: 0)")
+        self.memo = RowMemo()
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm-style layer groups: the embeddings, each layer of the stack, then the rest (final norm, proj)."""

