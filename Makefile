@@ -45,7 +45,7 @@ test: apt-deps venv
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
 demo: demo-deps venv twemoji   # twemoji: the transfer stage reads another artist's emoji (evaluation only)
-	$(VENV)/bin/mmfm demo --out runs/demo
+	MALLOC_ARENA_MAX=2 $(VENV)/bin/mmfm demo --out runs/demo   # fewer glibc arenas: less fragmented memory
 
 # Issue 13's measured run: three ways to continue pre-training (image tower locked / last 2 groups / all) from
 # the same pretrained towers, compared on the new domain and an old one (runs/continued/compare/compare.html).
