@@ -215,3 +215,24 @@ def test_scripting_api_embed_and_classify(tmp_path):
     assert model.training                                    # restored after inference
     with pytest.raises(ValueError, match="placeholder"):
         model.classify(images, ["a", "b"], templates=["no slot"])
+
+
+def test_inference_runs_big_vision_batches_in_chunks_with_the_same_result(monkeypatch):
+    """A big inference batch goes through the vision trunk in chunks (the demo's 256-image val batch of a CNN at
+    128 px held ~0.5 GB more otherwise); the result equals one pass, and training still runs one pass."""
+    from mmfm.models import towers
+    monkeypatch.setattr(towers, "EVAL_CHUNK", 4)
+    torch.manual_seed(0)
+    visual = build_model("tiny").visual.eval()
+    calls = []
+    visual.trunk.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    image = torch.randn(10, 3, *visual.preprocess["input_size"][1:])
+    with torch.no_grad():
+        whole = visual.trunk(image)
+        calls.clear()
+        chunked = visual(image)
+    assert calls == [4, 4, 2] and torch.allclose(chunked, whole, atol=1e-6)
+    calls.clear()
+    visual.train()
+    visual(image).sum().backward()
+    assert calls == [10]
