@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 import socket
 import threading
 
@@ -58,7 +59,9 @@ def moto_s3():
         host, port = server.get_host_and_port()
         with endpoint(f"http://{host}:{port}") as url:
             import fsspec
-            bucket = f"{BUCKET}-{next(_COUNT)}"       # moto keeps its buckets per process: a new one per server
+            # moto keeps its buckets per process: a new name per server, unique even when this module is imported
+            # twice under two names (s3_helpers and tests.integration.s3_helpers each had a counter from 0)
+            bucket = f"{BUCKET}-{next(_COUNT)}-{uuid.uuid4().hex[:8]}"
             fsspec.filesystem("s3").mkdir(bucket)
             yield f"s3://{bucket}", url
     finally:

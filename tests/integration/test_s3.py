@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from s3_helpers import DropProxy, endpoint, moto_s3
+from tests.integration.s3_helpers import DropProxy, endpoint, moto_s3
 from train_helpers import PY, make_shards, png, run
 
 
