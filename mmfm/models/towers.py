@@ -227,6 +227,12 @@ def _frozen_prefix_length(trunk: nn.Module) -> int:
 EVAL_CHUNK = 64     # inference batches of the vision tower run in chunks of this many images
 
 
+def _eager() -> bool:
+    """Not under tracing, torch.compile or ONNX export: there the batch size is symbolic, and a branch on it
+    would fix the exported graph's batch size."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
 class TimmVisionTower(KeepLockedEval, nn.Module):
     """``timm.create_model(name, num_classes=0, **kwargs)``: ``forward(image) -> (B, width)`` pooled features,
     ``forward_tokens(image) -> (B, N, width)``. ``.preprocess`` is timm's resolved data config."""
@@ -257,7 +263,7 @@ class TimmVisionTower(KeepLockedEval, nn.Module):
             return self.memo([self.memo.key(row) for row in image], lambda idx: self.trunk(image[idx]), image.device)
         if self.prefix_memo is not None and self.training:
             return self._rest().forward(self._cached_prefix(image))
-        if not self.training and not torch.is_grad_enabled() and len(image) > EVAL_CHUNK:
+        if not self.training and not torch.is_grad_enabled() and _eager() and len(image) > EVAL_CHUNK:
             # inference: a big batch runs in chunks (eval-mode timm trunks treat samples independently, so the
             # result is the same): a 256-image batch of a CNN at 128 px would hold ~1 GB of early activations
             return torch.cat([self.trunk(c) for c in image.split(EVAL_CHUNK)])
