@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmfm.config import ConfigError
 
 from .clip import ClipApiMixin, LibraryModelMixin
+from .pooled import openclip_vit_pooled
 from .towers import KeepLockedEval
 
 __all__ = ["OpenCLIPModel", "build_openclip_model", "preprocess_from_openclip", "parse_openclip_spec"]
@@ -105,7 +107,11 @@ class OpenCLIPModel(LibraryModelMixin, ClipApiMixin, KeepLockedEval, nn.Module):
         return self.model.visual
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        return self.model.encode_image(image, normalize=normalize)
+        # a class-token ViT computes its last block for the class token only (the same embedding; fewer FLOPs)
+        features = openclip_vit_pooled(self.model.visual, image)
+        if features is None:
+            return self.model.encode_image(image, normalize=normalize)
+        return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, text_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     normalize: bool = False) -> torch.Tensor:

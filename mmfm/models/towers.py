@@ -9,6 +9,8 @@ from torch import nn
 
 from mmfm.config import ConfigError
 
+from .pooled import timm_vit_pooled
+
 __all__ = ["TimmVisionTower", "KeepLockedEval", "frozen_modules", "lock_groups", "layer_ids"]
 
 
@@ -266,8 +268,13 @@ class TimmVisionTower(KeepLockedEval, nn.Module):
         if not self.training and not torch.is_grad_enabled() and _eager() and len(image) > EVAL_CHUNK:
             # inference: a big batch runs in chunks (eval-mode timm trunks treat samples independently, so the
             # result is the same): a 256-image batch of a CNN at 128 px would hold ~1 GB of early activations
-            return torch.cat([self.trunk(c) for c in image.split(EVAL_CHUNK)])
-        return self.trunk(image)
+            return torch.cat([self._pooled(c) for c in image.split(EVAL_CHUNK)])
+        return self._pooled(image)
+
+    def _pooled(self, image: torch.Tensor) -> torch.Tensor:
+        """``trunk(image)``; a class-token ViT computes its last block for the class token only (exact)."""
+        out = timm_vit_pooled(self.trunk, image)
+        return self.trunk(image) if out is None else out
 
     def cache_locked_features(self) -> None:
         """Training computes the locked part of the trunk once per distinct preprocessed image

@@ -224,8 +224,8 @@ def test_inference_runs_big_vision_batches_in_chunks_with_the_same_result(monkey
     monkeypatch.setattr(towers, "EVAL_CHUNK", 4)
     torch.manual_seed(0)
     visual = build_model("tiny").visual.eval()
-    calls = []
-    visual.trunk.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    calls = []       # the patch embedding: the ViT's pooled path (mmfm.models.pooled) bypasses trunk.forward
+    visual.trunk.patch_embed.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
     image = torch.randn(10, 3, *visual.preprocess["input_size"][1:])
     with torch.no_grad():
         whole = visual.trunk(image)
