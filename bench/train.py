@@ -212,7 +212,7 @@ def cpu_bench(args) -> None:
     (mm_sps, mm_med), (oc_sps, oc_med) = steady(mm, 0, args.batch), steady(oc, 0, args.batch)
     step_mm, step_oc = step_compare(shards, args.batch, args.step_reps)
     flops = step_flops("bench_vit_tiny", args.batch, "cpu", shards)
-    peak = matmul_peak("cpu")
+    peak = max(matmul_peak("cpu", n=n) for n in (1024, 2048))     # the better of two sizes: an honest peak
     achieved = flops * mm_sps / args.batch
     print()
     print(f"{'samples/s (steady state)':28s}{'mean':>10s}{'median':>10s}")

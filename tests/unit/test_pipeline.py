@@ -303,3 +303,21 @@ def test_in_process_loading_leaves_the_global_rng_alone(four):
     b = build_loader(str(four), Proc(), batch_size=5, workers=0, train=True, world=(0, 1), data_cfg=cfg())
     list(b)
     assert torch.equal(torch.rand(3), expected)
+
+
+class NiceProc(Proc):
+    """Records the nice value of the process that prepares each sample."""
+
+    def __call__(self, sample):
+        return {**super().__call__(sample), "nice": torch.tensor(os.nice(0))}
+
+
+@pytest.mark.parametrize("nice", [0, 19])
+def test_loader_workers_run_at_the_asked_nice_value(four, nice):
+    """CPU training lowers its loader workers' priority (mmfm.data.workers.lower_priority): they decode while
+    the compute threads wait instead of preempting them."""
+    base = os.nice(0)
+    b = build_loader(str(four), NiceProc(), batch_size=5, workers=1, train=True, world=(0, 1), data_cfg=cfg(),
+                     worker_nice=nice)
+    seen = {int(v) for batch in b for v in batch["nice"]}
+    assert seen == {min(base + nice, 19)} and os.nice(0) == base
