@@ -243,7 +243,8 @@ def main(argv=None) -> int:
         print(f"{'ratio ' + side:>22}: {c['seconds'] / m['seconds']:.2f}x wall, "
               f"{c['cpu_seconds'] / m['cpu_seconds']:.2f}x CPU time (vs CLIP_benchmark; target >= 1.2x)")
     m = results["mmfm"]
-    print(f"{'top-1 agree':>22}: {abs(m['top1'] - c['top1']) < 1e-9} (mmfm {m['top1']:.4f}, "
+    # CLIP_benchmark accumulates top-1 in float32 (0.10499999...): equal within float32 rounding
+    print(f"{'top-1 agree':>22}: {abs(m['top1'] - c['top1']) < 1e-6} (mmfm {m['top1']:.4f}, "
           f"CLIP_benchmark {c['top1']:.4f})")
     print(json.dumps({"model": a.model, "n": a.n, "device": a.device, "batch_size": a.batch_size,
                       "workers": a.workers, **results, "ratio_wall": c["seconds"] / m["seconds"],

@@ -16,7 +16,7 @@ from torch import nn
 from mmfm.config import ConfigError
 
 from .clip import ClipApiMixin, LibraryModelMixin
-from .pooled import openclip_vit_pooled
+from .pooled import openclip_text_pooled, openclip_vit_pooled
 from .towers import KeepLockedEval
 
 __all__ = ["OpenCLIPModel", "build_openclip_model", "preprocess_from_openclip", "parse_openclip_spec"]
@@ -115,7 +115,11 @@ class OpenCLIPModel(LibraryModelMixin, ClipApiMixin, KeepLockedEval, nn.Module):
 
     def encode_text(self, text_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     normalize: bool = False) -> torch.Tensor:
-        return self.model.encode_text(text_ids, normalize=normalize)
+        # causal and pooled at end-of-text: the padding after the batch's last end-of-text token is not run
+        features = openclip_text_pooled(self.model, text_ids)
+        if features is None:
+            return self.model.encode_text(text_ids, normalize=normalize)
+        return F.normalize(features, dim=-1) if normalize else features
 
     def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:
         self.model.lock_image_tower(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)

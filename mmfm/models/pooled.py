@@ -1,4 +1,6 @@
-"""Class-token ViTs: the last block computed for the class token only.
+"""Pooled outputs computed from only what the pooling reads.
+
+Class-token ViTs: the last block computed for the class token only.
 
 A ViT pooled from its class token (timm ``global_pool="token"``, open_clip ``pool_type="tok"``) reads one row
 of the last block's output. That row needs the last block's keys and values for every token, but its query,
@@ -7,6 +9,10 @@ thrown away. Skipping them is the same arithmetic on the row that is kept (the s
 the embedding and, in training, every gradient are unchanged up to float rounding
 (``tests/unit/test_pooled_vit.py``). For ViT-B/32 at 224 px that is ~7 % of the forward's FLOPs; for the
 4-block benchmark ViT ~20 % of its tower's.
+
+open_clip text towers (causal attention, pooled at the end-of-text token): the tokens after the last
+end-of-text token of a batch cannot reach any pooled row, so the batch runs trimmed to that length (a
+zero-shot prompt is ~15 of CLIP's 77 positions).
 
 Each function returns None when the model is not the plain shape it knows (attention pooling, average
 pooling, LoRA- or int8-wrapped projections, dropout that would draw different random
@@ -113,3 +119,25 @@ def openclip_vit_pooled(visual: nn.Module, image: torch.Tensor) -> torch.Tensor 
         x = run(blk, x)
     pooled, _ = visual._pool(run(_openclip_last_block, visual.transformer.resblocks[-1], x))
     return pooled @ visual.proj if visual.proj is not None else pooled
+
+
+def openclip_text_pooled(model: nn.Module, text: torch.Tensor) -> torch.Tensor | None:
+    """``model.encode_text(text)`` for an open_clip ``CLIP`` with a causal, argmax-pooled text tower, run on
+    the columns up to the batch's last end-of-text token (None if it is not that model)."""
+    import open_clip
+    if type(model) is not open_clip.CLIP or model.text_pool_type != "argmax" or model.attn_mask is None:
+        return None
+    mask = model.attn_mask
+    if not bool(torch.equal(torch.isinf(mask), torch.ones_like(mask, dtype=torch.bool).triu(1))):
+        return None                       # not the causal mask: later tokens could reach earlier ones
+    if not model.transformer.batch_first or text.ndim != 2 or not text.numel():
+        return None
+    eot = text.argmax(dim=-1)
+    n = int(eot.max()) + 1
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text[:, :n]).to(cast) + model.positional_embedding[:n].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=mask[:n, :n]))
+    x = x[torch.arange(x.shape[0], device=x.device), eot]
+    if model.text_projection is None:
+        return x
+    return model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection

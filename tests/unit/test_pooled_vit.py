@@ -120,3 +120,29 @@ def test_openclip_model_encode_image_takes_the_short_path(tmp_path):
         ref = m.model.encode_image(x, normalize=True)
     assert calls == [1, 17]
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_openclip_text_runs_trimmed_to_the_last_end_of_text_token(tmp_path):
+    import json
+
+    import open_clip
+
+    from mmfm.models.openclip import OpenCLIPModel
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 48, "patch_size": 8,
+                                           "head_width": 16},
+           "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+    (tmp_path / "mmfm-pooled-text.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(str(tmp_path))
+    torch.manual_seed(0)
+    m = OpenCLIPModel("mmfm-pooled-text").double().eval()
+    text = m.tokenizer(["a cat", "a photo of a small dog on a red mat"])["text_ids"]
+    assert text.shape == (2, 20) and int(text.argmax(-1).max()) < 12
+    lengths = []
+    m.model.transformer.resblocks[0].register_forward_pre_hook(lambda mod, a: lengths.append(a[0].shape[1]))
+    with torch.no_grad():
+        got = m.encode_text(text, normalize=True)
+        ref = m.model.encode_text(text, normalize=True)
+    assert lengths == [int(text.argmax(-1).max()) + 1, 20]
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
+    m.model.attn_mask = None                          # bidirectional: every position counts, no trimming
+    assert pooled.openclip_text_pooled(m.model, text) is None
