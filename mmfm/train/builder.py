@@ -43,7 +43,9 @@ def build_loaders(cfg, task, rank: int, world: int, device_type: str = "cpu"):
     if not d.train:
         raise ConfigError("data.train: no training shards given (a shard folder, brace pattern or manifest)")
     augment = bool(d.train_augment)
-    nice = d.worker_nice if d.worker_nice is not None else (19 if device_type == "cpu" else 0)
+    # auto: one CPU process owns the cores; with several ranks on one machine a starved worker would hold up
+    # every rank's collectives (a 2-rank gloo test timed out waiting for a send), so they keep priority 0
+    nice = d.worker_nice if d.worker_nice is not None else (19 if device_type == "cpu" and world == 1 else 0)
     common = dict(workers=d.workers, world=(rank, world), data_cfg=d, pin_memory=device_type == "cuda",
                   worker_nice=nice)
     train = build_loader(d.train, task.processor(train=True), batch_size=d.batch_size, train=True,
