@@ -66,6 +66,12 @@ def parse_openclip_spec(spec: str) -> tuple[str, str | None]:
     return body, None
 
 
+def _short_or_library(features, library, normalize: bool) -> torch.Tensor:
+    """The short path's features (``mmfm.models.pooled``), or the library's own when it declined (None)."""
+    features = library() if features is None else features
+    return F.normalize(features, dim=-1) if normalize else features
+
+
 class OpenCLIPModel(LibraryModelMixin, ClipApiMixin, KeepLockedEval, nn.Module):
     """An open_clip CLIP model with mmfm's ``encode_image`` / ``encode_text`` / ``forward`` contract."""
 
@@ -108,18 +114,14 @@ class OpenCLIPModel(LibraryModelMixin, ClipApiMixin, KeepLockedEval, nn.Module):
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         # a class-token ViT computes its last block for the class token only (the same embedding; fewer FLOPs)
-        features = openclip_vit_pooled(self.model.visual, image)
-        if features is None:
-            return self.model.encode_image(image, normalize=normalize)
-        return F.normalize(features, dim=-1) if normalize else features
+        return _short_or_library(openclip_vit_pooled(self.model.visual, image),
+                                 lambda: self.model.encode_image(image), normalize)
 
     def encode_text(self, text_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     normalize: bool = False) -> torch.Tensor:
         # causal and pooled at end-of-text: the padding after the batch's last end-of-text token is not run
-        features = openclip_text_pooled(self.model, text_ids)
-        if features is None:
-            return self.model.encode_text(text_ids, normalize=normalize)
-        return F.normalize(features, dim=-1) if normalize else features
+        return _short_or_library(openclip_text_pooled(self.model, text_ids),
+                                 lambda: self.model.encode_text(text_ids), normalize)
 
     def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:
         self.model.lock_image_tower(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)
