@@ -37,6 +37,7 @@ class DataConfig:
                                     # N-th sample of every shard (exact for a few big shards; more reading)
     preflight: Literal["auto", "full", "quick", "off"] = "auto"   # auto: full tar scan up to 256 shards
     timeout_s: float = ranged(600.0, gt=0)      # a DataLoader worker that produces no batch for this long is an error
-    worker_nice: int | None = ranged(None, ge=0, le=19)   # the workers' nice value; None: 19 when one process
-                                    # trains on the CPU (they decode while the compute threads wait instead of
-                                    # preempting them mid-matmul), else 0 (CUDA, several ranks)
+    worker_priority: Literal["auto", "normal", "low", "idle"] = "auto"   # loader workers' CPU priority: low =
+                                    # nice 19, idle = SCHED_IDLE; auto: idle when one process trains on the CPU
+                                    # (they decode while the trainer waits, never preempting it mid-matmul),
+                                    # else normal (CUDA, several ranks)

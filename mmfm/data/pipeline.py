@@ -263,9 +263,9 @@ class LoaderBundle:
 
     def __init__(self, dataset: StreamDataset, *, samples_per_epoch: int, steps_per_epoch: int,
                  grad_accum: int = 1, num_workers: int = 0, pin_memory: bool = False, timeout_s: float = 600.0,
-                 prefetch: int = 4, worker_nice: int = 0):
+                 prefetch: int = 4, worker_priority: str = "normal"):
         self.dataset = dataset
-        self.worker_nice = int(worker_nice)
+        self.worker_priority = worker_priority
         self.num_workers = num_workers
         self.samples_per_epoch = samples_per_epoch
         self.steps_per_epoch = steps_per_epoch
@@ -295,7 +295,7 @@ class LoaderBundle:
         kw = dict(batch_size=None, num_workers=n, pin_memory=self.pin_memory, generator=gen)
         if n:
             kw.update(timeout=self.timeout_s, prefetch_factor=self.prefetch, persistent_workers=False,
-                      worker_init_fn=lower_priority(self.worker_nice))
+                      worker_init_fn=lower_priority(self.worker_priority))
         return DataLoader(self.dataset, **kw)
 
     def set_epoch(self, epoch: int) -> None:
@@ -405,7 +405,7 @@ def _warn_uneven(sources: list[Source], readers: int) -> None:
 
 def build_loader(sources, processor, *, batch_size: int, workers: int, train: bool, epoch: int = 0,
                  world=None, data_cfg=None, grad_accum: int = 1, decode_size: int | None = None,
-                 pin_memory: bool = False, seed: int | None = None, worker_nice: int = 0) -> LoaderBundle:
+                 pin_memory: bool = False, seed: int | None = None, worker_priority: str = "normal") -> LoaderBundle:
     """Resolve + preflight ``sources`` and build this rank's ``LoaderBundle`` (module docstring)."""
     from mmfm.config.data import DataConfig
 
@@ -442,6 +442,6 @@ def build_loader(sources, processor, *, batch_size: int, workers: int, train: bo
                        shuffle_buffer=cfg.shuffle_buffer, decoder=decoder, split=split)
     bundle = LoaderBundle(ds, samples_per_epoch=samples, steps_per_epoch=batches // grad_accum,
                           grad_accum=grad_accum, num_workers=workers, pin_memory=pin_memory,
-                          timeout_s=cfg.timeout_s, worker_nice=worker_nice)
+                          timeout_s=cfg.timeout_s, worker_priority=worker_priority)
     bundle.set_epoch(epoch)
     return bundle

@@ -19,7 +19,7 @@ import numpy as np
 
 from mmfm.config import ConfigError
 from mmfm.data.transforms import eval_transform
-from mmfm.data.workers import lower_priority
+from mmfm.data.workers import lower_priority, resolve_priority
 
 from .common import (autocast, cache_dir, checkpoint_identity, default_workers, effective_precision,
                      encode_texts, load_clip, logit_scale, model_device, split_transform)
@@ -95,7 +95,7 @@ def folder_loader(model, spec: FolderSpec, *, batch_size: int = 64, workers: int
     loader = DataLoader(FolderDataset(spec, transform, max_pixels, draft), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=collate_skipping, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None,     # on the CPU: decode while the model waits
-                        worker_init_fn=lower_priority(19 if workers and device.type == "cpu" else 0))
+                        worker_init_fn=lower_priority(resolve_priority("auto", device.type)))
     return loader, finish
 
 

@@ -38,16 +38,15 @@ def _decode_size(task, train: bool) -> int | None:
 
 def build_loaders(cfg, task, rank: int, world: int, device_type: str = "cpu"):
     from mmfm.data.pipeline import build_loader
+    from mmfm.data.workers import resolve_priority
 
     d = cfg.data
     if not d.train:
         raise ConfigError("data.train: no training shards given (a shard folder, brace pattern or manifest)")
     augment = bool(d.train_augment)
-    # auto: one CPU process owns the cores; with several ranks on one machine a starved worker would hold up
-    # every rank's collectives (a 2-rank gloo test timed out waiting for a send), so they keep priority 0
-    nice = d.worker_nice if d.worker_nice is not None else (19 if device_type == "cpu" and world == 1 else 0)
+    priority = resolve_priority(d.worker_priority, device_type, world)
     common = dict(workers=d.workers, world=(rank, world), data_cfg=d, pin_memory=device_type == "cuda",
-                  worker_nice=nice)
+                  worker_priority=priority)
     train = build_loader(d.train, task.processor(train=True), batch_size=d.batch_size, train=True,
                          grad_accum=max(cfg.train.grad_accum, 1), decode_size=_decode_size(task, augment), **common)
     val = None

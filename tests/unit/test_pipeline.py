@@ -306,18 +306,31 @@ def test_in_process_loading_leaves_the_global_rng_alone(four):
 
 
 class NiceProc(Proc):
-    """Records the nice value of the process that prepares each sample."""
+    """Records the nice value and scheduling policy of the process that prepares each sample."""
 
     def __call__(self, sample):
-        return {**super().__call__(sample), "nice": torch.tensor(os.nice(0))}
+        return {**super().__call__(sample), "nice": torch.tensor(os.nice(0)),
+                "policy": torch.tensor(os.sched_getscheduler(0))}
 
 
-@pytest.mark.parametrize("nice", [0, 19])
-def test_loader_workers_run_at_the_asked_nice_value(four, nice):
+@pytest.mark.parametrize("priority", ["normal", "low", "idle"])
+def test_loader_workers_run_at_the_asked_priority(four, priority):
     """CPU training lowers its loader workers' priority (mmfm.data.workers.lower_priority): they decode while
-    the compute threads wait instead of preempting them."""
-    base = os.nice(0)
+    the compute threads wait instead of preempting them. idle is SCHED_IDLE, low is nice 19; the training
+    process itself keeps its own."""
+    base, policy = os.nice(0), os.sched_getscheduler(0)
     b = build_loader(str(four), NiceProc(), batch_size=5, workers=1, train=True, world=(0, 1), data_cfg=cfg(),
-                     worker_nice=nice)
-    seen = {int(v) for batch in b for v in batch["nice"]}
-    assert seen == {min(base + nice, 19)} and os.nice(0) == base
+                     worker_priority=priority)
+    seen = {(int(n), int(p)) for batch in b for n, p in zip(batch["nice"], batch["policy"])}
+    want = {"normal": (base, policy), "low": (19, policy), "idle": (base, os.SCHED_IDLE)}[priority]
+    assert seen == {want} and (os.nice(0), os.sched_getscheduler(0)) == (base, policy)
+
+
+def test_auto_priority_is_idle_only_for_one_cpu_process():
+    from mmfm.data.workers import resolve_priority
+    assert resolve_priority("auto", "cpu", 1) == "idle"
+    assert resolve_priority("auto", "cpu", 2) == "normal"      # starved workers would stall the other ranks
+    assert resolve_priority("auto", "cuda", 1) == "normal"
+    assert resolve_priority("low", "cuda", 4) == "low"
+    with pytest.raises(ValueError, match="worker_priority"):
+        resolve_priority("lowest", "cpu")
