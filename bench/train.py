@@ -226,7 +226,7 @@ def cpu_bench(args) -> None:
     print(f"{'samples/s (steady state)':28s}{'mean':>10s}{'median':>10s}")
     print(f"{'mmfm train':28s}{mm_sps:10.1f}{mm_med:10.1f}")
     print(f"{'open_clip_train 3.3.0':28s}{oc_sps:10.1f}{oc_med:10.1f}")
-    print(f"ratio mmfm / open_clip: {mm_sps / oc_sps:.2f}x mean, {mm_med / oc_med:.2f}x median  (target >= 1.3x)")
+    print(f"ratio mmfm / open_clip: {mm_sps / oc_sps:.2f}x mean, {mm_med / oc_med:.2f}x median  (target >= 1.5x)")
     print(f"training step alone (same real batch, one process, alternating, median of {args.step_reps}): "
           f"mmfm {step_mm:.1f} vs open_clip {step_oc:.1f} samples/s = {step_mm / step_oc:.2f}x")
     print(f"mmfm FLOP/s: {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of this machine's fp32 "
