@@ -31,7 +31,7 @@ def folder_features(model, spec, *, share=(0, 1), batch_size: int = 64, workers:
     if not mine:
         return torch.zeros(0, 0), np.zeros(0, np.int64), np.zeros(0, np.int64)
     part = replace(spec, paths=[spec.paths[i] for i in mine], targets=[spec.targets[i] for i in mine], skipped=[])
-    loader, finish = folder_loader(model, part, batch_size=batch_size, workers=workers)
+    loader, finish = folder_loader(model, part, batch_size=batch_size, workers=workers, world=world)
     feats, indices, _ = encode_batches(model, loader, finish, progress=progress, total=len(loader),
                                        root=spec.root, require=False)
     if feats is None:

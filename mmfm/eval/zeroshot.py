@@ -82,8 +82,9 @@ def _save_classifier(path, weights, model_id, classnames, templates) -> None:
 
 # ----------------------------------------------------------------------------- images
 def folder_loader(model, spec: FolderSpec, *, batch_size: int = 64, workers: int | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, fast_decode: bool = False):
-    """``(DataLoader, finish)`` over ``spec``; ``finish`` (or None) completes preprocessing on the device."""
+                  max_pixels: int = DEFAULT_MAX_PIXELS, fast_decode: bool = False, world: int = 1):
+    """``(DataLoader, finish)`` over ``spec``; ``finish`` (or None) completes preprocessing on the device.
+    ``world``: how many ranks share the machine's work (the workers' priority, mmfm.data.workers)."""
     from torch.utils.data import DataLoader
     device = model_device(model)
     workers = default_workers(device) if workers is None else workers
@@ -95,7 +96,7 @@ def folder_loader(model, spec: FolderSpec, *, batch_size: int = 64, workers: int
     loader = DataLoader(FolderDataset(spec, transform, max_pixels, draft), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=collate_skipping, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None,     # on the CPU: decode while the model waits
-                        worker_init_fn=lower_priority(resolve_priority("auto", device.type)))
+                        worker_init_fn=lower_priority(resolve_priority("auto", device.type, world)))
     return loader, finish
 
 
@@ -187,7 +188,7 @@ def share_counts(model, spec: FolderSpec, weights, *, share=(0, 1), batch_size: 
     counts = {"confusion": np.zeros((len(spec.classes),) * 2, dtype=np.int64), "top5_hits": 0, "n_failed": 0}
     if not part.paths:
         return counts
-    loader, finish = folder_loader(model, part, batch_size=batch_size, workers=workers)
+    loader, finish = folder_loader(model, part, batch_size=batch_size, workers=workers, world=world)
     feats, indices, failed = encode_batches(model, loader, finish, precision=precision, progress=False,
                                             total=len(loader), root=spec.root, require=False)
     counts["n_failed"] = len(failed)

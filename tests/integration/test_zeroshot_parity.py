@@ -111,3 +111,17 @@ def test_length_sorted_trimmed_text_encoding_equals_open_clip(oc):
     with torch.no_grad():
         ref = torch.nn.functional.normalize(oc["model"].encode_text(oc["tokenizer"](texts)), dim=-1)
     assert torch.allclose(encode_texts(model, texts, batch_size=2), ref, atol=1e-5)
+
+
+def test_cpu_folder_loader_workers_idle_only_when_one_rank_computes(oc, folder):
+    """Zero-shot decoding on the CPU yields to the model (SCHED_IDLE workers, mmfm.data.workers); when several
+    ranks share the machine (eval during distributed training) workers keep normal priority, since a starved
+    worker would stall the other ranks at the next collective."""
+    import mmfm
+    from mmfm.eval.zeroshot import folder_loader, scan_folder
+    model = mmfm.load(oc["spec"], device="cpu")
+    spec = scan_folder(str(folder))
+    one, _ = folder_loader(model, spec, batch_size=4, workers=1)
+    assert one.worker_init_fn is not None and one.worker_init_fn.args == ("idle",)
+    two, _ = folder_loader(model, spec, batch_size=4, workers=1, world=2)
+    assert two.worker_init_fn is None
