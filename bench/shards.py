@@ -215,8 +215,8 @@ def _report(name: str, r: tuple, out: Path) -> None:
 def _compare_ray(url_list: Path, args, local: tuple) -> None:
     rows = math.ceil(args.n / (4 * args.workers))     # ~4 partitions per CPU: no idle tail
     extra = ("--distributor", "ray", "--partition-rows", str(rows))
-    best_r = min((run_mmfm(url_list, WORK / "out_mmfm_ray", args.workers, extra, args.resample) for _ in range(args.repeat)),
-                 key=lambda r: r[0])
+    best_r = min((run_mmfm(url_list, WORK / "out_mmfm_ray", args.workers, extra, args.resample)
+                  for _ in range(args.repeat)), key=lambda r: r[0])
     _report("mmfm --distributor ray", best_r, WORK / "out_mmfm_ray")
     wall, pipe = (local[1] / local[0]) / (best_r[1] / best_r[0]), (local[1] / local[2]) / (best_r[1] / best_r[2])
     print(f"ratio local / ray images/s: {pipe:.2f}x pipeline ({local[2]:.1f}s vs {best_r[2]:.1f}s; Ray overhead "

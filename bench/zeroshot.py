@@ -203,7 +203,8 @@ def work_gflop(a, n_images: int) -> dict:
     size = oc.visual.image_size
     x = torch.zeros(1, 3, *(size if isinstance(size, (tuple, list)) else (size, size)))
     tok = open_clip.get_tokenizer(a.model)
-    anchor = n_images * count(lambda: oc.encode_image(x)) + len(prompts) * count(lambda: oc.encode_text(tok(prompts[:1])))
+    per_prompt = count(lambda: oc.encode_text(tok(prompts[:1])))      # every prompt runs all 77 positions
+    anchor = n_images * count(lambda: oc.encode_image(x)) + len(prompts) * per_prompt
     mm = mmfm.load(f"openclip:{a.model}:{a.weights}", device="cpu")
     ours = n_images * count(lambda: mm.encode_image(x)) + count(lambda: encode_texts(mm, prompts))
     return {"clip_benchmark": anchor, "mmfm": ours}

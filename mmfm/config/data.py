@@ -6,6 +6,8 @@ from typing import Literal
 
 from .core import ConfigError, ranged
 
+WorkerPriority = Literal["auto", "normal", "low", "idle"]   # what each means: mmfm.data.workers
+
 
 @dataclass
 class SourceConfig:
@@ -37,7 +39,7 @@ class DataConfig:
                                     # N-th sample of every shard (exact for a few big shards; more reading)
     preflight: Literal["auto", "full", "quick", "off"] = "auto"   # auto: full tar scan up to 256 shards
     timeout_s: float = ranged(600.0, gt=0)      # a DataLoader worker that produces no batch for this long is an error
-    worker_priority: Literal["auto", "normal", "low", "idle"] = "auto"   # loader workers' CPU priority: low =
+    worker_priority: WorkerPriority = "auto"   # loader workers' CPU priority: low =
                                     # nice 19, idle = SCHED_IDLE; auto: idle when one process trains on the CPU
                                     # (they decode while the trainer waits, never preempting it mid-matmul),
                                     # else normal (CUDA, several ranks)

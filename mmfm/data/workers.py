@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import get_args
 
-PRIORITIES = ("auto", "normal", "low", "idle")
+from mmfm.config.data import WorkerPriority
+
+PRIORITIES = get_args(WorkerPriority)
 
 
 def resolve_priority(priority: str, device_type: str, world: int = 1) -> str:
