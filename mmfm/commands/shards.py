@@ -122,7 +122,7 @@ def _flags_to_dict(args: argparse.Namespace) -> dict:
 def run_build(args: argparse.Namespace) -> int:
     from mmfm.config import ConfigError
     from mmfm.data.shards.build import EmptyBuildError, build
-    from mmfm.data.shards.distributed import PartitionError
+    from mmfm.data.shards.executor_ray import PartitionError
     from mmfm.data.shards.recipes import resolve_options
 
     if args.input_flag:
