@@ -178,7 +178,8 @@ def run_inspect(args: argparse.Namespace) -> int:
             sheet = Path(args.sheet)
             if len(paths) > 1:
                 sheet = sheet.with_name(f"{sheet.stem}_{Path(path).name}{sheet.suffix}")
-            print(f"contact sheet: {contact_sheet(path, sheet, n=args.n)}")
+            drawn = contact_sheet(path, sheet, n=args.n)
+            print(f"contact sheet: {drawn.path}" + (f" ({drawn.title})" if drawn.title else ""))
     return status
 
 
