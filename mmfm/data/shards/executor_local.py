@@ -21,10 +21,10 @@ from typing import Iterator
 from . import retry
 from .digests import DigestIndex
 from .download import make_host_slots
-from .manifest import SHARD_PATTERN, failed_name, stats_name
+from .manifest import SHARD_PATTERN, stats_name
 from .options import BuildOptions
 from .plan import (CHUNK, Segment, Split, chunk_timeout, chunks, drop_index, finish, nothing_written, prepare_out,
-                   progress, route, shard_number)
+                   progress, publish_shard, route, shard_number)
 from .process import ItemResult, failed_results, init_worker, process_chunk
 from .source import Source
 from .store import Store
@@ -78,10 +78,7 @@ class LocalSplit(Split):
         """A finished shard: its tar, then its stats (which make it count for --resume) are uploaded; the digest
         index commits, so a --resume after a kill finds this shard's digests in the index."""
         if self.store.remote:
-            self.store.publish(stats["name"], keep_local=False)
-            if stats.get("failed"):
-                self.store.publish(failed_name(stats["name"]), keep_local=False)
-            self.store.publish(stats_name(stats["name"]))
+            publish_shard(self.store, stats)
         if self.index is not None:
             self.index.flush()
 

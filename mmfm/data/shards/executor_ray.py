@@ -23,6 +23,7 @@ the same samples, keys, image bytes and splits as ``--distributor local`` (only 
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -35,10 +36,10 @@ from typing import Iterator
 from mmfm.config import ConfigError
 from mmfm.data import fs
 
-from .manifest import atomic_write_json, failed_name, stats_name
+from .manifest import atomic_write_json, stats_name
 from .options import BuildOptions
 from .plan import (CHUNK, Segment, Split, chunk_timeout, chunks, finish, nothing_written, prepare_out, progress,
-                   route, shard_number, split_names)
+                   publish_shard, route, shard_number, split_names)
 from .process import ItemResult, init_worker, process_chunk
 from .source import Source
 from .store import Store
@@ -84,7 +85,7 @@ def write_partition(opts: BuildOptions, target: str, part: int, span: list[int],
             store.local.mkdir(parents=True, exist_ok=True)
             _clear_block(store, first, shard_block(opts))   # a retried or resumed partition starts clean
             sinks.append(ShardSink(store.local, shard_size=opts.shard_size, start_shard=first,
-                                   on_shard=_publisher(store) if store.remote else None))
+                                   on_shard=functools.partial(publish_shard, store) if store.remote else None))
         try:
             for res in results:
                 if res.ok and res.index in duplicates:
@@ -119,15 +120,6 @@ def _read_tail(path: Path | None) -> list[dict]:
         rows = [json.loads(line) for line in f if line.strip()]
     path.unlink()
     return rows
-
-
-def _publisher(store: Store):
-    def publish(stats: dict) -> None:   # a finished shard: its tar, then its stats (as the one-machine build)
-        store.publish(stats["name"], keep_local=False)
-        if stats.get("failed"):
-            store.publish(failed_name(stats["name"]), keep_local=False)
-        store.publish(stats_name(stats["name"]))
-    return publish
 
 
 def _clear_block(store: Store, first: int, count: int) -> None:

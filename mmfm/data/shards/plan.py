@@ -173,6 +173,15 @@ def prepare_out(root: Store, splits: list[Split], opts: BuildOptions, resume: bo
     root.publish(BUILD_ARGS)
 
 
+def publish_shard(store: Store, stats: dict) -> None:
+    """Upload a finished shard of a remote build in commit order: its tar, its ``_failed.jsonl``, then its stats
+    (which make it count for --resume); the local copies of the first two go."""
+    store.publish(stats["name"], keep_local=False)
+    if stats.get("failed"):
+        store.publish(failed_name(stats["name"]), keep_local=False)
+    store.publish(stats_name(stats["name"]))
+
+
 def drop_index(root: Store) -> None:
     """Delete the dedup index (``digests.py``): only an unfinished build needs it, for --resume."""
     for suffix in ("", "-wal", "-shm"):
