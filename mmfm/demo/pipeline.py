@@ -354,8 +354,9 @@ def _grid_items(ctx: DemoContext, n: int) -> list[dict]:
 
 def _photo_items(ctx: DemoContext) -> list[dict]:
     """The real photos with their hand-named label and group and each CLIP's zero-shot group."""
-    from mmfm.data.photos import read_photo_list
     from mmfm.eval.html import thumbnail_data_uri
+
+    from .photos import read_photo_list
 
     preds = {arm: ((ctx.results.get(arm) or {}).get("sets") or {}).get("photos", {}).get("predictions", {})
              for arm in ("transfer", "scratch")}
