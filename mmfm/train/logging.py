@@ -1,5 +1,5 @@
 """Metrics: JSONL (``OUT/metrics.jsonl``, one object per line), TensorBoard (``OUT/tb``) and wandb (``OUT/wandb``),
-rank 0 only, plus the tqdm progress bar (samples/s, loss, lr, ETA)."""
+rank 0 only, plus the tqdm progress bar (samples/s, loss, lr, ETA) and the step meter (means between log lines)."""
 from __future__ import annotations
 
 import json

@@ -211,6 +211,7 @@ class Trainer:
         finally:
             self.progress.close()
             self.metrics.close()
+            self.metrics = self.progress = None         # evaluate() after fit() returns and logs its metrics
 
     def _loop(self) -> bool:
         """Train until ``total_steps``; returns True when stopped early by a signal."""

@@ -432,6 +432,7 @@ def test_evaluate_works_outside_fit(data, tmp_path):
     assert trainer.evaluate()["val/loss"] == first["val/loss"]             # the same weights, the same loss
     assert not (tmp_path / "metrics.jsonl").exists()
     assert trainer.fit()["step"] == 4 and [r["step"] for r in metrics(tmp_path) if "val/loss" in r] == [4]
+    assert trainer.evaluate()["val/loss"] == trainer.last_eval["val/loss"] != first["val/loss"]   # and after it
 
 
 def test_cadence_decides_what_is_due_after_each_step(tmp_path):
