@@ -236,7 +236,8 @@ def stage_vqa(ctx: DemoContext) -> dict:
 
     from mmfm.eval.caption_eval import evaluate_vqa_model, write_eval
     from mmfm.generate import stored_generate
-    from mmfm.models.checkpoint import load, read_config
+    from mmfm.models.checkpoint import load
+    from mmfm.models.layout import read_config
 
     train_shards, train_records = _vqa_split(ctx, "train")
     held_shards, held_records = _vqa_split(ctx, "heldout")
