@@ -117,7 +117,7 @@ def _captions(model, path: str, gen, max_samples, progress) -> tuple[dict, list]
 
 
 def _vqa(model, spec: str, path: str, gen, max_samples, progress) -> tuple[dict, list]:
-    from mmfm.models.checkpoint import read_config
+    from mmfm.models.layout import read_config
 
     from ..captioning.vqa import evaluate_vqa_model
     from ..captioning.vqa_metrics import max_token_f1
