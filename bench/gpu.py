@@ -6,7 +6,7 @@ Prints, for ViT-B/32 CLIP in bf16 on one GPU:
   resident batch (the step alone) and through the loader (WebDataset shards, JPEG decode, workers), with the peak
   GPU memory of each; MFU = FLOPs of a step (torch.utils.flop_counter) x steps/s / measured bf16 matmul peak;
 * captioner generation tokens/s (bench/generate.py's base captioner, KV cache, greedy, bf16);
-* zero-shot images/s (bench/zeroshot.py's folder and random ViT-B-32, through ``mmfm.eval.zeroshot``).
+* zero-shot images/s (bench/zeroshot.py's folder and random ViT-B-32, through ``mmfm.eval.zeroshot.classify``).
 
 On one GPU the process group has one rank: DDP's all-reduce and FSDP's all-gather / reduce-scatter are the
 one-rank versions, so the figures show each strategy's own overhead (hooks, casts, copies) on the step.

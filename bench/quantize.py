@@ -58,8 +58,8 @@ def _onnx_rows(clip: str, data: str, tmp: Path, samples: int, n_lat: int, thread
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     import mmfm
-    from mmfm.eval.compare import EvalData
-    from mmfm.eval.zeroshot import build_classifier
+    from mmfm.eval.compare.variants import EvalData
+    from mmfm.eval.zeroshot.classifier import build_classifier
     from mmfm.export import export
     from mmfm.export.onnx import OnnxCLIP
     from mmfm.data.transforms import eval_transform
@@ -75,7 +75,7 @@ def _onnx_rows(clip: str, data: str, tmp: Path, samples: int, n_lat: int, thread
     model = mmfm.load(clip)
     d = EvalData(data, "clip", samples, "cls")
     classes = sorted(set(d.labels))
-    from mmfm.eval.templates import load_templates
+    from mmfm.eval.zeroshot.templates import load_templates
     w = build_classifier(model, classes, load_templates([templates] if "{" in templates else templates)[1]).float().numpy()
     tf = eval_transform(model.preprocess)
     xs = torch.stack([tf(im) for im in d.images(len(d.items))]).numpy()
@@ -96,7 +96,8 @@ def _onnx_rows(clip: str, data: str, tmp: Path, samples: int, n_lat: int, thread
     return rows
 
 
-def _print(title: str, res: dict, extra: list[dict] | None = None) -> None:
+def _print(title: str, result, extra: list[dict] | None = None) -> None:
+    res = result.summary()
     print(f"\n== {title}: {res['metric']} on {res['rows'][0]['metric']['samples']} images, "
           f"{res['threads']} thread(s), batch 1 ==")
     print(f"{'':28s} {'size MB':>9s} {'ms/image':>9s} {'speedup':>8s} {res['metric']:>16s} {'drop':>8s}")
@@ -124,7 +125,7 @@ def main() -> int:
     args = p.parse_args()
     import torch
     torch.set_num_threads(args.threads)
-    from mmfm.eval.compare import compare_models
+    from mmfm.eval.compare.variants import compare_models
     from mmfm.config.caption import GenerateConfig
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -137,16 +137,16 @@ def _cpu_seconds() -> float:
 def side_mmfm(a) -> dict:
     import torch
     import mmfm
-    from mmfm.eval.zeroshot import zeroshot_classify
+    from mmfm.eval.zeroshot.classify import zeroshot_classify
     model = mmfm.load(f"openclip:{a.model}:{a.weights}", device=a.device)
     t0, c0 = time.perf_counter(), _cpu_seconds()
     res = zeroshot_classify(model, a.folder, templates=json.loads(a.templates), batch_size=a.batch_size,
                             workers=a.workers, precision="auto", use_cache=False, progress=False,
                             fast_decode=a.fast_decode)
     dt = time.perf_counter() - t0
-    return {"seconds": dt, "cpu_seconds": _cpu_seconds() - c0, "n": res.metrics["n_samples"],
+    return {"seconds": dt, "cpu_seconds": _cpu_seconds() - c0, "n": res.meta["n_samples"],
             "top1": res.metrics["top1"],
-            "images_phase_s": res.metrics["timing"]["images_s"], "torch": torch.__version__}
+            "images_phase_s": res.meta["timing"]["images_s"], "torch": torch.__version__}
 
 
 def side_clip_benchmark(a) -> dict:
@@ -186,7 +186,7 @@ def work_gflop(a, n_images: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     import mmfm
-    from mmfm.eval.common import encode_texts
+    from mmfm.eval.embedding import encode_texts
 
     def count(fn) -> float:
         # grad mode on: under no_grad/inference_mode nn.MultiheadAttention takes its fused fast path

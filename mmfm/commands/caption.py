@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def collect_images(inputs: list[str]) -> list[str]:
     """Files as given (decode errors are reported later, per image); folders expanded to their images."""
     from mmfm.config import ConfigError
-    from mmfm.eval.folder import list_images
+    from mmfm.eval.zeroshot.folder import list_images
 
     out: list[str] = []
     for item in inputs:
@@ -61,10 +61,10 @@ def main(argv: list[str]) -> int:
     import dataclasses
 
     from mmfm.config import atomic_write_text
-    from mmfm.eval.common import resolve_device
     from mmfm.eval.html import alt_text_page
     from mmfm.generate import caption_images, settings_dict, stored_generate
     from mmfm.models.checkpoint import load
+    from mmfm.models.device import resolve_device
 
     paths = collect_images(args.images)
     model = load(args.model, device=resolve_device(args.device), expect="captioner")

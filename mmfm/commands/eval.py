@@ -1,8 +1,9 @@
 """``mmfm eval caption|vqa|bias|compare|wise-ft``: evaluate checkpoints on a dataset, write results into a folder.
 
-Sub-commands live in ``SUBCOMMANDS`` (name -> (help, add_arguments, run)); a new evaluation adds one entry.
-The library does the work (``mmfm.eval.caption_eval``, ``mmfm.eval.bias``, ``mmfm.eval.compare``); this module
-parses, calls it and prints.
+Sub-commands live in ``SUBCOMMANDS`` (name -> (help, add_arguments, run, show)); a new evaluation adds one entry.
+``run(args)`` calls the library (``mmfm.eval.captioning``, ``mmfm.eval.bias``, ``mmfm.eval.compare``,
+``mmfm.eval.zeroshot.wise_ft``), which returns an ``EvalResult``; ``show(args, result)`` writes its files and
+prints from it.
 """
 from __future__ import annotations
 
@@ -41,25 +42,25 @@ def _vqa_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from mmfm.eval.common import resolve_device
     from mmfm.generate import stored_generate
     from mmfm.models.checkpoint import load
+    from mmfm.models.device import resolve_device
 
     model = load(args.model, device=resolve_device(args.device), expect="captioner")
     return model, generate_config_from_args(stored_generate(model), args)
 
 
-def _run_caption(args) -> dict:
-    from mmfm.eval.caption_eval import evaluate_captions
+def _run_caption(args):
+    from mmfm.eval.captioning.caption import evaluate_captions
 
     model, gen = _load(args)
     return evaluate_captions(model, args.data, gen, split=args.split, max_samples=args.max_samples,
                              alt_text=args.alt_text, progress=not args.quiet, max_skipped=args.max_skipped)
 
 
-def _run_vqa(args) -> dict:
+def _run_vqa(args):
     from mmfm.commands.vqa import read_candidates
-    from mmfm.eval.caption_eval import evaluate_vqa_model
+    from mmfm.eval.captioning.vqa import evaluate_vqa_model
     from mmfm.models.layout import read_config
 
     candidates = read_candidates(args)
@@ -68,6 +69,39 @@ def _run_vqa(args) -> dict:
     return evaluate_vqa_model(model, args.data, gen, vqa_cfg, split=args.split, max_samples=args.max_samples,
                               mode=args.mode, candidates=candidates, progress=not args.quiet,
                               max_skipped=args.max_skipped)
+
+
+def _show_scores(args, res) -> None:
+    """caption / vqa: OUT/metrics.json and OUT/predictions.jsonl, the scores and the skipped images."""
+    from mmfm.eval.result import write_eval
+
+    meta = res.meta
+    paths = write_eval(res, args.out or f"runs/eval/{args.what}-{meta['split']}")
+    sk = meta["skipped"]
+    print(f"{meta['samples']} samples scored, {sk['count']} of {sk['of']} skipped ({sk['frac']:.1%} failed to "
+          f"decode, at most {sk['max_frac']:.1%} allowed), split {meta['split']!r}")
+    print(_summary(res))
+    _print_failures(res)
+    print(f"wrote {paths['metrics']} and {paths['predictions']}")
+
+
+def _summary(res) -> str:
+    m = res.metrics
+    if res.task == "caption":
+        d = res.meta["degenerate"]
+        head = "  ".join(f"{k} {v:.4f}" for k, v in m.items())
+        flags = [f"{d['empty']} empty", f"{d['repetition_loops']} repetition loops",
+                 f"{d['distinct_captions']} distinct captions of {d['samples']}"]
+        if d["collapsed"]:
+            flags.append(f"COLLAPSED: {d['most_common']['frac']:.0%} get {d['most_common']['caption']!r}")
+        return head + "\n  degenerate: " + ", ".join(flags)
+    parts = [f"overall {m['overall']:.2f}"] + [f"{k} {v:.2f}" for k, v in sorted(m["per_answer_type"].items())]
+    return "VQA accuracy: " + "  ".join(parts)
+
+
+def _print_failures(res) -> None:
+    for f in res.meta["failures"][:10]:
+        print(f"  failed: {f['image']}: {f['error']}", file=sys.stderr)
 
 
 def _bias_args(p: argparse.ArgumentParser) -> None:
@@ -89,32 +123,37 @@ def _bias_args(p: argparse.ArgumentParser) -> None:
 
 
 def _captioner_settings(specs: list[str], args):
-    from mmfm.eval.bias import is_captioner
+    from mmfm.eval.bias.audit import is_captioner
     from mmfm.generate import stored_generate
 
     caps = [m for m in specs if is_captioner(m)]
     return generate_config_from_args(stored_generate(caps[0]), args) if caps else None
 
 
-def _run_bias(args) -> int:
-    from mmfm.eval.bias import bias_report, format_table, write_bias_report
+def _run_bias(args):
+    from mmfm.eval.bias.audit import bias_report
 
-    report = bias_report(args.model, args.data, args.attribute,
-                         groups=[g.strip() for g in args.groups.split(",")] if args.groups else None,
-                         match_by=None if args.match_by == "none" else args.match_by, label_field=args.label_field,
-                         templates=args.templates, gen=_captioner_settings(args.model, args),
-                         max_samples=args.max_samples, progress=not args.quiet)
-    paths = write_bias_report(report, args.out or f"runs/eval/bias-{args.attribute}")
-    print(format_table(report))
-    print(f"{report['n_samples']} images, groups {report['groups']}"
-          + (f", matched by {report['match_by']}" if report.get("match_by") else ""))
-    paired = report.get("zeroshot", {}).get("gap", {}).get("paired")
+    return bias_report(args.model, args.data, args.attribute,
+                       groups=[g.strip() for g in args.groups.split(",")] if args.groups else None,
+                       match_by=None if args.match_by == "none" else args.match_by, label_field=args.label_field,
+                       templates=args.templates, gen=_captioner_settings(args.model, args),
+                       max_samples=args.max_samples, progress=not args.quiet)
+
+
+def _show_bias(args, res) -> None:
+    from mmfm.eval.bias.output import format_table, write_bias_report
+
+    paths = write_bias_report(res, args.out or f"runs/eval/bias-{args.attribute}")
+    meta = res.meta
+    print(format_table(res))
+    print(f"{meta['n_samples']} images, groups {meta['groups']}"
+          + (f", matched by {meta['match_by']}" if meta.get("match_by") else ""))
+    paired = res.metrics.get("zeroshot", {}).get("gap", {}).get("paired")
     if paired:
         print(f"zero-shot best vs worst on the same {paired['pairs']} emoji: {paired['best_only_correct']} right only "
               f"in the best group, {paired['worst_only_correct']} only in the worst; exact McNemar p = "
               f"{paired['p_value']:.3g}")
     print(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}")
-    return 0
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
@@ -151,49 +190,55 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     add_generate_args(p)
 
 
-def _run_compare(args) -> int:
+def _latency_mode(args) -> bool:
+    """``--model``/``--variant``: the size/latency comparison of one model's variants on one data set."""
     from mmfm.config import ConfigError
     if args.model or args.variant:
         if len(args.data) != 1 or args.datasets:
             raise ConfigError("compare --model/--variant (size/latency mode) takes exactly one positional data set "
                               "and no --data")
-        return _run_latency_compare(args)
+        return True
     if not args.data or not args.datasets:
         raise ConfigError("compare: give the models as positionals and at least one --data (or --model ORIGINAL "
                           "DATA for the size/latency comparison)")
-    from mmfm.eval.compare_report import format_suite, write_compare
-    from mmfm.eval.compare_suite import compare_suite
+    return False
 
+
+def _run_compare(args):
+    from mmfm.config import ConfigError
+    if _latency_mode(args):
+        from mmfm.eval.compare.variants import compare_models
+        return compare_models(args.model, args.data[0], args.variant,
+                              max_samples=500 if args.max_samples is None else args.max_samples,
+                              latency_images=args.latency_images, threads=args.threads, templates=args.templates,
+                              label_field=args.label_field, gen=_captioner_settings([args.model], args),
+                              progress=not args.quiet)
+    from mmfm.eval.compare.suite import compare_suite
     try:
         fewshot = [int(k) for k in args.fewshot.split(",") if k.strip()]
     except ValueError:
         raise ConfigError(f"--fewshot {args.fewshot!r}: expected comma-separated integers such as 1,5,10") from None
-    res = compare_suite(args.data, args.datasets, probe_train=args.probe_train, fewshot=fewshot,
-                        templates=args.templates, max_samples=args.max_samples,
-                        gen=_captioner_settings(args.data[:1], args), n_boot=args.bootstrap, seed=args.bootstrap_seed,
-                        device=args.device, progress=not args.quiet)
+    return compare_suite(args.data, args.datasets, probe_train=args.probe_train, fewshot=fewshot,
+                         templates=args.templates, max_samples=args.max_samples,
+                         gen=_captioner_settings(args.data[:1], args), n_boot=args.bootstrap,
+                         seed=args.bootstrap_seed, device=args.device, progress=not args.quiet)
+
+
+def _show_compare(args, res) -> None:
+    from mmfm.eval.compare.report import format_comparison, format_suite, write_compare
+    from mmfm.eval.result import write_json
+
+    if _latency_mode(args):                          # size/latency: one JSON file, when asked for
+        print(format_comparison(res))
+        if args.out:
+            write_json(args.out, res.summary())
+            print(f"wrote {args.out}")
+        return
     print(format_suite(res))
-    for note in res["notes"]:
+    for note in res.meta["notes"]:
         print(f"note: {note}")
     paths = write_compare(res, args.out or "runs/eval/compare")
     print(f"wrote {paths['json']}, {paths['csv']} and {paths['html']}")
-    return 0
-
-
-def _run_latency_compare(args) -> int:
-    from mmfm.eval.common import write_json
-    from mmfm.eval.compare import compare_models, format_comparison
-
-    res = compare_models(args.model, args.data[0], args.variant,
-                         max_samples=500 if args.max_samples is None else args.max_samples,
-                         latency_images=args.latency_images, threads=args.threads, templates=args.templates,
-                         label_field=args.label_field, gen=_captioner_settings([args.model], args),
-                         progress=not args.quiet)
-    print(format_comparison(res))
-    if args.out:
-        write_json(args.out, res)
-        print(f"wrote {args.out}")
-    return 0
 
 
 def _wise_ft_args(p: argparse.ArgumentParser) -> None:
@@ -209,28 +254,34 @@ def _wise_ft_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def _run_wise_ft(args) -> int:
-    from mmfm.eval.common import write_json
-    from mmfm.eval.wise_ft import format_sweep, parse_alphas, wise_ft_sweep
+def _run_wise_ft(args):
+    from mmfm.eval.zeroshot.wise_ft import parse_alphas, wise_ft_sweep
 
-    res = wise_ft_sweep(args.run, args.data, parse_alphas(args.alphas), templates=args.templates,
-                        init_from=args.init_from, device=args.device, max_samples=args.max_samples,
-                        progress=not args.quiet)
+    return wise_ft_sweep(args.run, args.data, parse_alphas(args.alphas), templates=args.templates,
+                         init_from=args.init_from, device=args.device, max_samples=args.max_samples,
+                         progress=not args.quiet)
+
+
+def _show_wise_ft(args, res) -> None:
+    from mmfm.eval.result import write_json
+    from mmfm.eval.zeroshot.wise_ft import format_sweep
+
     print(format_sweep(res))
-    print(f"wrote {write_json(args.out, res)}")
-    return 0
+    print(f"wrote {write_json(args.out, res.summary())}")
 
 
 SUBCOMMANDS = {
-    "caption": ("BLEU-1..4, ROUGE-L, CIDEr-D + degenerate-output report", _caption_args, _run_caption),
-    "vqa": ("VQAv2 accuracy by answer type (yes/no, number, other)", _vqa_args, _run_vqa),
+    "caption": ("BLEU-1..4, ROUGE-L, CIDEr-D + degenerate-output report", _caption_args, _run_caption,
+                _show_scores),
+    "vqa": ("VQAv2 accuracy by answer type (yes/no, number, other)", _vqa_args, _run_vqa,
+            _show_scores),
     "bias": ("zero-shot accuracy and caption quality per group of a sensitive attribute, best-worst gap",
-             _bias_args, _run_bias),
+             _bias_args, _run_bias, _show_bias),
     "compare": ("several models on the same data: zero-shot, probes, retrieval, caption/VQA metrics, perplexity, "
                 "deltas with 95%% CIs; or (--model/--variant) size, CPU latency and metric drop of int8 / "
-                "distilled variants", _compare_args, _run_compare),
+                "distilled variants", _compare_args, _run_compare, _show_compare),
     "wise-ft": ("zero-shot top-1 of a run's WiSE-FT weights (initial/fine-tuned interpolation) per alpha",
-                _wise_ft_args, _run_wise_ft),
+                _wise_ft_args, _run_wise_ft, _show_wise_ft),
 }
 
 
@@ -241,48 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
                "  mmfm eval vqa --model runs/vqa data/vqa_val.jsonl --out runs/eval/vqa",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
-    for name, (help_, add, _) in SUBCOMMANDS.items():
+    for name, (help_, add, _, _) in SUBCOMMANDS.items():
         add(sub.add_parser(name, help=help_, prog=f"mmfm eval {name}"))
     return p
 
 
-def _summary(res: dict) -> str:
-    m = res["metrics"]
-    if res["task"] == "caption":
-        d = res["degenerate"]
-        head = "  ".join(f"{k} {v:.4f}" for k, v in m.items())
-        flags = [f"{d['empty']} empty", f"{d['repetition_loops']} repetition loops",
-                 f"{d['distinct_captions']} distinct captions of {d['samples']}"]
-        if d["collapsed"]:
-            flags.append(f"COLLAPSED: {d['most_common']['frac']:.0%} get {d['most_common']['caption']!r}")
-        return head + "\n  degenerate: " + ", ".join(flags)
-    parts = [f"overall {m['overall']:.2f}"] + [f"{k} {v:.2f}" for k, v in sorted(m["per_answer_type"].items())]
-    return "VQA accuracy: " + "  ".join(parts)
-
-
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from mmfm.eval.caption_eval import TooManySkipped, write_eval
+    from mmfm.eval.captioning.runner import TooManySkipped
 
+    _, _, run, show = SUBCOMMANDS[args.what]
     try:
-        res = SUBCOMMANDS[args.what][2](args)
+        res = run(args)
     except TooManySkipped as e:                    # nothing written: a partial score must not pass for a full one
         _print_failures(e.result)
         print(f"mmfm eval {args.what}: {e}", file=sys.stderr)
         return 1
-    if isinstance(res, int):                       # sub-commands that write and print their own results
-        return res
-    out = args.out or f"runs/eval/{args.what}-{res['split']}"
-    paths = write_eval(res, out)
-    sk = res["skipped"]
-    print(f"{res['samples']} samples scored, {sk['count']} of {sk['of']} skipped ({sk['frac']:.1%} failed to decode, "
-          f"at most {sk['max_frac']:.1%} allowed), split {res['split']!r}")
-    print(_summary(res))
-    _print_failures(res)
-    print(f"wrote {paths['metrics']} and {paths['predictions']}")
+    show(args, res)
     return 0
-
-
-def _print_failures(res: dict) -> None:
-    for f in res["failures"][:10]:
-        print(f"  failed: {f['image']}: {f['error']}", file=sys.stderr)

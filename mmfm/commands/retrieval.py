@@ -34,16 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from mmfm.config import ConfigError
-    from mmfm.eval.common import write_json
+    from mmfm.eval.result import write_json
     from mmfm.eval.retrieval import retrieval_evaluate
     try:
         ks = tuple(int(k) for k in args.k.split(","))
     except ValueError:
         raise ConfigError(f"--k: expected comma-separated integers, got {args.k!r}") from None
-    m = retrieval_evaluate(args.model, args.data, image_key=args.image_key, caption_key=args.caption_key,
-                           batch_size=args.batch_size, workers=args.workers, device=args.device,
-                           precision=args.precision, ks=ks, max_samples=args.max_samples,
-                           max_pixels=args.max_pixels, progress=not args.quiet)
+    res = retrieval_evaluate(args.model, args.data, image_key=args.image_key, caption_key=args.caption_key,
+                             batch_size=args.batch_size, workers=args.workers, device=args.device,
+                             precision=args.precision, ks=ks, max_samples=args.max_samples,
+                             max_pixels=args.max_pixels, progress=not args.quiet)
+    m = res.summary()
     if args.out:
         write_json(args.out, m)
     for direction in ("image_to_text", "text_to_image"):

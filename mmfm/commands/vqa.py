@@ -85,9 +85,9 @@ def main(argv: list[str]) -> int:
     import logging
 
     from mmfm.config import ConfigError
-    from mmfm.eval.common import resolve_device
     from mmfm.generate import answer_rows, stored_generate
     from mmfm.models.checkpoint import load
+    from mmfm.models.device import resolve_device
     from mmfm.models.layout import read_config
 
     logging.basicConfig(level=logging.WARNING, format="mmfm vqa: %(message)s")

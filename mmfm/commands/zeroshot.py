@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from mmfm.eval.report import format_table, write_predictions, write_report
-    from mmfm.eval.zeroshot import zeroshot_classify
-    from mmfm.eval.folder import scan_folder
+    from mmfm.eval.zeroshot.classify import zeroshot_classify
+    from mmfm.eval.zeroshot.folder import scan_folder
+    from mmfm.eval.zeroshot.report import format_table, write_predictions, write_report
 
     spec = scan_folder(args.folder, labels=args.labels, classnames_file=args.classnames,
                        max_samples=args.max_samples)       # folder errors before the model loads
@@ -62,14 +62,14 @@ def main(argv: list[str]) -> int:
     if args.report:
         write_report(res, args.report, thumbnails=not args.no_thumbnails)
     if args.metrics:
-        from mmfm.eval.common import write_json
-        write_json(args.metrics, res.metrics)
+        from mmfm.eval.result import write_json
+        write_json(args.metrics, res.summary())
     _print_summary(res, args, format_table)
     return 0
 
 
 def _print_summary(res, args, format_table) -> None:
-    m = res.metrics
+    m = res.summary()
     err = sys.stderr
     if res.skipped:
         print(f"skipped {len(res.skipped)} file(s):", file=err)

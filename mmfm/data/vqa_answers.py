@@ -1,6 +1,6 @@
 """VQA answer normalisation and per-question accuracy: a port of the official VQAv2 evaluation
 (GT-Vision-Lab/VQA, ``vqaEval.py``, master). In ``data/`` so that tasks (training targets) and evaluation
-(``mmfm.eval.vqa_metrics``) share it without tasks importing evaluation.
+(``mmfm.eval.captioning.vqa_metrics``) share it without tasks importing evaluation.
 
 Written from the official algorithm, quirks kept on purpose so numbers compare with published ones:
 

@@ -151,9 +151,9 @@ def stage_scratch(ctx: DemoContext) -> dict:
 def stage_zeroshot(ctx: DemoContext) -> dict:
     import numpy as np
 
+    from mmfm.eval.zeroshot.classify import zeroshot_classify
+    from mmfm.eval.zeroshot.report import write_report
     from mmfm.models.checkpoint import load as load_model
-    from mmfm.eval.report import write_report
-    from mmfm.eval.zeroshot import zeroshot_classify
 
     s = ctx.settings.zeroshot
     root = ctx.shards / "heldout_by_group"
@@ -195,7 +195,8 @@ def _decoder_values(ctx: DemoContext) -> dict:
 
 
 def stage_caption(ctx: DemoContext) -> dict:
-    from mmfm.eval.caption_eval import evaluate_captions, write_eval
+    from mmfm.eval.captioning.caption import evaluate_captions
+    from mmfm.eval.result import write_eval
     from mmfm.generate import stored_generate
     from mmfm.models.checkpoint import load
 
@@ -207,15 +208,15 @@ def stage_caption(ctx: DemoContext) -> dict:
     gen = stored_generate(model)
     res = evaluate_captions(model, str(ctx.shards / "heldout"), gen, split="heldout", progress=ctx.progress)
     write_eval(res, ctx.out / "caption" / "eval")
-    refs = {p["key"]: p["references"] for p in res["predictions"]}
+    refs = {p["key"]: p["references"] for p in res.predictions}
     train_caps = [s["txt"] for s in D.iter_samples(ctx.shards / "train")]
     base = constant_caption_baseline(refs, train_caps)
-    summary.update({k: res["metrics"][k] for k in ("CIDEr-D", "BLEU-4", "BLEU-1", "ROUGE-L")})
+    summary.update({k: res.metrics[k] for k in ("CIDEr-D", "BLEU-4", "BLEU-1", "ROUGE-L")})
     summary["constant_baseline"] = base
-    summary["degenerate"] = {k: res["degenerate"][k] for k in ("distinct_frac", "empty", "repetition_loops",
-                                                                "collapsed")}
-    summary["captions"] = {p["key"]: p["caption"] for p in res["predictions"]}
-    summary["decoding"] = res.get("decoding")
+    summary["degenerate"] = {k: res.meta["degenerate"][k] for k in ("distinct_frac", "empty", "repetition_loops",
+                                                                    "collapsed")}
+    summary["captions"] = {p["key"]: p["caption"] for p in res.predictions}
+    summary["decoding"] = res.meta.get("decoding")
     return summary
 
 
@@ -234,7 +235,8 @@ def _vqa_split(ctx: DemoContext, split: str) -> tuple[Path, list[dict]]:
 def stage_vqa(ctx: DemoContext) -> dict:
     from collections import Counter, defaultdict
 
-    from mmfm.eval.caption_eval import evaluate_vqa_model, write_eval
+    from mmfm.eval.captioning.vqa import evaluate_vqa_model
+    from mmfm.eval.result import write_eval
     from mmfm.generate import stored_generate
     from mmfm.models.checkpoint import load
     from mmfm.models.layout import read_config
@@ -251,7 +253,7 @@ def stage_vqa(ctx: DemoContext) -> dict:
     write_eval(res, ctx.out / "vqa" / "eval")
     kind_of = {r["question_id"]: r["kind"] for r in held_records}
     by_kind: dict[str, list[float]] = defaultdict(list)
-    for p in res["predictions"]:
+    for p in res.predictions:
         by_kind[kind_of.get(str(p["question_id"]), "?")].append(p["accuracy"])
     # majority baseline: each question kind answered with its most frequent training answer
     top = {}
@@ -262,12 +264,12 @@ def stage_vqa(ctx: DemoContext) -> dict:
         base_by_kind[r["kind"]].append(100.0 if top.get(r["kind"]) == r["answers"][0] else 0.0)
     base_all = [a for v in base_by_kind.values() for a in v]
     summary.update({
-        "overall": res["metrics"]["overall"],
+        "overall": res.metrics["overall"],
         "per_question_type": {k: 100.0 * sum(v) / len(v) for k, v in by_kind.items()},
         "majority_baseline": sum(base_all) / max(len(base_all), 1),
         "majority_by_type": {k: sum(v) / len(v) for k, v in base_by_kind.items()},
-        "majority_answers": top, "questions": res["samples"],
-        "answers": {str(p["question_id"]): p["answer"] for p in res["predictions"]},
+        "majority_answers": top, "questions": res.meta["samples"],
+        "answers": {str(p["question_id"]): p["answer"] for p in res.predictions},
     })
     return summary
 
@@ -276,7 +278,8 @@ def stage_vqa(ctx: DemoContext) -> dict:
 def stage_bias(ctx: DemoContext) -> dict:
     """``mmfm eval bias`` on the held-out emoji: zero-shot top-1 (CLIP) and caption quality (captioner) per skin
     tone, matched by base name so every tone holds the same emoji."""
-    from mmfm.eval.bias import bias_report, bias_table_html, format_table, write_bias_report
+    from mmfm.eval.bias.audit import bias_report
+    from mmfm.eval.bias.output import bias_table_html, format_table, write_bias_report
 
     s = ctx.settings.bias
     try:
@@ -285,9 +288,9 @@ def stage_bias(ctx: DemoContext) -> dict:
     except ConfigError as e:           # e.g. a tiny custom split with no emoji in every tone: say so in the report
         return {"skipped": f"bias table not made: {e}"}
     paths = write_bias_report(rep, ctx.out / "bias")
-    zs, cap = rep.get("zeroshot") or {}, rep.get("caption") or {}
-    return {"attribute": rep["attribute"], "groups": rep["groups"], "n_samples": rep["n_samples"],
-            "matched_values": rep.get("matched_values"), "table": format_table(rep), "html": bias_table_html(rep),
+    zs, cap = rep.metrics.get("zeroshot") or {}, rep.metrics.get("caption") or {}
+    return {"attribute": rep.meta["attribute"], "groups": rep.meta["groups"], "n_samples": rep.meta["n_samples"],
+            "matched_values": rep.meta.get("matched_values"), "table": format_table(rep), "html": bias_table_html(rep),
             "zeroshot_gap": zs.get("gap"), "caption_gap": (cap.get("gap") or {}).get("CIDEr-D"),
             "png": str(paths["plot"]), "json": str(paths["json"])}
 

@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from mmfm.config import atomic_write_text
+from mmfm.config import atomic_write, atomic_write_text
 from mmfm.eval.html import page, png_data_uri, table
 
 
@@ -20,7 +20,7 @@ def constant_caption_baseline(references: dict[str, list[str]], candidates: list
                               max_candidates: int = 60) -> dict:
     """The best single caption given to every image, among the most frequent training captions and their
     most frequent words and word pairs (a strong constant baseline: it knows the training distribution)."""
-    from mmfm.eval.caption_metrics import score_captions
+    from mmfm.eval.captioning.caption_metrics import score_captions
 
     cands = _constant_candidates(candidates, max_candidates)
     best: dict = {}
@@ -87,7 +87,6 @@ def plot_curves(runs: dict[str, Path], path: Path) -> Path | None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    from mmfm.eval.common import atomic_write
     return atomic_write(path, buf.getvalue())
 
 
@@ -296,7 +295,6 @@ def plot_comparison(rows: list[dict], path: Path) -> Path | None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    from mmfm.eval.common import atomic_write
     atomic_write(path, buf.getvalue())
     return path
 

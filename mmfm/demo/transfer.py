@@ -64,8 +64,8 @@ def score_set(model, images: Path, classes: list[str], templates: list[str], *, 
     """Zero-shot over all ``classes`` (CLDR groups) on the group-folder tree ``images``."""
     import numpy as np
 
-    from mmfm.eval.folder import scan_folder
-    from mmfm.eval.zeroshot import zeroshot_classify
+    from mmfm.eval.zeroshot.classify import zeroshot_classify
+    from mmfm.eval.zeroshot.folder import scan_folder
 
     spec = scan_folder(images, classes=[D.slug(c) for c in classes])
     spec.classnames = list(classes)

@@ -60,8 +60,8 @@ def _clip_model(task):
 class ZeroShotHook:
     def __init__(self, folder: str, templates: str = "simple", classnames: str | None = None,
                  max_samples: int | None = None, batch_size: int = 64, workers: int = 0):
-        from .folder import scan_folder
-        from .templates import load_templates
+        from .zeroshot.folder import scan_folder
+        from .zeroshot.templates import load_templates
         self.spec = scan_folder(folder, classnames_file=classnames, max_samples=max_samples)
         if not self.spec.labelled:
             raise ConfigError(f"eval.zeroshot_folder: {folder} has no class subfolders, so it cannot be scored")
@@ -69,7 +69,8 @@ class ZeroShotHook:
         self.batch_size, self.workers = batch_size, workers
 
     def __call__(self, task, step: int) -> dict:
-        from .zeroshot import counts_metrics, share_counts
+        from .zeroshot.classify import share_counts
+        from .zeroshot.metrics import counts_metrics
         rank, world = _world()
         model = _clip_model(task)
         with _eval_mode(model):
@@ -92,7 +93,7 @@ class ZeroShotHook:
         """The (D, C) zero-shot weights, each rank embedding the prompts of every ``world``-th class."""
         import torch
 
-        from .zeroshot import build_classifier
+        from .zeroshot.classifier import build_classifier
         names = self.spec.classnames
         mine = list(range(rank, len(names), world))
         part = build_classifier(model, [names[i] for i in mine], self.templates) if mine else None
@@ -105,15 +106,10 @@ class ZeroShotHook:
 
 class RetrievalHook:
     def __init__(self, data: str, max_samples: int | None = None, batch_size: int = 64, workers: int = 0):
-        from .records import shard_urls
-        from .retrieval import is_shard_source, read_table
+        from .retrieval import retrieval_source
         if not (Path(data).exists() or "{" in data):
             raise ConfigError(f"eval.retrieval_data: not found: {data}")
-        if is_shard_source(data):
-            shard_urls(data)                       # the training preflight: missing / truncated shards now
-            self.data = data
-        else:
-            self.data = read_table(data)
+        self.data = retrieval_source(data)          # the training preflight: missing / truncated shards now
         self.max_samples, self.batch_size, self.workers = max_samples, batch_size, workers
 
     def __call__(self, task, step: int) -> dict:
@@ -128,12 +124,12 @@ class RetrievalHook:
 
 
 class LinearProbeHook:
-    """A linear probe on frozen image features (``mmfm.eval.probe``): every rank embeds its share of the train
+    """A linear probe on frozen image features (``mmfm.eval.zeroshot.probe``): every rank embeds its share of the train
     and test images, the features are gathered in folder order and every rank fits the same seeded probe."""
 
     def __init__(self, train: str, test: str, max_samples: int | None = None, batch_size: int = 64,
                  workers: int = 0):
-        from .folder import scan_folder
+        from .zeroshot.folder import scan_folder
         self.train, self.test = (scan_folder(f, max_samples=max_samples) for f in (train, test))
         for key, spec in (("eval.linear_probe_train", self.train), ("eval.linear_probe_test", self.test)):
             if not spec.labelled:
@@ -147,7 +143,7 @@ class LinearProbeHook:
         import numpy as np
         import torch
 
-        from .probe import folder_features
+        from .zeroshot.probe import folder_features
         parts = _gather(folder_features(model, spec, share=share, batch_size=self.batch_size,
                                         workers=self.workers))
         parts = [p for p in parts if len(p[2])]
@@ -158,7 +154,7 @@ class LinearProbeHook:
         return torch.cat([p[0] for p in parts])[order], np.concatenate([p[1] for p in parts])[order]
 
     def __call__(self, task, step: int) -> dict:
-        from .probe import linear_probe
+        from .zeroshot.probe import linear_probe
         share = _world()
         model = _clip_model(task)
         with _eval_mode(model):
@@ -173,12 +169,12 @@ class PerplexityHook:
     summed NLL and token counts are gathered, so every rank returns the one-process figure."""
 
     def __init__(self, data: str, max_samples: int | None = None, batch_size: int = 64):
-        from .caption_eval import read_caption_data
+        from .captioning.data import read_caption_data
         self.items = read_caption_data(data, max_samples)
         self.batch_size = batch_size
 
     def __call__(self, task, step: int) -> dict:
-        from .perplexity import caption_nll, perplexity
+        from .captioning.perplexity import caption_nll, perplexity
         rank, world = _world()
         model = _clip_model(task)
         mine = self.items[rank::world]

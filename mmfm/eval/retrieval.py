@@ -13,11 +13,8 @@ its image; image->text counts an image as a hit when *any* of its captions is in
 """
 from __future__ import annotations
 
-import csv
 import json
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch.utils.data import IterableDataset
@@ -26,86 +23,20 @@ from mmfm.config import ConfigError
 from mmfm.data import fs
 from mmfm.data.decode import DEFAULT_MAX_PIXELS, decode_image
 from mmfm.data.transforms import eval_transform
+from mmfm.models.device import model_device
 
-from .common import (autocast, default_workers, effective_precision, encode_texts, load_clip,
-                     model_device, split_transform)
-from .records import SHARD_IMAGE_KEYS, shard_urls
-
-IMAGE_COLUMNS = ("image", "image_path", "filepath", "path", "file", "filename", "img", "jpg")
-CAPTION_COLUMNS = ("captions", "caption", "text", "title", "txt", "alt")
+from .embedding import autocast, default_workers, effective_precision, encode_texts, load_clip, split_transform
+from .records import SHARD_IMAGE_KEYS, TableData, is_shard_source, read_table, shard_urls
+from .result import EvalResult, backend
 
 
-@dataclass
-class TableData:
-    """CSV/JSONL retrieval data: one entry per distinct image."""
-    source: str
-    paths: list[str]
-    captions: list[list[str]]
-
-
-# ----------------------------------------------------------------------------- reading
-def read_table(path: str | os.PathLike, image_key: str | None = None, caption_key: str | None = None) -> TableData:
-    p = Path(path)
-    rows = _read_rows(p)
-    if not rows:
-        raise ConfigError(f"{p} holds no rows")
-    cols = list(rows[0].keys())
-    ikey = image_key or next((c for c in IMAGE_COLUMNS if c in cols), None)
-    ckey = caption_key or next((c for c in CAPTION_COLUMNS if c in cols), None)
-    for key, what, opts in ((ikey, "image path", IMAGE_COLUMNS), (ckey, "caption", CAPTION_COLUMNS)):
-        if key is None or key not in cols:
-            raise ConfigError(f"{p}: no {what} column (looked for {key or ', '.join(opts)}; "
-                              f"columns are {', '.join(cols)}); name it with --{what.split()[0]}-key")
-    order: dict[str, list[str]] = {}
-    for n, row in enumerate(rows, start=1):
-        img, caps = row.get(ikey), row.get(ckey)
-        if not img:
-            raise ConfigError(f"{p} row {n}: empty '{ikey}'")
-        caps = _as_captions(caps, p, n, ckey)
-        full = img if os.path.isabs(img) else str(p.parent / img)
-        order.setdefault(full, []).extend(caps)
-    paths = list(order)
-    return TableData(str(p), paths, [order[k] for k in paths])
-
-
-def _read_rows(p: Path) -> list[dict]:
-    if not p.is_file():
-        raise ConfigError(f"retrieval data not found: {p}")
-    ext = p.suffix.lower()
-    if ext == ".csv":
-        with open(p, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-    if ext in (".jsonl", ".json"):
-        rows = []
-        with open(p, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ConfigError(f"{p} line {n}: invalid JSON ({e})") from None
-        return rows
-    raise ConfigError(f"retrieval data {p}: expected a shard folder, a .tar, or a .csv/.jsonl file")
-
-
-def _as_captions(value, p, n, key) -> list[str]:
-    if isinstance(value, str) and value.startswith("[") and key == "captions":
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
-    caps = [value] if isinstance(value, str) else list(value or [])
-    caps = [str(c).strip() for c in caps if str(c).strip()]
-    if not caps:
-        raise ConfigError(f"{p} row {n}: no caption in '{key}'")
-    return caps
-
-
-def is_shard_source(data: str) -> bool:
-    if fs.is_remote(data):       # s3://bucket/shards (a folder, manifest or pattern); tables stay local files
-        return not str(data).endswith((".csv", ".tsv", ".jsonl"))
-    p = Path(data)
-    return p.is_dir() or p.suffix == ".tar" or "{" in str(data)
+def retrieval_source(data: str, image_key: str | None = None, caption_key: str | None = None):
+    """What ``embed_share`` reads: a shard source (after the training preflight, so a missing or truncated shard
+    fails before a model loads) or the ``TableData`` of a CSV/JSONL file."""
+    if is_shard_source(data):
+        shard_urls(data)
+        return str(data)
+    return read_table(data, image_key, caption_key)
 
 
 # ----------------------------------------------------------------------------- datasets (picklable)
@@ -287,34 +218,27 @@ def recall_at_k(image_emb, text_emb, text_owner, ks=(1, 5, 10), chunk: int = 102
 
 def retrieval_evaluate(model, data, *, image_key=None, caption_key=None, batch_size=64, workers=None,
                        device=None, precision="auto", ks=(1, 5, 10), max_samples=None,
-                       max_pixels=DEFAULT_MAX_PIXELS, progress=True) -> dict:
-    """R@1/5/10 image->text and text->image on shards or CSV/JSONL; returns the metrics dict."""
-    import torch
-
-    from mmfm.version import __version__
+                       max_pixels=DEFAULT_MAX_PIXELS, progress=True) -> EvalResult:
+    """R@1/5/10 image->text and text->image on shards or CSV/JSONL. ``metrics``: the recalls and their mean;
+    ``meta``: model, data, format, image/caption/skipped counts, device, precision, time."""
     t0 = time.perf_counter()
     src = str(data)
     if not (fs.is_remote(src) or Path(src).exists() or "{" in src):
         raise ConfigError(f"retrieval data not found: {src}")
-    table = None if is_shard_source(src) else read_table(src, image_key, caption_key)
-    if table is None:
-        shard_urls(src)                  # the training preflight, before the model loads
+    source = retrieval_source(src, image_key, caption_key)
     model, ckpt = load_clip(model, device)
     was_training = model.training
     model.eval()
     try:
-        img, txt, owner, skipped = embed_pairs(model, table or src, batch_size=batch_size, workers=workers,
+        img, txt, owner, skipped = embed_pairs(model, source, batch_size=batch_size, workers=workers,
                                                precision=precision, max_pixels=max_pixels,
                                                max_samples=max_samples, progress=progress)
     finally:
         model.train(was_training)
-    metrics = recall_at_k(img, txt, owner, ks)
     dev = model_device(model)
-    metrics.update({"task": "zeroshot_retrieval", "backend": f"mmfm {__version__} (torch {torch.__version__})",
-                    "model": ckpt or type(model).__name__, "data": src,
-                    "format": "shards" if table is None else Path(src).suffix.lstrip("."),
-                    "n_images": int(img.shape[0]), "n_captions": int(txt.shape[0]),
-                    "n_skipped": len(skipped), "skipped": skipped[:1000], "device": str(dev),
-                    "precision": effective_precision(dev, precision),
-                    "seconds": round(time.perf_counter() - t0, 3)})
-    return metrics
+    meta = {"task": "zeroshot_retrieval", "backend": backend(), "model": ckpt or type(model).__name__, "data": src,
+            "format": "shards" if isinstance(source, str) else Path(src).suffix.lstrip("."),
+            "n_images": int(img.shape[0]), "n_captions": int(txt.shape[0]), "n_skipped": len(skipped),
+            "skipped": skipped[:1000], "device": str(dev), "precision": effective_precision(dev, precision),
+            "seconds": round(time.perf_counter() - t0, 3)}
+    return EvalResult(metrics=recall_at_k(img, txt, owner, ks), meta=meta)

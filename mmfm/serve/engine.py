@@ -147,7 +147,7 @@ class Engine:
         return w
 
     def run_classify(self, key: tuple, images: list[torch.Tensor]) -> list[dict]:
-        from mmfm.eval.common import logit_scale
+        from mmfm.eval.embedding import logit_scale
 
         labels, template, top_k = key
         with self._lock, torch.inference_mode():

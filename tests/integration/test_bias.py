@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mmfm.config import ConfigError
-from mmfm.eval.bias import SKIN_TONE_ORDER, bias_report, bias_table_html, write_bias_report
+from mmfm.eval.bias.audit import SKIN_TONE_ORDER, bias_report
+from mmfm.eval.bias.output import bias_table_html, write_bias_report
 from mmfm.models import build_model, save_pretrained
 
 EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
@@ -52,10 +53,11 @@ def models(tmp_path_factory):
 def test_skin_tone_report_per_group_with_gap(emoji_shards, models, tmp_path):
     report = bias_report([str(models / "clip"), str(models / "captioner")], str(emoji_shards), "skin_tone",
                          progress=False)
-    assert report["groups"] == SKIN_TONE_ORDER and report["match_by"] == "base_name"
-    assert report["n_per_group"] == {g: 4 for g in SKIN_TONE_ORDER}            # 4 emoji x (default + 5 tones)
-    assert report["found"]["none"] == 5                                        # the dog is there, unmatched
-    zs, cap = report["zeroshot"], report["caption"]
+    meta = report.meta
+    assert meta["groups"] == SKIN_TONE_ORDER and meta["match_by"] == "base_name"
+    assert meta["n_per_group"] == {g: 4 for g in SKIN_TONE_ORDER}              # 4 emoji x (default + 5 tones)
+    assert meta["found"]["none"] == 5                                          # the dog is there, unmatched
+    zs, cap = report.metrics["zeroshot"], report.metrics["caption"]
     assert zs["label_field"] == "base_name" and zs["n_classes"] == 4
     paths = write_bias_report(report, tmp_path / "out")
     rows = [json.loads(x) for x in paths["predictions"].read_text().splitlines()]
@@ -72,7 +74,7 @@ def test_skin_tone_report_per_group_with_gap(emoji_shards, models, tmp_path):
     assert zs["gap"]["best"] in accs and zs["gap"]["worst"] in accs
     paired = zs["gap"]["paired"]
     assert paired["pairs"] == 4 and 0 < paired["p_value"] <= 1
-    from mmfm.eval.bias import mcnemar_exact
+    from mmfm.eval.bias.metrics import mcnemar_exact
     assert mcnemar_exact(0, 6) == pytest.approx(2 / 64) and mcnemar_exact(3, 3) == 1.0
     body = json.loads(paths["json"].read_text())
     assert body["caption"]["decoding"]["max_new_tokens"] > 0 and "backend" in body
@@ -82,7 +84,7 @@ def test_skin_tone_report_per_group_with_gap(emoji_shards, models, tmp_path):
 
 def test_zero_shot_predictions_agree_with_mmfm_classify(emoji_shards, models):
     import mmfm
-    from mmfm.eval.bias import read_samples, select_groups, zero_shot_samples
+    from mmfm.eval.bias.audit import read_samples, select_groups, zero_shot_samples
     from mmfm.data.decode import decode_image
 
     samples, _ = read_samples(str(emoji_shards), "skin_tone")

@@ -68,16 +68,17 @@ def test_compare_clip_models_writes_json_csv_html_with_paired_deltas(setup, tmp_
 @pytest.mark.slow
 def test_compare_captioners_scores_captions_perplexity_and_vqa(setup):
     from mmfm.config.caption import GenerateConfig
-    from mmfm.eval.compare_suite import compare_suite
+    from mmfm.eval.compare.suite import compare_suite
     res = compare_suite([str(setup / "cap0"), str(setup / "cap1")], [str(setup / "caps.jsonl"),
                         f"q={setup / 'vqa.jsonl'}"], gen=GenerateConfig(max_new_tokens=4), n_boot=50, progress=False)
-    assert [d["kind"] for d in res["data"]] == ["captions", "vqa"]
-    got = {(r["data"], r["metric"]) for r in res["rows"]}
+    rows = res.metrics["rows"]
+    assert [d["kind"] for d in res.meta["data"]] == ["captions", "vqa"]
+    got = {(r["data"], r["metric"]) for r in rows}
     assert got == {("caps", m) for m in ("BLEU-4", "CIDEr-D", "ROUGE-L", "perplexity")} | \
         {("q", "VQA accuracy"), ("q", "token F1")}
-    ppl = [r for r in res["rows"] if r["metric"] == "perplexity"]
+    ppl = [r for r in rows if r["metric"] == "perplexity"]
     assert ppl[0]["higher_is_better"] is False and ppl[0]["value"] > 1 and ppl[0]["n"] == 3
-    for r in res["rows"][1::2]:                              # the same weights: no difference, in every draw
+    for r in rows[1::2]:                              # the same weights: no difference, in every draw
         assert r["delta"] == 0 and r["ci95"] == [0.0, 0.0] and r["improved"] is None
 
 
@@ -86,7 +87,7 @@ def test_perplexity_is_exp_of_the_caption_task_loss(setup):
     import mmfm
     from PIL import Image
 
-    from mmfm.eval.perplexity import caption_nll, perplexity
+    from mmfm.eval.captioning.perplexity import caption_nll, perplexity
     from mmfm.tasks.caption import CaptionProcessor, shifted_token_loss
     from mmfm.data.transforms import eval_transform
     model = mmfm.load(setup / "cap0")
@@ -104,7 +105,7 @@ def test_perplexity_is_exp_of_the_caption_task_loss(setup):
 
 def test_compare_refuses_mixed_kinds_and_missing_data(setup, tmp_path):
     from mmfm.commands.eval import main as eval_main
-    from mmfm.eval.compare_suite import compare_suite
+    from mmfm.eval.compare.suite import compare_suite
     with pytest.raises(ConfigError, match="cap0 is a captioner, the first model is a clip"):
         compare_suite([str(setup / "clip0"), str(setup / "cap0")], [str(setup / "caps.jsonl")], progress=False)
     with pytest.raises(ConfigError, match="--data .*nope: not found"):
@@ -128,8 +129,8 @@ def test_probe_and_perplexity_hooks(setup):
                                 "eval": {"perplexity_data": str(setup / "caps.jsonl")}})
     (hook,) = build_eval_hooks(cap)
     ctask = build_task(cap)
-    from mmfm.eval.perplexity import caption_nll, perplexity
-    from mmfm.eval.caption_eval import read_caption_data
+    from mmfm.eval.captioning.perplexity import caption_nll, perplexity
+    from mmfm.eval.captioning.data import read_caption_data
     nll = caption_nll(ctask.model, read_caption_data(str(setup / "caps.jsonl")))
     assert hook(ctask, 1)["perplexity/ppl"] == pytest.approx(perplexity(nll["nll"], nll["tokens"]))
     with pytest.raises(ConfigError, match="eval.perplexity_data: perplexity needs a captioner"):
@@ -144,7 +145,7 @@ def test_each_domain_probes_with_its_own_train_folder(setup, tmp_path):
     (``--probe-train new=... --probe-train old=...``), scored on each data set's own folder."""
     from mmfm.commands.eval import main as eval_main
     from mmfm.demo.fashion_mnist import write_fashion_folders
-    from mmfm.eval.compare_suite import probe_folders
+    from mmfm.eval.compare.data import probe_folders
     from tests.helpers import fake_fashion
     fm = write_fashion_folders(tmp_path / "fm", train_per_class=2, test_per_class=1,
                                source=fake_fashion(tmp_path / "src"))

@@ -82,10 +82,10 @@ def test_student_learns_the_teacher_through_mmfm_train(teacher, tmp_path):
     assert max_diff(load_weights(teacher), before) == 0.0            # the teacher was never updated
     assert yaml.safe_load((ckpt / "config.yaml").read_text())["task"]["distill"]["teacher"] == str(teacher)
     # mmfm eval compare puts the student next to its teacher: smaller, and measured on the same images
-    from mmfm.eval.compare import compare_models
+    from mmfm.eval.compare.variants import compare_models
     res = compare_models(str(teacher), str(Path(__file__).parents[2] / "data_recipes/image_folder/fixture"),
                          [str(ckpt)], latency_images=2, progress=False)
-    t_row, s_row = res["rows"]
+    t_row, s_row = res.metrics["rows"]
     assert s_row["parameters"] < t_row["parameters"] and s_row["size_ratio"] < 1
     assert s_row["metric"]["samples"] == t_row["metric"]["samples"] == 6
 

@@ -66,9 +66,9 @@ def test_two_rank_hooks_share_the_work_and_equal_one_process(tmp_path):
             assert got.keys() == want.keys() and got == pytest.approx(want, abs=1e-6)
         assert r["results"][0] == pytest.approx({f"zeroshot/{k}": zs.metrics[k] for k in
                                                  ("top1", "top5", "mean_per_class_recall", "macro_f1")}, abs=1e-6)
-        assert r["results"][1] == pytest.approx({f"retrieval/{k}": v for k, v in ret.items()
+        assert r["results"][1] == pytest.approx({f"retrieval/{k}": v for k, v in ret.metrics.items()
                                                  if "_R@" in k or k == "mean_recall"}, abs=1e-6)
-        assert r["results"][2] == pytest.approx({f"retrieval/{k}": v for k, v in ret7.items()
+        assert r["results"][2] == pytest.approx({f"retrieval/{k}": v for k, v in ret7.metrics.items()
                                                  if "_R@" in k or k == "mean_recall"}, abs=1e-6)
     # each rank encoded its share only: 11 zero-shot + 12 shard + 7 table images = 30 in all
     assert sorted(r["encoded"] for r in ranks) == [14, 16]

@@ -89,7 +89,7 @@ def test_lora_tune_and_merge_recipe_runs(tmp_path, monkeypatch):
 
     sweep = json.loads(Path("wise_ft.json").read_text())
     assert [r["alpha"] for r in sweep["results"]] == [0, 0.25, 0.5, 0.75, 1]
-    from mmfm.eval.zeroshot import zeroshot_classify
+    from mmfm.eval.zeroshot.classify import zeroshot_classify
     for alpha, spec in ((0, "runs/emoji_lit"), (1, "exports/lora_merged")):
         res = zeroshot_classify(spec, "my_photos", templates="simple", use_cache=False, progress=False)
         assert sweep["results"][alpha * 4]["top1"] == res.metrics["top1"]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import mmfm
-from mmfm.eval.compare import compare_models
+from mmfm.eval.compare.variants import compare_models
 from mmfm.models.quantized import quantize_model
 from mmfm.config import ConfigError
 from mmfm.export import export
@@ -98,13 +98,13 @@ def test_compare_clip_on_an_image_folder(ckpts, tmp_path):
     export(ckpts / "clip", "int8", tmp_path / "int8")
     res = compare_models(str(ckpts / "clip"), str(FIXTURE / "image_folder" / "fixture"),
                          ["int8", str(tmp_path / "int8")], latency_images=3, progress=False)
-    orig, here, saved = res["rows"]
-    assert res["metric"] == "zero-shot top-1" and orig["metric"]["samples"] == 6
+    orig, here, saved = res.metrics["rows"]
+    assert res.meta["metric"] == "zero-shot top-1" and orig["metric"]["samples"] == 6
     assert here["metric"]["value"] == saved["metric"]["value"]               # same int8 weights either way
     assert saved["size_bytes"] == (tmp_path / "int8" / "model.int8.safetensors").stat().st_size
     assert here["size_ratio"] < 0.5 and orig["size_ratio"] == 1.0
     assert here["metric_drop"] == pytest.approx(orig["metric"]["value"] - here["metric"]["value"])
-    assert all(r["latency"]["ms_per_image"] > 0 and r["latency"]["images"] == 3 for r in res["rows"])
+    assert all(r["latency"]["ms_per_image"] > 0 and r["latency"]["images"] == 3 for r in res.metrics["rows"])
 
 
 def test_eval_compare_cli_for_a_captioner(ckpts, tmp_path, capsys):

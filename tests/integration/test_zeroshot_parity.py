@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from mmfm.eval.zeroshot import zeroshot_classify
+from mmfm.eval.zeroshot.classify import zeroshot_classify
 
 OC_TINY = {"embed_dim": 32,
            "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
@@ -73,14 +73,14 @@ def test_zeroshot_top1_equals_open_clip_classifier(oc, folder, tmp_path):
 
     # the same numbers underneath: classifier and every logit
     import mmfm
-    from mmfm.eval.zeroshot import build_classifier
+    from mmfm.eval.zeroshot.classifier import build_classifier
     model = mmfm.load(oc["spec"])
     clf = build_classifier(model, [c.replace("_", " ") for c in CLASSES_SORTED], templates)
     assert torch.allclose(clf, ref_clf, atol=1e-5)
     scale = oc["model"].logit_scale.exp().clamp(max=100)
     ref_scores = (scale * ref_logits).softmax(1).max(1).values
     assert torch.allclose(torch.tensor([r["score"] for r in res.predictions]), ref_scores, atol=2e-6)
-    assert res.metrics["n_samples"] == len(ref_paths) and res.metrics["templates"] == "openai-simple"
+    assert res.meta["n_samples"] == len(ref_paths) and res.meta["templates"] == "openai-simple"
 
 
 def test_classifier_cache_hit_and_key(oc, folder, tmp_path):
@@ -104,7 +104,7 @@ def test_classifier_cache_hit_and_key(oc, folder, tmp_path):
 
 def test_length_sorted_trimmed_text_encoding_equals_open_clip(oc):
     import mmfm
-    from mmfm.eval.common import _trimmed_openclip_text, encode_texts
+    from mmfm.eval.embedding import _trimmed_openclip_text, encode_texts
     model = mmfm.load(oc["spec"])
     assert _trimmed_openclip_text(model) is not None                  # the fast path is the one tested here
     texts = ["a cat.", "itap of a very small and very fluffy dog in the snow.", "x " * 120, "", "a photo of a {}."]
@@ -118,7 +118,8 @@ def test_cpu_folder_loader_workers_idle_only_when_one_rank_computes(oc, folder):
     ranks share the machine (eval during distributed training) workers keep normal priority, since a starved
     worker would stall the other ranks at the next collective."""
     import mmfm
-    from mmfm.eval.zeroshot import folder_loader, scan_folder
+    from mmfm.eval.zeroshot.classify import folder_loader
+    from mmfm.eval.zeroshot.folder import scan_folder
     model = mmfm.load(oc["spec"], device="cpu")
     spec = scan_folder(str(folder))
     one, _ = folder_loader(model, spec, batch_size=4, workers=1)

@@ -59,10 +59,11 @@ def test_shards_and_csv_agree_with_direct_embeddings(data):
     direct = recall_at_k(model.embed_images([Image.open(io.BytesIO(_png(i))) for i in range(N)]),
                          model.embed_texts(caps), owner)
     for key, value in direct.items():
-        assert from_shards[key] == pytest.approx(value, abs=1e-6), key
-        assert from_csv[key] == pytest.approx(value, abs=1e-6), key
-    assert from_shards["n_images"] == N and from_shards["n_captions"] == len(caps) == from_csv["n_captions"]
-    assert from_shards["format"] == "shards" and from_csv["format"] == "csv"
+        assert from_shards.metrics[key] == pytest.approx(value, abs=1e-6), key
+        assert from_csv.metrics[key] == pytest.approx(value, abs=1e-6), key
+    shards_meta, csv_meta = from_shards.meta, from_csv.meta
+    assert shards_meta["n_images"] == N and shards_meta["n_captions"] == len(caps) == csv_meta["n_captions"]
+    assert shards_meta["format"] == "shards" and csv_meta["format"] == "csv"
     assert direct["image_to_text_R@10"] > direct["image_to_text_R@1"]        # not a degenerate model
 
 
@@ -71,7 +72,8 @@ def test_corrupt_image_skipped_and_jsonl_captions(data, tmp_path):
     lines = [{"image": str(data / "imgs" / f"{i}.png"), "captions": _captions(i)} for i in range(4)]
     lines.append({"image": str(tmp_path / "bad.png"), "captions": ["never seen"]})
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    m = retrieval_evaluate(str(data / "ckpt"), str(tmp_path / "d.jsonl"), workers=0, progress=False, ks=(1, 5))
+    m = retrieval_evaluate(str(data / "ckpt"), str(tmp_path / "d.jsonl"), workers=0, progress=False,
+                           ks=(1, 5)).summary()
     assert m["n_images"] == 4 and m["n_skipped"] == 1 and m["skipped"][0]["path"].endswith("bad.png")
     assert m["n_captions"] == sum(len(_captions(i)) for i in range(4))
     assert m["text_to_image_R@5"] == 1.0                          # 4 images: top-5 always holds the right one

@@ -6,8 +6,11 @@ import torch
 from PIL import Image
 
 from mmfm.config import ConfigError
-from mmfm.eval.caption_eval import (TooManySkipped, degenerate_report, evaluate_captions, evaluate_vqa_model,
-                                    read_vqa_data, write_eval)
+from mmfm.eval.captioning.caption import degenerate_report, evaluate_captions
+from mmfm.eval.captioning.data import read_vqa_data
+from mmfm.eval.captioning.runner import TooManySkipped
+from mmfm.eval.captioning.vqa import evaluate_vqa_model
+from mmfm.eval.result import write_eval
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,11 +48,12 @@ def test_caption_eval_records_provenance_and_bad_images(model, tmp_path):
     from mmfm.config.caption import GenerateConfig
     res = evaluate_captions(model, str(data), GenerateConfig(max_new_tokens=4, min_new_tokens=4), progress=False,
                             max_skipped=0.5)
-    assert res["samples"] == 2 and res["failed"] == 1 and res["failures"][0]["image"].endswith("bad.png")
-    assert res["skipped"] == {"count": 1, "of": 3, "frac": pytest.approx(1 / 3), "max_frac": 0.5}
-    assert res["split"] == "val" and res["decoding"]["max_new_tokens"] == 4 and "pycocoevalcap" in res["backend"]
-    assert set(res["metrics"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"}
-    assert res["predictions"][0]["references"] == ["a red box", "red"]
+    meta = res.meta
+    assert meta["samples"] == 2 and meta["failed"] == 1 and meta["failures"][0]["image"].endswith("bad.png")
+    assert meta["skipped"] == {"count": 1, "of": 3, "frac": pytest.approx(1 / 3), "max_frac": 0.5}
+    assert meta["split"] == "val" and meta["decoding"]["max_new_tokens"] == 4 and "pycocoevalcap" in meta["backend"]
+    assert set(res.metrics) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"}
+    assert res.predictions[0]["references"] == ["a red box", "red"]
     paths = write_eval(res, tmp_path / "out")
     summary = json.loads(paths["metrics"].read_text())
     assert "predictions" not in summary and summary["checkpoint"] == "in-memory"
@@ -67,9 +71,9 @@ def test_vqa_data_and_rank_eval(model, tmp_path):
     items = read_vqa_data(str(data))
     assert [i["key"] for i in items] == ["7", "8"] and items[0]["answers"] == ["red"] * 10
     res = evaluate_vqa_model(model, str(data), mode="rank", candidates=["red", "yes", "no"], progress=False)
-    assert res["samples"] == 2 and res["mode"] == "rank" and res["candidates"] == 3
-    assert set(res["metrics"]["per_answer_type"]) == {"other", "yes/no"}
-    assert all(p["answer"] in ("red", "yes", "no") for p in res["predictions"])
+    assert res.meta["samples"] == 2 and res.meta["mode"] == "rank" and res.meta["candidates"] == 3
+    assert set(res.metrics["per_answer_type"]) == {"other", "yes/no"}
+    assert all(p["answer"] in ("red", "yes", "no") for p in res.predictions)
     with pytest.raises(ConfigError, match="answer list"):
         evaluate_vqa_model(model, str(data), mode="rank", progress=False)
     data.write_text(json.dumps({**rows[0], "answers": []}))
@@ -100,9 +104,11 @@ def test_caption_eval_counts_skipped_images_and_fails_above_max_skipped(model, t
     data, gen = _shards_with_one_corrupt_image(tmp_path / "shards"), GenerateConfig(max_new_tokens=3)
     with pytest.raises(TooManySkipped, match=r"1 of 4 images \(25\.0%\) failed to decode.*allowed 1\.0%") as e:
         evaluate_captions(model, data, gen, progress=False)                 # default: at most 1%
-    assert e.value.result["samples"] == 3 and e.value.result["failures"][0]["image"].endswith(":s2")
+    partial = e.value.result.meta
+    assert partial["samples"] == 3 and partial["failures"][0]["image"].endswith(":s2")
     res = evaluate_captions(model, data, gen, progress=False, max_skipped=0.25)
-    assert res["samples"] == 3 and res["skipped"] == {"count": 1, "of": 4, "frac": 0.25, "max_frac": 0.25}
+    assert res.meta["samples"] == 3
+    assert res.meta["skipped"] == {"count": 1, "of": 4, "frac": 0.25, "max_frac": 0.25}
     with pytest.raises(ConfigError, match="max_skipped"):
         evaluate_captions(model, data, gen, progress=False, max_skipped=2)
 
@@ -118,7 +124,7 @@ def test_vqa_eval_fails_above_max_skipped(model, tmp_path):
         evaluate_vqa_model(model, str(data), mode="rank", candidates=["red", "blue"], progress=False)
     res = evaluate_vqa_model(model, str(data), mode="rank", candidates=["red", "blue"], progress=False,
                              max_skipped=0.5)
-    assert res["samples"] == 2 and res["skipped"]["count"] == 1 and res["skipped"]["of"] == 3
+    assert res.meta["samples"] == 2 and res.meta["skipped"]["count"] == 1 and res.meta["skipped"]["of"] == 3
 
 
 def test_eval_cli_exits_1_and_writes_nothing_above_max_skipped(model, tmp_path, capsys):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from mmfm.config import ConfigError
-from mmfm.eval.bootstrap import SampleMetric, paired_delta
-from mmfm.eval.caption_metrics import bleu, bleu_from_stats, bleu_stats
-from mmfm.eval.probe import fewshot_indices, linear_probe
-from mmfm.eval.vqa_metrics import max_token_f1, squad_normalize, token_f1
-from mmfm.eval.zeroshot import classification_metrics, macro_f1
+from mmfm.eval.compare.bootstrap import SampleMetric, paired_delta
+from mmfm.eval.captioning.caption_metrics import bleu, bleu_from_stats, bleu_stats
+from mmfm.eval.zeroshot.probe import fewshot_indices, linear_probe
+from mmfm.eval.captioning.vqa_metrics import max_token_f1, squad_normalize, token_f1
+from mmfm.eval.zeroshot.metrics import classification_metrics, macro_f1
 
 
 # ------------------------------------------------------------ SQuAD v1.1 evaluate-v1.1.py, its logic as a golden

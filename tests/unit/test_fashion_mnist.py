@@ -8,7 +8,7 @@ import pytest
 
 from mmfm.config import ConfigError
 from mmfm.demo.fashion_mnist import CLASSES, DEFAULT_DIR, read_idx, write_fashion_folders
-from mmfm.eval.folder import scan_folder
+from mmfm.eval.zeroshot.folder import scan_folder
 from tests.helpers import fake_fashion, write_idx
 
 

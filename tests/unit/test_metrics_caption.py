@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from mmfm.eval.caption_metrics import COCO_NAMES, bleu, cider_d, rouge_l, score_captions
-from mmfm.eval.ptb_tokenize import ptb_tokenize, tokenize_corpus
+from mmfm.eval.captioning.caption_metrics import COCO_NAMES, bleu, cider_d, rouge_l, score_captions
+from mmfm.eval.captioning.ptb_tokenize import ptb_tokenize, tokenize_corpus
 
 TOL = 1e-12
 

@@ -2,7 +2,7 @@
 vqaEval.py (GT-Vision-Lab/VQA master). Expected values are derived by hand in the comments."""
 import pytest
 
-from mmfm.eval.vqa_metrics import (answer_weights, evaluate_vqa, normalize_answer, process_punctuation,
+from mmfm.eval.captioning.vqa_metrics import (answer_weights, evaluate_vqa, normalize_answer, process_punctuation,
                                    vqa_accuracy)
 
 

@@ -3,7 +3,7 @@ import pytest
 
 from mmfm.config import ConfigError
 from mmfm.demo.photos import EMOJI_GROUPS, read_photo_list, write_photo_folder
-from mmfm.eval.folder import scan_folder
+from mmfm.eval.zeroshot.folder import scan_folder
 
 
 def test_photo_folder_holds_the_hand_named_photos_by_group(tmp_path):

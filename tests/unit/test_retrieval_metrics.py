@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from mmfm.config import ConfigError
-from mmfm.eval.retrieval import read_table, recall_at_k
+from mmfm.eval.records import read_table
+from mmfm.eval.retrieval import recall_at_k
 
 
 def _reference(img, txt, owner, k):

@@ -6,9 +6,9 @@ from PIL import Image
 
 from mmfm.config import ConfigError
 from mmfm.data.decode import decode_image
-from mmfm.eval.folder import (FolderDataset, collate_skipping, read_classnames, scan_folder,
+from mmfm.eval.zeroshot.folder import (FolderDataset, collate_skipping, read_classnames, scan_folder,
                               tidy_classname)
-from mmfm.eval.templates import build_prompts, builtin_names, load_templates
+from mmfm.eval.zeroshot.templates import build_prompts, builtin_names, load_templates
 
 
 def _img(path, size=(16, 12), color=(200, 10, 10), fmt=None):
@@ -148,7 +148,7 @@ def test_uint8_worker_transform_plus_device_normalize_is_bit_identical():
     from timm.data import create_transform
 
     from mmfm.data.transforms import build_transform
-    from mmfm.eval.common import split_transform
+    from mmfm.eval.embedding import split_transform
     pre = {"input_size": (3, 32, 32), "crop_pct": 0.9, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)}
     reference = create_transform(32, is_training=False, crop_pct=0.9, interpolation="bicubic",
                                  mean=pre["mean"], std=pre["std"])      # timm: ToTensor + Normalize

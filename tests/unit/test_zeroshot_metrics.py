@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 
 from mmfm.config import ConfigError
-from mmfm.eval.report import write_predictions, write_report
-from mmfm.eval.zeroshot import ZeroShotResult, classification_metrics, confusion_matrix, per_class_table
+from mmfm.eval.zeroshot.classify import ZeroShotResult
+from mmfm.eval.zeroshot.metrics import classification_metrics, confusion_matrix, per_class_table
+from mmfm.eval.zeroshot.report import write_predictions, write_report
 
 
 def test_metrics_match_hand_computed_values():
@@ -44,10 +45,12 @@ def _result(tmp_path, labelled=True):
         preds[1].update(label="dog", correct=False)
         cm = np.array([[1, 0], [1, 0]])
     table = per_class_table(cm, ["cat", "dog"], ["cat", "dog"]) if labelled else []
-    metrics = {"top1": 0.5, "top5": None, "mean_per_class_recall": 0.5, "n_samples": 2, "model": "m",
-               "templates": "simple", "n_templates": 1}
-    return ZeroShotResult(metrics, preds, ["cat", "dog"], ["cat", "dog"], np.array([0, 1]), np.array([0, 0]),
-                          table, cm, [{"path": "junk.txt", "reason": "not an image file (extension)"}], str(root))
+    metrics = {"top1": 0.5, "top5": None, "mean_per_class_recall": 0.5}
+    meta = {"n_samples": 2, "model": "m", "templates": "simple", "n_templates": 1}
+    return ZeroShotResult(metrics=metrics, meta=meta, predictions=preds, classes=["cat", "dog"],
+                          classnames=["cat", "dog"], targets=np.array([0, 1]), preds=np.array([0, 0]), per_class=table,
+                          confusion=cm, skipped=[{"path": "junk.txt", "reason": "not an image file (extension)"}],
+                          root=str(root))
 
 
 def test_report_files(tmp_path):
@@ -90,7 +93,7 @@ EMOJI_GROUPS = ["Smileys & Emotion", "People & Body", "Animals & Nature", "Food 
 
 
 def test_axis_label_keeps_names_whole_and_wraps_long_ones():
-    from mmfm.eval.report import axis_label
+    from mmfm.eval.zeroshot.report import axis_label
     assert axis_label("Smileys & Emotion") == "Smileys & Emotion"       # 17 characters: never cut
     assert axis_label("animals_nature") == "animals nature"
     long = axis_label("a very long class name that goes on and on and on")
@@ -102,7 +105,7 @@ def test_confusion_tick_labels_are_readable(classes):
     """The group names on both axes are the full names, lie inside the saved picture, and do not overlap."""
     import matplotlib.pyplot as plt
 
-    from mmfm.eval.report import confusion_figure
+    from mmfm.eval.zeroshot.report import confusion_figure
     n = len(classes)
     cm = np.arange(n * n).reshape(n, n) % 7
     fig = confusion_figure(cm, classes)
@@ -128,7 +131,7 @@ def test_confusion_tick_labels_are_readable(classes):
 
 
 def test_confusion_rejects_mismatched_labels():
-    from mmfm.eval.report import confusion_figure
+    from mmfm.eval.zeroshot.report import confusion_figure
     with pytest.raises(ValueError, match="3x3 but 2 class labels"):
         confusion_figure(np.zeros((3, 3), dtype=int), ["a", "b"])
 

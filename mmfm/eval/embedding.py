@@ -1,16 +1,15 @@
-"""Pieces shared by zero-shot and retrieval evaluation: model loading/checks, device and precision,
-batched text encoding, the eval transform, checkpoint identity and atomic writes."""
+"""Embedding images and texts with a CLIP model, as zero-shot, retrieval, probes and bias evaluation do it:
+loading and checking the model, loader workers, autocast precision, the split eval transform (uint8 in workers,
+normalised on the GPU), batched text encoding and the logit scale."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 from pathlib import Path
 
-from mmfm.config import ConfigError, atomic_write
+from mmfm.config import ConfigError
 from mmfm.data import fs
-from mmfm.models.device import model_device, resolve_device  # noqa: F401 - the one device helper
+from mmfm.models.device import model_device, resolve_device
 
 
 def load_clip(model, device: str | None = None):
@@ -26,11 +25,16 @@ def load_clip(model, device: str | None = None):
     return model, spec
 
 
+def model_kind(model) -> str:
+    """``clip`` or ``captioner``: the kind a loaded model was built as (a model without a config is a CLIP)."""
+    return getattr(getattr(model, "model_cfg", None), "kind", "clip")
+
+
 def check_clip(model, name=None) -> None:
     """A CLIP model encodes both images and texts and carries its preprocessing and tokenizer."""
     what = f"checkpoint {name}" if name else f"model {type(model).__name__}"
     missing = [a for a in ("encode_image", "encode_text") if not callable(getattr(model, a, None))]
-    kind = getattr(getattr(model, "model_cfg", None), "kind", "clip")
+    kind = model_kind(model)
     if missing or kind != "clip":
         raise ConfigError(f"{what} is not a CLIP model (kind={kind!r}"
                           f"{', lacks ' + ', '.join(missing) if missing else ''}); zero-shot and retrieval "
@@ -173,36 +177,3 @@ def logit_scale(model) -> float:
         return 100.0
     v = float(ls.detach().float().reshape(-1)[0]) if hasattr(ls, "detach") else float(ls)
     return min(math.exp(v), 100.0)
-
-
-def checkpoint_identity(spec: str | None) -> str | None:
-    """A string that changes when the checkpoint's files change (path + size + mtime of each file)."""
-    if spec is None:
-        return None
-    parts = [spec]
-    path = spec.split(":", 2)[2] if spec.startswith("openclip:") and spec.count(":") >= 2 else spec
-    p = Path(path)
-    if p.is_file():
-        st = p.stat()
-        parts.append(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}")
-    elif p.is_dir():
-        for i, f in enumerate(sorted(p.rglob("*"))):
-            if i >= 2000:
-                break
-            if f.is_file() and f.suffix in (".safetensors", ".pt", ".pth", ".bin", ".json", ".yaml", "") :
-                st = f.stat()
-                parts.append(f"{f.relative_to(p)}|{st.st_size}|{st.st_mtime_ns}")
-        parts.append(str(p.resolve()))
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
-
-
-def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("MMFM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mmfm")
-    return Path(base)
-
-
-def write_json(path, obj) -> Path:
-    return atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from ..result import EvalResult
+
 __all__ = ["wise_ft_sweep", "format_sweep", "parse_alphas"]
 
 
@@ -26,14 +28,15 @@ def parse_alphas(text: str) -> list[float]:
 
 def wise_ft_sweep(run: str | os.PathLike, folder: str | os.PathLike, alphas: list[float], *,
                   templates: str | list[str] = "openai", init_from: str | None = None, device: str | None = None,
-                  batch_size: int = 64, max_samples: int | None = None, progress: bool = False) -> dict:
+                  batch_size: int = 64, max_samples: int | None = None, progress: bool = False) -> EvalResult:
     """Zero-shot top-1 / top-5 / mean per-class recall of ``run`` at each WiSE-FT ``alpha`` on an image folder
-    (class subfolders). Returns ``{"run", "init_from", "data", "n_images", "results": [...], "best": {...}}``."""
+    (class subfolders). ``metrics``: ``{"results": [...], "best": {...}}``; ``meta``: run, init_from, data,
+    n_images, templates."""
     from mmfm.models.device import resolve_device
     from mmfm.models.wiseft import WiseFT
 
+    from .classify import zeroshot_classify
     from .folder import scan_folder
-    from .zeroshot import zeroshot_classify
 
     spec = scan_folder(folder, max_samples=max_samples)
     if not spec.labelled:
@@ -46,14 +49,16 @@ def wise_ft_sweep(run: str | os.PathLike, folder: str | os.PathLike, alphas: lis
                                 use_cache=False, progress=progress)
         m = res.metrics
         results.append({"alpha": float(alpha), "top1": m["top1"], "top5": m.get("top5"),
-                        "mean_per_class_recall": m.get("mean_per_class_recall"), "n": m.get("n_samples")})
+                        "mean_per_class_recall": m.get("mean_per_class_recall"), "n": res.meta.get("n_samples")})
     best = max(results, key=lambda r: r["top1"])
-    return {"run": str(run), "init_from": w.init_from, "data": str(folder), "n_images": len(spec.paths),
-            "templates": templates if isinstance(templates, str) else list(templates), "results": results,
-            "best": best}
+    templates = templates if isinstance(templates, str) else list(templates)
+    return EvalResult(metrics={"results": results, "best": best},
+                      meta={"run": str(run), "init_from": w.init_from, "data": str(folder),
+                            "n_images": len(spec.paths), "templates": templates})
 
 
-def format_sweep(res: dict) -> str:
+def format_sweep(result: EvalResult) -> str:
+    res = result.summary()
     lines = [f"WiSE-FT of {res['run']} with {res['init_from']} on {res['data']} ({res['n_images']} images)",
              f"{'alpha':>6}  {'top1':>7}  {'top5':>7}  {'mean recall':>11}"]
     for r in res["results"]:

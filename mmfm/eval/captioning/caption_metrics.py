@@ -11,8 +11,8 @@ quirks included, so that numbers are comparable with published COCO results:
   references of the whole corpus, clipped hypothesis weights, Gaussian length penalty sigma = 6, times 10.
   As in the reference code, the "length" used by the penalty is the number of *bigrams*.
 
-Text is first put through :func:`mmfm.eval.ptb_tokenize.tokenize_corpus` (what pycocoevalcap's Java PTB
-tokenizer produces, references and predictions each tokenized as one stream in key order, as COCOEvalCap
+Text is first put through :func:`mmfm.eval.captioning.ptb_tokenize.tokenize_corpus` (what pycocoevalcap's Java
+PTB tokenizer produces, references and predictions each tokenized as one stream in key order, as COCOEvalCap
 does); pass ``tokenize=False`` for already tokenized text. Results match the goldens that
 ``tests/fixtures/metrics/make_goldens.py`` computes with pycocoevalcap to 1e-12.
 """
@@ -24,7 +24,6 @@ from typing import Iterable, Mapping, Sequence
 
 from .ptb_tokenize import tokenize_corpus
 
-METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
 COCO_NAMES = {"BLEU-1": "Bleu_1", "BLEU-2": "Bleu_2", "BLEU-3": "Bleu_3", "BLEU-4": "Bleu_4",
               "ROUGE-L": "ROUGE_L", "CIDEr-D": "CIDEr"}
 

@@ -1,16 +1,18 @@
-"""Rendering a bias report (see :mod:`mmfm.eval.bias`): the table as text and HTML, the bar chart with 95%
-intervals, and the files ``bias.json``, ``bias.md``, ``bias.png`` and ``predictions.jsonl`` (each written
-atomically)."""
+"""Rendering a bias report (the ``EvalResult`` of :func:`mmfm.eval.bias.audit.bias_report`): the table as text and
+HTML, the bar chart with 95% intervals, and the files ``bias.json``, ``bias.md``, ``bias.png`` and
+``predictions.jsonl`` (each written atomically)."""
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 
 from mmfm.config import atomic_write
 
-CAPTION_METRICS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
+from ..result import EvalResult, write_json, write_jsonl
+from .metrics import CAPTION_METRICS
+
+__all__ = ["format_table", "bias_table_html", "write_bias_report"]
 
 
 def _fmt(v, pct: bool = False) -> str:
@@ -19,7 +21,8 @@ def _fmt(v, pct: bool = False) -> str:
     return f"{100 * v:.1f}" if pct else f"{v:.3f}"
 
 
-def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+def table_rows(result: EvalResult) -> tuple[list[str], list[list[str]]]:
+    report = result.summary()
     head = ["group", "n"]
     zs, cap = report.get("zeroshot"), report.get("caption")
     if zs:
@@ -46,19 +49,20 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def format_table(report: dict) -> str:
-    head, rows = table_rows(report)
+def format_table(result: EvalResult) -> str:
+    head, rows = table_rows(result)
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
 
 
-def bias_table_html(report: dict) -> str:
+def bias_table_html(result: EvalResult) -> str:
     """The table as an HTML fragment (for the demo report)."""
     import html
 
-    from .html import table
-    head, rows = table_rows(report)
+    from ..html import table
+    report = result.summary()
+    head, rows = table_rows(result)
     note = (f"Attribute <code>{html.escape(report['attribute'])}</code>, {report['n_samples']} images"
             + (f", matched by <code>{html.escape(report['match_by'])}</code> ({report.get('matched_values')} "
                f"items in every group)" if report.get("match_by") else "") + ".")
@@ -96,19 +100,15 @@ def _plot(report: dict, path: Path) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def write_bias_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
-    from .common import write_json
-
+def write_bias_report(result: EvalResult, out_dir: str | os.PathLike) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    preds = report.get("predictions", [])
-    body = {k: v for k, v in report.items() if k != "predictions"}
-    paths = {"json": write_json(out / "bias.json", body),
-             "table": atomic_write(out / "bias.md", format_table(report) + "\n"),
-             "predictions": atomic_write(out / "predictions.jsonl",
-                                         "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))}
-    _plot(report, out / "bias.png")
+    paths = {"json": write_json(out / "bias.json", result.summary()),
+             "table": atomic_write(out / "bias.md", format_table(result) + "\n"),
+             "predictions": write_jsonl(out / "predictions.jsonl", result.predictions)}
+    _plot(result.summary(), out / "bias.png")
     paths["plot"] = out / "bias.png"
+    result.paths.update(paths)
     return paths
 
 

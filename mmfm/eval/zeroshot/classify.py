@@ -3,15 +3,11 @@
 >>> res = zeroshot_classify("runs/clip/checkpoints/latest", "photos/", templates="openai")
 >>> res.metrics["top1"], res.predictions[0]["topk"]
 
-The text classifier follows open_clip's ``build_zero_shot_classifier`` exactly (normalised prompt
-embeddings, mean over templates, re-normalised), is computed once, and is cached on disk keyed by
-(checkpoint identity, class names, templates, precision). Images stream through a DataLoader in
-batches; files that fail to decode are skipped and reported.
+The text classifier (``mmfm.eval.zeroshot.classifier``) follows open_clip's ``build_zero_shot_classifier`` and is
+cached on disk. Images stream through a DataLoader in batches; files that fail to decode are skipped and reported.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -20,17 +16,20 @@ import numpy as np
 from mmfm.config import ConfigError
 from mmfm.data.transforms import eval_transform
 from mmfm.data.workers import lower_priority, resolve_priority
+from mmfm.models.device import model_device
 
-from .common import (autocast, cache_dir, checkpoint_identity, default_workers, effective_precision,
-                     encode_texts, load_clip, logit_scale, model_device, split_transform)
+from ..embedding import autocast, default_workers, effective_precision, load_clip, logit_scale, split_transform
+from ..result import EvalResult
+from .classifier import build_classifier, checkpoint_identity
 from .folder import DEFAULT_MAX_PIXELS, FolderDataset, FolderSpec, collate_skipping, scan_folder
-from .templates import build_prompts, load_templates
+from .metrics import classification_counts, classification_metrics, confusion_matrix, per_class_table
+from .templates import load_templates
 
 
-@dataclass
-class ZeroShotResult:
-    metrics: dict                       # top1, top5, mean_per_class_recall + how they were made
-    predictions: list[dict]             # one per evaluated image: path, label, pred, score, topk
+@dataclass(kw_only=True)
+class ZeroShotResult(EvalResult):
+    """``metrics``: top1, top5, mean_per_class_recall, macro_f1 (labelled folders); ``meta``: how they were made;
+    ``predictions``: one row per evaluated image (path, label, pred, score, topk)."""
     classes: list[str]
     classnames: list[str]
     targets: np.ndarray                 # (N,) class index, -1 when unlabelled
@@ -39,45 +38,6 @@ class ZeroShotResult:
     confusion: np.ndarray | None = None  # (C, C) rows = true class, cols = predicted
     skipped: list[dict] = field(default_factory=list)
     root: str = ""
-
-
-# ----------------------------------------------------------------------------- classifier
-def classifier_key(model_id: str | None, classnames, templates, precision: str) -> str | None:
-    if model_id is None:
-        return None
-    blob = json.dumps([model_id, list(classnames), list(templates), precision])
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def build_classifier(model, classnames: list[str], templates: list[str], *, batch_size: int = 256,
-                     precision: str = "auto", cache: str | None = None, model_id: str | None = None,
-                     progress: bool = False):
-    """Zero-shot weights (D, C): open_clip's recipe, batched over all prompts; cached when ``model_id``."""
-    prec = effective_precision(model_device(model), precision)
-    key = classifier_key(model_id, classnames, templates, prec)
-    path = cache_dir(cache) / "zeroshot" / f"{key}.safetensors" if key else None
-    if path is not None and path.is_file():
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(path))["classifier"]
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
-            pass
-    prompts = build_prompts(classnames, templates)
-    emb = encode_texts(model, prompts, batch_size=batch_size, precision=precision, progress=progress,
-                       desc="text classifier")
-    emb = emb.reshape(len(classnames), len(templates), -1).mean(dim=1)
-    weights = (emb / emb.norm(dim=1, keepdim=True)).T.contiguous()
-    if path is not None:
-        _save_classifier(path, weights, model_id, classnames, templates)
-    return weights
-
-
-def _save_classifier(path, weights, model_id, classnames, templates) -> None:
-    from safetensors.torch import save
-
-    from mmfm.config import atomic_write
-    meta = {"model_id": str(model_id), "n_classes": str(len(classnames)), "n_templates": str(len(templates))}
-    atomic_write(path, save({"classifier": weights}, metadata=meta))
 
 
 # ----------------------------------------------------------------------------- images
@@ -125,59 +85,7 @@ def encode_batches(model, batches, finish=None, *, precision: str = "auto", prog
     return torch.cat(feats), indices, failed
 
 
-# ----------------------------------------------------------------------------- metrics
-def confusion_matrix(targets: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (targets, preds), 1)
-    return cm
-
-
-def per_class_table(cm: np.ndarray, classes: list[str], classnames: list[str]) -> list[dict]:
-    rows = []
-    for i, cls in enumerate(classes):
-        n, tp, predicted = int(cm[i].sum()), int(cm[i, i]), int(cm[:, i].sum())
-        rows.append({"class": cls, "classname": classnames[i], "n": n, "correct": tp,
-                     "recall": tp / n if n else None, "precision": tp / predicted if predicted else None})
-    return rows
-
-
-def classification_metrics(logits, targets: np.ndarray, n_classes: int) -> dict:
-    """top-1, top-5 (None with fewer than 5 classes), mean per-class recall (balanced accuracy), macro-F1."""
-    return counts_metrics(classification_counts(logits, targets, n_classes))
-
-
-def classification_counts(logits, targets: np.ndarray, n_classes: int) -> dict:
-    """What the metrics are made of, as counts that add up over parts of a dataset (ranks): the confusion
-    matrix (C, C) and the number of top-5 hits."""
-    import torch
-    logits = torch.as_tensor(logits)
-    cm = confusion_matrix(np.asarray(targets), np.asarray(logits.argmax(dim=1)), n_classes)
-    top = logits.topk(min(5, n_classes), dim=1).indices
-    top5 = int((top == torch.as_tensor(targets).view(-1, 1)).any(dim=1).sum())
-    return {"confusion": cm, "top5_hits": top5}
-
-
-def counts_metrics(counts: dict) -> dict:
-    """``classification_counts`` (or their sum over ranks) -> top-1, top-5, mean per-class recall (over the
-    classes that have images) and macro-F1 (over the classes that have images or predictions, as
-    scikit-learn's ``f1_score(average="macro")``: a class predicted but absent scores 0)."""
-    cm = counts["confusion"]
-    n, support = int(cm.sum()), cm.sum(axis=1)
-    recalls = np.diag(cm)[support > 0] / support[support > 0]
-    return {"top1": float(np.trace(cm)) / n, "top5": counts["top5_hits"] / n if len(cm) >= 5 else None,
-            "mean_per_class_recall": float(recalls.mean()), "macro_f1": macro_f1(cm)}
-
-
-def macro_f1(cm: np.ndarray) -> float:
-    """Unweighted mean of the per-class F1 over the classes that occur (as true or predicted labels), as
-    scikit-learn's ``f1_score(average="macro")`` with ``zero_division=0`` and the labels present."""
-    tp = np.diag(cm).astype(np.float64)
-    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
-    present = (support + predicted) > 0
-    denom = (support + predicted)[present]
-    return float((2 * tp[present] / denom).mean())
-
-
+# ----------------------------------------------------------------------------- counts over ranks
 def share_counts(model, spec: FolderSpec, weights, *, share=(0, 1), batch_size: int = 64, workers: int = 0,
                  precision: str = "auto") -> dict:
     """``classification_counts`` over the images ``share=(rank, world)`` owns (``rank, rank + world, ...`` of
@@ -205,7 +113,7 @@ def zeroshot_classify(model, folder: str | FolderSpec, *, classnames_file: str |
                       precision: str = "auto", topk: int = 5, cache: str | None = None, use_cache: bool = True,
                       max_pixels: int = DEFAULT_MAX_PIXELS, max_samples: int | None = None,
                       fast_decode: bool = False, progress: bool = True) -> ZeroShotResult:
-    """Classify every image of ``folder`` (see ``mmfm.eval.folder``) with a CLIP ``model``
+    """Classify every image of ``folder`` (see ``mmfm.eval.zeroshot.folder``) with a CLIP ``model``
     (an nn.Module from ``mmfm.load`` or a checkpoint spec string)."""
     import torch
     t0 = time.perf_counter()
@@ -231,15 +139,14 @@ def zeroshot_classify(model, folder: str | FolderSpec, *, classnames_file: str |
     logits = feats @ weights.float()
     probs = torch.softmax(logit_scale(model) * logits, dim=1)
     targets = np.asarray([spec.targets[i] for i in indices], dtype=np.int64)
-    res = _assemble(spec, logits, probs, indices, failed, targets, topk)
-    res.metrics.update(_provenance(model, ckpt, spec, tmpl_name, tmpl, precision, len(indices), len(failed)))
-    res.metrics["decode"] = "jpeg-draft" if fast_decode else "full"
-    res.metrics["timing"] = {"total_s": round(time.perf_counter() - t0, 3), "images_s": round(t_img, 3),
-                             "images_per_s": round(len(indices) / max(t_img, 1e-9), 2)}
-    return res
+    meta = _provenance(model, ckpt, spec, tmpl_name, tmpl, precision, len(indices), len(failed))
+    meta["decode"] = "jpeg-draft" if fast_decode else "full"
+    meta["timing"] = {"total_s": round(time.perf_counter() - t0, 3), "images_s": round(t_img, 3),
+                      "images_per_s": round(len(indices) / max(t_img, 1e-9), 2)}
+    return _assemble(spec, logits, probs, indices, failed, targets, topk, meta)
 
 
-def _assemble(spec, logits, probs, indices, failed, targets, topk) -> ZeroShotResult:
+def _assemble(spec, logits, probs, indices, failed, targets, topk, meta: dict) -> ZeroShotResult:
     n_classes = len(spec.classes)
     k = min(topk, n_classes)
     top_p, top_i = probs.topk(k, dim=1)
@@ -259,8 +166,9 @@ def _assemble(spec, logits, probs, indices, failed, targets, topk) -> ZeroShotRe
         metrics.update(classification_metrics(logits, targets, n_classes))
         cm = confusion_matrix(targets, preds, n_classes)
         table = per_class_table(cm, spec.classes, spec.classnames)
-    return ZeroShotResult(metrics, rows, spec.classes, spec.classnames, targets, preds, table, cm, skipped,
-                          spec.root)
+    return ZeroShotResult(metrics=metrics, meta=meta, predictions=rows, classes=spec.classes,
+                          classnames=spec.classnames, targets=targets, preds=preds, per_class=table, confusion=cm,
+                          skipped=skipped, root=spec.root)
 
 
 def _provenance(model, ckpt, spec, tmpl_name, tmpl, precision, n_ok, n_failed) -> dict:

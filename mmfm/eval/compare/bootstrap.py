@@ -48,12 +48,12 @@ def _mean_per_class_recall(a: dict, idx) -> float:
 
 
 def _macro_f1(a: dict, idx) -> float:
-    from .zeroshot import macro_f1
+    from ..zeroshot.metrics import macro_f1
     return macro_f1(_class_counts(a, idx))
 
 
 def _corpus_bleu4(a: dict, idx) -> float:
-    from .caption_metrics import bleu_from_stats
+    from ..captioning.caption_metrics import bleu_from_stats
     return bleu_from_stats(a["stats"][idx])[3]
 
 

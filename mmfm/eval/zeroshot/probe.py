@@ -25,7 +25,7 @@ def folder_features(model, spec, *, share=(0, 1), batch_size: int = 64, workers:
     import torch
     from dataclasses import replace
 
-    from .zeroshot import encode_batches, folder_loader
+    from .classify import encode_batches, folder_loader
     rank, world = share
     mine = list(range(rank, len(spec.paths), world))
     if not mine:
@@ -97,7 +97,7 @@ def linear_probe(train_x, train_y, test_x, test_y, n_classes: int, *, k: int | N
     ``{"top1", "top5" (None under 5 classes), "mean_per_class_recall", "macro_f1", "pred" (N,), "k", ...}``."""
     import torch
 
-    from .zeroshot import classification_metrics
+    from .metrics import classification_metrics
     if len(train_x) == 0 or len(test_x) == 0:
         raise ConfigError("linear probe: no decodable train or test image")
     rows = fewshot_indices(np.asarray(train_y), k, seed, classnames)

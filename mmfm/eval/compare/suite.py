@@ -5,96 +5,41 @@ What is measured depends on the models' kind (all models must be of one kind) an
 
 * CLIP, an image folder (one subfolder per class): zero-shot top-1, top-5 (5+ classes), mean per-class recall
   and macro-F1; with ``probe_train`` (a folder with the same classes) a linear probe on frozen image features
-  and k-shot probes (``mmfm.eval.probe``, CLIP_benchmark's protocol), scored on the data folder. ``probe_train``
-  entries ``NAME=FOLDER`` pair a train folder with the data set of that name (the new domain's and the old
-  domain's probes train on their own images); a bare ``FOLDER`` serves every image folder without its own.
+  and k-shot probes (``mmfm.eval.zeroshot.probe``, CLIP_benchmark's protocol), scored on the data folder.
+  ``probe_train`` entries ``NAME=FOLDER`` pair a train folder with the data set of that name (the new domain's
+  and the old domain's probes train on their own images); a bare ``FOLDER`` serves every image folder without its
+  own.
 * CLIP, shards / CSV / JSONL of image-caption pairs: retrieval R@1/5/10 both ways.
 * Captioner, captions (shards, CSV, JSONL): BLEU-4, CIDEr-D, ROUGE-L of generated captions and perplexity per
-  token of the references (``mmfm.eval.perplexity``).
+  token of the references (``mmfm.eval.captioning.perplexity``).
 * Captioner (VQA), questions (JSONL or shards whose rows have ``question`` and ``answers``): VQAv2 accuracy and
   SQuAD token F1 (max over the reference answers).
 
-Every metric keeps its per-sample parts (:class:`mmfm.eval.bootstrap.SampleMetric`), so deltas are paired over
-the samples both models scored. Give the new domain and an old one to see what continued pre-training gained
+Every metric keeps its per-sample parts (:class:`mmfm.eval.compare.bootstrap.SampleMetric`), so deltas are paired
+over the samples both models scored. Give the new domain and an old one to see what continued pre-training gained
 and what it forgot.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
-from pathlib import Path
-
 
 from mmfm.config import ConfigError
 
+from ..embedding import model_kind
+from ..result import EvalResult, backend
 from .bootstrap import SampleMetric, paired_delta
+from .data import data_kind, parse_data, probe_folders
 
-__all__ = ["compare_suite", "parse_data", "data_kind", "probe_folders"]
+__all__ = ["compare_suite", "FEWSHOT"]
 
 FEWSHOT = (1, 5, 10)
 
 
-def parse_data(spec: str) -> tuple[str, str]:
-    """``NAME=PATH`` or ``PATH`` (named after its file or folder, without the extension) -> ``(name, path)``."""
-    name, sep, path = str(spec).partition("=")
-    if sep and name and "/" not in name and path:
-        return name, path
-    return Path(str(spec).rstrip("/")).stem or str(spec), str(spec)
-
-
-def probe_folders(probe_train, data_names: list[str]) -> dict[str, str]:
-    """``--probe-train`` entries (``NAME=FOLDER`` or ``FOLDER``; a string or a list) -> ``{data name: folder}``.
-    A bare folder is the default of every data set; a name that no ``--data`` has is an error naming it."""
-    entries = [probe_train] if isinstance(probe_train, str) else list(probe_train or [])
-    named: dict[str, str] = {}
-    default = None
-    for entry in entries:
-        name, sep, folder = str(entry).partition("=")
-        if sep and name and "/" not in name and folder:
-            if name not in data_names:
-                raise ConfigError(f"--probe-train {entry}: no --data is named {name!r} (the data sets: "
-                                  f"{', '.join(data_names)})")
-            if name in named:
-                raise ConfigError(f"--probe-train: two train folders for the data set {name!r}")
-            named[name] = folder
-        elif default is not None:
-            raise ConfigError(f"--probe-train: two unnamed train folders ({default}, {entry}); name them "
-                              f"NAME=FOLDER after their --data")
-        else:
-            default = str(entry)
-    return {n: named.get(n, default) for n in data_names if named.get(n, default)}
-
-
-def _first_row(path: str) -> dict:
-    from .records import is_shards, shard_records
-    if is_shards(path):
-        r = next(iter(shard_records(path)), None)
-        return {} if r is None else dict(r["meta"], question=r["meta"].get("question"))
-    from .retrieval import _read_rows
-    rows = _read_rows(Path(path))
-    return rows[0] if rows else {}
-
-
-def data_kind(path: str, model_kind: str) -> str:
-    """``folder`` | ``pairs`` | ``captions`` | ``vqa`` for a data set and the models' kind."""
-    p = Path(path)
-    from .records import is_shards
-    if not (p.exists() or "{" in path):
-        raise ConfigError(f"--data {path}: not found")
-    if p.is_dir() and not is_shards(path):
-        if model_kind != "clip":
-            raise ConfigError(f"--data {path}: an image folder is scored by zero-shot classification, which needs "
-                              f"CLIP models, not {model_kind}s")
-        return "folder"
-    if model_kind == "clip":
-        return "pairs"
-    row = _first_row(path)
-    return "vqa" if row.get("question") and (row.get("answers") or row.get("answer")) else "captions"
-
-
 # ----------------------------------------------------------------------------- one model on one data set
 def _zeroshot(model, path: str, templates, max_samples, probe, fewshot, progress) -> tuple[dict, list]:
-    from .folder import scan_folder
-    from .zeroshot import zeroshot_classify
+    from ..zeroshot.classify import zeroshot_classify
+    from ..zeroshot.folder import scan_folder
     spec = scan_folder(path, max_samples=max_samples)
     if not spec.labelled:
         raise ConfigError(f"--data {path}: a flat folder has no labels; give one subfolder per class")
@@ -113,8 +58,8 @@ def _zeroshot(model, path: str, templates, max_samples, probe, fewshot, progress
 
 
 def _probes(model, test_spec, train_folder: str, fewshot, progress) -> tuple[dict, list]:
-    from .folder import scan_folder
-    from .probe import folder_features, linear_probe
+    from ..zeroshot.folder import scan_folder
+    from ..zeroshot.probe import folder_features, linear_probe
     train_spec = scan_folder(train_folder)
     if list(train_spec.classes) != list(test_spec.classes):
         raise ConfigError(f"--probe-train {train_folder}: its classes {train_spec.classes} differ from those of "
@@ -138,13 +83,8 @@ def _probes(model, test_spec, train_folder: str, fewshot, progress) -> tuple[dic
 def _retrieval(model, path: str, max_samples, progress) -> tuple[dict, list]:
     import torch
 
-    from .records import shard_urls
-    from .retrieval import embed_pairs, is_shard_source, read_table, retrieval_ranks
-    if is_shard_source(path):
-        shard_urls(path)
-        source = path
-    else:
-        source = read_table(path)
+    from ..retrieval import embed_pairs, retrieval_ranks, retrieval_source
+    source = retrieval_source(path)
     img, txt, owner, skipped = embed_pairs(model, source, workers=0, max_samples=max_samples, progress=progress)
     i2t, t2i = retrieval_ranks(img, txt, owner, 10)
     keys = list(range(len(img)))
@@ -158,12 +98,12 @@ def _retrieval(model, path: str, max_samples, progress) -> tuple[dict, list]:
 
 
 def _captions(model, path: str, gen, max_samples, progress) -> tuple[dict, list]:
-    from .caption_eval import evaluate_captions, read_caption_data
-    from .caption_metrics import bleu_stats
-    from .perplexity import caption_nll
-    from .ptb_tokenize import tokenize_corpus
-    res = evaluate_captions(model, path, gen, max_samples=max_samples, progress=progress)
-    preds = res["predictions"]
+    from ..captioning.caption import evaluate_captions
+    from ..captioning.caption_metrics import bleu_stats
+    from ..captioning.data import read_caption_data
+    from ..captioning.perplexity import caption_nll
+    from ..captioning.ptb_tokenize import tokenize_corpus
+    preds = evaluate_captions(model, path, gen, max_samples=max_samples, progress=progress).predictions
     keys = [p["key"] for p in preds]
     hyps = [h for [h] in tokenize_corpus({p["key"]: [p["caption"]] for p in preds}).values()]
     refs = list(tokenize_corpus({p["key"]: p["references"] for p in preds}).values())
@@ -179,14 +119,13 @@ def _captions(model, path: str, gen, max_samples, progress) -> tuple[dict, list]
 def _vqa(model, spec: str, path: str, gen, max_samples, progress) -> tuple[dict, list]:
     from mmfm.models.layout import read_config
 
-    from .caption_eval import evaluate_vqa_model
-    from .vqa_metrics import max_token_f1
+    from ..captioning.vqa import evaluate_vqa_model
+    from ..captioning.vqa_metrics import max_token_f1
     try:
         vqa_cfg = read_config(spec).task.vqa
     except Exception:  # noqa: BLE001 - a model without a stored task config answers with the defaults
         vqa_cfg = None
-    res = evaluate_vqa_model(model, path, gen, vqa_cfg, max_samples=max_samples, progress=progress)
-    rows = res["predictions"]
+    rows = evaluate_vqa_model(model, path, gen, vqa_cfg, max_samples=max_samples, progress=progress).predictions
     keys = [r["question_id"] for r in rows]
     return {"VQA accuracy": SampleMetric(keys, {"value": [r["accuracy"] for r in rows]}, "mean"),
             "token F1": SampleMetric(keys, {"value": [max_token_f1(r["answer"], r["answers"]) for r in rows]},
@@ -205,20 +144,7 @@ def _evaluate(model, spec, kind, name, path, opts) -> tuple[dict, list]:
 
 
 # ----------------------------------------------------------------------------- the run
-def _model_kind(model) -> str:
-    return getattr(getattr(model, "model_cfg", None), "kind", "clip")
-
-
-def compare_suite(models: list[str], data: list[str], *, probe_train: str | list[str] | None = None,
-                  fewshot=FEWSHOT, templates="simple", max_samples: int | None = None, gen=None,
-                  n_boot: int = 1000, seed: int = 0, device: str | None = None, progress: bool = True) -> dict:
-    """Evaluate every model on every data set (``NAME=PATH`` or ``PATH``). Returns ``{"rows": [{"model",
-    "data", "metric", "value", "n", "delta", "ci95", "improved"}], "notes", ...}``; the first model is the
-    reference of the deltas."""
-    import torch
-
-    from mmfm.models.checkpoint import load as load_model
-    from mmfm.version import __version__
+def _named_sets(models: list[str], data: list[str]) -> list[tuple[str, str]]:
     if not models:
         raise ConfigError("compare: give at least one model")
     if not data:
@@ -226,10 +152,21 @@ def compare_suite(models: list[str], data: list[str], *, probe_train: str | list
     twice = sorted({m for m in models if list(models).count(m) > 1})
     if twice:
         raise ConfigError(f"compare: model {twice[0]} is given twice")
-    t0 = time.perf_counter()
     sets = [parse_data(d) for d in data]
     if len({n for n, _ in sets}) != len(sets):
         raise ConfigError(f"--data: two data sets share a name ({[n for n, _ in sets]}); name them NAME=PATH")
+    return sets
+
+
+def compare_suite(models: list[str], data: list[str], *, probe_train: str | list[str] | None = None,
+                  fewshot=FEWSHOT, templates="simple", max_samples: int | None = None, gen=None,
+                  n_boot: int = 1000, seed: int = 0, device: str | None = None, progress: bool = True) -> EvalResult:
+    """Evaluate every model on every data set (``NAME=PATH`` or ``PATH``). ``metrics``: ``{"rows": [{"model",
+    "data", "metric", "value", "n", "delta", "ci95", "improved"}]}``; ``meta``: the models, data sets, notes,
+    bootstrap and probe settings; the first model is the reference of the deltas."""
+    from mmfm.models.checkpoint import load as load_model
+    t0 = time.perf_counter()
+    sets = _named_sets(models, data)
     probes = probe_folders(probe_train, [n for n, _ in sets])
     opts = {"templates": templates, "max_samples": max_samples, "probe_train": probes,
             "fewshot": tuple(fewshot or ()), "gen": gen, "progress": progress}
@@ -238,10 +175,10 @@ def compare_suite(models: list[str], data: list[str], *, probe_train: str | list
     for spec in models:
         model = load_model(spec, device=device)
         if kind is None:
-            kind = _model_kind(model)
+            kind = model_kind(model)
             kinds = {name: data_kind(path, kind) for name, path in sets}
-        elif _model_kind(model) != kind:
-            raise ConfigError(f"model {spec} is a {_model_kind(model)}, the first model is a {kind}")
+        elif model_kind(model) != kind:
+            raise ConfigError(f"model {spec} is a {model_kind(model)}, the first model is a {kind}")
         for name, path in sets:
             if progress:
                 print(f"evaluating {spec} on {name} ({kinds[name]}) ...", flush=True)
@@ -250,20 +187,14 @@ def compare_suite(models: list[str], data: list[str], *, probe_train: str | list
             for metric, sm in metrics.items():
                 scores.setdefault((name, metric), {})[spec] = sm
         del model
-    rows = _rows(models, scores, n_boot, seed)
-    return {"task": "compare_models", "kind": kind, "models": list(models),
+    meta = {"task": "compare_models", "kind": kind, "models": list(models),
             "data": [{"name": n, "path": p, "kind": kinds[n]} for n, p in sets], "reference": models[0],
-            "rows": rows, "notes": notes, "bootstrap": {"n_boot": n_boot, "seed": seed, "paired": True},
+            "notes": notes, "bootstrap": {"n_boot": n_boot, "seed": seed, "paired": True},
             "probe": {"train": probes, "fewshot": list(opts["fewshot"])} if probes else None,
             "templates": templates if kind == "clip" else None, "max_samples": max_samples,
-            "decoding": None if gen is None else _settings(gen),
-            "backend": f"mmfm {__version__} (torch {torch.__version__})",
+            "decoding": None if gen is None else dataclasses.asdict(gen), "backend": backend(),
             "seconds": round(time.perf_counter() - t0, 3)}
-
-
-def _settings(gen) -> dict:
-    import dataclasses
-    return dataclasses.asdict(gen)
+    return EvalResult(metrics={"rows": _rows(models, scores, n_boot, seed)}, meta=meta)
 
 
 def _rows(models: list[str], scores: dict, n_boot: int, seed: int) -> list[dict]:
@@ -281,12 +212,3 @@ def _rows(models: list[str], scores: dict, n_boot: int, seed: int) -> list[dict]
                 row.update(delta=d["delta"], ci95=d["ci95"], improved=d["improved"], n_paired=d["n"])
             rows.append(row)
     return rows
-
-
-def values_table(res: dict) -> dict:
-    """``{(data, metric): {model: value}}`` of a result, for printing and plotting."""
-    out: dict = {}
-    for r in res["rows"]:
-        out.setdefault((r["data"], r["metric"]), {})[r["model"]] = r["value"]
-    return out
-

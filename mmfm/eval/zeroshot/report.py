@@ -1,5 +1,5 @@
-"""Zero-shot reports: predictions file (JSONL/CSV), metrics JSON, per-class table (CSV + HTML),
-confusion-matrix PNG, and an HTML page of misclassified images with embedded thumbnails.
+"""The zero-shot report (``mmfm zeroshot --report``): predictions file (JSONL/CSV), metrics JSON, per-class
+table (CSV + HTML), confusion-matrix PNG, and an HTML page of misclassified images with embedded thumbnails.
 
 Every file is written to a temp name and renamed, so an interrupted run leaves no half-written file.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfm.config import ConfigError
+from mmfm.config import ConfigError, atomic_write
 
-from .common import atomic_write, write_json
-from .html import page, table, thumbnail_data_uri
+from ..html import page, table, thumbnail_data_uri
+from ..result import write_json
 
 MAX_THUMBS = 400
 
@@ -53,7 +53,7 @@ def write_report(result, out_dir: str | os.PathLike, *, thumbnails: bool = True,
     """Write the report files into ``out_dir``; returns {name: path}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"metrics": write_json(out / "metrics.json", result.metrics),
+    files = {"metrics": write_json(out / "metrics.json", result.summary()),
              "predictions": write_predictions(result, out / "predictions.jsonl"),
              "skipped": atomic_write(out / "skipped.txt",
                                      "".join(f"{s['path']}\t{s['reason']}\n" for s in result.skipped))}
@@ -65,6 +65,7 @@ def write_report(result, out_dir: str | os.PathLike, *, thumbnails: bool = True,
         files["confusion_csv"] = atomic_write(out / "confusion.csv", _confusion_csv(result.confusion, result.classes))
     files["html"] = atomic_write(out / "index.html", render_html(result, thumbnails=thumbnails,
                                                                  max_thumbs=max_thumbs))
+    result.paths.update(files)
     return files
 
 
@@ -160,7 +161,7 @@ _CSS = """.grid{display:flex;flex-wrap:wrap}.card{width:170px}
 
 
 def render_html(result, *, thumbnails: bool = True, max_thumbs: int = MAX_THUMBS) -> str:
-    m = result.metrics
+    m = result.summary()
     e = html.escape
     parts = ["<h1>Zero-shot report</h1>",
              f"<p>model <code>{e(str(m.get('model')))}</code> &middot; folder <code>{e(result.root)}</code> &middot; "

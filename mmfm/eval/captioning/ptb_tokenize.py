@@ -268,11 +268,6 @@ def ptb_tokenize_lines(captions: Sequence[str]) -> list[str]:
     return [" ".join(t for t in toks if t not in PUNCTUATIONS) for toks in ptb_tokens_lines(captions)]
 
 
-def ptb_tokens(text: str) -> list[str]:
-    """All PTB tokens of one caption tokenized on its own, lower-cased (punctuation not yet removed)."""
-    return ptb_tokens_lines([text])[0]
-
-
 def ptb_tokenize(text: str) -> str:
     """One caption tokenized on its own as pycocoevalcap scores it (see :func:`ptb_tokenize_lines` for a
     corpus, where a caption's neighbour can change its last token)."""

@@ -1,13 +1,15 @@
-"""``mmfm eval compare``: a compressed model against its original, side by side: size, CPU latency per image
-and the metric, with the drop.
+"""``mmfm eval compare --model ORIGINAL DATA --variant ...``: a compressed model against its original, side by
+side: size, CPU latency per image and the metric, with the drop (the several-models mode, with paired bootstrap
+intervals, is :mod:`mmfm.eval.compare.suite`; both read their data as :mod:`mmfm.eval.compare.data` and
+``mmfm.eval.records`` say).
 
 Variants: ``int8`` (dynamic int8 quantization of the original, done here), an int8 folder written by
 ``mmfm export --format int8``, or any other checkpoint of the same kind (e.g. a student from
 ``task.name: distill``). Metric: zero-shot top-1 for CLIP (an image folder with class subfolders, or shards
 with ``--label-field``, default the manifest class), CIDEr-D (+ BLEU-4) for captioners (shards or a
-JSONL/CSV with captions), on an even subsample of ``--max-samples`` items. Latency: batch 1 on the CPU with ``--threads`` torch threads, after warm-up,
-over the first ``--latency-images`` images (CLIP: image embedding; captioner: a full caption with the
-decoding settings).
+JSONL/CSV with captions), on an even subsample of ``--max-samples`` items. Latency: batch 1 on the CPU with
+``--threads`` torch threads, after warm-up, over the first ``--latency-images`` images (CLIP: image embedding;
+captioner: a full caption with the decoding settings).
 """
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ from pathlib import Path
 import torch
 
 from mmfm.config import ConfigError
-from mmfm.version import __version__
 
-__all__ = ["compare_models", "format_comparison"]
+from ..embedding import model_kind
+from ..records import is_shard_source, shard_records
+from ..result import EvalResult, backend
+
+__all__ = ["compare_models"]
 
 
 def _load(spec, original=None):
@@ -47,31 +52,25 @@ def _size(model, spec) -> int:
     return model_size_bytes(model)
 
 
-def _kind(model) -> str:
-    return getattr(getattr(model, "model_cfg", None), "kind", "clip")
-
-
 # ----------------------------------------------------------------------------- data
 class EvalData:
     """The evaluation images (decoded once) and what the metric needs."""
 
     def __init__(self, data: str, kind: str, max_samples: int | None, label_field: str):
         self.data, self.kind = str(data), kind
-        self.folder = Path(data).is_dir() and not (Path(data) / "manifest.json").is_file() and not any(
-            Path(data).glob("*.tar"))
+        self.folder = Path(data).is_dir() and not is_shard_source(data)
         if kind == "captioner":
-            from mmfm.eval.caption_eval import read_caption_data
+            from ..captioning.data import read_caption_data
             self.items = _even(read_caption_data(self.data), max_samples)
         elif self.folder:
-            from mmfm.eval.folder import scan_folder
+            from ..zeroshot.folder import scan_folder
             self.spec = scan_folder(self.data, max_samples=max_samples)
             if not self.spec.labelled:
                 raise ConfigError(f"{data}: a flat folder has no labels; give one subfolder per class")
             self.items = [{"image": str(Path(self.spec.root) / p)} for p in self.spec.paths]
         else:
-            from mmfm.eval.bias import sample_labels
-            from mmfm.eval.records import is_shards, shard_records
-            if not is_shards(self.data):
+            from ..bias.audit import sample_labels
+            if not is_shard_source(self.data):
                 raise ConfigError(f"{data}: expected an image folder with class subfolders, or shards")
             recs = _even([r for r in shard_records(self.data) if r["image"] is not None], max_samples)
             if not recs:
@@ -121,7 +120,7 @@ def _latency(model, kind: str, images: list, gen, threads: int, warmup: int = 2)
 
 def _metric(model, kind: str, data: EvalData, gen, templates) -> dict:
     if kind == "captioner":
-        from mmfm.eval.caption_metrics import score_captions
+        from ..captioning.caption_metrics import score_captions
         from mmfm.generate import caption_images
         res = caption_images(model, [it["image"] for it in data.items], gen, names=[it["name"] for it in data.items],
                              alt_text=False)
@@ -131,10 +130,10 @@ def _metric(model, kind: str, data: EvalData, gen, templates) -> dict:
         m = score_captions(preds, {k: data.items[int(k)]["references"] for k in preds})
         return {"name": "CIDEr-D", "value": m["CIDEr-D"], "BLEU-4": m["BLEU-4"], "samples": len(preds)}
     if data.folder:
-        from mmfm.eval.zeroshot import zeroshot_classify
+        from ..zeroshot.classify import zeroshot_classify
         res = zeroshot_classify(model, data.spec, templates=templates, workers=0, use_cache=False, progress=False)
-        return {"name": "zero-shot top-1", "value": res.metrics["top1"], "samples": res.metrics["n_samples"]}
-    from mmfm.eval.bias import zero_shot_samples
+        return {"name": "zero-shot top-1", "value": res.metrics["top1"], "samples": res.meta["n_samples"]}
+    from ..bias.audit import zero_shot_samples
     preds = zero_shot_samples(model, data.items, data.labels, templates)
     acc = sum(p == y for p, y in zip(preds, data.labels)) / len(preds)
     return {"name": "zero-shot top-1", "value": acc, "samples": len(preds), "label_field": data.label_field}
@@ -142,13 +141,15 @@ def _metric(model, kind: str, data: EvalData, gen, templates) -> dict:
 
 def compare_models(original: str, data: str, variants: list[str] | None = None, *, max_samples: int | None = 500,
                    latency_images: int = 16, threads: int = 1, templates="simple", label_field: str = "auto",
-                   gen=None, progress: bool = True) -> dict:
-    """Measure the original and each variant on the same data; returns ``{"rows": [...], ...}``."""
+                   gen=None, progress: bool = True) -> EvalResult:
+    """Measure the original and each variant on the same data. ``metrics``: ``{"rows": [{"model", "role", "int8",
+    "parameters", "size_bytes", "latency", "metric", "size_ratio", "speedup", "metric_drop"}]}``; ``meta``: kind,
+    data, metric name, backend, threads, sample limit, decoding."""
     from mmfm.models.checkpoint import load as load_model
 
     variants = list(variants or ["int8"])
     base = load_model(original)
-    kind = _kind(base)
+    kind = model_kind(base)
     if kind == "captioner" and gen is None:
         from mmfm.generate import stored_generate
         gen = stored_generate(original)
@@ -157,35 +158,21 @@ def compare_models(original: str, data: str, variants: list[str] | None = None, 
     rows = []
     for i, spec in enumerate([original] + variants):
         model, name = (base, str(original)) if i == 0 else _load(spec, base)
-        if _kind(model) != kind:
-            raise ConfigError(f"variant {spec} is a {_kind(model)}, the original is a {kind}")
+        if model_kind(model) != kind:
+            raise ConfigError(f"variant {spec} is a {model_kind(model)}, the original is a {kind}")
         if progress:
             print(f"measuring {name} ...", flush=True)
-        row = {"model": name, "role": "original" if i == 0 else "variant",
-               "int8": bool(getattr(model, "quantization", None)),
-               "parameters": sum(p.numel() for p in model.parameters()),
-               "size_bytes": _size(model, spec), "latency": _latency(model, kind, images, gen, threads),
-               "metric": _metric(model, kind, data_, gen, templates)}
-        rows.append(row)
+        rows.append({"model": name, "role": "original" if i == 0 else "variant",
+                     "int8": bool(getattr(model, "quantization", None)),
+                     "parameters": sum(p.numel() for p in model.parameters()),
+                     "size_bytes": _size(model, spec), "latency": _latency(model, kind, images, gen, threads),
+                     "metric": _metric(model, kind, data_, gen, templates)})
     ref = rows[0]
     for r in rows:
         r["size_ratio"] = r["size_bytes"] / ref["size_bytes"]
         r["speedup"] = ref["latency"]["ms_per_image"] / r["latency"]["ms_per_image"]
         r["metric_drop"] = ref["metric"]["value"] - r["metric"]["value"]
-    return {"task": "compare", "kind": kind, "data": str(data), "metric": ref["metric"]["name"],
-            "backend": f"mmfm {__version__} (torch {torch.__version__}), CPU", "threads": threads,
-            "max_samples": max_samples, "rows": rows,
+    meta = {"task": "compare", "kind": kind, "data": str(data), "metric": ref["metric"]["name"],
+            "backend": f"{backend()}, CPU", "threads": threads, "max_samples": max_samples,
             "decoding": None if gen is None else dataclasses.asdict(gen)}
-
-
-def format_comparison(res: dict) -> str:
-    head = ["model", "size MB", "x size", "ms/image", "speedup", res["metric"], "drop"]
-    rows = []
-    for r in res["rows"]:
-        rows.append([r["model"] if len(r["model"]) < 48 else "..." + r["model"][-45:],
-                     f"{r['size_bytes'] / 2 ** 20:.2f}", f"{r['size_ratio']:.2f}",
-                     f"{r['latency']['ms_per_image']:.2f}", f"{r['speedup']:.2f}x",
-                     f"{r['metric']['value']:.4f}", "-" if r["role"] == "original" else f"{r['metric_drop']:+.4f}"])
-    widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+    return EvalResult(metrics={"rows": rows}, meta=meta)

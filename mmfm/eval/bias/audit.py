@@ -14,24 +14,25 @@ between the best and the worst group (``mmfm eval bias --model CKPT DATA --attri
 * Captions: generated with the checkpoint's decoding settings and scored against the json ``captions``
   (else ``txt``); per-image CIDEr-D / BLEU-4 / ROUGE-L are computed once over the whole set (one IDF for
   all groups) and averaged per group.
-Writes ``bias.json`` (numbers + how they were made), ``bias.md`` (the table), ``bias.png`` (bars with
-intervals) and ``predictions.jsonl``.
+The group statistics are :mod:`mmfm.eval.bias.metrics`; :mod:`mmfm.eval.bias.output` writes ``bias.json``
+(numbers + how they were made), ``bias.md`` (the table), ``bias.png`` (bars with intervals) and
+``predictions.jsonl``.
 """
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from mmfm.config import ConfigError
 
-from .bias_output import CAPTION_METRICS, bias_table_html, format_table, write_bias_report
-from .records import is_shards, references, shard_records
+from ..embedding import model_kind
+from ..records import is_shard_source, references, shard_records
+from ..result import EvalResult, backend
+from .metrics import CAPTION_METRICS, caption_scores_per_group, gap, paired_test, top1_per_group
 
 __all__ = ["bias_report", "read_samples", "select_groups", "zero_shot_samples", "caption_samples", "sample_labels",
-           "is_captioner", "format_table", "bias_table_html", "write_bias_report",
-           "SKIN_TONE_ORDER"]
+           "is_captioner", "SKIN_TONE_ORDER"]
 
 SKIN_TONE_ORDER = ["none", "light", "medium-light", "medium", "medium-dark", "dark"]
 
@@ -40,7 +41,7 @@ SKIN_TONE_ORDER = ["none", "light", "medium-light", "medium", "medium-dark", "da
 def read_samples(data: str, attribute: str, max_samples: int | None = None) -> tuple[list[dict], dict]:
     """Shard samples with their attribute value: ``[{"key", "image", "meta", "txt", "name", "cls", "group"}]``
     and counts of what was left out (no attribute, no image)."""
-    if not is_shards(data):
+    if not is_shard_source(data):
         raise ConfigError(f"bias data: {data} is not a shard folder, .tar or brace pattern")
     out, skipped, keys_seen = [], Counter(), set()
     for r in shard_records(str(data)):
@@ -147,8 +148,8 @@ def zero_shot_samples(model, samples: list[dict], labels: list[str], templates, 
     import torch
     from tqdm.auto import tqdm
 
-    from .templates import load_templates
-    from .zeroshot import build_classifier
+    from ..zeroshot.classifier import build_classifier
+    from ..zeroshot.templates import load_templates
 
     classes = sorted(set(labels))
     _, tmpl = load_templates(templates)
@@ -179,129 +180,75 @@ def caption_samples(model, samples: list[dict], gen, *, batch_size: int | None =
     return [r["caption"] for r in res]
 
 
-# ----------------------------------------------------------------------------- statistics
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """Wilson score interval for k successes of n."""
-    if n == 0:
-        return [0.0, 0.0]
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return [round(max(0.0, c - h), 6), round(min(1.0, c + h), 6)]
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for b vs c discordant pairs."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
-
-
-def _paired(kept: list[dict], correct: list[bool], match_by: str, best: str, worst: str) -> dict:
-    """Best vs worst group on the same items (matched by ``match_by``): exact McNemar test."""
-    by = defaultdict(dict)
-    for s, ok in zip(kept, correct):
-        by[s["meta"][match_by]][s["group"]] = ok
-    pairs = [(v[best], v[worst]) for v in by.values() if best in v and worst in v]
-    b = sum(1 for x, y in pairs if x and not y)
-    c = sum(1 for x, y in pairs if y and not x)
-    return {"test": f"exact McNemar, best vs worst group paired by {match_by} (the pair is chosen after looking, "
-                    f"so treat p as optimistic)", "pairs": len(pairs),
-            "best_only_correct": b, "worst_only_correct": c, "p_value": round(mcnemar_exact(b, c), 6)}
-
-
-def _gap(per_group: dict, key: str) -> dict:
-    vals = {g: v[key] for g, v in per_group.items() if v.get(key) is not None}
-    best = max(vals, key=vals.get)
-    worst = min(vals, key=vals.get)
-    return {"best": best, "worst": worst, "best_value": vals[best], "worst_value": vals[worst],
-            "gap": vals[best] - vals[worst], "ratio": vals[worst] / vals[best] if vals[best] else None}
-
-
 # ----------------------------------------------------------------------------- report
 def _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch_size, progress) -> tuple[dict, list]:
-    from .templates import load_templates
+    from ..zeroshot.templates import load_templates
 
     tmpl_name, tmpl = load_templates(templates)
     labels, field = sample_labels(kept, label_field, data)
     preds = zero_shot_samples(model, kept, labels, tmpl, batch_size=batch_size, progress=progress)
-    per_group = {}
-    for g in info["groups"]:
-        idx = [i for i, s in enumerate(kept) if s["group"] == g]
-        k = sum(preds[i] == labels[i] for i in idx)
-        per_group[g] = {"n": len(idx), "top1": k / len(idx) if idx else None, "ci95": wilson(k, len(idx))}
-    gap = _gap(per_group, "top1")
+    per_group = top1_per_group(info["groups"], kept, preds, labels)
+    top1_gap = gap(per_group, "top1")
     if info.get("match_by"):
-        gap["paired"] = _paired(kept, [p == y for p, y in zip(preds, labels)], info["match_by"], gap["best"],
-                                gap["worst"])
+        top1_gap["paired"] = paired_test(kept, [p == y for p, y in zip(preds, labels)], info["match_by"],
+                                         top1_gap["best"], top1_gap["worst"])
     part = {"model": spec, "label_field": field, "n_classes": len(set(labels)),
             "templates": tmpl_name if tmpl_name != "custom" else tmpl,
-            "per_group": per_group, "gap": gap}
+            "per_group": per_group, "gap": top1_gap}
     return part, [{"label": lab, "pred": p, "correct": lab == p} for lab, p in zip(labels, preds)]
 
 
 def _caption_part(model, spec, kept, info, gen, batch_size, progress) -> tuple[dict, list]:
     from mmfm.generate import settings_dict
 
-    from .caption_metrics import score_captions
+    from ..captioning.caption_metrics import score_captions
 
     caps = caption_samples(model, kept, gen, batch_size=batch_size, progress=progress)
     keys = [f"{i}:{s['key']}" for i, s in enumerate(kept)]
     scores = score_captions(dict(zip(keys, caps)), {k: references(s) for k, s in zip(keys, kept)}, per_image=True)
     per_image = scores.pop("per_image")
-    per_group = {}
-    for g in info["groups"]:
-        ks = [k for k, s in zip(keys, kept) if s["group"] == g]
-        per_group[g] = {"n": len(ks), **{m: sum(per_image[k][m] for k in ks) / len(ks) if ks else None
-                                         for m in CAPTION_METRICS}}
+    per_group = caption_scores_per_group(info["groups"], kept, keys, per_image)
     part = {"model": spec, "decoding": settings_dict(gen, model), "overall": scores,
-            "per_group": per_group, "gap": {m: _gap(per_group, m) for m in CAPTION_METRICS}}
+            "per_group": per_group, "gap": {m: gap(per_group, m) for m in CAPTION_METRICS}}
     return part, [{"caption": c, "references": references(s), "CIDEr-D": per_image[k]["CIDEr-D"]}
                   for c, s, k in zip(caps, kept, keys)]
 
 
 def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | None = None,
                 match_by: str | None = "auto", label_field: str = "auto", templates="{}", gen=None,
-                max_samples: int | None = None, batch_size: int = 64, progress: bool = True) -> dict:
+                max_samples: int | None = None, batch_size: int = 64, progress: bool = True) -> EvalResult:
     """Run the CLIP model(s) (zero-shot) and captioner(s) (caption quality) among ``models`` over DATA and
-    report per group of ``attribute``. A model is a checkpoint path or a loaded model."""
-    import torch
-
-    from mmfm.version import __version__
+    report per group of ``attribute``. A model is a checkpoint path or a loaded model. ``metrics``: ``zeroshot``
+    and/or ``caption`` (per group, the gap); ``meta``: the groups, their sizes, what was left out, the backend."""
     from mmfm.models.checkpoint import load as load_model
+    from mmfm.version import __version__
 
     t0 = time.perf_counter()
     samples, skipped = read_samples(data, attribute, max_samples)
     kept, info = select_groups(samples, attribute, groups, match_by)
-    report = {"task": "bias", "attribute": attribute, "data": str(data), **info, "n_samples": len(kept),
-              "skipped": skipped, "backend": f"mmfm {__version__} (torch {torch.__version__})",
-              "mmfm_version": __version__}
+    meta = {"task": "bias", "attribute": attribute, "data": str(data), **info, "n_samples": len(kept),
+            "skipped": skipped, "backend": backend(), "mmfm_version": __version__}
+    parts: dict = {}
     rows = [{"key": s["key"], "name": s["name"], "group": s["group"]} for s in kept]
     for m in models:
         spec = None if hasattr(m, "parameters") else str(m)
         model = m if spec is None else load_model(spec)
         spec = spec or getattr(model, "checkpoint_path", None) or type(model).__name__
-        kind = getattr(getattr(model, "model_cfg", None), "kind", "clip")
-        if kind == "clip":
-            if "zeroshot" in report:
-                raise ConfigError("bias: give at most one CLIP model and one captioner")
-            report["zeroshot"], extra = _zero_shot_part(model, spec, kept, info, data, label_field, templates,
-                                                        batch_size, progress)
+        part = "zeroshot" if model_kind(model) == "clip" else "caption"
+        if part in parts:
+            raise ConfigError("bias: give at most one CLIP model and one captioner")
+        if part == "zeroshot":
+            parts[part], extra = _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch_size,
+                                                 progress)
         else:
-            if "caption" in report:
-                raise ConfigError("bias: give at most one CLIP model and one captioner")
             if gen is None:
                 from mmfm.generate import stored_generate
                 gen = stored_generate(m)
-            report["caption"], extra = _caption_part(model, spec, kept, info, gen, None, progress)
+            parts[part], extra = _caption_part(model, spec, kept, info, gen, None, progress)
         for r, e in zip(rows, extra):
             r.update(e)
-    report["seconds"] = round(time.perf_counter() - t0, 2)
-    report["predictions"] = rows
-    return report
+    meta["seconds"] = round(time.perf_counter() - t0, 2)
+    return EvalResult(metrics=parts, meta=meta, predictions=rows)
 
 
 def is_captioner(spec: str) -> bool:

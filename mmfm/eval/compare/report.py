@@ -1,7 +1,8 @@
-"""What ``mmfm eval compare MODEL [MODEL ...]`` writes: ``compare.json`` (everything), ``compare.csv`` (one row
-per model, data set and metric) and ``compare.html`` (the table and a chart: each metric's value per model,
-grouped by data set, with the paired bootstrap 95% interval of the difference to the first model), each
-written atomically; and the text table it prints."""
+"""What ``mmfm eval compare`` prints and writes. Several models (:mod:`mmfm.eval.compare.suite`):
+``compare.json`` (everything), ``compare.csv`` (one row per model, data set and metric) and ``compare.html`` (the
+table and a chart: each metric's value per model, grouped by data set, with the paired bootstrap 95% interval of
+the difference to the first model), each written atomically. Both modes print an aligned text table
+(``format_suite``; ``format_comparison`` for size/latency, :mod:`mmfm.eval.compare.variants`)."""
 from __future__ import annotations
 
 import csv
@@ -9,9 +10,12 @@ import io
 import os
 from pathlib import Path
 
-from .html import esc, page, png_data_uri, table
+from mmfm.config import atomic_write
 
-__all__ = ["write_compare", "format_suite", "compare_csv", "compare_html"]
+from ..html import esc, page, png_data_uri, table
+from ..result import EvalResult, write_json
+
+__all__ = ["write_compare", "format_suite", "format_comparison", "compare_csv", "compare_html"]
 
 CSV_FIELDS = ("data", "metric", "model", "value", "n", "delta", "ci95_low", "ci95_high", "improved")
 
@@ -30,7 +34,15 @@ def _short(name: str, width: int = 40) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3):]
 
 
-def compare_csv(res: dict) -> str:
+def aligned(head: list[str], rows: list[list[str]]) -> str:
+    """A text table: columns padded to their widest cell, a rule under the header."""
+    widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def compare_csv(result: EvalResult) -> str:
+    res = result.summary()
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_FIELDS)
@@ -41,16 +53,28 @@ def compare_csv(res: dict) -> str:
     return buf.getvalue()
 
 
-def format_suite(res: dict) -> str:
+def format_suite(result: EvalResult) -> str:
     """The comparison as aligned text: one line per data set, metric and model."""
+    res = result.summary()
     head = ["data", "metric", "model", "value", "delta vs first", "95% CI", "verdict"]
     rows = [[r["data"], r["metric"], _short(r["model"]), _fmt(r["value"]),
              "-" if r["delta"] is None else f"{r['delta']:+.4f}",
              "-" if r["ci95"] is None else f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]", _verdict(r)]
             for r in res["rows"]]
-    widths = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+    return aligned(head, rows)
+
+
+def format_comparison(result: EvalResult) -> str:
+    """The size/latency comparison as aligned text: one line per model."""
+    res = result.summary()
+    head = ["model", "size MB", "x size", "ms/image", "speedup", res["metric"], "drop"]
+    rows = []
+    for r in res["rows"]:
+        rows.append([r["model"] if len(r["model"]) < 48 else "..." + r["model"][-45:],
+                     f"{r['size_bytes'] / 2 ** 20:.2f}", f"{r['size_ratio']:.2f}",
+                     f"{r['latency']['ms_per_image']:.2f}", f"{r['speedup']:.2f}x",
+                     f"{r['metric']['value']:.4f}", "-" if r["role"] == "original" else f"{r['metric_drop']:+.4f}"])
+    return aligned(head, rows)
 
 
 def _chart(res: dict) -> bytes:
@@ -87,7 +111,8 @@ def _chart(res: dict) -> bytes:
     return buf.getvalue()
 
 
-def compare_html(res: dict) -> str:
+def compare_html(result: EvalResult) -> str:
+    res = result.summary()
     head = ["data", "metric", "model", "value", "n", "delta vs first", "95% CI", "verdict"]
     body = [[r["data"], r["metric"], r["model"], _fmt(r["value"]), r["n"],
              "-" if r["delta"] is None else f"{r['delta']:+.4f}",
@@ -106,9 +131,11 @@ def compare_html(res: dict) -> str:
     return page("mmfm eval compare", parts)
 
 
-def write_compare(res: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
-    from .common import atomic_write, write_json
+def write_compare(result: EvalResult, out_dir: str | os.PathLike) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return {"json": write_json(out / "compare.json", res), "csv": atomic_write(out / "compare.csv", compare_csv(res)),
-            "html": atomic_write(out / "compare.html", compare_html(res))}
+    paths = {"json": write_json(out / "compare.json", result.summary()),
+             "csv": atomic_write(out / "compare.csv", compare_csv(result)),
+             "html": atomic_write(out / "compare.html", compare_html(result))}
+    result.paths.update(paths)
+    return paths
