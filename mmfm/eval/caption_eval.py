@@ -129,17 +129,7 @@ def read_vqa_data(data: str, max_samples: int | None = None) -> list[dict]:
 
 
 # ---------------------------------------------------------------- degenerate output
-def _loop(words: list[str]) -> bool:
-    """An n-gram (n <= 4) repeated three times in a row, or a 2+-gram that occurs three times anywhere."""
-    for n in range(1, 5):
-        for i in range(len(words) - 3 * n + 1):
-            if words[i: i + n] == words[i + n: i + 2 * n] == words[i + 2 * n: i + 3 * n]:
-                return True
-        if n >= 2:
-            grams = Counter(tuple(words[i: i + n]) for i in range(len(words) - n + 1))
-            if grams and max(grams.values()) >= 3:
-                return True
-    return False
+from mmfm.generate import repetition_loop as _loop      # noqa: E402 - one loop detector (mmfm.generate)
 
 
 def degenerate_report(captions: dict[str, str], examples: int = 5) -> dict:
