@@ -34,7 +34,7 @@ from mmfm.models.device import model_device
 
 __all__ = ["generation_kwargs", "stored_generate", "settings_dict", "to_alt_text", "clean_caption", "caption_images",
            "caption_tensors", "answer_questions", "rank_answers", "answer_rows", "decode_images", "load_preset", "preset_names",
-           "merge_settings", "caption_confidence", "degenerate_reason", "repetition_loop"]
+           "merge_settings", "caption_confidence", "degenerate_reason", "repetition_loop", "trust_fields"]
 
 _HF_FIELDS = ("num_beams", "do_sample", "temperature", "top_p", "top_k", "min_new_tokens", "max_new_tokens",
               "no_repeat_ngram_size", "repetition_penalty", "length_penalty", "use_cache")
@@ -248,7 +248,7 @@ def caption_images(model, items: Sequence, gen: GenerateConfig | None = None, *,
                 results.append({"image": names[start + i], "caption": cap,
                                 "alt_text": (to_alt_text(cap, gen.alt_text) if alt_text else cap)
                                 if cap is not None else None, "error": errors[i]})
-                results[-1].update(_trust(cap, conf, resolve_prompt(model, gen), gen.alt_text, alt_text))
+                results[-1].update(trust_fields(cap, conf, resolve_prompt(model, gen), gen.alt_text, alt_text))
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -256,7 +256,7 @@ def caption_images(model, items: Sequence, gen: GenerateConfig | None = None, *,
     return results
 
 
-def _trust(caption, confidence, prompt: str, alt: AltTextConfig, use_fallback: bool) -> dict:
+def trust_fields(caption, confidence, prompt: str, alt: AltTextConfig, use_fallback: bool) -> dict:
     """The ``confidence`` and ``degenerate`` fields of one caption (and the fallback alt text when set)."""
     if caption is None:
         return {"confidence": None, "degenerate": None}

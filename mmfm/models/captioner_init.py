@@ -2,8 +2,8 @@
 
 ``mmfm.train.init_model.adopt_init_model(cfg)``: when ``train.init_from`` is an mmfm captioner checkpoint (or
 run), its stored model section (vision architecture, decoder, tokenizer) replaces the experiment's, which keeps
-only its training choices (vision lock / unlocked groups / grad checkpointing / feature cache, LoRA). So fine-tuning the demo's captioner
-with the shipped config works although the demo fitted its own 2,000-token vocabulary, and the CLIP checkpoint
+only its training choices (vision lock / unlocked groups / grad checkpointing / feature cache, LoRA). So
+fine-tuning the demo's captioner with the shipped config works although the demo fitted its own 2,000-token vocabulary, and the CLIP checkpoint
 the config names need not exist any more. ``tokenizer_mismatch`` adds the tokenizers of both sides to a
 shape-mismatch error when they differ.
 """

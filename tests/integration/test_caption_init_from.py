@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def demo_like(tmp_path_factory):
     """A captioner checkpoint whose decoder uses a small fitted word vocabulary (like the demo's)."""
     root = tmp_path_factory.mktemp("demo")
-    tok = word_tokenizer(root / "tok", [f"colour", "item", *map(str, range(6)), "k0", "k1", "k2"])
+    tok = word_tokenizer(root / "tok", ["colour", "item", *map(str, range(6)), "k0", "k1", "k2"])
     cfg = from_dict(ModelConfig, expand_model_dict({"name": "tiny_captioner", "decoder": {"tokenizer": tok}}),
                     prefix="model")
     torch.manual_seed(0)

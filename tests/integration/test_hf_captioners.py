@@ -109,8 +109,8 @@ def test_training_loss_equals_library_loss(folders, family):
     from mmfm.tasks import build_task
 
     spec = f"hf:{folders[family]}"
-    cfg = load_experiment(data={"task": {"name": "caption"}, "train": {"init_from": spec},
-                                "model": {"kind": "captioner", "decoder": {"prompt": PROMPT[family], "max_length": 16}}})
+    model = {"kind": "captioner", "decoder": {"prompt": PROMPT[family], "max_length": 16}}
+    cfg = load_experiment(data={"task": {"name": "caption"}, "train": {"init_from": spec}, "model": model})
     assert cfg.model.source == spec and cfg.model.kind == "captioner"
     task = build_task(cfg).eval()
     captions = ["a red cat sits on the mat", "two dogs"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmfm.config.caption import AltTextConfig, GenerateConfig
-from mmfm.generate import caption_confidence, degenerate_reason, _trust
+from mmfm.generate import caption_confidence, degenerate_reason, trust_fields
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,11 +22,11 @@ def test_degenerate_reason_on_constructed_cases(caption, prompt, reason):
 def test_low_confidence_and_fallback():
     assert degenerate_reason("a brown dog on grass", "", -3.0, min_confidence=-2.0) == "low_confidence"
     assert degenerate_reason("a brown dog on grass", "", -1.0, min_confidence=-2.0) is None
-    marked = _trust("A.", -0.5, "", AltTextConfig(), True)
+    marked = trust_fields("A.", -0.5, "", AltTextConfig(), True)
     assert marked == {"confidence": -0.5, "degenerate": "one_word"}                 # marked, alt text kept
-    replaced = _trust("A.", -0.5, "", AltTextConfig(fallback="Photo"), True)
+    replaced = trust_fields("A.", -0.5, "", AltTextConfig(fallback="Photo"), True)
     assert replaced["alt_text"] == "Photo" and replaced["degenerate"] == "one_word"
-    assert "alt_text" not in _trust("a dog on grass", -0.5, "", AltTextConfig(fallback="Photo"), True)
+    assert "alt_text" not in trust_fields("a dog on grass", -0.5, "", AltTextConfig(fallback="Photo"), True)
 
 
 def test_confidence_is_the_mean_token_log_probability():
