@@ -9,6 +9,10 @@
   scores a given answer list by the log-likelihood of each answer.
 * :func:`to_alt_text` applies the alt-text conventions: no "an image of" prefix, a length limit at a word
   boundary, sentence case.
+* Trust: every caption from :func:`caption_images` carries ``confidence`` (the mean log-probability of its
+  tokens and eos under the model, :func:`caption_confidence`) and ``degenerate`` (None, or why it cannot be
+  trusted: empty, one_word, repetition, repeats_prompt, low_confidence; :func:`degenerate_reason`); with
+  ``alt_text.fallback`` set, a degenerate caption's alt text is the fallback.
 The settings a model was trained with live in its checkpoint (``config.yaml``'s ``generate:`` section);
 ``mmfm.load`` attaches them as ``model.generate_config`` (:func:`stored_generate`), and :func:`merge_settings`
 applies a shipped preset (``configs/generate/``, :func:`load_preset`) and explicit overrides on top.
@@ -30,7 +34,7 @@ from mmfm.models.device import model_device
 
 __all__ = ["generation_kwargs", "stored_generate", "settings_dict", "to_alt_text", "clean_caption", "caption_images",
            "caption_tensors", "answer_questions", "rank_answers", "answer_rows", "decode_images", "load_preset", "preset_names",
-           "merge_settings"]
+           "merge_settings", "caption_confidence", "degenerate_reason", "repetition_loop", "trust_fields"]
 
 _HF_FIELDS = ("num_beams", "do_sample", "temperature", "top_p", "top_k", "min_new_tokens", "max_new_tokens",
               "no_repeat_ngram_size", "repetition_penalty", "length_penalty", "use_cache")
@@ -145,16 +149,75 @@ def decode_images(items: Sequence, transform, max_pixels: int | None = None) -> 
 # ---------------------------------------------------------------- captioning
 @torch.no_grad()
 def caption_tensors(model, images: torch.Tensor, gen: GenerateConfig | None = None, prompt: str | None = None,
-                    **overrides) -> list[str]:
-    """Raw captions for a batch of preprocessed images (B, 3, H, W)."""
+                    scores: list | None = None, **overrides) -> list[str]:
+    """Raw captions for a batch of preprocessed images (B, 3, H, W); ``scores``: a list that receives each
+    caption's confidence (:func:`caption_confidence`)."""
     gen = gen or GenerateConfig()
     prompt = resolve_prompt(model, gen) if prompt is None else prompt
     prefix = model.encode_plain(prompt) if prompt else []
     if gen.seed is not None and gen.do_sample:
         torch.manual_seed(gen.seed)
-    ids = model.generate_ids(images.to(model_device(model)), [prefix] * images.shape[0],
-                             **generation_kwargs(gen, **overrides))
+    images = images.to(model_device(model))
+    ids = model.generate_ids(images, [prefix] * images.shape[0], **generation_kwargs(gen, **overrides))
+    if scores is not None:
+        scores.extend(caption_confidence(model, images, prefix, ids))
     return [clean_caption(model.decode(row)) for row in ids]
+
+
+# ---------------------------------------------------------------- trust: confidence and degenerate output
+@torch.no_grad()
+def caption_confidence(model, images: torch.Tensor, prefix: list[int], new_ids: torch.Tensor) -> list[float]:
+    """The mean log-probability of each generated caption's tokens (up to and including its eos) given its
+    image and prompt, scored by one teacher-forced pass (the same for greedy, beam and sampled captions)."""
+    layout, rows = model.layout, []
+    for row in new_ids.tolist():
+        cut = row.index(layout.eos) + 1 if layout.eos in row else len(row)
+        seq, n_prefix = model.sequence(prefix, None)
+        rows.append(layout.right_pad(seq + row[:cut], n_prefix, len(seq) + len(row)))
+    batch = {k: torch.stack([r[k] for r in rows]).to(images.device) for k in ("text_ids", "attention_mask", "labels")}
+    tokens = model.image_tokens(images)
+    logits = model(image_tokens=tokens, text_ids=batch["text_ids"], attention_mask=batch["attention_mask"])["logits"]
+    target = batch["labels"][:, 1:]
+    logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    keep = target != -100
+    return [float(v) for v in (logp * keep).sum(1) / keep.sum(1).clamp(min=1)]
+
+
+def repetition_loop(words: list[str]) -> bool:
+    """An n-gram (n <= 4) repeated three times in a row, or a 2+-gram that occurs three times anywhere."""
+    from collections import Counter
+
+    for n in range(1, 5):
+        for i in range(len(words) - 3 * n + 1):
+            if words[i: i + n] == words[i + n: i + 2 * n] == words[i + 2 * n: i + 3 * n]:
+                return True
+        if n >= 2:
+            grams = Counter(tuple(words[i: i + n]) for i in range(len(words) - n + 1))
+            if grams and max(grams.values()) >= 3:
+                return True
+    return False
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[\w']+", str(text or "").lower())
+
+
+def degenerate_reason(caption: str | None, prompt: str = "", confidence: float | None = None,
+                      min_confidence: float | None = None) -> str | None:
+    """Why ``caption`` cannot be trusted as alt text, or None: ``empty``, ``one_word`` ("A."),
+    ``repetition`` (a loop), ``repeats_prompt`` (only the prompt's words), ``low_confidence``."""
+    words = _words(caption)
+    if not words:
+        return "empty"
+    if len(words) == 1:
+        return "one_word"
+    if repetition_loop(words):
+        return "repetition"
+    if prompt and set(words) <= set(_words(prompt)):
+        return "repeats_prompt"
+    if min_confidence is not None and confidence is not None and confidence < min_confidence:
+        return "low_confidence"
+    return None
 
 
 def caption_images(model, items: Sequence, gen: GenerateConfig | None = None, *, names: Sequence[str] | None = None,
@@ -177,18 +240,31 @@ def caption_images(model, items: Sequence, gen: GenerateConfig | None = None, *,
             chunk = list(items[start: start + bs])
             tensors, errors = decode_images(chunk, transform, max_pixels)
             ok = [i for i, t in enumerate(tensors) if t is not None]
-            caps = caption_tensors(model, torch.stack([tensors[i] for i in ok]), gen) if ok else []
-            by_index = dict(zip(ok, caps))
+            scores: list[float] = []
+            caps = caption_tensors(model, torch.stack([tensors[i] for i in ok]), gen, scores=scores) if ok else []
+            by_index = dict(zip(ok, zip(caps, scores)))
             for i in range(len(chunk)):
-                cap = by_index.get(i)
+                cap, conf = by_index.get(i, (None, None))
                 results.append({"image": names[start + i], "caption": cap,
                                 "alt_text": (to_alt_text(cap, gen.alt_text) if alt_text else cap)
                                 if cap is not None else None, "error": errors[i]})
+                results[-1].update(trust_fields(cap, conf, resolve_prompt(model, gen), gen.alt_text, alt_text))
             bar.update(len(chunk))
     finally:
         bar.close()
         model.train(was_training)
     return results
+
+
+def trust_fields(caption, confidence, prompt: str, alt: AltTextConfig, use_fallback: bool) -> dict:
+    """The ``confidence`` and ``degenerate`` fields of one caption (and the fallback alt text when set)."""
+    if caption is None:
+        return {"confidence": None, "degenerate": None}
+    reason = degenerate_reason(caption, prompt, confidence, alt.min_confidence)
+    out = {"confidence": round(confidence, 4) if confidence is not None else None, "degenerate": reason}
+    if reason and use_fallback and alt.fallback is not None:
+        out["alt_text"] = alt.fallback
+    return out
 
 
 # ---------------------------------------------------------------- VQA

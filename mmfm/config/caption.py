@@ -25,6 +25,10 @@ class AltTextConfig:
     strip_prefix: bool = True          # drop "an image of", "a picture of", "a photo of" ...
     sentence_case: bool = True         # first letter upper case, a final period
     max_chars: int = ranged(125, ge=0)  # cut at a word boundary; 0 = no limit
+    fallback: str | None = None        # alt text for a degenerate caption (empty, one word, a loop, the prompt
+                                       # repeated); None: keep the caption, marked in its "degenerate" field
+    min_confidence: float | None = None   # mean token log-probability below which a caption counts as
+                                          # degenerate ("low_confidence"); None: not checked
 
 
 

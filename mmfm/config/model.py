@@ -96,7 +96,8 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.source is not None and not self.source.startswith("hf:"):
-            raise ConfigError(f"source: expected hf:DIR_OR_ID (a transformers CLIPModel / SiglipModel folder), got "
+            raise ConfigError(f"source: expected hf:DIR_OR_ID (a transformers CLIPModel / SiglipModel folder, or an "
+                              f"image-to-text model with kind: captioner), got "
                               f"{self.source!r}; open_clip architectures go in model.openclip")
         if self.source and self.openclip:
             raise ConfigError("source: set either model.source (transformers) or model.openclip, not both")
@@ -146,13 +147,25 @@ def model_section_from_spec(spec) -> dict | None:
     if not isinstance(spec, str):
         return None
     if spec.startswith("hf:"):
-        return {"kind": "clip", "source": spec}
+        return {"kind": hf_kind(spec), "source": spec}
     if not spec.startswith("openclip:"):
         return None
     body = spec[len("openclip:"):]
     if not body.startswith(("hf-hub:", "local-dir:")):
         body = body.split("@", 1)[0] if "@" in body else body.split(":", 1)[0]
     return {"kind": "clip", "openclip": body}
+
+
+def hf_kind(spec: str) -> str:
+    """``hf:DIR``: "clip" for a transformers CLIPModel / SiglipModel folder (or a hub id, unknown until fetched),
+    "captioner" for any other (image-to-text) model_type in its config.json."""
+    import json
+    path = Path(os.path.expanduser(spec[3:] if spec.startswith("hf:") else spec)) / "config.json"
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return "clip"
+    return "clip" if kind in ("clip", "siglip") else "captioner"
 
 
 def expand_named_model(data: dict) -> dict:

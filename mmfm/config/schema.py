@@ -35,6 +35,16 @@ def load_experiment(path=None, overrides=None, data=None, values: dict | None = 
 def _model_from_init(data: dict) -> dict:
     train = data.get("train")
     section = model_section_from_spec(train.get("init_from")) if isinstance(train, dict) else None
-    if section is None or data.get("model") is not None:
+    if section is None:
         return data
-    return {**data, "model": section}
+    model = data.get("model")
+    if model is None:
+        return {**data, "model": section}
+    task = (data.get("task") or {}).get("name") if isinstance(data.get("task"), dict) else None
+    if section.get("source") and (task in ("caption", "vqa") or model.get("kind") == "captioner"):
+        # a transformers captioner defines the architecture; the experiment keeps its training choices
+        keep = {k: model[k] for k in ("lora", "embed_dim") if k in model}
+        vision = {k: v for k, v in (model.get("vision") or {}).items() if k in ("lock", "grad_checkpointing")}
+        decoder = {k: v for k, v in (model.get("decoder") or {}).items() if k in ("max_length", "prompt")}
+        return {**data, "model": {**section, "kind": "captioner", **keep, "vision": vision, "decoder": decoder}}
+    return data

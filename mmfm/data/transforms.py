@@ -121,5 +121,13 @@ def decode_size(preprocess: dict | None, train: bool) -> int:
 def eval_transform(source) -> Any:
     """The one eval transform: a model's (anything with ``.preprocess``) or a preprocess dict's resize + centre
     crop + normalise, as a callable RGB ``PIL.Image`` -> float tensor."""
+    return model_transform(source, train=False)
+
+
+def model_transform(source, train: bool) -> Any:
+    """A model's own image transform (``image_transform(train)``: a library processor's) or its preprocess dict's."""
+    own = getattr(source, "image_transform", None)
+    if callable(own):
+        return own(train)
     preprocess = source if isinstance(source, dict) or source is None else source.preprocess
-    return build_transform(preprocess, train=False)
+    return build_transform(preprocess, train=train)

@@ -75,7 +75,10 @@ def alt_text_page(rows: list[dict], title: str, settings: dict) -> str:
     for r in rows:
         uri = thumbnail_data_uri(r["image"], 200) if not r["error"] else None
         img = f'<img src="{uri}" alt="{esc(r["alt_text"] or "")}">' if uri else '<div class="noimg">no preview</div>'
-        body = (f'<p class="alt">{esc(r["alt_text"])}</p><p class="raw">raw: {esc(r["caption"])}</p>'
+        trust = [f'confidence {r["confidence"]:.2f}'] if r.get("confidence") is not None else []
+        trust += [f'<strong class="err">degenerate: {esc(r["degenerate"])}</strong>'] if r.get("degenerate") else []
+        trust = f'<p class="raw">{" &middot; ".join(trust)}</p>' if trust else ""
+        body = (f'<p class="alt">{esc(r["alt_text"])}</p><p class="raw">raw: {esc(r["caption"])}</p>{trust}'
                 if not r["error"] else f'<p class="err">failed: {esc(r["error"])}</p>')
         cards.append(f'<div class="card">{img}<div><p class="name">{esc(os.path.basename(r["image"]))}</p>'
                      f'{body}</div></div>')

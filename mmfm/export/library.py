@@ -130,8 +130,12 @@ def export_openclip(model, out_dir: str | os.PathLike, *, source: str | None = N
 def export_transformers(model, out_dir: str | os.PathLike, *, source: str | None = None,
                         check: bool = True) -> dict:
     """Write a transformers CLIPModel / SiglipModel folder (weights, config, tokenizer, image processor)."""
+    from mmfm.models.hf_captioner import HFCaptioner
     from mmfm.models.hf_clip import HF_CLASSES, HFCLIPModel, pooled
 
+    if isinstance(model, HFCaptioner):                  # an image-to-text model: mmfm.export.hf_captioner
+        from .hf_captioner import export_hf_captioner
+        return export_hf_captioner(model, out_dir, source=source, check=check, write=_write, finish=_finish)
     if not isinstance(model, HFCLIPModel):
         raise ConfigError(f"transformers export: {_describe(model)} has no transformers CLIPModel / SiglipModel "
                           f"equivalent; only models started from hf:DIR (model.source) map. Use --format openclip "

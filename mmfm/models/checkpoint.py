@@ -90,6 +90,8 @@ def write_pretrained(model: nn.Module, cfg, directory: str | os.PathLike, meta: 
     if weights:
         save_file(state_dict_to_save(model), str(directory / WEIGHTS), metadata={"format": "pt"})
     save_config(_experiment_cfg(model, cfg), directory / CONFIG_YAML)
+    if callable(getattr(model, "save_library_files", None)):      # a transformers captioner: config + processor
+        model.save_library_files(directory)
     (directory / META).write_text(json.dumps(checkpoint_meta(model, meta), indent=2, default=str), encoding="utf-8")
     return directory
 
@@ -249,7 +251,11 @@ def init_weights_from(model: nn.Module, spec: str | os.PathLike) -> dict:
     ``hf:DIR_OR_ID``. Returns the provenance that checkpoints record in ``meta.json["init_from"]``."""
     if not is_spec(str(spec)):
         d = resolve_checkpoint(spec)
-        load_weights(model, d / WEIGHTS, strict=True)
+        try:
+            load_weights(model, d / WEIGHTS, strict=True)
+        except CheckpointMismatchError as e:
+            from .captioner_init import tokenizer_mismatch
+            raise CheckpointMismatchError(f"{e}{tokenizer_mismatch(model, read_meta(d))}") from None
         return {"spec": str(spec), "resolved": str(d.resolve())}
     source = load(str(spec))
     if type(source) is not type(model):
@@ -280,8 +286,8 @@ def load(spec: str | os.PathLike, device: str | torch.device = "cpu", expect: st
         model = OpenCLIPModel(name, pretrained=weights)
         model.checkpoint_path, model.checkpoint_meta, model.generate_config = text, {"source": text}, None
     elif text.startswith("hf:"):
-        from .hf_clip import HFCLIPModel
-        model = HFCLIPModel(text)
+        from .hf_captioner import load_hf_spec
+        model = load_hf_spec(text)          # a CLIPModel / SiglipModel, or an image-to-text captioner
         model.checkpoint_path, model.checkpoint_meta, model.generate_config = text, {"source": text}, None
     else:
         d = resolve_checkpoint(spec)
@@ -292,6 +298,8 @@ def load(spec: str | os.PathLike, device: str | torch.device = "cpu", expect: st
             model, cfg = _load_int8(d, meta)
         else:
             cfg = read_config(d)               # read once: architecture and decoding settings
+            from .hf_captioner import use_stored_library_files
+            use_stored_library_files(cfg.model, d)     # a transformers captioner: its config + processor
             model = _build(cfg.model)
             load_weights(model, d, strict=True)
             if cfg.model.lora is not None:      # a LoRA run: adapters folded into plain weights for use

@@ -99,8 +99,16 @@ def build_model(model_cfg: ModelConfig | dict | str | None = None, *, init_weigh
     weights) because a checkpoint is about to overwrite them; the architecture is the same.
     """
     cfg = get_model_config(model_cfg)
-    if cfg.lora is not None and cfg.kind != "clip":
-        raise ConfigError(f"model.lora: LoRA fine-tuning is for CLIP models (model.kind: clip), not {cfg.kind}")
+    if cfg.lora is not None and cfg.kind != "clip" and not cfg.source:
+        raise ConfigError(f"model.lora: LoRA fine-tuning is for CLIP models (model.kind: clip) and transformers "
+                          f"captioners (model.source: hf:...), not {cfg.kind}")
+    if cfg.kind == "captioner" and cfg.source:          # a transformers image-to-text model (hf_captioner.py)
+        from .hf_captioner import build_hf_captioner
+        model = build_hf_captioner(cfg, init_weights=init_weights)
+        if cfg.lora is not None:
+            from .lora import apply_lora
+            apply_lora(model, cfg.lora)
+        return model
     if cfg.kind == "captioner":
         try:
             from mmfm.models.captioner import build_captioner

@@ -214,7 +214,7 @@ def create_app(engine: Engine, limits: ServeLimits | None = None):
     from fastapi import FastAPI
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    from .page import PAGE
+    from .page import render_page
 
     limits = limits or ServeLimits()
     limits.validate()
@@ -256,7 +256,7 @@ def create_app(engine: Engine, limits: ServeLimits | None = None):
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
-        return HTMLResponse(PAGE)
+        return HTMLResponse(render_page(engine.generate))      # the checkpoint's stored decoding settings
 
     app.state.engine, app.state.limits, app.state.batchers = engine, limits, svc.batchers
     return app

@@ -124,14 +124,22 @@ class Engine:
         return CaptionOptions(settings, None if prompt in (None, "") else str(prompt), bool(alt_text))
 
     def run_captions(self, options: CaptionOptions, images: list[torch.Tensor]) -> list[dict]:
-        from mmfm.generate import caption_tensors, to_alt_text
+        from mmfm.generate import caption_tensors, degenerate_reason, resolve_prompt, to_alt_text
 
         gen = dataclasses.replace(self.generate, **dict(options.settings))
+        scores: list[float] = []
         with self._lock, torch.inference_mode():
-            raw = caption_tensors(self.captioner, torch.stack(images), gen, prompt=options.prompt)
-        n = len(images)
-        return [{"caption": c, "alt_text": to_alt_text(c, gen.alt_text) if options.alt_text else c,
-                 "batch_size": n} for c in raw]
+            raw = caption_tensors(self.captioner, torch.stack(images), gen, prompt=options.prompt, scores=scores)
+        n, alt = len(images), gen.alt_text
+        prompt = options.prompt if options.prompt is not None else resolve_prompt(self.captioner, gen)
+        out = []
+        for c, conf in zip(raw, scores):        # confidence and degenerate output, as in mmfm caption's JSONL
+            reason = degenerate_reason(c, prompt, conf, alt.min_confidence)
+            text = alt.fallback if reason and alt.fallback is not None and options.alt_text else \
+                (to_alt_text(c, alt) if options.alt_text else c)
+            out.append({"caption": c, "alt_text": text, "confidence": round(conf, 4), "degenerate": reason,
+                        "batch_size": n})
+        return out
 
     # ------------------------------------------------------------------ classify
     def _classifier(self, labels: tuple[str, ...], template: str) -> torch.Tensor:

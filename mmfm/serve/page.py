@@ -34,8 +34,8 @@ PAGE = """<!doctype html>
   <img id="preview" alt="" hidden>
   <fieldset><legend>Alt text</legend>
     <div class="row">
-      <div><label for="num_beams">Beams</label><input id="num_beams" type="number" min="1" max="8" value="1"></div>
-      <div><label for="max_new_tokens">Max tokens</label><input id="max_new_tokens" type="number" min="1" max="128" value="20"></div>
+      <div><label for="num_beams">Beams</label><input id="num_beams" type="number" min="1" max="8" value="__NUM_BEAMS__"></div>
+      <div><label for="max_new_tokens">Max tokens</label><input id="max_new_tokens" type="number" min="1" max="128" value="__MAX_NEW_TOKENS__"></div>
     </div>
     <button id="caption-btn" type="button">Describe image</button>
   </fieldset>
@@ -124,3 +124,9 @@ if (new URLSearchParams(location.search).has("demo")) {
 </body>
 </html>
 """
+
+
+def render_page(generate=None) -> str:
+    """The page with the captioner's stored decoding settings (beams, max new tokens) as the form's defaults."""
+    beams, max_new = (generate.num_beams, generate.max_new_tokens) if generate is not None else (1, 20)
+    return PAGE.replace("__NUM_BEAMS__", str(int(beams))).replace("__MAX_NEW_TOKENS__", str(int(max_new)))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmfm.config import ConfigError
-from mmfm.data.transforms import build_transform
+from mmfm.data.transforms import model_transform
 
 __all__ = ["CaptionTask", "CaptionProcessor", "shifted_token_loss", "check_captioner"]
 
@@ -116,12 +116,15 @@ class CaptionTask(nn.Module):
         data = getattr(self.cfg, "data", None)
         augment = train and (data.train_augment if data is not None else True)
         text_key = data.text_key if data is not None else "txt"
-        return CaptionProcessor(build_transform(self.model.preprocess, augment), self.model.layout, self.prompt_ids,
+        return CaptionProcessor(model_transform(self.model, augment), self.model.layout, self.prompt_ids,
                                 text_key, self.loss_cfg.caption_key, train)
 
     def forward(self, batch: dict) -> dict:
-        out = self.model(image=batch["image"], text_ids=batch["text_ids"], attention_mask=batch["attention_mask"])
-        cap = shifted_token_loss(out["logits"], batch["labels"], self.loss_cfg.label_smoothing)
+        library = getattr(self.model, "library_loss", False)      # a transformers captioner: its own loss
+        out = self.model(image=batch["image"], text_ids=batch["text_ids"], attention_mask=batch["attention_mask"],
+                         **({"labels": batch["labels"]} if library else {}))
+        cap = out["loss"] if library else shifted_token_loss(out["logits"], batch["labels"],
+                                                              self.loss_cfg.label_smoothing)
         result = {"caption_loss": cap.detach(), "token_acc": token_accuracy(out["logits"], batch["labels"])}
         loss = self.loss_cfg.caption_weight * cap
         if self.contrastive is not None:

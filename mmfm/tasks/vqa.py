@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mmfm.config import ConfigError
-from mmfm.data.transforms import build_transform
+from mmfm.data.transforms import model_transform
 
 from .caption import check_captioner, shifted_token_loss, token_accuracy
 
@@ -135,7 +135,7 @@ class VQATask(nn.Module):
         data = getattr(self.cfg, "data", None)
         augment = train and (data.train_augment if data is not None else True)
         keys = data.image_keys if data is not None else "jpg;jpeg;png;webp"
-        return VQAProcessor(build_transform(self.model.preprocess, augment), self.model.layout, self.vqa_cfg, keys)
+        return VQAProcessor(model_transform(self.model, augment), self.model.layout, self.vqa_cfg, keys)
 
     def forward(self, batch: dict) -> dict:
         ids, mask, labels = batch["text_ids"], batch["attention_mask"], batch["labels"]

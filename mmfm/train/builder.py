@@ -65,6 +65,9 @@ def build_run(cfg, rank: int = 0, world: int = 1, device_type: str = "cpu") -> R
     """Seed, build the task (same init on every rank), its loaders (preflight runs here) and eval hooks."""
     from mmfm.tasks import build_task
 
+    from .init_model import adopt_init_model
+
+    adopt_init_model(cfg)               # init_from a captioner: its architecture and tokenizer (saved with the run)
     torch.manual_seed(cfg.train.seed)
     task = build_task(cfg)
     torch.manual_seed(cfg.train.seed + 1000 * rank + 1)     # dropout etc. differ per rank

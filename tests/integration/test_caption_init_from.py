@@ -1,0 +1,52 @@
+"""``--init-from`` of mmfm's own captioner takes the checkpoint's tokenizer and model section: the demo's
+shipped caption config fine-tunes a captioner whose decoder uses another (smaller) vocabulary, and the CLIP
+checkpoint that config names need not exist. A real mismatch names the tokenizers on both sides."""
+import pytest
+import torch
+
+from mmfm.cli import main as cli
+from mmfm.config import ExperimentConfig, from_dict
+from mmfm.config.model import ModelConfig, expand_model_dict
+from mmfm.models.checkpoint import CheckpointMismatchError, init_weights_from, load, save_pretrained
+from mmfm.models.factory import build_model
+from tests.helpers import word_tokenizer
+from tests.integration.train_helpers import ROOT, make_shards
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def demo_like(tmp_path_factory):
+    """A captioner checkpoint whose decoder uses a small fitted word vocabulary (like the demo's)."""
+    root = tmp_path_factory.mktemp("demo")
+    tok = word_tokenizer(root / "tok", ["colour", "item", *map(str, range(6)), "k0", "k1", "k2"])
+    cfg = from_dict(ModelConfig, expand_model_dict({"name": "tiny_captioner", "decoder": {"tokenizer": tok}}),
+                    prefix="model")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    return save_pretrained(model, ExperimentConfig(model=cfg, task={"name": "caption"}), root / "caption"), model
+
+
+def test_shipped_demo_config_fine_tunes_the_demo_captioner(demo_like, tmp_path, monkeypatch):
+    ckpt, start = demo_like
+    monkeypatch.chdir(tmp_path)                          # no runs/demo/clip here
+    shards = make_shards(tmp_path / "shards", 8, 4)
+    rc = cli(["train", str(ROOT / "configs/experiments/demo/caption.yaml"), "--init-from", str(ckpt),
+              "--set", f"data.train=[{{path: {shards}}}]", "--set", "data.batch_size=4", "--set", "data.workers=0",
+              "--set", "data.shuffle_buffer=4", "--set", "train.max_steps=1", "--set", "train.warmup_steps=0",
+              "--set", f"train.output_dir={tmp_path / 'run'}", "--set", "train.progress=false"])
+    assert rc == 0
+    tuned = load(str(tmp_path / "run"))
+    assert tuned.tokenizer.name == start.tokenizer.name and tuned.vocab_size == start.vocab_size
+    assert tuned.model_cfg.clip_checkpoint is None and tuned.model_cfg.vision.lock     # the YAML's training choice
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, start.state_dict()[k])]
+    assert changed and all(k.startswith(("decoder.", "proj.")) for k in changed)     # locked vision stays
+
+
+def test_a_real_mismatch_names_both_tokenizers(demo_like):
+    ckpt, start = demo_like
+    other = build_model({"name": "tiny_captioner"})                     # open_clip BPE, 49408 ids
+    with pytest.raises(CheckpointMismatchError) as e:
+        init_weights_from(other, ckpt)
+    msg = str(e.value)
+    assert start.tokenizer.name in msg and other.tokenizer.name in msg and "decoder.transformer.wte.weight" in msg
