@@ -174,7 +174,7 @@ def test_train_init_from_hf_changes_weights_and_exports_back(folders, family, lo
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert cli(["train", str(tmp_path / "c.yaml"), "--init-from", spec]) == 0
     step = tmp_path / "run" / "checkpoints"
-    from mmfm.models.checkpoint import resolve_latest
+    from mmfm.models.layout import resolve_latest
     assert (resolve_latest(step) / "hf_model" / "processor_config.json").is_file()   # the processor travels along
     trained = load(str(tmp_path / "run"), expect="captioner")       # rebuilt from the run's own hf_model/
     start = AutoModelForImageTextToText.from_pretrained(folders[family]).state_dict()

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 
 from mmfm.config import ConfigError
+from mmfm.generate import repetition_loop
 
 from ..result import EvalResult
 from .data import read_caption_data
@@ -24,25 +25,12 @@ CAPTION_BACKEND = ("mmfm.eval.captioning.caption_metrics: pure-Python BLEU-1..4 
 
 
 # ---------------------------------------------------------------- degenerate output
-def _loop(words: list[str]) -> bool:
-    """An n-gram (n <= 4) repeated three times in a row, or a 2+-gram that occurs three times anywhere."""
-    for n in range(1, 5):
-        for i in range(len(words) - 3 * n + 1):
-            if words[i: i + n] == words[i + n: i + 2 * n] == words[i + 2 * n: i + 3 * n]:
-                return True
-        if n >= 2:
-            grams = Counter(tuple(words[i: i + n]) for i in range(len(words) - n + 1))
-            if grams and max(grams.values()) >= 3:
-                return True
-    return False
-
-
 def degenerate_report(captions: dict[str, str], examples: int = 5) -> dict:
     """Empty captions, repetition loops and collapse onto one caption for every image."""
     texts = {k: " ".join((v or "").split()) for k, v in captions.items()}
     n = len(texts)
     empty = [k for k, v in texts.items() if not v]
-    loops = [k for k, v in texts.items() if v and _loop(v.lower().split())]
+    loops = [k for k, v in texts.items() if v and repetition_loop(v.lower().split())]
     counts = Counter(texts.values())
     top, top_n = counts.most_common(1)[0] if counts else ("", 0)
     words = [len(v.split()) for v in texts.values()]
