@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from .decoding import add_generate_args, generate_config_from_args
+from .eval_benchmarks import benchmark_args, compositionality_args, run_benchmark, run_compositionality
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -231,6 +232,11 @@ SUBCOMMANDS = {
                 "distilled variants", _compare_args, _run_compare),
     "wise-ft": ("zero-shot top-1 of a run's WiSE-FT weights (initial/fine-tuned interpolation) per alpha",
                 _wise_ft_args, _run_wise_ft),
+    "benchmark": ("CLIP_benchmark datasets or suite files (its WebDataset folders, torchvision datasets on disk): "
+                  "zero-shot and retrieval metrics, one CSV in its columns", benchmark_args, run_benchmark),
+    "compositionality": ("SugarCrepe / ARO (VG-Relation, VG-Attribution, COCO/Flickr order): how often the image "
+                         "prefers the true caption to the hard negatives", compositionality_args,
+                         run_compositionality),
 }
 
 

@@ -183,3 +183,41 @@ def test_suite_file_writes_one_csv_in_clip_benchmark_columns(oc, cls_root, ret_r
     assert float(got[0]["acc1"]) == pytest.approx(res[0]["acc1"])
     assert got[1]["task"] == "zeroshot_retrieval" and got[1]["acc1"] == ""
     assert float(got[1]["image_retrieval_recall@5"]) == pytest.approx(res[1]["image_retrieval_recall@5"])
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_suite_zeroshot_retrieval_and_errors(oc, cls_root, ret_root, tmp_path, capsys):
+    import json
+    import shutil
+
+    from mmfm.cli import main
+    root = str(cls_root.parent / "{dataset}")
+    suite = tmp_path / "suite.txt"
+    suite.write_text(f"wds/{cls_root.name}\nwds/{ret_root.name}\n")
+    out = tmp_path / "res.csv"
+    assert main(["eval", "benchmark", str(suite), "--model", oc["spec"], "--dataset-root", root, "--csv", str(out),
+                 "--workers", "0", "--k", "1,5", "--quiet"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["dataset"] for r in rows] == [f"wds/{cls_root.name}", f"wds/{ret_root.name}"]
+    want = evaluate_benchmark(oc["spec"], str(cls_root), workers=0, progress=False)
+    assert float(rows[0]["acc1"]) == pytest.approx(want["acc1"])
+
+    metrics = tmp_path / "zs.json"
+    assert main(["zeroshot", str(cls_root), "--model", oc["spec"], "--metrics", str(metrics), "--workers", "0",
+                 "--quiet"]) == 0
+    m = json.loads(metrics.read_text())
+    assert m["acc1"] == pytest.approx(want["acc1"]) and m["mean_per_class_recall"] == pytest.approx(
+        want["mean_per_class_recall"])
+    assert main(["retrieval", f"wds/{ret_root.name}", "--dataset-root", root, "--model", oc["spec"],
+                 "--workers", "0", "--quiet"]) == 0
+    assert "image_retrieval_recall@1" in capsys.readouterr().out
+
+    capsys.readouterr()
+    assert main(["zeroshot", str(ret_root), "--model", oc["spec"]]) == 2            # a retrieval set
+    assert "use mmfm retrieval" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    shutil.copytree(cls_root, broken)
+    (broken / "test" / "2.tar").unlink()
+    assert main(["zeroshot", str(broken), "--model", oc["spec"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(broken / "test" / "2.tar") in err

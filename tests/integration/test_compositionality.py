@@ -127,3 +127,19 @@ def test_missing_files_are_named(tmp_path):
         read_suite("vg_attribution", str(tmp_path))
     with pytest.raises(ConfigError, match="none of SugarCrepe's files"):
         read_suite("sugarcrepe", str(tmp_path), str(tmp_path))
+
+
+def test_cli_compositionality(oc, tmp_path, capsys):
+    from mmfm.cli import main
+    root = tmp_path / "aro"
+    _img(root / "images" / "1.jpg", 5, (50, 50))
+    items = [{"image_path": "1.jpg", "bbox_x": 0, "bbox_y": 0, "bbox_w": 50, "bbox_h": 50, "attributes": ["red", "big"],
+              "true_caption": "the red car and the big tree", "false_caption": "the big car and the red tree"}]
+    (root / "visual_genome_attribution.json").write_text(json.dumps(items))
+    out = tmp_path / "m.json"
+    assert main(["eval", "compositionality", str(root), "--suite", "vg_attribution", "--model", oc["spec"],
+                 "--out", str(out), "--quiet"]) == 0
+    m = json.loads(out.read_text())
+    s = _hand(oc, root / "images" / "1.jpg", [items[0]["false_caption"], items[0]["true_caption"]])
+    assert m["accuracy"] == float(s[1] > s[0]) and m["n_tests"] == 1
+    assert "vg_attribution: accuracy" in capsys.readouterr().out
