@@ -144,6 +144,14 @@ def test_missing_file_is_one_line_naming_it(cls_root, tmp_path, remove, named):
     assert str(root / named) in msg and "\n" not in msg
 
 
+def test_an_image_folder_with_a_classnames_file_stays_an_image_folder(cls_root, tmp_path):
+    from mmfm.eval.benchmarks.sources import is_benchmark_source
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "classnames.txt").write_text("cat\n")
+    assert not is_benchmark_source(str(tmp_path))
+    assert is_benchmark_source(str(cls_root)) and is_benchmark_source("wds/x") and is_benchmark_source("torchvision:A:b")
+
+
 def test_torchvision_cifar10_on_disk(oc, tmp_path):
     root = write_cifar10(tmp_path / "cifar")
     bench = open_benchmark(f"torchvision:CIFAR10:{root}")

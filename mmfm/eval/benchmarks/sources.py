@@ -63,8 +63,9 @@ def is_benchmark_source(spec: str) -> bool:
         return True
     if fs.is_remote(s):
         return fs.exists(fs.join(s, "test", "nshards.txt")) or fs.exists(fs.join(s, "classnames.txt"))
-    return os.path.isdir(s) and (os.path.isfile(os.path.join(s, "test", "nshards.txt"))
-                                 or os.path.isfile(os.path.join(s, "classnames.txt")))
+    # a test/ folder too: an image folder with a classnames.txt beside its class folders stays an image folder
+    return os.path.isdir(os.path.join(s, "test")) and (os.path.isfile(os.path.join(s, "test", "nshards.txt"))
+                                                       or os.path.isfile(os.path.join(s, "classnames.txt")))
 
 
 def open_benchmark(spec: str, *, dataset_root: str | None = None, split: str = "test") -> Benchmark:
