@@ -238,5 +238,6 @@ def evaluate_compositionality(model, suite: Suite, *, batch_size: int = 64, devi
     finally:
         model.train(was_training)
     out = summarize(Suite(suite.name, tests, suite.meta), right)
-    out.update({"model": ckpt or type(model).__name__, "precision": effective_precision(dev, precision), "device": str(dev)})
+    out.update({"model": ckpt or type(model).__name__, "precision": effective_precision(dev, precision),
+                "device": str(dev)})
     return out
