@@ -12,7 +12,8 @@ COMMANDS = {
     "retrieval": "image<->text retrieval R@1/5/10 on shards or CSV/JSONL",
     "caption": "write alt text for images with a captioner checkpoint",
     "vqa": "answer questions about images",
-    "eval": "evaluate checkpoints: caption, vqa, bias, compare (metrics JSON + predictions)",
+    "eval": "evaluate checkpoints: caption, vqa, bias, compare, benchmark, compositionality (metrics JSON + "
+            "predictions)",
     "export": "export a checkpoint (safetensors, onnx, hf, int8)",
     "serve": "serve an alt-text HTTP API on 127.0.0.1",
     "demo": "the end-to-end demo on real emoji data",

@@ -5,6 +5,9 @@ import argparse
 import json
 
 
+from .eval_benchmarks import add_dataset_root
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mmfm retrieval",
@@ -15,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
                "(captions list, caption, text, ...).\n"
                "example: mmfm retrieval --model runs/clip shards/val --out runs/clip/retrieval.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", help="shards or CSV/JSONL (see below)")
+    p.add_argument("data", help="shards or CSV/JSONL (see below), or a CLIP_benchmark retrieval dataset (its "
+                               "WebDataset folder or URL, or wds/NAME with --dataset-root)")
     p.add_argument("--model", required=True, help="mmfm checkpoint / run dir / export, or openclip:NAME[:FILE]")
     p.add_argument("--image-key", help="CSV/JSONL column holding the image path")
     p.add_argument("--caption-key", help="CSV/JSONL column holding the caption(s)")
@@ -28,11 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=None, help="only the first N images")
     p.add_argument("--max-pixels", type=int, default=89_478_485)
     p.add_argument("--quiet", action="store_true")
+    add_dataset_root(p)
     return p
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from mmfm.eval.benchmarks.sources import is_benchmark_source
+    if is_benchmark_source(args.data):
+        from .eval_benchmarks import run_single
+        return run_single(args, zeroshot=False)
     from mmfm.config import ConfigError
     from mmfm.eval.result import write_json
     from mmfm.eval.retrieval import retrieval_evaluate

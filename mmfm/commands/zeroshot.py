@@ -6,6 +6,9 @@ import json
 import sys
 
 
+from .eval_benchmarks import add_dataset_root
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mmfm zeroshot",
@@ -15,14 +18,17 @@ def build_parser() -> argparse.ArgumentParser:
                "openclip:MODEL_NAME[:STATE_DICT_FILE|:PRETRAINED_TAG].\n"
                "example: mmfm zeroshot --model runs/clip photos/ --templates openai --report runs/zs",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", help="image folder (class subfolders, or flat with --labels)")
+    p.add_argument("folder", help="image folder (class subfolders, or flat with --labels), or a CLIP_benchmark "
+                   "dataset: its WebDataset folder or URL, wds/NAME with --dataset-root, torchvision:NAME:ROOT")
     p.add_argument("--model", required=True, help="checkpoint to evaluate (see below)")
     p.add_argument("--classnames", metavar="FILE", help="class names: one per line (sorted folder order), a JSON "
                    "list, or a JSON object {folder: name}")
     p.add_argument("--labels", help='comma-separated candidate labels, e.g. "cat,dog" (flat folders)')
-    p.add_argument("--templates", default="openai", metavar="NAME|FILE",
-                   help="prompt templates: openai (80 ImageNet prompts, default), openai-simple (7), simple "
-                        "('a photo of a {}.'), or a file with one template per line")
+    p.add_argument("--templates", default=None, metavar="NAME|FILE",
+                   help="prompt templates: openai (80 ImageNet prompts, default; a CLIP_benchmark folder's own "
+                        "templates file for its data), openai-simple (7), simple ('a photo of a {}.'), or a file "
+                        "with one template per line")
+    add_dataset_root(p)
     p.add_argument("--out", metavar="PREDS", help="write predictions to a .jsonl or .csv file")
     p.add_argument("--report", metavar="DIR", help="write metrics.json, per_class.csv, confusion.png, "
                    "index.html (misclassified images) and skipped.txt into DIR")
@@ -47,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from mmfm.eval.benchmarks.sources import is_benchmark_source
+    if is_benchmark_source(args.folder):
+        return _benchmark(args)
+    args.templates = args.templates or "openai"
     from mmfm.eval.zeroshot.classify import zeroshot_classify
     from mmfm.eval.zeroshot.folder import scan_folder
     from mmfm.eval.zeroshot.report import format_table, write_predictions, write_report
@@ -66,6 +76,18 @@ def main(argv: list[str]) -> int:
         write_json(args.metrics, res.summary())
     _print_summary(res, args, format_table)
     return 0
+
+
+def _benchmark(args) -> int:
+    from mmfm.config import ConfigError
+
+    from .eval_benchmarks import run_single
+    given = [f for f, v in (("--out", args.out), ("--report", args.report), ("--labels", args.labels),
+                            ("--classnames", args.classnames)) if v]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: not available for a CLIP_benchmark dataset ({args.folder}); its "
+                          f"classnames.txt names the classes, --metrics writes the results")
+    return run_single(args, zeroshot=True)
 
 
 def _print_summary(res, args, format_table) -> None:

@@ -1,0 +1,134 @@
+"""``mmfm eval benchmark`` (CLIP_benchmark datasets and suites -> one CSV) and ``mmfm eval compositionality``
+(SugarCrepe, ARO); also the benchmark path of ``mmfm zeroshot`` / ``mmfm retrieval``. Parsing and printing only:
+the work is in ``mmfm.eval.benchmarks``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    from mmfm.config import ConfigError
+    try:
+        return tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--k: expected comma-separated integers, got {text!r}") from None
+
+
+def add_dataset_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset-root", metavar="TEMPLATE",
+                   help="where wds/NAME and torchvision/NAME datasets live: a folder or URL template with {dataset} "
+                        "or {dataset_cleaned} (as CLIP_benchmark's --dataset_root)")
+
+
+def benchmark_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="+", metavar="DATASET",
+                   help="CLIP_benchmark datasets: wds/NAME (with --dataset-root), a benchmark folder or URL, "
+                        "torchvision:NAME:ROOT, or a file listing them one per line (a suite)")
+    p.add_argument("--model", required=True, help="mmfm checkpoint / run dir / export, or openclip:NAME[:FILE]")
+    add_dataset_root(p)
+    p.add_argument("--templates", metavar="NAME|FILE", help="override every dataset's templates")
+    p.add_argument("--k", default="1,5,10", help="retrieval recall cut-offs (default 1,5,10)")
+    p.add_argument("--csv", default="benchmark.csv", help="the CSV in CLIP_benchmark's columns (default benchmark.csv)")
+    p.add_argument("--out", metavar="JSON", help="also write every dataset's full metrics as a JSON list")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--max-samples", type=int, help="only the first N samples of each dataset")
+    p.add_argument("--quiet", action="store_true")
+
+
+def expand_datasets(items: list[str]) -> list[str]:
+    """Each item is a dataset, or a suite file (a plain file that is not a dataset) listing them."""
+    from mmfm.eval.benchmarks.clip_benchmark import read_suite
+    out = []
+    for item in items:
+        if os.path.isfile(item) and not item.endswith(".tar"):
+            out += read_suite(item)
+        else:
+            out.append(item)
+    return out
+
+
+def run_benchmark(args) -> int:
+    from mmfm.eval.benchmarks.clip_benchmark import result_row, run_suite, write_csv
+    from mmfm.eval.result import write_json
+    specs = expand_datasets(args.data)
+    rows = []
+
+    def show(m):
+        rows.append(result_row(args.model, m))
+        print(format_result(m))
+
+    results = run_suite(args.model, specs, dataset_root=args.dataset_root, device=args.device, on_result=show,
+                        templates=args.templates, ks=parse_ks(args.k), batch_size=args.batch_size,
+                        workers=args.workers, precision=args.precision, max_samples=args.max_samples,
+                        progress=not args.quiet)
+    write_csv(rows, args.csv)
+    if args.out:
+        write_json(args.out, results)
+    print(f"wrote {args.csv}" + (f" and {args.out}" if args.out else ""))
+    return 0
+
+
+def format_result(m: dict) -> str:
+    keys = [k for k in ("acc1", "acc5", "mean_per_class_recall") if k in m]
+    keys += [k for k in m if k.startswith(("image_retrieval_recall@", "text_retrieval_recall@"))]
+    vals = "  ".join(f"{k} {m[k]:.4f}" for k in keys)
+    return f"{m['dataset']} ({m['task']}, {m['n_samples']} images, {m['n_skipped']} skipped): {vals}"
+
+
+def compositionality_args(p: argparse.ArgumentParser) -> None:
+    from mmfm.eval.benchmarks.compositionality import SUITES
+    p.add_argument("data", help="the suite's released files: SugarCrepe's data/ folder (its category JSONs), ARO's "
+                                "folder (visual_genome_*.json + images/), or the folder with the Karpathy test JSON")
+    p.add_argument("--suite", required=True, choices=list(SUITES))
+    p.add_argument("--model", required=True, help="mmfm checkpoint / run dir / export, or openclip:NAME[:FILE]")
+    p.add_argument("--images", help="image folder (SugarCrepe: COCO val2017; ARO: default DATA/images; "
+                                    "order: default DATA)")
+    p.add_argument("--seed", type=int, default=1, help="COCO/Flickr order: seed of the word-order permutations")
+    p.add_argument("--out", metavar="JSON", help="write the scores here")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--max-samples", type=int, help="only the first N tests")
+    p.add_argument("--quiet", action="store_true")
+
+
+def run_compositionality(args) -> int:
+    from mmfm.eval.benchmarks.compositionality import ORDER_FILES, evaluate_compositionality, read_suite
+    from mmfm.eval.result import write_json
+    kw = {"seed": args.seed} if args.suite in ORDER_FILES else {}
+    suite = read_suite(args.suite, args.data, args.images, **kw)
+    m = evaluate_compositionality(args.model, suite, batch_size=args.batch_size, device=args.device,
+                                  precision=args.precision, max_samples=args.max_samples, progress=not args.quiet)
+    print(f"{args.suite}: accuracy {m['accuracy']:.4f} over {m['n_tests']} tests"
+          + (f", macro {m['macro_accuracy']:.4f}" if m.get("macro_accuracy") is not None else ""))
+    for cat, acc in (m.get("per_category") or {}).items():
+        print(f"  {cat:<12} {acc:.4f}")
+    if args.out:
+        print(f"wrote {write_json(args.out, m)}")
+    return 0
+
+
+def run_single(args, *, zeroshot: bool) -> int:
+    """``mmfm zeroshot`` / ``mmfm retrieval`` on one CLIP_benchmark dataset: print (and write) its metrics."""
+    from mmfm.config import ConfigError
+    from mmfm.eval.benchmarks.clip_benchmark import evaluate_benchmark
+    from mmfm.eval.benchmarks.sources import CLASSIFICATION, open_benchmark
+    from mmfm.eval.result import write_json
+    bench = open_benchmark(args.folder if zeroshot else args.data, dataset_root=args.dataset_root)
+    if zeroshot != (bench.task == CLASSIFICATION):
+        other = "mmfm retrieval" if zeroshot else "mmfm zeroshot"
+        raise ConfigError(f"{bench.source} is a {bench.task} dataset: use {other}")
+    kw = {"templates": args.templates} if zeroshot else {"ks": parse_ks(args.k)}
+    m = evaluate_benchmark(args.model, bench, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                           precision=args.precision, max_samples=args.max_samples, progress=not args.quiet, **kw)
+    out = getattr(args, "metrics", None) or getattr(args, "out", None)
+    if out:
+        write_json(out, m)
+    print(format_result(m))
+    print(json.dumps({k: v for k, v in m.items() if k != "skipped"}))
+    return 0
