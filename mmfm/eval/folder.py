@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mmfm.config import ConfigError
 from mmfm.data.decode import DEFAULT_MAX_PIXELS, decode_image
+from mmfm.data.sampling import even_indices
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -198,8 +199,7 @@ def _apply_names(spec: FolderSpec, labels, classnames_file) -> None:
 
 def _subsample(spec: FolderSpec, n: int) -> None:
     """Keep ``n`` images spread evenly over the (sorted) list, so every class stays represented."""
-    step = len(spec.paths) / n
-    keep = [int(i * step) for i in range(n)]
+    keep = even_indices(len(spec.paths), n)
     spec.paths = [spec.paths[i] for i in keep]
     spec.targets = [spec.targets[i] for i in keep]
 
