@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from mmfm.config import ConfigError, ExperimentConfig, from_dict, read_yaml, save_config, to_dict
+from mmfm.config.files import atomic_dir as local_atomic_dir
 from mmfm.config.model import ModelConfig
 from mmfm.data import fs
 
@@ -125,20 +125,8 @@ def atomic_dir(target: str | os.PathLike, fill) -> Path | str:
             fs.upload(tmp, str(target), "output folder")
         return str(target)
     target = fs.local_path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
-    try:
+    with local_atomic_dir(target) as tmp:
         fill(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from mmfm.config import ConfigError
+from mmfm.config import ConfigError, atomic_path, replace_dir, temp_dir_beside
 from mmfm.data import fs
 
 STATE = "trainer_state.pt"
@@ -59,21 +59,13 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
 
 
 def _point_latest(ckpt_root: Path, target: Path) -> None:
-    tmp = ckpt_root / f".latest.tmp{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(target.name, tmp)
-    os.replace(tmp, ckpt_root / "latest")
+    with atomic_path(ckpt_root / "latest") as tmp:
+        os.symlink(target.name, tmp)
 
 
 def new_checkpoint_dir(ckpt_root: Path, step: int) -> Path:
     """Rank 0: the temporary folder that becomes ``step_XXXXXXXX`` (the ranks of a sharded save all write into it)."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{step_dir_name(step)}.tmp", dir=ckpt_root))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)              # mkdtemp makes 0700; checkpoints are shared like any output
-    return tmp
+    return temp_dir_beside(ckpt_root / step_dir_name(step))
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model, cfg, trainer_state: dict, meta: dict,
@@ -88,9 +80,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model, cfg, trainer_state: dict,
     try:
         write_pretrained(model, cfg, tmp, meta=meta, weights=not sharded)
         torch.save(trainer_state, tmp / STATE)
-        if final.exists():                     # re-saving the same step (e.g. final == last periodic)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)                # also when re-saving the same step (e.g. final == last periodic)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,7 +28,7 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Iterator
 
-from mmfm.config import ConfigError, to_dict
+from mmfm.config import ConfigError, atomic_path, to_dict
 from mmfm.data import fs
 
 from . import retry
@@ -363,9 +363,8 @@ def _failed_lines(split: Split, shards: list[dict]) -> Iterator[str]:
 
 
 def _write_failures(split: Split, shards: list[dict]) -> None:
-    with open(split.folder / f".{FAILURES}.tmp", "w", encoding="utf-8") as f:
+    with atomic_path(split.folder / FAILURES) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.writelines(_failed_lines(split, shards))
-    os.replace(split.folder / f".{FAILURES}.tmp", split.folder / FAILURES)
     split.store.publish(FAILURES)
 
 
