@@ -58,7 +58,7 @@ def init_distributed(timeout_minutes: float = 30.0, device: str | None = None) -
         kw = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes), **kw)
         _TIMEOUT[:] = [datetime.timedelta(minutes=timeout_minutes)]
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, dist.get_backend())
+    return DistInfo(*rank_world(), local_rank, dev, dist.get_backend())
 
 
 def barrier() -> None:
