@@ -29,6 +29,11 @@ class ConfigError(ValueError):
     """A config key, type or value is wrong. The message names the dotted key."""
 
 
+class InputError(ConfigError):
+    """An input the user named (an image folder, a data file) is missing or unreadable. The message names the path.
+    A ConfigError too, so every handler of bad settings handles it; the CLI says "input error"."""
+
+
 def _closest(key: str, valid: list[str]) -> str:
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(sorted(valid))}."

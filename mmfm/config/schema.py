@@ -25,11 +25,12 @@ class ExperimentConfig:
 
 
 def load_experiment(path=None, overrides=None, data=None, values: dict | None = None) -> ExperimentConfig:
-    """YAML (or dict) + ``--set`` overrides (strings) + ``values`` (``{"dotted.key": python value}``, applied last)
+    """YAML (a path, or a name in the shipped configs: ``demo/caption``; or a dict) + ``--set`` overrides (strings) + ``values`` (``{"dotted.key": python value}``, applied last)
     -> ExperimentConfig; ``model.name`` pulls in the named model config (configs/models/NAME.yaml). Without a
     ``model`` section, or with one that only says how to train the towers (``lora``, ``lock``, ...), a
     ``train.init_from`` spec that defines an architecture (``openclip:...``, ``hf:...``) gives it."""
-    base = read_yaml(path) if path else dict(data or {})
+    from .resources import experiment_path
+    base = read_yaml(experiment_path(path)) if path else dict(data or {})
     merged = apply_values(apply_overrides(base, overrides), values)
     return from_dict(ExperimentConfig, expand_named_model(_model_from_init(merged)))
 
