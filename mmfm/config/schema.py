@@ -25,7 +25,8 @@ class ExperimentConfig:
 
 
 def load_experiment(path=None, overrides=None, data=None, values: dict | None = None) -> ExperimentConfig:
-    """YAML (a path, or a name in the shipped configs: ``demo/caption``; or a dict) + ``--set`` overrides (strings) + ``values`` (``{"dotted.key": python value}``, applied last)
+    """YAML (a path, or a name in the shipped configs: ``demo/caption``; or a dict) + ``--set`` overrides
+    (strings) + ``values`` (``{"dotted.key": python value}``, applied last)
     -> ExperimentConfig; ``model.name`` pulls in the named model config (configs/models/NAME.yaml). Without a
     ``model`` section, or with one that only says how to train the towers (``lora``, ``lock``, ...), a
     ``train.init_from`` spec that defines an architecture (``openclip:...``, ``hf:...``) gives it."""

@@ -61,9 +61,9 @@ def _tower_modules(model: nn.Module, tower: str) -> list[str]:
     except AttributeError:
         names = tower_names(model)
         tops = ", ".join(n for n, _ in model.named_children())
-        raise ConfigError(f"model.lora.towers: {type(model).__name__} has no module '{tower}' and no tower of that name (its towers: "
-                          f"{', '.join(names) or 'none named'}; or a module path; its top-level modules: "
-                          f"{tops})") from None
+        raise ConfigError(f"model.lora.towers: {type(model).__name__} has no module '{tower}' and no tower of that "
+                          f"name (its towers: {', '.join(names) or 'none named'}; or a module path; its top-level "
+                          f"modules: {tops})") from None
     return [tower]
 
 

@@ -8,7 +8,8 @@ from mmfm.config import load_experiment
 from mmfm.config.resources import resource_dir
 
 
-@pytest.mark.parametrize("command", [["zeroshot", "{p}", "--model", "runs/x"], ["retrieval", "{p}", "--model", "runs/x"],
+@pytest.mark.parametrize("command", [["zeroshot", "{p}", "--model", "runs/x"],
+                                     ["retrieval", "{p}", "--model", "runs/x"],
                                      ["caption", "{p}", "--model", "runs/x", "--out", "alt.jsonl"]])
 def test_missing_image_folder_is_an_input_error_naming_the_path(tmp_path, capsys, command):
     missing = tmp_path / "missing_dir"

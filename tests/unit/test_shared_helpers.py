@@ -40,7 +40,8 @@ def test_the_duplicates_are_gone():
 
 
 def test_even_subsample_spreads_over_the_list():
-    assert even_indices(10, 4) == [0, 2, 5, 7] and even_indices(3, 5) == [0, 1, 2] and even_indices(3, None) == [0, 1, 2]
+    assert even_indices(10, 4) == [0, 2, 5, 7]
+    assert even_indices(3, 5) == even_indices(3, None) == [0, 1, 2]
     assert even_subsample(list("aaabbbccc"), 3) == ["a", "b", "c"]                 # a sorted list keeps its mix
     # exact integer arithmetic: 11 * (30 / 22) in floats is 14.999..., so a float step picked item 14, not 15
     assert even_indices(30, 22)[11] == 15 and len(set(even_indices(1498, 1496))) == 1496
