@@ -66,7 +66,7 @@ def stored_generate(model_or_spec, default=_DEFAULT) -> GenerateConfig | None:
     if hasattr(model_or_spec, "parameters"):
         gen = getattr(model_or_spec, "generate_config", None)
     else:
-        from mmfm.models.checkpoint import read_config
+        from mmfm.models.layout import read_config
         try:
             gen = read_config(model_or_spec).generate if model_or_spec else None
         except (ConfigError, OSError):

@@ -55,7 +55,7 @@ def fake_fashion(folder, n_train=40, n_test=30):
     """Fashion-MNIST's four IDX files in ``folder``: random 28x28 images whose pixel (0, 0) is their label."""
     import numpy as np
 
-    from mmfm.data.fashion_mnist import CLASSES as FASHION_CLASSES
+    from mmfm.demo.fashion_mnist import CLASSES as FASHION_CLASSES
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", n_train), ("t10k", n_test)):

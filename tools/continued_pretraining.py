@@ -36,7 +36,7 @@ def run(argv: list[str], timeout: int) -> None:
 
 def prepare_data(out: Path, size: int) -> dict:
     """Noto emoji shards (train / held-out), the group-caption shards, and the image folders of the probes."""
-    from mmfm.data.fashion_mnist import write_fashion_folders
+    from mmfm.demo.fashion_mnist import write_fashion_folders
     from mmfm.data.shards import read_manifest
     from mmfm.demo import data as D
 

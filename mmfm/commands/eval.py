@@ -60,7 +60,7 @@ def _run_caption(args) -> dict:
 def _run_vqa(args) -> dict:
     from mmfm.commands.vqa import read_candidates
     from mmfm.eval.caption_eval import evaluate_vqa_model
-    from mmfm.models.checkpoint import read_config
+    from mmfm.models.layout import read_config
 
     candidates = read_candidates(args)
     model, gen = _load(args)

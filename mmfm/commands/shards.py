@@ -122,7 +122,7 @@ def _flags_to_dict(args: argparse.Namespace) -> dict:
 def run_build(args: argparse.Namespace) -> int:
     from mmfm.config import ConfigError
     from mmfm.data.shards.build import EmptyBuildError, build
-    from mmfm.data.shards.distributed import PartitionError
+    from mmfm.data.shards.executor_ray import PartitionError
     from mmfm.data.shards.recipes import resolve_options
 
     if args.input_flag:
@@ -178,7 +178,8 @@ def run_inspect(args: argparse.Namespace) -> int:
             sheet = Path(args.sheet)
             if len(paths) > 1:
                 sheet = sheet.with_name(f"{sheet.stem}_{Path(path).name}{sheet.suffix}")
-            print(f"contact sheet: {contact_sheet(path, sheet, n=args.n)}")
+            drawn = contact_sheet(path, sheet, n=args.n)
+            print(f"contact sheet: {drawn.path}" + (f" ({drawn.title})" if drawn.title else ""))
     return status
 
 

@@ -66,11 +66,8 @@ def main(argv: list[str]) -> int:
         overrides.append("train.overwrite=true")
     cfg = load_experiment(args.config, overrides)
 
-    from mmfm.train.builder import train_experiment
-    from mmfm.train.checkpoint import check_run_folder
-    from mmfm.train.trainer import NonFiniteLoss, check_output_dir
-    check_output_dir(cfg.train.output_dir)          # fail before any heavy work (a folder or an fsspec URL)
-    check_run_folder(cfg.train.output_dir, cfg.train)
+    from mmfm.train.builder import train_experiment      # checks train.output_dir before any heavy work
+    from mmfm.train.trainer import NonFiniteLoss
 
     try:
         result = train_experiment(cfg)

@@ -87,7 +87,8 @@ def main(argv: list[str]) -> int:
     from mmfm.config import ConfigError
     from mmfm.eval.common import resolve_device
     from mmfm.generate import answer_rows, stored_generate
-    from mmfm.models.checkpoint import load, read_config
+    from mmfm.models.checkpoint import load
+    from mmfm.models.layout import read_config
 
     logging.basicConfig(level=logging.WARNING, format="mmfm vqa: %(message)s")
     images = list(args.images) + list(args.image)

@@ -236,7 +236,8 @@ def stage_vqa(ctx: DemoContext) -> dict:
 
     from mmfm.eval.caption_eval import evaluate_vqa_model, write_eval
     from mmfm.generate import stored_generate
-    from mmfm.models.checkpoint import load, read_config
+    from mmfm.models.checkpoint import load
+    from mmfm.models.layout import read_config
 
     train_shards, train_records = _vqa_split(ctx, "train")
     held_shards, held_records = _vqa_split(ctx, "heldout")
@@ -354,8 +355,9 @@ def _grid_items(ctx: DemoContext, n: int) -> list[dict]:
 
 def _photo_items(ctx: DemoContext) -> list[dict]:
     """The real photos with their hand-named label and group and each CLIP's zero-shot group."""
-    from mmfm.data.photos import read_photo_list
     from mmfm.eval.html import thumbnail_data_uri
+
+    from .photos import read_photo_list
 
     preds = {arm: ((ctx.results.get(arm) or {}).get("sets") or {}).get("photos", {}).get("predictions", {})
              for arm in ("transfer", "scratch")}

@@ -48,7 +48,7 @@ def build_twemoji(ctx) -> Path:
 
 
 def build_photos(ctx) -> Path:
-    from mmfm.data.photos import write_photo_folder
+    from .photos import write_photo_folder
 
     images, _ = write_photo_folder(ctx.out / "photos", ctx.results["shards"]["classes"])
     return images

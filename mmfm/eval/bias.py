@@ -305,7 +305,7 @@ def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | 
 
 
 def is_captioner(spec: str) -> bool:
-    from mmfm.models.checkpoint import read_config
+    from mmfm.models.layout import read_config
     try:
         return read_config(spec).model.kind == "captioner"
     except ConfigError:

@@ -37,7 +37,7 @@ def _load(spec, original=None):
 
 
 def _size(model, spec) -> int:
-    from mmfm.models.checkpoint import is_quantized_dir
+    from mmfm.models.layout import is_quantized_dir
     from mmfm.models.quantized import model_size_bytes
     if isinstance(spec, str) and spec not in ("int8",) and Path(spec).exists():
         try:

@@ -177,7 +177,7 @@ def _captions(model, path: str, gen, max_samples, progress) -> tuple[dict, list]
 
 
 def _vqa(model, spec: str, path: str, gen, max_samples, progress) -> tuple[dict, list]:
-    from mmfm.models.checkpoint import read_config
+    from mmfm.models.layout import read_config
 
     from .caption_eval import evaluate_vqa_model
     from .vqa_metrics import max_token_f1

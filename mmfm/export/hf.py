@@ -300,7 +300,7 @@ def _export_captioner(model, tmp: Path) -> dict:
 
 # ----------------------------------------------------------------------------- entry
 def export_hf(model: nn.Module, out_dir: str | os.PathLike, *, source: str | None = None, check: bool = True) -> dict:
-    from mmfm.models.checkpoint import atomic_dir
+    from mmfm.models.layout import atomic_dir
 
     from .onnx import model_kind
 

@@ -14,8 +14,9 @@ from torch import nn
 
 from mmfm.config import ConfigError, ExperimentConfig, save_config
 from mmfm.config.model import ModelConfig
-from mmfm.models.checkpoint import CONFIG_YAML, META, atomic_dir, checkpoint_meta, load, read_config
-from mmfm.models.quantized import QUANT_FORMAT, QUANT_WEIGHTS, quantize_model, quantized_state_dict
+from mmfm.models.checkpoint import checkpoint_meta, load
+from mmfm.models.layout import CONFIG_YAML, META, QUANT_FORMAT, QUANT_WEIGHTS, atomic_dir, read_config
+from mmfm.models.quantized import quantize_model, quantized_state_dict
 
 __all__ = ["save_quantized"]
 

@@ -48,7 +48,7 @@ def _finish(out: Path, info: dict, diff: float, what: str) -> dict:
 
 
 def _write(out: Path, fill, info: dict, source: str | None) -> None:
-    from mmfm.models.checkpoint import atomic_dir
+    from mmfm.models.layout import atomic_dir
     from mmfm.version import __version__
 
     def wrapped(tmp: Path) -> None:

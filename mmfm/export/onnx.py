@@ -269,7 +269,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, exporter: str =
                 opset: int = DEFAULT_OPSET, atol: float = 1e-4, source: str | None = None) -> dict:
     """Export ``model`` (a loaded mmfm CLIP or captioner) to ONNX graphs in ``out_dir``; returns the config
     written to onnx_config.json (graph signatures + ``parity``: max |onnxruntime - torch| per graph)."""
-    from mmfm.models.checkpoint import atomic_dir
+    from mmfm.models.layout import atomic_dir
 
     if exporter not in EXPORTERS:
         raise ConfigError(f"onnx exporter: {exporter!r} is not one of {', '.join(EXPORTERS)}")

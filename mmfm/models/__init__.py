@@ -1,5 +1,6 @@
 """Models: timm vision towers, open_clip / transformers text towers, the CLIP dual encoder, captioners, factories,
-and the one checkpoint module (:mod:`mmfm.models.checkpoint`).
+the checkpoint layouts (:mod:`mmfm.models.layout`: file names, resolution, config/meta reading; no model code)
+and the one loader above them (:mod:`mmfm.models.checkpoint`).
 
 Public API (imported lazily so that ``import mmfm.models`` stays cheap):
 ``build_model(model_cfg)``, ``get_model_config(name_or_dict)``, ``CLIP``, ``OpenCLIPModel``, ``load``,
@@ -15,9 +16,9 @@ _EXPORTS = {
     "CLIP": "clip", "ClipApiMixin": "clip",
     "TimmVisionTower": "towers", "OpenCLIPTextTower": "text", "HFTextTower": "text",
     "OpenCLIPModel": "openclip",
-    "load": "checkpoint", "read_config": "checkpoint", "resolve_checkpoint": "checkpoint",
-    "save_pretrained": "checkpoint", "write_pretrained": "checkpoint", "export_pretrained": "checkpoint",
-    "load_weights": "checkpoint", "CheckpointMismatchError": "checkpoint",
+    "load": "checkpoint", "save_pretrained": "checkpoint", "write_pretrained": "checkpoint",
+    "export_pretrained": "checkpoint", "load_weights": "checkpoint",
+    "read_config": "layout", "resolve_checkpoint": "layout", "CheckpointMismatchError": "layout",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -118,7 +118,7 @@ def _build_decoder(dcfg: DecoderConfig, tokenizer, init_weights: bool) -> nn.Mod
 def _vision_cfg_from_clip(cfg: ModelConfig):
     """The CLIP checkpoint's vision architecture, with this config's lock / checkpointing / caching choices and
     preprocessing keys on top of the CLIP's (e.g. a captioner without the CLIP's random crop)."""
-    from .checkpoint import read_config
+    from .layout import read_config
 
     clip_cfg = read_config(cfg.clip_checkpoint).model
     if clip_cfg.kind != "clip" or clip_cfg.openclip:
@@ -134,7 +134,7 @@ def _vision_cfg_from_clip(cfg: ModelConfig):
 def _load_clip_vision(visual: nn.Module, ckpt: str) -> dict:
     from safetensors.torch import load_file
 
-    from .checkpoint import WEIGHTS, read_meta, resolve_checkpoint
+    from .layout import WEIGHTS, read_meta, resolve_checkpoint
 
     d = resolve_checkpoint(ckpt)
     sd = {k[len("visual."):]: v for k, v in load_file(str(d / WEIGHTS), device="cpu").items()

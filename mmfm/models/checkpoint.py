@@ -1,62 +1,41 @@
-"""The one checkpoint module: the folder layouts, the resolver, the config reader and ``load``.
+"""The one loader and saver: ``load``, ``save_pretrained`` / ``write_pretrained``, ``export_pretrained``,
+``load_weights``, ``init_weights_from`` and int8 loading.
 
-Layouts (all written atomically: a temp folder renamed into place):
+The folder layouts, their names and resolution (``resolve_checkpoint``, ``latest``, ``read_config``,
+``read_meta``) live one level below, in :mod:`mmfm.models.layout`, which imports no model code; this module builds
+models (through :mod:`.factory`) and fills them.
 
-* checkpoint folder (``save_pretrained``, the trainer's ``OUT/checkpoints/step_XXXXXXXX``): ``model.safetensors`` +
-  ``config.yaml`` (the resolved ExperimentConfig) + ``meta.json`` (preprocess, tokenizer name, mmfm version, step,
-  ...); the trainer adds ``trainer_state.pt``.
-* sharded checkpoint folder (``train.strategy: fsdp``): ``sharded/`` (torch.distributed.checkpoint, one file per
-  rank) in place of ``model.safetensors``; read into one full state dict in any process (:mod:`.sharded`), and
-  ``consolidate_checkpoint`` writes its ``model.safetensors``.
-* run folder: ``OUT/checkpoints/latest`` names the newest checkpoint folder (``resolve_latest``).
-* exported folder (``export_pretrained``): ``model.safetensors`` + ``config.json`` (model config, preprocess,
-  tokenizer).
-* int8 folder (``mmfm export --format int8``): ``model.int8.safetensors`` + ``config.yaml`` + ``meta.json``
-  (``meta["quantization"]``); see :mod:`mmfm.models.quantized`.
-* specs: ``openclip:MODEL_NAME[:STATE_DICT_FILE]`` / ``openclip:MODEL_NAME@PRETRAINED_TAG`` /
-  ``openclip:hf-hub:ORG/REPO``; ``hf:DIR_OR_ID`` for transformers CLIPModel / SiglipModel folders
-  (:mod:`mmfm.models.hf_clip`). ``init_weights_from(model, spec)`` copies any of them into a model
-  (``train.init_from``).
-
-``load(spec, device)`` takes any of them and returns the model in eval mode with ``.model_cfg``, ``.preprocess``,
-``.tokenizer``, ``.generate_config`` (the decoding settings stored with a captioner), ``.checkpoint_path`` and
-``.checkpoint_meta``; a LoRA checkpoint comes back merged (plain weights, ``model_cfg.lora`` cleared), so every
-export format writes plain weights. ``read_config(spec)`` returns the stored ExperimentConfig of any folder kind.
-Weights are only ever read with safetensors (or open_clip's ``torch.load(weights_only=True)``).
-
-Any folder may be an fsspec URL (``s3://bucket/runs/clip``): ``atomic_dir`` fills a local temporary folder and
-uploads it; ``resolve_checkpoint`` downloads the folder (a run's ``checkpoints/latest`` target) into a fresh
-local copy under ``$MMFM_CACHE`` (default ``~/.cache/mmfm``) before reading it.
+``load(spec, device)`` takes any folder kind or spec and returns the model in eval mode with ``.model_cfg``,
+``.preprocess``, ``.tokenizer``, ``.generate_config`` (the decoding settings stored with a captioner),
+``.checkpoint_path`` and ``.checkpoint_meta``; a LoRA checkpoint comes back merged (plain weights,
+``model_cfg.lora`` cleared), so every export format writes plain weights. Specs: ``openclip:MODEL_NAME[:FILE]`` /
+``openclip:MODEL_NAME@PRETRAINED_TAG`` / ``openclip:hf-hub:ORG/REPO``; ``hf:DIR_OR_ID`` for transformers
+CLIPModel / SiglipModel folders (:mod:`mmfm.models.hf_clip`). ``init_weights_from(model, spec)`` copies any of
+them into a model (``train.init_from``). Weights are only ever read with safetensors (or open_clip's
+``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mmfm.config import ConfigError, ExperimentConfig, from_dict, read_yaml, save_config, to_dict
-from mmfm.config.files import atomic_dir as local_atomic_dir
+from mmfm.config import ConfigError, ExperimentConfig, save_config, to_dict
 from mmfm.config.model import ModelConfig
-from mmfm.data import fs
 
-from .quantized import QUANT_FORMAT, QUANT_WEIGHTS
-from .sharded import SHARDED, consolidate, is_sharded_dir, read_sharded
+from .layout import (CHECKPOINT_FORMAT, CONFIG_YAML, EXPORT_CONFIG, EXPORT_FORMAT, META, QUANT_FORMAT, QUANT_WEIGHTS,
+                     SHARDED, WEIGHTS, CheckpointMismatchError, atomic_dir, is_quantized_dir, is_sharded_dir,
+                     is_spec, read_config, read_meta, resolve_checkpoint)
+from .factory import build_model
+from .quantized import quantize_model, restore_quantized
+from .sharded import consolidate, read_sharded
 
-__all__ = ["CheckpointMismatchError", "load", "read_config", "resolve_checkpoint", "resolve_latest", "load_weights",
-           "save_pretrained", "write_pretrained", "load_state", "init_weights_from", "export_pretrained",
-           "state_dict_to_save", "checkpoint_meta", "atomic_dir", "is_quantized_dir", "is_spec", "consolidate_checkpoint",
-           "SHARDED", "WEIGHTS", "CONFIG_YAML", "META", "EXPORT_CONFIG"]
-
-WEIGHTS, CONFIG_YAML, META, EXPORT_CONFIG = "model.safetensors", "config.yaml", "meta.json", "config.json"
-EXPORT_FORMAT = "mmfm-export/1"
-
-
-class CheckpointMismatchError(ConfigError):
-    """The checkpoint's tensors do not fit the model: the message lists them."""
+__all__ = ["CheckpointMismatchError", "load", "load_weights", "save_pretrained", "write_pretrained", "load_state",
+           "init_weights_from", "export_pretrained", "state_dict_to_save", "checkpoint_meta",
+           "consolidate_checkpoint"]
 
 
 # ---------------------------------------------------------------- writing
@@ -78,7 +57,7 @@ def checkpoint_meta(model: nn.Module, meta: dict | None) -> dict:
 
     tok = getattr(model, "tokenizer", None)
     out = {
-        "format": "mmfm-checkpoint/1",
+        "format": CHECKPOINT_FORMAT,
         "mmfm_version": __version__,
         "model_class": type(model).__name__,
         "preprocess": getattr(model, "preprocess", None),
@@ -115,21 +94,6 @@ def write_pretrained(model: nn.Module, cfg, directory: str | os.PathLike, meta: 
     return directory
 
 
-def atomic_dir(target: str | os.PathLike, fill) -> Path | str:
-    """Fill a temp dir next to ``target``, then rename it into place (replacing an old one). An fsspec URL
-    ``target``: fill a local temp dir, then upload it in place of the old folder (returns the URL)."""
-    if fs.is_remote(target):
-        with tempfile.TemporaryDirectory(prefix="mmfm-upload-") as tmp:
-            fill(Path(tmp))
-            fs.remove(str(target), "output folder")
-            fs.upload(tmp, str(target), "output folder")
-        return str(target)
-    target = fs.local_path(target)
-    with local_atomic_dir(target) as tmp:
-        fill(tmp)
-    return target
-
-
 def save_pretrained(model: nn.Module, cfg=None, directory: str | os.PathLike = "model",
                     meta: dict | None = None) -> Path:
     """Save a checkpoint dir atomically (temp dir, then rename). ``cfg``: ExperimentConfig or ModelConfig."""
@@ -163,86 +127,6 @@ def export_pretrained(model: nn.Module | str | os.PathLike, out_dir: str | os.Pa
 
 
 # ---------------------------------------------------------------- reading
-def _remote_target(url: str) -> str:
-    """The folder holding the weights behind an fsspec URL (a checkpoint/export/int8 folder, or a run / its
-    ``checkpoints`` folder through ``latest``)."""
-    url = url.rstrip("/")
-    names = fs.listing(url, "checkpoint")
-    if WEIGHTS in names or QUANT_WEIGHTS in names:
-        return url
-    for ckpts in (fs.join(url, "checkpoints"), url):
-        if "latest" in fs.listing(ckpts, "checkpoint"):
-            name = fs.read_text(fs.join(ckpts, "latest"), "checkpoint").strip()
-            return _remote_target(fs.join(ckpts, name))
-    raise ConfigError(f"not an mmfm checkpoint: {url} (no {WEIGHTS}, {QUANT_WEIGHTS} or checkpoints/latest there)")
-
-
-def fetch_checkpoint(url: str) -> Path:
-    """A fresh local copy of the checkpoint folder behind the fsspec URL ``url`` (see ``_remote_target``)."""
-    import hashlib
-
-    src = _remote_target(str(url))
-    cache = Path(os.environ.get("MMFM_CACHE") or Path.home() / ".cache" / "mmfm") / "checkpoints"
-    dest = cache / f"{src.rsplit('/', 1)[-1]}-{hashlib.sha1(src.encode()).hexdigest()[:12]}"
-    return atomic_dir(dest, lambda tmp: fs.download(src, tmp, "checkpoint"))
-def resolve_latest(ckpts: Path) -> Path:
-    """The checkpoint folder that ``ckpts/latest`` names (a symlink, or a file holding the folder name)."""
-    latest = ckpts / "latest"
-    if latest.is_dir():
-        return latest.resolve()
-    name = latest.read_text(encoding="utf-8").strip()
-    target = Path(name) if os.path.isabs(name) else ckpts / name
-    if not target.is_dir():
-        raise ConfigError(f"{latest} names '{name}', which is not a checkpoint folder")
-    return target
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint dir, a run dir (``checkpoints/latest``), an ``OUT/checkpoints`` dir, an exported folder,
-    or a ``model.safetensors`` file -> the folder holding the weights."""
-    if fs.is_remote(path):
-        return fetch_checkpoint(str(path))
-    p = Path(os.path.expanduser(str(fs.local_path(path))))
-    if p.is_file() and p.name.endswith(".safetensors"):
-        p = p.parent
-    if not p.exists():
-        raise ConfigError(f"checkpoint not found: {p}")
-    if (p / WEIGHTS).is_file() and ((p / CONFIG_YAML).is_file() or (p / EXPORT_CONFIG).is_file()):
-        return p
-    if is_sharded_dir(p) and (p / CONFIG_YAML).is_file():
-        return p
-    if is_quantized_dir(p):
-        return p
-    for ckpts in (p / "checkpoints", p):
-        if (ckpts / "latest").exists():
-            return resolve_checkpoint(resolve_latest(ckpts))
-    raise ConfigError(f"not an mmfm checkpoint: {p} (expected model.safetensors with config.yaml or config.json, "
-                      f"{QUANT_WEIGHTS} with config.yaml, {SHARDED}/ with config.yaml, a run dir with checkpoints/latest, or "
-                      f"openclip:MODEL_NAME[:STATE_DICT_FILE])")
-
-
-def read_config(path: str | os.PathLike) -> ExperimentConfig:
-    """The ExperimentConfig stored with a checkpoint, run, int8 folder or export (an export gives one with only its
-    model section). The one config reader: every command, the service and export use it."""
-    d = resolve_checkpoint(path)
-    if (d / CONFIG_YAML).is_file():
-        return from_dict(ExperimentConfig, read_yaml(d / CONFIG_YAML))
-    data = json.loads((d / EXPORT_CONFIG).read_text(encoding="utf-8"))
-    if data.get("format") != EXPORT_FORMAT or "model" not in data:
-        raise ConfigError(f"{d / EXPORT_CONFIG}: not an mmfm export (format {data.get('format')!r})")
-    return ExperimentConfig(model=from_dict(ModelConfig, data["model"], prefix="model"))
-
-
-def read_meta(d: Path) -> dict:
-    for name in (META, EXPORT_CONFIG):
-        if (d / name).is_file():
-            try:
-                return json.loads((d / name).read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{d / name}: not valid JSON: {e}") from None
-    return {}
-
-
 def _fmt(names, limit: int = 20) -> str:
     names = list(names)
     return ", ".join(names[:limit]) + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
@@ -335,24 +219,11 @@ def load_state(model: nn.Module, sd: dict[str, torch.Tensor], origin: str,
 
 def _build(cfg: ModelConfig) -> nn.Module:
     """The architecture only: the checkpoint about to be loaded replaces any pretrained tower weights."""
-    from .factory import build_model
     return build_model(cfg, init_weights=False)
-
-
-def is_quantized_dir(path: str | os.PathLike) -> bool:
-    p = Path(os.path.expanduser(str(path)))
-    return p.is_dir() and (p / QUANT_WEIGHTS).is_file()
-
-
-def is_spec(spec) -> bool:
-    """A model named by a library spec (``openclip:...``, ``hf:...``) rather than a folder."""
-    return isinstance(spec, str) and spec.startswith(("openclip:", "hf:"))
 
 
 def _load_int8(d: Path, meta: dict) -> tuple[nn.Module, ExperimentConfig]:
     from safetensors.torch import load_file
-
-    from .quantized import quantize_model, restore_quantized
 
     info = meta.get("quantization") or {}
     if info.get("format") != QUANT_FORMAT:

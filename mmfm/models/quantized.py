@@ -31,11 +31,10 @@ from torch import nn
 
 from mmfm.config import ConfigError
 
-__all__ = ["quantize_model", "quantized_state_dict", "restore_quantized", "model_size_bytes", "QUANT_WEIGHTS",
-           "QUANT_FORMAT"]
+from .layout import QUANT_FORMAT, QUANT_WEIGHTS, WEIGHTS, CheckpointMismatchError, resolve_checkpoint
 
-QUANT_WEIGHTS = "model.int8.safetensors"
-QUANT_FORMAT = "mmfm-int8-dynamic/1"
+__all__ = ["quantize_model", "quantized_state_dict", "restore_quantized", "model_size_bytes"]
+
 
 
 def _quiet():
@@ -236,7 +235,6 @@ def restore_quantized(q: nn.Module, sd: dict[str, torch.Tensor], source: str) ->
     problems += [f"unexpected {k}" for k in unexpected] + [f"shape {s}" for s in shape]
     problems += [f"missing {k}" for k in missing]
     if problems:
-        from .checkpoint import CheckpointMismatchError
         raise CheckpointMismatchError(f"{source} does not fit the quantized model: " + "; ".join(problems[:20])
                                       + (f" ... (+{len(problems) - 20} more)" if len(problems) > 20 else ""))
 
@@ -266,8 +264,7 @@ def model_size_bytes(model_or_path) -> int:
                     total += t.numel() * t.element_size()
         return total
     p = Path(str(model_or_path))
-    for name in (QUANT_WEIGHTS, "model.safetensors"):
+    for name in (QUANT_WEIGHTS, WEIGHTS):
         if (p / name).is_file():
             return (p / name).stat().st_size
-    from .checkpoint import WEIGHTS, resolve_checkpoint
     return (resolve_checkpoint(p) / WEIGHTS).stat().st_size

@@ -15,12 +15,9 @@ import torch
 
 from mmfm.config import ConfigError, atomic_path
 
-SHARDED = "sharded"
+from .layout import SHARDED, WEIGHTS, is_sharded_dir
+
 _PREFIX = "model."
-
-
-def is_sharded_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / SHARDED / ".metadata").is_file()
 
 
 def read_sharded(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -44,7 +41,7 @@ def read_sharded(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return model
 
 
-def consolidate(path: str | os.PathLike, weights_name: str = "model.safetensors") -> Path:
+def consolidate(path: str | os.PathLike, weights_name: str = WEIGHTS) -> Path:
     """Write the sharded checkpoint folder's model as one ``model.safetensors`` in that folder (write, then
     rename), so that any reader of ordinary checkpoints (export, evaluation, other tools) can use it."""
     from safetensors.torch import save_file

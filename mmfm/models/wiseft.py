@@ -40,7 +40,7 @@ def interpolate_weights(initial: dict[str, torch.Tensor], finetuned: dict[str, t
 
 def initial_spec(run: str | os.PathLike) -> str:
     """The ``train.init_from`` the run recorded: where its weights started."""
-    from .checkpoint import read_config
+    from .layout import read_config
 
     init = read_config(run).train.init_from
     if not init:
@@ -53,7 +53,8 @@ def _initial_state(model_cfg, init: str, where: str) -> dict[str, torch.Tensor]:
     """The weights ``init`` holds, in the run's architecture (as the trainer loads train.init_from)."""
     import dataclasses
 
-    from .checkpoint import is_spec, load, load_weights
+    from .checkpoint import load, load_weights
+    from .layout import is_spec
     from .factory import build_model
 
     try:

@@ -1,7 +1,10 @@
 """The trainer shared by every task: ``from mmfm.train import Trainer; Trainer(cfg, task, train_data).fit()``.
 
-Modules: ``trainer`` (the loop), ``builder`` (task + loaders + hooks from a config), ``distributed``
-(torchrun process group), ``optim`` (AdamW groups, warmup + cosine), ``checkpoint``, ``logging``.
+Modules: ``trainer`` (the loop) over its components: ``cadence`` (what is due after a step), ``checkpointer``
+(save when due, restore, agree the step across ranks), ``evaluator`` (validation loss and eval hooks), ``logging``
+(metrics, progress), ``run_folder`` (``train.output_dir``, checked once); ``builder`` (task + loaders + hooks from
+a config, and the whole run), ``distributed`` (torchrun process group), ``fsdp``, ``optim`` (AdamW groups, warmup
++ cosine), ``accumulate`` (one step's micro-batches).
 """
 from __future__ import annotations
 

@@ -79,14 +79,15 @@ def train_experiment(cfg) -> dict:
     ``ConfigError``; the process group is always cleaned up."""
     from . import distributed as D
     from .logging import setup_logging
-    from .trainer import Trainer, check_output_dir
+    from .run_folder import open_run_folder
+    from .trainer import Trainer
 
-    check_output_dir(cfg.train.output_dir)          # fail before any heavy work
+    folder = open_run_folder(cfg.train)             # checked once, before any heavy work (a folder or an fsspec URL)
     dist = D.init_distributed(cfg.train.dist_timeout_minutes, cfg.train.device)
     setup_logging(dist.rank)
     try:
         run = build_run(cfg, dist.rank, dist.world_size, dist.device.type)
-        result = Trainer(cfg, run.task, run.train, run.val, run.hooks).fit()
+        result = Trainer(cfg, run.task, run.train, run.val, run.hooks, run=folder, dist=dist).fit()
     finally:
         D.cleanup()
     result.update(is_main=dist.is_main, distributed=dist.enabled)

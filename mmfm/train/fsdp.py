@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mmfm.data.ranks import rank_world
-from mmfm.models.checkpoint import SHARDED
+from mmfm.models.layout import SHARDED
 
 
 def blocks(module: nn.Module, _seen: set | None = None) -> list[nn.Module]:

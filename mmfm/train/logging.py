@@ -1,5 +1,5 @@
 """Metrics: JSONL (``OUT/metrics.jsonl``, one object per line), TensorBoard (``OUT/tb``) and wandb (``OUT/wandb``),
-rank 0 only, plus the tqdm progress bar (samples/s, loss, lr, ETA)."""
+rank 0 only, plus the tqdm progress bar (samples/s, loss, lr, ETA) and the step meter (means between log lines)."""
 from __future__ import annotations
 
 import json
@@ -156,3 +156,23 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class StepMeter:
+    """The per-step scalars summed between two log lines, and the samples/s over them."""
+
+    def __init__(self, samples_per_step: int):
+        self.samples_per_step = samples_per_step
+        self.sums, self.steps, self.start = {}, 0, time.perf_counter()
+
+    def add(self, out: dict) -> None:
+        for k, v in out.items():
+            self.sums[k] = self.sums.get(k, 0) + v
+        self.steps += 1
+
+    def take(self) -> tuple[dict, int, float]:
+        """(sums, steps, samples/s) since the last take; the next window starts now."""
+        now = time.perf_counter()
+        taken = self.sums, self.steps, self.samples_per_step * self.steps / max(now - self.start, 1e-9)
+        self.sums, self.steps, self.start = {}, 0, now
+        return taken

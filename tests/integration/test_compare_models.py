@@ -143,7 +143,7 @@ def test_each_domain_probes_with_its_own_train_folder(setup, tmp_path):
     """The forgetting check: the new domain's probe trains on new-domain images and the old domain's on old ones
     (``--probe-train new=... --probe-train old=...``), scored on each data set's own folder."""
     from mmfm.commands.eval import main as eval_main
-    from mmfm.data.fashion_mnist import write_fashion_folders
+    from mmfm.demo.fashion_mnist import write_fashion_folders
     from mmfm.eval.compare_suite import probe_folders
     from tests.helpers import fake_fashion
     fm = write_fashion_folders(tmp_path / "fm", train_per_class=2, test_per_class=1,

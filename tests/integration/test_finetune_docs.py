@@ -54,7 +54,8 @@ def embed(model) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.slow
 def test_lora_tune_and_merge_recipe_runs(tmp_path, monkeypatch):
     from mmfm.models import build_model
-    from mmfm.models.checkpoint import load, load_weights as load_into, read_config
+    from mmfm.models.checkpoint import load, load_weights as load_into
+    from mmfm.models.layout import read_config
 
     cmds = lora_commands()
     assert [c.split()[:2] for c in cmds] == [["mmfm", "train"], ["mmfm", "export"], ["mmfm", "zeroshot"],

@@ -26,7 +26,7 @@ def test_unknown_scheme_is_an_error_not_a_local_folder(tmp_path, monkeypatch):
     from mmfm.config import ConfigError
     from mmfm.data.shards.build import build
     from mmfm.data.shards.options import BuildOptions
-    from mmfm.train.trainer import check_output_dir
+    from mmfm.train.run_folder import check_output_dir
 
     (tmp_path / "in").mkdir()
     for i in range(2):

@@ -64,10 +64,32 @@ def test_verify_without_manifest_reads_tars_through(shards, tmp_path, capsys):
 
 def test_sheet_writes_a_contact_sheet(shards, tmp_path, capsys):
     png = tmp_path / "sheet.png"
-    assert main(["shards", "inspect", str(shards), "--sheet", str(png), "-n", "4"]) == 0
+    assert main(["shards", "inspect", str(shards), "--sheet", str(png)]) == 0     # all 6 fit: no title line
     img = Image.open(png)
     assert img.size == (6 * 160, 160 + 44)
     assert img.getpixel((80, 80)) != (255, 255, 255)      # an image was drawn in the first cell
+    assert "Title" not in img.text
+    assert capsys.readouterr().out.splitlines()[-1] == f"contact sheet: {png}"
+
+
+def test_sheet_says_when_it_shows_fewer_samples_than_the_shards_hold(shards, tmp_path, capsys):
+    from mmfm.data.shards.inspect import TITLE_H
+
+    png = tmp_path / "sheet.png"
+    assert main(["shards", "inspect", str(shards), "--sheet", str(png), "-n", "4"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"contact sheet: {png} (4 of 6 shown)"
+    img = Image.open(png)
+    assert img.text["Title"] == "4 of 6 shown"
+    assert img.size == (6 * 160, TITLE_H + 160 + 44)
+    assert any(img.getpixel((x, 10)) != (255, 255, 255) for x in range(4, 120))       # the title is drawn
+    assert img.getpixel((80, TITLE_H + 80)) != (255, 255, 255)                       # the first image below it
+    bare = tmp_path / "bare"           # no manifest.json: the tars' samples are counted
+    bare.mkdir()
+    for t in shards.glob("*.tar"):
+        shutil.copy(t, bare)
+    assert main(["shards", "inspect", str(bare), "--sheet", str(tmp_path / "bare.png"), "-n", "5"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("(5 of 6 shown)")
+    assert Image.open(tmp_path / "bare.png").text["Title"] == "5 of 6 shown"
 
 
 def test_build_errors_are_clear(tmp_path, capsys):

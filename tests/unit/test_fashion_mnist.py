@@ -1,4 +1,4 @@
-"""Fashion-MNIST IDX files -> image folders for the old-domain probe (mmfm.data.fashion_mnist), on IDX files
+"""Fashion-MNIST IDX files -> image folders for the old-domain probe (mmfm.demo.fashion_mnist), on IDX files
 written here in Zalando's format, and on Debian's real files where dataset-fashion-mnist is installed."""
 import gzip
 import struct
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mmfm.config import ConfigError
-from mmfm.data.fashion_mnist import CLASSES, DEFAULT_DIR, read_idx, write_fashion_folders
+from mmfm.demo.fashion_mnist import CLASSES, DEFAULT_DIR, read_idx, write_fashion_folders
 from mmfm.eval.folder import scan_folder
 from tests.helpers import fake_fashion, write_idx
 

@@ -2,7 +2,7 @@
 import pytest
 
 from mmfm.config import ConfigError
-from mmfm.data.photos import EMOJI_GROUPS, read_photo_list, write_photo_folder
+from mmfm.demo.photos import EMOJI_GROUPS, read_photo_list, write_photo_folder
 from mmfm.eval.folder import scan_folder
 
 

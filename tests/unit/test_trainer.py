@@ -412,3 +412,72 @@ def test_sigterm_on_cuda_stops_within_one_step(data, tmp_path):
                                                "train.device": "cuda", "eval.every_steps": 1})
     _, result = fit(cfg, hooks=[term])
     assert result["step"] == 3 and (tmp_path / "checkpoints" / "latest").resolve().name == "step_00000003"
+
+
+# ---------------------------------------------------------------------------------- components
+def test_evaluate_works_outside_fit(data, tmp_path):
+    """Trainer.evaluate() before (and without) fit(): validation loss and hooks on the current weights, the task
+    back in train mode, nothing written; fit() afterwards trains as usual."""
+    cfg = make_cfg(tmp_path, data["train"], **{"data.val": f"[{{path: {data['val']}}}]"})
+    run = build_run(cfg)
+    seen = []
+
+    def hook(task, step):
+        seen.append((step, task.training))
+        return {"hook/calls": float(len(seen))}
+    trainer = Trainer(cfg, run.task, run.train, run.val, [hook])
+    first = trainer.evaluate()
+    assert first["val/samples"] == 8 and math.isfinite(first["val/loss"]) and first["hook/calls"] == 1.0
+    assert seen == [(0, False)] and trainer.task.training and trainer.last_eval == first
+    assert trainer.evaluate()["val/loss"] == first["val/loss"]             # the same weights, the same loss
+    assert not (tmp_path / "metrics.jsonl").exists()
+    assert trainer.fit()["step"] == 4 and [r["step"] for r in metrics(tmp_path) if "val/loss" in r] == [4]
+    assert trainer.evaluate()["val/loss"] == trainer.last_eval["val/loss"] != first["val/loss"]   # and after it
+
+
+def test_cadence_decides_what_is_due_after_each_step(tmp_path):
+    """One place decides: log every log_every and at the end, eval and checkpoint when due but never at the last
+    step (the end does both once), a NaN loss raises naming the step, a signal stops."""
+    import signal
+    from types import SimpleNamespace
+
+    from mmfm.train.cadence import Cadence
+    from mmfm.train.checkpointer import Checkpointer
+    from mmfm.train.distributed import DistInfo
+    from mmfm.train.evaluator import Evaluator
+    cfg = make_cfg(tmp_path, "unused", **{"train.max_steps": 6, "train.log_every": 2, "train.ckpt_every_steps": 3,
+                                          "eval.every_steps": 2})
+    ckpt = Checkpointer(cfg, SimpleNamespace(local=tmp_path), DistInfo(), None, None, None, None)
+    cadence = Cadence(cfg.train, 6, "cpu", ckpt, Evaluator(cfg, task=None))
+    ok = torch.zeros((), dtype=torch.bool)
+    due = {s: cadence.at(s, 0, ok) for s in range(1, 7)}
+    assert [s for s, d in due.items() if d.log] == [2, 4, 6]
+    assert [s for s, d in due.items() if d.eval] == [2, 4]
+    assert [s for s, d in due.items() if d.checkpoint] == [3]
+    assert not any(d.stop for d in due.values())
+    with pytest.raises(NonFiniteLoss, match="NaN/inf at step 5 .*no checkpoint was written"):
+        cadence.at(5, 0, torch.ones((), dtype=torch.bool))
+    cadence.stop_signal = signal.SIGTERM
+    assert cadence.at(1, 0, ok).stop
+
+
+def test_cli_run_checks_the_output_dir_and_joins_the_process_group_once(data, tmp_path, monkeypatch):
+    """`mmfm train`: the output folder is checked (writable, not another run's) and the process group joined once,
+    though the command, train_experiment and the Trainer each need them."""
+    from mmfm.cli import main
+    from mmfm.train import distributed as D, run_folder
+    calls = {"writable": 0, "run": 0, "init": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(run_folder.RunFolder, "check_writable", counted("writable", run_folder.RunFolder.check_writable))
+    monkeypatch.setattr(run_folder, "check_run_folder", counted("run", run_folder.check_run_folder))
+    monkeypatch.setattr(D, "init_distributed", counted("init", D.init_distributed))
+    (tmp_path / "exp.yaml").write_text(f"model: {{name: tiny}}\ndata: {{train: [{{path: {data['train']}}}], "
+                                       f"batch_size: 8, workers: 0}}\n")
+    rc = main(["train", str(tmp_path / "exp.yaml"), "--output-dir", str(tmp_path / "run"), "--max-steps", "1",
+               "--no-progress"])
+    assert rc == 0 and calls == {"writable": 1, "run": 1, "init": 1}

@@ -18,6 +18,7 @@ from typing import Iterator
 from mmfm.config import ConfigError
 
 from .options import SourceOptions
+from .source import Source
 
 FONT_SIZE = 109   # the only size the CBDT bitmap font renders at
 SKIN_TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark",
@@ -83,9 +84,7 @@ def _item(e: dict, groups: list[str], **image) -> dict:
             "cls": groups.index(e["group"]), "meta": meta, "split_key": meta["base_name"]}
 
 
-def read_emoji(path: Path, src: SourceOptions):
-    from .readers import Source
-
+def read_emoji(path: Path, src: SourceOptions) -> Source:
     if not Path(src.font).is_file():
         raise ConfigError(f"source.font: {src.font} not found (install Debian's fonts-noto-color-emoji)")
     emoji, groups = _parse(path)
@@ -121,9 +120,7 @@ def datasource_images(root: Path) -> dict[str, Path]:
     return out
 
 
-def read_emoji_images(path: Path, src: SourceOptions):
-    from .readers import Source
-
+def read_emoji_images(path: Path, src: SourceOptions) -> Source:
     emoji, groups = _parse(path)
     images = datasource_images(Path(src.image_root or path.parent))
 

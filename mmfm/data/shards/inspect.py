@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -161,31 +162,77 @@ def verify(path: str | os.PathLike, decode: bool = False, progress: bool = True)
     return problems
 
 
-def contact_sheet(path: str | os.PathLike, out_png: str | os.PathLike, n: int = 24, cols: int = 6,
-                  cell: int = 160) -> Path:
-    """A grid of the first ``n`` samples with their captions (and labels when present)."""
-    from PIL import Image, ImageDraw, ImageFont
+@dataclass
+class ContactSheet:
+    """A written contact sheet: ``shown`` of the ``total`` samples with an image that the shards hold."""
+    path: Path
+    shown: int
+    total: int
 
+    @property
+    def title(self) -> str | None:
+        """``"24 of 26 shown"`` when the sheet holds fewer samples than the shards; None when it holds them all."""
+        return f"{self.shown} of {self.total} shown" if self.shown < self.total else None
+
+
+def contact_sheet(path: str | os.PathLike, out_png: str | os.PathLike, n: int = 24, cols: int = 6,
+                  cell: int = 160) -> ContactSheet:
+    """A grid of the first ``n`` samples with their captions (and labels when present). When the shards hold more,
+    the sheet says so in a title line (drawn, and as the PNG's ``Title``)."""
     tars, manifest = list_shards(path)
-    classes = (manifest or {}).get("classes") or []
+    samples = _first_samples(tars, n)
+    if not samples:
+        raise ShardError(f"{path}: no samples with an image")
+    total = len(samples) if len(samples) < n else _image_samples(tars, manifest)
+    sheet = ContactSheet(Path(out_png), len(samples), max(total, len(samples)))
+    png = _draw(samples, (manifest or {}).get("classes") or [], cols, cell, sheet.title)
+    atomic_write(out_png, png)
+    return sheet
+
+
+def _first_samples(tars: list[Path], n: int) -> list[dict]:
     samples = []
     for tar in tars:
         for s in iter_samples(tar):
             if any(e in s for e in IMAGE_EXTS):
                 samples.append(s)
             if len(samples) >= n:
-                break
-        if len(samples) >= n:
-            break
-    if not samples:
-        raise ShardError(f"{path}: no samples with an image")
+                return samples
+    return samples
+
+
+def _image_samples(tars: list[Path], manifest: dict | None) -> int:
+    """How many samples with an image the shards hold: the manifest's count, or the tars' member names counted."""
+    if manifest and "image" in manifest["keys"].values():
+        return manifest["total_samples"]
+    count = 0
+    for tar in tars:
+        keys = set()
+        with tarfile.open(tar, "r:*") as tf:
+            for m in tf:
+                stem, _, ext = os.path.basename(m.name).partition(".")
+                if m.isfile() and ext in IMAGE_EXTS:      # grouped by key as iter_samples groups them
+                    keys.add(os.path.join(os.path.dirname(m.name), stem))
+        count += len(keys)
+    return count
+
+
+TITLE_H = 22   # the title line's height, when the sheet has one
+
+
+def _draw(samples: list[dict], classes: list[str], cols: int, cell: int, title: str | None) -> bytes:
+    from PIL import Image, ImageDraw, ImageFont
+    from PIL.PngImagePlugin import PngInfo
+
     font = ImageFont.load_default(size=11)
-    text_h = 44
+    text_h, top = 44, TITLE_H if title else 0
     rows = (len(samples) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * cell, rows * (cell + text_h)), "white")
+    sheet = Image.new("RGB", (cols * cell, top + rows * (cell + text_h)), "white")
     draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((4, 4), title, fill="black", font=ImageFont.load_default(size=13))
     for i, s in enumerate(samples):
-        x, y = (i % cols) * cell, (i // cols) * (cell + text_h)
+        x, y = (i % cols) * cell, top + (i // cols) * (cell + text_h)
         ext = next(e for e in IMAGE_EXTS if e in s)
         with Image.open(io.BytesIO(s[ext])) as im:
             im = im.convert("RGB")
@@ -199,9 +246,12 @@ def contact_sheet(path: str | os.PathLike, out_png: str | os.PathLike, n: int = 
             caption += f" [{classes[label] if label < len(classes) else label}]"
         draw.multiline_text((x + 4, y + cell), _wrap(draw, caption, font, cell - 8), fill="black", font=font,
                             spacing=1)
+    info = PngInfo()
+    if title:
+        info.add_text("Title", title)
     buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
-    return atomic_write(out_png, buf.getvalue())
+    sheet.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
 
 
 def _wrap(draw, text: str, font, width: int, max_lines: int = 3) -> str:

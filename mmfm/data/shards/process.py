@@ -1,7 +1,8 @@
 """Worker side of the builder: item -> encoded WebDataset sample, or a failure reason.
 
 Module-level, picklable functions: ``init_worker`` sets the options once per process and
-``process_chunk`` handles a list of ``(index, item)`` pairs, downloading URLs concurrently.
+``process_chunk`` handles a list of ``(index, item)`` pairs, downloading URLs concurrently, and returns one
+``ItemResult`` per input, in input order (both executors, local processes and Ray, consume these).
 """
 from __future__ import annotations
 
@@ -9,11 +10,42 @@ import hashlib
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from .download import fetch, is_url, set_host_slots
 from .imageops import Skip, process_bytes, process_pil
 from .options import BuildOptions
+
+@dataclass(slots=True)
+class ItemResult:
+    """One input's outcome: an encoded sample and its image digest, or the reason it was skipped."""
+    index: int                     # the input's position in the source (its sample key)
+    split: int = 0                 # the output split it was routed to (plan.route)
+    sample: dict | None = None     # the encoded WebDataset sample, when ok
+    digest: str = ""               # sha256 of the image, when ok (dedup)
+    reason: str = ""               # why it was skipped (http_404, duplicate, ...), when not ok
+    detail: str = ""
+    source: str = ""               # the input's path or URL, for the failure record
+
+    @property
+    def ok(self) -> bool:
+        return self.sample is not None
+
+    def duplicate(self) -> "ItemResult":
+        """This good sample, skipped as a duplicate of an earlier one."""
+        return ItemResult(self.index, self.split, reason="duplicate", source=json.loads(self.sample["json"])["source"])
+
+    def failure(self) -> dict:
+        """The line ``failures.jsonl`` holds for a skipped input."""
+        return {"index": self.index, "source": self.source, "reason": self.reason, "detail": self.detail}
+
+
+def failed_results(chunk: list[tuple[int, dict]], reason: str, detail: str) -> list[ItemResult]:
+    """Every input of a chunk, skipped for one reason (a worker that timed out or crashed)."""
+    return [ItemResult(i, it.get("split", 0), reason=reason, detail=detail, source=it.get("source", ""))
+            for i, it in chunk]
+
 
 _OPTS: BuildOptions | None = None
 _POOL: ThreadPoolExecutor | None = None
@@ -124,8 +156,8 @@ def _fetch_all(todo: list[dict], opts: BuildOptions) -> list:
     return [_fetch_safe(it, opts) for it in todo]
 
 
-def process_chunk(chunk: list[tuple[int, dict]]) -> list[tuple]:
-    """-> ``[(index, "ok", sample, sha256) | (index, "fail", reason, detail, source)]`` in input order."""
+def process_chunk(chunk: list[tuple[int, dict]]) -> list[ItemResult]:
+    """-> one ``ItemResult`` per ``(index, item)``, in input order."""
     opts = _OPTS
     assert opts is not None, "init_worker was not called"
     checked = [_precheck(item, opts) for _, item in chunk]
@@ -133,6 +165,7 @@ def process_chunk(chunk: list[tuple[int, dict]]) -> list[tuple]:
     loaded = iter(_fetch_all(todo, opts))
     out = []
     for (index, item), texts in zip(chunk, checked):
+        split = item.get("split", 0)
         try:
             if isinstance(texts, Skip):
                 raise texts
@@ -140,9 +173,10 @@ def process_chunk(chunk: list[tuple[int, dict]]) -> list[tuple]:
             if err is not None:
                 raise err
             sample, digest = make_sample(index, item, texts, opts, data, rendered)
-            out.append((index, "ok", sample, digest))
+            out.append(ItemResult(index, split, sample=sample, digest=digest))
         except Skip as e:
-            out.append((index, "fail", e.reason, e.detail, item.get("source", "")))
+            out.append(ItemResult(index, split, reason=e.reason, detail=e.detail, source=item.get("source", "")))
         except Exception as e:  # noqa: BLE001
-            out.append((index, "fail", "decode_error", f"{type(e).__name__}: {e}", item.get("source", "")))
+            out.append(ItemResult(index, split, reason="decode_error", detail=f"{type(e).__name__}: {e}",
+                                  source=item.get("source", "")))
     return out

@@ -23,6 +23,7 @@ from mmfm.data import fs
 
 from .download import is_url
 from .options import BuildOptions, SourceOptions
+from .source import Source
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TABLE_TYPES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -80,14 +81,6 @@ def _has_class_folders(folder: Path) -> bool:
 
 
 _TABLE_NAMES = ".csv, .tsv, .jsonl, .parquet, .csv.gz, .tsv.gz, .jsonl.gz"
-
-
-class Source:
-    """What a reader returns: the items iterator, the item count when cheap to know, and class names."""
-
-    def __init__(self, items: Iterator[dict], total: int | None = None, classes: list[str] | None = None):
-        self.items, self.total, self.classes = items, total, classes or []
-        self.shuffle_seed: int | None = None   # set when the input order was shuffled
 
 
 def detect_type(path: Path) -> str:

@@ -4,7 +4,8 @@ Debian's ``dataset-fashion-mnist`` installs Zalando's four IDX files (``train-im
 ``/usr/share/datasets/fashion-mnist``. :func:`write_fashion_folders` writes a seeded, class-balanced sample of
 them as ``root/train/<class>/<index>.png`` and ``root/test/<class>/<index>.png`` (28x28 greyscale saved as RGB)
 with ``root/classnames.txt``, the tree ``mmfm zeroshot`` and ``mmfm eval compare --probe-train`` read. The IDX
-reader checks the magic number, the sizes and the label range, and names the file it refuses.
+reader checks the magic number, the sizes and the label range, and names the file it refuses. Data for the demo
+and ``tools/continued_pretraining.py``, so it lives in ``mmfm.demo``, not in the core ``mmfm.data``.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 ``data_recipes/skimage_photos/photos.yaml`` lists each photo (a ``skimage.data`` function) with ``label``
 (what it shows), ``group`` (the CLDR group of an emoji of that thing) and ``license``.
 :func:`write_photo_folder` writes them as the zero-shot folder tree ``mmfm zeroshot`` reads. scikit-image is
-an optional dependency (the ``demo`` extra), imported only here.
+an optional dependency (the ``demo`` extra), imported only here. Data for the demo, so it lives in ``mmfm.demo``,
+not in the core ``mmfm.data``.
 """
 from __future__ import annotations
 

@@ -1,23 +1,29 @@
-"""``mmfm shards build --distributor ray``: the build as Ray tasks, one pair per partition of input rows.
+"""The Ray executor of a shard build (``--distributor ray``): Ray tasks, one pair per partition of input rows.
+
+The peer of ``executor_local.py``, under the same plan (``plan.py``):
 
 1. The driver reads the source (cheap item dicts, as the one-machine build does) and cuts it into partitions of
    ``distributor.partition_rows`` rows: partition ``p`` holds inputs ``[p*R, (p+1)*R)`` and owns the shard ids
    ``[p*B, (p+1)*B)`` with ``B = ceil(R / shard_size)`` (the most shards R rows can fill), in every split folder.
 2. ``process_partition`` (a Ray task, re-run by Ray when its worker dies: ``max_retries``) downloads, decodes and
-   encodes its rows with the one-machine worker code and returns two objects: the image digests of its good
-   samples (small, to the driver) and the encoded samples (kept in Ray's object store).
+   encodes its rows with the worker code both executors share (``process.process_chunk``) and returns two
+   objects: the image digests of its good samples (small, to the driver) and its ``ItemResult`` list (kept in
+   Ray's object store).
 3. The driver takes the digest lists in partition order and applies the one-machine dedup rule, "the first good
    sample of an image in input order is kept", to get each partition's duplicate indices (no image bytes move to
    the driver). The holdout split is a hash of each row, which every partition evaluates on its own.
 4. ``write_partition`` (a Ray task) clears its shard-id block, writes its tars there, then commits the partition
    with ``ray-part-NNNNNN.json`` (its shard stats, failures and digests).
-5. The driver writes ``failures.jsonl`` and ``manifest.json`` from the part markers, the manifest last.
+5. The driver writes ``failures.jsonl`` and ``manifest.json`` from the part markers, the manifest last. Each
+   partition is one ``plan.Segment`` per split (its shards' ``_failed.jsonl``, then its tail), taken in partition
+   order, so ``failures.jsonl`` is in input order as the local build's is.
 
 ``--resume`` keeps every partition whose marker and shards are complete and runs only the others: the result has
 the same samples, keys, image bytes and splits as ``--distributor local`` (only the shard boundaries differ).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -30,11 +36,12 @@ from typing import Iterator
 from mmfm.config import ConfigError
 from mmfm.data import fs
 
-from .build import (CHUNK, Split, _chunk_timeout, _chunks, _finish, _nothing_written, _prepare_out, _progress,
-                    _shard_number, _split_of)
-from .manifest import atomic_write_json, failed_name, stats_name
+from .manifest import atomic_write_json, stats_name
 from .options import BuildOptions
-from .process import init_worker, process_chunk
+from .plan import (CHUNK, Segment, Split, chunk_timeout, chunks, finish, nothing_written, prepare_out, progress,
+                   publish_shard, route, shard_number, split_names)
+from .process import ItemResult, init_worker, process_chunk
+from .source import Source
 from .store import Store
 from .writer import ShardSink
 
@@ -51,29 +58,23 @@ def shard_block(opts: BuildOptions) -> int:
     return math.ceil(opts.distributor.partition_rows / opts.shard_size)
 
 
-def _split_names(opts: BuildOptions) -> list[str]:
-    return ["train", "heldout"] if opts.holdout > 0 else [""]
-
-
 def _stores(target: str, stage: Path | None, opts: BuildOptions) -> tuple[Store, list[Store]]:
     root = Store(target, stage) if stage is not None else Store(target)
-    return root, [root.child(n) if n else root for n in _split_names(opts)]
+    return root, [root.child(n) if n else root for n in split_names(opts)]
 
 
 # --- the Ray tasks (plain module functions: workers import them by name) -------------------------------------
 
-def process_partition(opts: BuildOptions, rows: list[tuple[int, dict]]) -> tuple[list, list]:
-    """-> ``([(index, sha256) of good samples], [(split, result) in input order])``; results as ``process_chunk``."""
+def process_partition(opts: BuildOptions, rows: list[tuple[int, dict]]) -> tuple[list, list[ItemResult]]:
+    """-> ``([(index, sha256) of good samples], [ItemResult in input order])``."""
     init_worker(opts)
     results = []
-    for chunk in _chunks(iter(rows), CHUNK):
+    for chunk in chunks(iter(rows), CHUNK):
         results += process_chunk(chunk)
-    split_of = {i: it["split"] for i, it in rows}
-    digests = [(r[0], r[3]) for r in results if r[1] == "ok"]
-    return digests, [(split_of[r[0]], r) for r in results]
+    return [(r.index, r.digest) for r in results if r.ok], results
 
 
-def write_partition(opts: BuildOptions, target: str, part: int, span: list[int], results: list,
+def write_partition(opts: BuildOptions, target: str, part: int, span: list[int], results: list[ItemResult],
                     duplicates: set[int]) -> dict:
     """Write one partition's shards into its id block, then its marker (the commit); returns the marker."""
     with tempfile.TemporaryDirectory(prefix="mmfm-part-") as stage:
@@ -84,17 +85,16 @@ def write_partition(opts: BuildOptions, target: str, part: int, span: list[int],
             store.local.mkdir(parents=True, exist_ok=True)
             _clear_block(store, first, shard_block(opts))   # a retried or resumed partition starts clean
             sinks.append(ShardSink(store.local, shard_size=opts.shard_size, start_shard=first,
-                                   on_shard=_publisher(store) if store.remote else None))
+                                   on_shard=functools.partial(publish_shard, store) if store.remote else None))
         try:
-            for split, res in results:
-                index, sink = res[0], sinks[split]
-                if res[1] == "ok" and index in duplicates:
-                    res = (index, "fail", "duplicate", "", _source_of(res[2]))
-                if res[1] == "ok":
-                    sink.write(res[2], image_hash=[index, res[3]])
+            for res in results:
+                if res.ok and res.index in duplicates:
+                    res = res.duplicate()
+                if res.ok:
+                    sinks[res.split].write(res.sample, image_hash=[res.index, res.digest])
                 else:
-                    failures[split][res[2]] += 1
-                    sink.note_failed({"index": index, "source": res[4], "reason": res[2], "detail": res[3]})
+                    failures[res.split][res.reason] += 1
+                    sinks[res.split].note_failed(res.failure())
         except BaseException:
             for sink in sinks:
                 sink.abort()
@@ -102,8 +102,8 @@ def write_partition(opts: BuildOptions, target: str, part: int, span: list[int],
         # the digests of what this partition wrote: a resumed build keeps the partition and still dedups against
         # them (the shards' in-memory stats are light, writer.light_stats)
         marker = {"partition": part, "rows": span, "splits": {},
-                  "digests": [[r[0], r[3]] for _, r in results if r[1] == "ok" and r[0] not in duplicates]}
-        for name, sink, fails in zip(_split_names(opts), sinks, failures):
+                  "digests": [[r.index, r.digest] for r in results if r.ok and r.index not in duplicates]}
+        for name, sink, fails in zip(split_names(opts), sinks, failures):
             shards = sink.close()
             marker["splits"][name] = {"shards": shards, "tail_failed": _read_tail(sink.tail_failed),
                                       "failures": dict(fails), "written": sum(s["samples"] for s in shards)}
@@ -122,25 +122,12 @@ def _read_tail(path: Path | None) -> list[dict]:
     return rows
 
 
-def _source_of(sample: dict) -> str:
-    return json.loads(sample["json"])["source"]
-
-
-def _publisher(store: Store):
-    def publish(stats: dict) -> None:   # a finished shard: its tar, then its stats (as the one-machine build)
-        store.publish(stats["name"], keep_local=False)
-        if stats.get("failed"):
-            store.publish(failed_name(stats["name"]), keep_local=False)
-        store.publish(stats_name(stats["name"]))
-    return publish
-
-
 def _clear_block(store: Store, first: int, count: int) -> None:
     for p in store.local.glob("shard-*"):
-        if first <= _shard_number(p.name) < first + count:
+        if first <= shard_number(p.name) < first + count:
             p.unlink()
     if store.remote:
-        store.delete(n for n in store.sizes() if n.startswith("shard-") and first <= _shard_number(n) < first + count)
+        store.delete(n for n in store.sizes() if n.startswith("shard-") and first <= shard_number(n) < first + count)
 
 
 # --- the driver -------------------------------------------------------------------------------------------
@@ -182,9 +169,8 @@ def _restore(root: Store, splits: list[Split]) -> dict[int, dict]:
     return done
 
 
-def _partitions(opts: BuildOptions, source, names: list[str]) -> Iterator[list[tuple[int, dict]]]:
-    routed = ((i, dict(it, split=_split_of(it, opts, names))) for i, it in enumerate(source.items))
-    return _chunks(routed, opts.distributor.partition_rows)
+def _partitions(opts: BuildOptions, source: Source) -> Iterator[list[tuple[int, dict]]]:
+    return chunks(route(enumerate(source.items), opts), opts.distributor.partition_rows)
 
 
 class _Driver:
@@ -197,7 +183,7 @@ class _Driver:
                                                               retry_exceptions=False)
         self.write = ray.remote(write_partition).options(max_retries=retries, retry_exceptions=False)
         rows = opts.distributor.partition_rows
-        self.timeout = _chunk_timeout(opts) * math.ceil(rows / CHUNK) * (retries + 1)
+        self.timeout = chunk_timeout(opts) * math.ceil(rows / CHUNK) * (retries + 1)
         self.window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1))) + 1
         self.pending: deque = deque()
         self.writes: deque = deque()        # (partition, ref) of writing tasks not yet collected
@@ -261,20 +247,24 @@ class _Driver:
                                  "partitions") from None
 
 
-def build_partitions(opts: BuildOptions, root: Store, splits: list[Split], source, resume: bool, overwrite: bool,
-                     progress: bool) -> dict[str, dict]:
-    """The Ray build of ``build()``. Joins the cluster first: an unreachable one leaves ``--out`` untouched."""
+def build_partitions(opts: BuildOptions, root: Store, source: Source, resume: bool, overwrite: bool,
+                     show_progress: bool) -> dict[str, dict]:
+    """The Ray build of ``build.build()``. Joins the cluster first: an unreachable one leaves ``--out`` untouched."""
+    if opts.retry_failures or opts.download.per_host:
+        flag = "--retry-failures" if opts.retry_failures else "--per-host"
+        raise ConfigError(f"{flag} is not supported with --distributor ray yet (run it with --distributor local)")
+    splits = Split.for_build(root, opts)
     ray, started = _connect(opts)
     try:
-        _prepare_out(root, splits, opts, resume, overwrite, restore=False)
+        prepare_out(root, splits, opts, resume, overwrite)
         done = _restore(root, splits) if resume else {}
         if not resume:
             root.delete(n for n in root.sizes() if _PART_RE.match(n))
         t0 = time.monotonic()
-        with _progress(source.total, 0, progress) as bar:
+        with progress(source.total, 0, show_progress) as bar:
             driver = _Driver(ray, opts, root.target, done, bar)
             try:
-                for part, rows in enumerate(_partitions(opts, source, [s.name for s in splits])):
+                for part, rows in enumerate(_partitions(opts, source)):
                     driver.submit(part, rows)
                 markers = driver.finish()
             except BaseException:
@@ -287,20 +277,24 @@ def build_partitions(opts: BuildOptions, root: Store, splits: list[Split], sourc
     return _assemble(opts, root, splits, source, markers, done, driver.inputs, seconds, resume)
 
 
-def _assemble(opts, root, splits, source, markers, done, inputs, seconds, resume) -> dict[str, dict]:
-    shards, written = {}, Counter()
+def _assemble(opts: BuildOptions, root: Store, splits: list[Split], source: Source, markers: dict[int, dict],
+              done: dict[int, dict], inputs: int, seconds: float, resume: bool) -> dict[str, dict]:
+    """The part markers -> each split's segments, one per partition in partition order (so ``failures.jsonl``
+    lists a partition's tail before the next partition's shards), then the plan's commit."""
+    segments: dict[str, list[Segment]] = {s.name: [] for s in splits}
+    written = Counter()
     for s in splits:
-        shards[s.name], s.tail_failed, s.failures = [], [], Counter()
+        s.failures = Counter()
         for part in sorted(markers):
             sp = markers[part]["splits"].get(s.name, {"shards": [], "tail_failed": [], "failures": {}})
-            shards[s.name] += [{k: v for k, v in st.items() if k != "failed_items"} for st in sp["shards"]]
-            s.tail_failed += sp["tail_failed"]
+            shards = [{k: v for k, v in st.items() if k != "failed_items"} for st in sp["shards"]]
+            segments[s.name].append(Segment(shards, sp["tail_failed"]))
             s.failures.update(sp["failures"])
             if part not in done:
-                written[s.name] += sum(st["samples"] for st in sp["shards"])
-    if not any(st["samples"] for sts in shards.values() for st in sts):
-        _nothing_written(root, splits, opts, inputs)
+                written[s.name] += sum(st["samples"] for st in shards)
+    if not any(st["samples"] for segs in segments.values() for seg in segs for st in seg.shards):
+        nothing_written(root, splits, segments, opts, inputs)
     total = sum(written.values())
     rate = total / seconds if seconds > 0 else None
-    return {s.name: _finish(s, shards[s.name], source, opts, seconds, written[s.name], rate, resume)
+    return {s.name: finish(s, segments[s.name], source, opts, seconds, written[s.name], rate, resume)
             for s in splits}
