@@ -164,6 +164,11 @@ def caption_tensors(model, images: torch.Tensor, gen: GenerateConfig | None = No
     return [clean_caption(model.decode(row)) for row in ids]
 
 
+def _text_logits(out: dict) -> torch.Tensor:
+    """The logits at the text positions (a prefix captioner's image positions in front dropped)."""
+    return out["logits"][:, int(out.get("image_positions", 0)):]
+
+
 # ---------------------------------------------------------------- trust: confidence and degenerate output
 @torch.no_grad()
 def caption_confidence(model, images: torch.Tensor, prefix: list[int], new_ids: torch.Tensor) -> list[float]:
@@ -176,7 +181,8 @@ def caption_confidence(model, images: torch.Tensor, prefix: list[int], new_ids: 
         rows.append(layout.right_pad(seq + row[:cut], n_prefix, len(seq) + len(row)))
     batch = {k: torch.stack([r[k] for r in rows]).to(images.device) for k in ("text_ids", "attention_mask", "labels")}
     tokens = model.image_tokens(images)
-    logits = model(image_tokens=tokens, text_ids=batch["text_ids"], attention_mask=batch["attention_mask"])["logits"]
+    out = model(image_tokens=tokens, text_ids=batch["text_ids"], attention_mask=batch["attention_mask"])
+    logits = _text_logits(out)
     target = batch["labels"][:, 1:]
     logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
     keep = target != -100
@@ -310,8 +316,8 @@ def rank_answers(model, images: torch.Tensor, questions: Sequence[str], candidat
         ids = torch.stack([r["text_ids"] for r in rows]).to(device)
         mask = torch.stack([r["attention_mask"] for r in rows]).to(device)
         labels = torch.stack([r["labels"] for r in rows]).to(device)
-        logits = model(image_tokens=tokens[qi: qi + 1].expand(len(rows), -1, -1), text_ids=ids,
-                       attention_mask=mask)["logits"][:, :-1].float()
+        logits = _text_logits(model(image_tokens=tokens[qi: qi + 1].expand(len(rows), -1, -1), text_ids=ids,
+                                    attention_mask=mask))[:, :-1].float()
         target = labels[:, 1:]
         logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
         keep = target != -100

@@ -17,6 +17,10 @@ class DecoderConfig:
     prompt: str = ""                   # caption prefix the loss ignores (e.g. "a picture of")
     projection: Literal["auto", "linear", "none"] = "auto"   # image tokens -> decoder width; none: refuse a mismatch
     contrastive_head: bool = False     # CoCa-style image/text embeddings (needed by task.caption.contrastive_weight)
+    fusion: Literal["cross_attention", "prefix"] = "cross_attention"   # prefix: LLaVA-style, image tokens through
+                                       # an MLP projector in front of the text of any causal LM (no cross-attention)
+    projector_layers: int = ranged(2, ge=1)   # fusion=prefix: Linear layers of the MLP projector (GELU between)
+    lock: bool = False                 # freeze the decoder / LM (fusion=prefix: train only the projector, or LoRA)
 
 
 @dataclass
