@@ -83,6 +83,7 @@ def limit_person_attributes(text: str, allowed) -> str:
         text = _swap_words(_AGE[0].sub("", text), _AGE_WORDS)
     if "gender" not in allowed:
         text = _swap_words(text, _GENDER_WORDS)
+        text = _swap_words(text, {"they is": "they are", "they was": "they were", "they has": "they have"})
     text = re.sub(r"\s*[,:]\s*(?=[,.:;!?]|$)", "", " ".join(text.split()))    # a clause left empty
     text = re.sub(r"\b([Aa])n\s+(?=[^aeiouAEIOU\W])", r"\1 ", text)
     return re.sub(r"\b([Aa])\s+(?=[aeiouAEIOU])", r"\1n ", text)

@@ -17,6 +17,7 @@ CASES = [  # caption, alt text with none of the three allowed
     ("two teenagers on a bench", "Two people on a bench."),
     ("a 30-year-old man at his desk", "A person at their desk."),
     ("a female doctor", "A doctor."),
+    ("he is holding a cup", "They are holding a cup."),
 ]
 UNTOUCHED = ["an old building next to a young tree", "a man with a light blue shirt", "a medium dog on the grass",
              "a dark room with a light on"]
