@@ -102,6 +102,10 @@ def build_model(model_cfg: ModelConfig | dict | str | None = None, *, init_weigh
             from .lora import apply_lora
             apply_lora(model, cfg.lora)
         return model
+    if cfg.kind == "captioner" and cfg.openclip:       # an open_clip CoCa (openclip_coca.py)
+        from .openclip_coca import OpenCLIPCoCa
+        from .tower_setup import apply_tower_settings
+        return apply_tower_settings(OpenCLIPCoCa(cfg.openclip, model_cfg=cfg), cfg)
     if cfg.kind == "captioner":
         try:
             from mmfm.models.captioner import build_captioner
