@@ -14,12 +14,13 @@ from pathlib import Path
 
 from mmfm.config import ConfigError, atomic_write, atomic_write_text
 from mmfm.data.idx import read_idx
+from mmfm.data.shards.extra_sources import FASHION_CLASSES
 
 __all__ = ["CLASSES", "DEFAULT_DIR", "read_idx", "write_fashion_folders"]
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Zalando's label order (fashion-mnist README), as plain-English class names for zero-shot prompts.
-CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+CLASSES = FASHION_CLASSES
 _FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
           "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
