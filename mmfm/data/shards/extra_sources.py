@@ -60,7 +60,15 @@ def _missing(item: dict, path: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- readers
+def _require(module: str, extra: str, what: str) -> None:
+    """Fail before the build, naming the extra, rather than skip every image in the workers."""
+    import importlib.util
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"source.type: {what} needs {module} (pip install 'mmfm[{extra}]')")
+
+
 def read_openmoji(path: Path, src: SourceOptions) -> Source:
+    _require("cairosvg", "sources", "openmoji (SVG)")
     entries = _load_json(path, "openmoji.json")
     root = Path(src.image_root) if src.image_root else path.parent.parent
     svg_dir = root / "color" / "svg"
@@ -120,6 +128,7 @@ def read_fashion_mnist(path: Path, src: SourceOptions) -> Source:
 def read_skimage_photos(path: Path, src: SourceOptions) -> Source:
     from mmfm.config import read_yaml
 
+    _require("skimage", "demo", "skimage_photos")
     photos = (read_yaml(path) or {}).get("photos") or []
     if not photos:
         raise ConfigError(f"source.path: {path} lists no photos (expected photos: [{{name, label, group}}])")
