@@ -43,7 +43,8 @@ def test_every_stage_ran_and_the_mix_counts_each_source(quick_general):
         assert json.loads((out / ".done" / f"{stage}.json").read_text())["stage"] == stage
     train = json.loads((out / "shards" / "train" / "manifest.json").read_text())
     held = json.loads((out / "shards" / "heldout" / "manifest.json").read_text())
-    assert set(train["sources"]) == {"noto_emoji", "openmoji", "country_flags", "fashion_mnist", "twemoji"}
+    assert set(train["sources"]) == {"noto_emoji", "openmoji", "country_flags", "fashion_mnist", "icon_theme",
+                                      "twemoji"}
     assert sum(c["written"] for c in train["sources"].values()) == train["total_samples"]
     assert sum(c["written"] for c in held["sources"].values()) == held["total_samples"]
     skipped = {k: v for m in (train, held) for c in m["sources"].values() for k, v in c["skipped"].items()}
@@ -73,7 +74,7 @@ def test_leave_one_out_models_never_saw_their_source(quick_general):
         assert not any("twemoji" in p for p in paths)
     cfg = yaml.safe_load((out / "clip" / "config.yaml").read_text())
     assert sorted(Path(s["path"]).name for s in cfg["data"]["train"]) == [
-        "country_flags", "fashion_mnist", "noto_emoji", "openmoji"]
+        "country_flags", "fashion_mnist", "icon_theme", "noto_emoji", "openmoji"]
 
 
 def test_loso_table_chart_and_report(quick_general):

@@ -105,3 +105,15 @@ def test_mix_dedups_across_sources_unions_labels_and_counts_per_source(tmp_path)
     again = build_mix(parts, BuildOptions(workers=0, shard_size=4, image=opts.image), tmp_path / "mix", resume=True,
                       progress=False)
     assert again[""]["sources"] == m["sources"]
+
+
+def test_icon_theme_fixture_names_as_captions_and_bad_icons_dropped(tmp_path):
+    fixture = RECIPES / "icon_theme/fixture/Adwaita/48x48"
+    m, samples, metas = _build(tmp_path, "icon_theme", fixture)
+    # 8 PNGs read (the symbolic one is not): broken, transparent placeholder and the copy are skipped
+    assert m["total_samples"] == 5 and m["failures"] == {"decode_error": 1, "duplicate": 1, "placeholder": 1}
+    calc = next(x for x in metas if x["name"] == "accessories-calculator")
+    assert calc["captions"] == ["accessories calculator", "accessories calculator icon"]
+    assert calc["context"] == "legacy" and calc["theme"] == "Adwaita"
+    assert all("cls" not in s for s in samples) and m["classes"] == []
+    assert "edit-cut" in {x["name"] for x in metas} and "edit-cut-copy" not in {x["name"] for x in metas}

@@ -7,6 +7,9 @@
   ``png250px/CODE.png``; captions ``flag: NAME`` (the CLDR form) and ``flag of NAME``; ``cls`` = Flags.
 * ``fashion_mnist``: Zalando's IDX files (Debian ``dataset-fashion-mnist``, MIT): the class name and
   ``a photo of a CLASS`` (they are product photographs); ``cls`` = the 10 classes.
+* ``icon_theme``: one size folder of a freedesktop icon theme (Debian ``adwaita-icon-theme``: ``48x48/CONTEXT/
+  NAME.png``): the icon name as words (``accessories-calculator`` -> ``accessories calculator``) and ``... icon``;
+  symbolic (monochrome mask) icons are not read; no label (contexts are not a shared label space).
 * ``skimage_photos``: scikit-image's photos named by hand in ``photos.yaml``: the label; ``cls`` = its CLDR group.
 
 Images that are not files (SVG, IDX rows, ``skimage.data`` calls) are loaded in the worker by ``load_image`` from
@@ -144,9 +147,28 @@ def read_skimage_photos(path: Path, src: SourceOptions) -> Source:
     return Source(items(), len(photos), list(EMOJI_GROUPS))
 
 
+def read_icon_theme(path: Path, src: SourceOptions) -> Source:
+    """``path``: a size folder (``/usr/share/icons/Adwaita/48x48``) holding context folders of PNG icons."""
+    if not path.is_dir():
+        raise ConfigError(f"source.path: {path} is not an icon theme size folder (e.g. /usr/share/icons/Adwaita/48x48)")
+    files = sorted(p for p in path.glob("*/*.png") if "symbolic" not in p.name)
+    if not files:
+        raise ConfigError(f"source.path: {path} holds no CONTEXT/NAME.png icons")
+    theme = path.parent.name
+
+    def items() -> Iterator[dict]:
+        for png in files:
+            name = png.stem
+            words = " ".join(name.replace("_", "-").split("-"))
+            yield {"src": str(png), "load": ("flat_check", str(png)), "source": f"icon:{theme}:{name}",
+                   "captions": _captions(words, f"{words} icon"),
+                   "meta": {"name": name, "context": png.parent.name, "theme": theme}, "split_key": name}
+    return Source(items(), len(files), [])
+
+
 READERS: dict[str, Callable[[Path, SourceOptions], Source]] = {
     "openmoji": read_openmoji, "country_flags": read_country_flags, "fashion_mnist": read_fashion_mnist,
-    "skimage_photos": read_skimage_photos}
+    "skimage_photos": read_skimage_photos, "icon_theme": read_icon_theme}
 
 
 # ----------------------------------------------------------------------------- loading, in the worker
