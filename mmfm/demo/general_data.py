@@ -41,8 +41,17 @@ def build_all(settings: GeneralSettings, out: Path, *, progress: bool) -> dict[s
     parts = [MixPart(p.name, p.recipe, part_overrides(p)) for p in settings.sources]
     opts = BuildOptions(name="general", shard_size=s.shard_size, workers=s.workers, holdout=s.holdout)
     opts.image.size, opts.image.resize_mode = s.image_size, "border"
-    resume = (out / "build_args.json").is_file() and not (out / "train" / "manifest.json").is_file()
-    return build_mix(parts, opts, out, resume=resume, overwrite=not resume, progress=progress)
+    done = {split: out / split / "manifest.json" for split in ("train", "heldout")}
+    if all(p.is_file() for p in done.values()):       # built before an interruption: the stage is stale-cleared
+        import json                                    # by the runner when its settings change, so reuse it
+        manifests = {k: json.loads(p.read_text(encoding="utf-8")) for k, p in done.items()}
+        if all("sources" in m for m in manifests.values()):
+            return manifests
+    resume = (out / "build_args.json").is_file()
+    if (out / "by_source").is_dir():                   # per-source folders of an unfinished mix: written again
+        import shutil
+        shutil.rmtree(out / "by_source")
+    return build_mix(parts, opts, out, resume=resume, progress=progress)
 
 
 def _by_collection(folder: Path, name: str) -> Iterator[dict]:

@@ -105,3 +105,25 @@ def test_rerun_skips_and_loso_resumes_between_arms(quick_general):
     assert "[1/6]" in proc.stdout and "done already" in proc.stdout
     assert (out / "loso" / "without_noto_emoji" / "metrics.jsonl").read_text() == first   # finished arm kept
     assert (out / "loso" / "without_fashion_mnist" / "summary.json").is_file()
+
+
+def test_shards_stage_resumes_per_source_folders_without_rebuilding_the_mix(quick_general):
+    """An interruption after the mix but inside the per-source split: the mix is reused as built, the unfinished
+    per-source folder written again, the finished ones kept."""
+    from mmfm.config import load_config
+    from mmfm.demo import general_data as G
+    from mmfm.demo.general_settings import GeneralSettings
+
+    out, _ = quick_general
+    settings = load_config(ROOT / "configs/experiments/general/quick_general.yaml", GeneralSettings)
+    shards = out / "shards"
+    mix_tar = sorted((shards / "train").glob("shard-*.tar"))[0]
+    kept = shards / "by_source" / "clip" / "noto_emoji" / "manifest.json"
+    mtimes = (mix_tar.stat().st_mtime_ns, kept.stat().st_mtime_ns)
+    want = json.loads((shards / "by_source" / "clip" / "openmoji" / "manifest.json").read_text())["total_samples"]
+    (shards / "by_source" / "clip" / "openmoji" / "manifest.json").unlink()    # cut short before its manifest
+    manifests = G.build_all(settings, shards, progress=False)
+    info = G.split_by_source(settings, shards)
+    assert set(manifests) == {"train", "heldout"} and "sources" in manifests["train"]
+    assert (mix_tar.stat().st_mtime_ns, kept.stat().st_mtime_ns) == mtimes
+    assert info["openmoji"]["clip"] == want

@@ -8,6 +8,7 @@ samples written and the skipped inputs by reason (``duplicate`` counts an image 
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -77,7 +78,8 @@ def build_mix(parts: list[MixPart], opts: BuildOptions, out_dir: str | os.PathLi
     if not parts:
         raise ConfigError("mix: no parts to build")
     source, starts = open_mix(parts)
-    opts.description = json.dumps([[p.name, p.recipe, list(p.overrides)] for p in parts])  # --resume compares it
+    # the parts are part of what --resume compares: a changed list stops it with the changed option
+    opts = dataclasses.replace(opts, description=json.dumps([[p.name, p.recipe, list(p.overrides)] for p in parts]))
     manifests = build_local(opts, Store(str(out_dir)), source, resume, overwrite, progress)
     out = {}
     for split in manifests:
