@@ -11,7 +11,8 @@ import argparse
 import sys
 
 from .decoding import add_generate_args, generate_config_from_args
-from .eval_benchmarks import benchmark_args, compositionality_args, run_benchmark, run_compositionality
+from .eval_benchmarks import (benchmark_args, compositionality_args, run_benchmark, run_compositionality,
+                              show_benchmark, show_compositionality)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -271,10 +272,6 @@ def _show_wise_ft(args, res) -> None:
     print(f"wrote {write_json(args.out, res.summary())}")
 
 
-def _printed(args, res) -> None:
-    """The CLIP_benchmark and compositionality runners print as they go."""
-
-
 SUBCOMMANDS = {
     "caption": ("BLEU-1..4, ROUGE-L, CIDEr-D + degenerate-output report", _caption_args, _run_caption,
                 _show_scores),
@@ -288,10 +285,11 @@ SUBCOMMANDS = {
     "wise-ft": ("zero-shot top-1 of a run's WiSE-FT weights (initial/fine-tuned interpolation) per alpha",
                 _wise_ft_args, _run_wise_ft, _show_wise_ft),
     "benchmark": ("CLIP_benchmark datasets or suite files (its WebDataset folders, torchvision datasets on disk): "
-                  "zero-shot and retrieval metrics, one CSV in its columns", benchmark_args, run_benchmark, _printed),
+                  "zero-shot and retrieval metrics, one CSV in its columns", benchmark_args, run_benchmark,
+                  show_benchmark),
     "compositionality": ("SugarCrepe / ARO (VG-Relation, VG-Attribution, COCO/Flickr order): how often the image "
                          "prefers the true caption to the hard negatives", compositionality_args,
-                         run_compositionality, _printed),
+                         run_compositionality, show_compositionality),
 }
 
 
