@@ -56,8 +56,19 @@ def _run_caption(args):
     from mmfm.eval.captioning.caption import evaluate_captions
 
     model, gen = _load(args)
-    return evaluate_captions(model, args.data, gen, split=args.split, max_samples=args.max_samples,
-                             alt_text=args.alt_text, progress=not args.quiet, max_skipped=args.max_skipped)
+    res = evaluate_captions(model, args.data, gen, split=args.split, max_samples=args.max_samples,
+                            alt_text=args.alt_text, progress=not args.quiet, max_skipped=args.max_skipped)
+    return _overlap(args, res)
+
+
+def _overlap(args, res):
+    """Warn (stderr, and ``train_overlap`` in metrics.json) when the data overlaps the model's training data."""
+    from mmfm.eval.overlap import mark_overlap
+
+    warning = mark_overlap(res, args.model, args.data, [p["image"] for p in res.predictions])
+    if warning:
+        print(warning, file=sys.stderr)
+    return res
 
 
 def _run_vqa(args):
@@ -68,9 +79,9 @@ def _run_vqa(args):
     candidates = read_candidates(args)
     model, gen = _load(args)
     vqa_cfg = read_config(args.model).task.vqa
-    return evaluate_vqa_model(model, args.data, gen, vqa_cfg, split=args.split, max_samples=args.max_samples,
-                              mode=args.mode, candidates=candidates, progress=not args.quiet,
-                              max_skipped=args.max_skipped)
+    return _overlap(args, evaluate_vqa_model(model, args.data, gen, vqa_cfg, split=args.split,
+                                             max_samples=args.max_samples, mode=args.mode, candidates=candidates,
+                                             progress=not args.quiet, max_skipped=args.max_skipped))
 
 
 def _show_scores(args, res) -> None:

@@ -55,6 +55,8 @@ def main(argv: list[str]) -> int:
                              batch_size=args.batch_size, workers=args.workers, device=args.device,
                              precision=args.precision, ks=ks, max_samples=args.max_samples,
                              max_pixels=args.max_pixels, progress=not args.quiet)
+    from .zeroshot import _warn_overlap
+    _warn_overlap(res, args.model, args.data, None)
     m = res.summary()
     if args.out:
         write_json(args.out, m)
