@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -141,6 +142,9 @@ def show_single(args, res) -> None:
     """The show step of ``run_single``: ``--metrics``/``--out`` (the record), its line and the record as JSON."""
     from mmfm.eval.result import write_json
     m = res.summary()
+    if m.get("texts_cut"):
+        print(f"warning: {m['texts_cut']} caption(s) longer than the text tower's context were cut "
+              f"(model.text.long_captions: {m['long_captions']}; stretch reads them whole)", file=sys.stderr)
     out = getattr(args, "metrics", None) or getattr(args, "out", None)
     if out:
         write_json(out, m)

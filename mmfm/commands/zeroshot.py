@@ -70,6 +70,9 @@ def main(argv: list[str]) -> int:
                             cache=args.cache_dir, use_cache=not args.no_cache, max_pixels=args.max_pixels,
                             fast_decode=args.fast_decode, progress=not args.quiet)
     _warn_overlap(res, args.model, args.folder, [r["path"] for r in res.predictions])
+    if res.meta.get("texts_cut"):
+        print(f"warning: {res.meta['texts_cut']} prompt(s) longer than the text tower's context were cut "
+              f"(model.text.long_captions: {res.meta['long_captions']}; stretch reads them whole)", file=sys.stderr)
     if args.out:
         write_predictions(res, args.out)
     if args.report:

@@ -28,7 +28,8 @@ from mmfm.data.transforms import eval_transform
 
 from mmfm.models.device import model_device
 
-from ..embedding import autocast, default_workers, effective_precision, encode_texts, load_clip, split_transform
+from ..embedding import (autocast, default_workers, effective_precision, encode_texts, load_clip, long_caption_note,
+                         split_transform)
 from ..result import EvalResult, backend
 from ..retrieval import ShardPairs, collate_list, recall_at_k
 from ..zeroshot.classifier import build_classifier
@@ -177,6 +178,7 @@ def retrieve(model, emb: dict, *, ks=(1, 5, 10), precision="auto") -> dict:
         out[f"text_retrieval_recall@{k}"] = m[f"image_to_text_R@{k}"]
     out.update(m)
     out["n_captions"] = len(captions)
+    out.update(long_caption_note(model, captions))
     return out
 
 
@@ -205,6 +207,7 @@ def evaluate_benchmark(model, bench: Benchmark | str, *, classnames=None, templa
             "precision": effective_precision(dev, precision), "n_samples": int(emb["image"].shape[0]),
             "n_skipped": len(emb["skipped"]), "skipped": emb["skipped"][:100],
             "seconds": round(time.perf_counter() - t0, 3)}
+    meta.update({k: m.pop(k) for k in ("long_captions", "texts_cut") if k in m})     # retrieval captions
     return EvalResult(metrics={k: v for k, v in m.items() if k not in meta}, meta=meta)
 
 
