@@ -11,8 +11,9 @@ import argparse
 import sys
 
 from .decoding import add_generate_args, generate_config_from_args
-from .eval_benchmarks import (benchmark_args, compositionality_args, run_benchmark, run_compositionality,
-                              show_benchmark, show_compositionality)
+from .eval_benchmarks import (benchmark_args, compositionality_args, multilingual_args, run_benchmark,
+                              run_compositionality, run_multilingual, show_benchmark, show_compositionality,
+                              show_multilingual)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -301,6 +302,8 @@ SUBCOMMANDS = {
     "compositionality": ("SugarCrepe / ARO (VG-Relation, VG-Attribution, COCO/Flickr order): how often the image "
                          "prefers the true caption to the hard negatives", compositionality_args,
                          run_compositionality, show_compositionality),
+    "multilingual": ("XM3600 / Multi30k: image-text retrieval R@k per language", multilingual_args,
+                     run_multilingual, show_multilingual),
 }
 
 

@@ -150,3 +150,45 @@ def show_single(args, res) -> None:
         write_json(out, m)
     print(format_result(m))
     print(json.dumps({k: v for k, v in m.items() if k != "skipped"}))
+
+
+def multilingual_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="XM3600's captions.jsonl, or Multi30k's data/task1 folder (image_splits/, raw/)")
+    p.add_argument("--format", choices=["xm3600", "multi30k"], default=None,
+                   help="default: xm3600 for a .jsonl file, multi30k for a folder")
+    p.add_argument("--images", required=True, help="the image folder (XM3600: KEY.jpg; Multi30k: the Flickr30k "
+                                                   "images its split lists)")
+    p.add_argument("--split", default="test_2016_flickr", help="Multi30k split (default test_2016_flickr)")
+    p.add_argument("--langs", help="comma-separated languages (default: every language of XM3600; Multi30k: "
+                                   "en,de,fr,cs)")
+    p.add_argument("--model", required=True, help="mmfm checkpoint / run dir / export, or openclip:NAME[:FILE]")
+    p.add_argument("--k", default="1,5,10", help="recall cut-offs (default 1,5,10)")
+    p.add_argument("--out", metavar="JSON", help="write the per-language scores here")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--quiet", action="store_true")
+
+
+def run_multilingual(args):
+    from mmfm.eval.benchmarks.multilingual import evaluate_multilingual, read_multi30k, read_xm3600
+    langs = [s.strip() for s in args.langs.split(",") if s.strip()] if args.langs else None
+    fmt = args.format or ("xm3600" if args.data.endswith(".jsonl") else "multi30k")
+    if fmt == "xm3600":
+        data = read_xm3600(args.data, args.images, langs)
+    else:
+        data = read_multi30k(args.data, args.split, args.images, langs or ["en", "de", "fr", "cs"])
+    return evaluate_multilingual(args.model, data, ks=parse_ks(args.k), batch_size=args.batch_size,
+                                 device=args.device, precision=args.precision, progress=not args.quiet)
+
+
+def show_multilingual(args, res) -> None:
+    """One line per language (and the mean): its recalls."""
+    from mmfm.eval.result import write_json
+    ks = parse_ks(args.k)
+    print(f"{res.meta['dataset']}: {res.meta['n_images']} images, languages {', '.join(res.meta['languages'])}")
+    for lang, m in res.metrics.items():
+        print(f"  {lang:<6} " + "  ".join(f"{d} R@{k} {100 * m[f'{d}_R@{k}']:.2f}"
+                                          for d in ("image_to_text", "text_to_image") for k in ks))
+    if args.out:
+        print(f"wrote {write_json(args.out, res.summary())}")
