@@ -109,7 +109,8 @@ def _select(data: MultilingualSet, langs, source: str) -> MultilingualSet:
     if langs:
         absent = [lang for lang in langs if lang not in data.captions]
         if absent:
-            raise ConfigError(f"{source}: no captions in {', '.join(absent)} (it has {', '.join(sorted(data.captions))})")
+            raise ConfigError(f"{source}: no captions in {', '.join(absent)} "
+                              f"(it has {', '.join(sorted(data.captions))})")
         data.captions = {lang: data.captions[lang] for lang in langs}
     return data
 
