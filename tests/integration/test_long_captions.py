@@ -126,3 +126,24 @@ def test_zero_shot_says_when_it_cut_a_prompt(tmp_path, capsys):
             assert meta["texts_cut"] == 2 and "2 prompt(s) longer than the text tower's context were cut" in err
         else:
             assert meta["texts_cut"] == 0 and "were cut" not in err
+
+
+def test_retrieval_records_the_captions_it_cut(tmp_path, capsys):
+    from PIL import Image
+
+    from mmfm.cli import main
+    from mmfm.models import save_pretrained
+    rows = ["image,caption"]
+    for i, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / f"{i}.png")
+        rows.append(f"{tmp_path / f'{i}.png'},{' '.join([colour] * (100 if i else 3))}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    torch.manual_seed(0)
+    model = build_model({"name": "tiny"})
+    save_pretrained(model, model.model_cfg, tmp_path / "clip")
+    out = tmp_path / "r.json"
+    assert main(["retrieval", str(tmp_path / "pairs.csv"), "--model", str(tmp_path / "clip"), "--workers", "0",
+                 "--out", str(out), "--quiet"]) == 0
+    got = json.loads(out.read_text())
+    assert got["texts_cut"] == 1 and got["long_captions"] == "truncate"
+    assert "1 caption(s) longer than the text tower's context were cut" in capsys.readouterr().err
