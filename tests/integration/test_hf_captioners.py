@@ -232,3 +232,29 @@ def test_offline_hub_id_names_the_hub_not_the_demo_clip(tmp_path, capsys, monkey
     assert rc != 0 and "Salesforce/blip-image-captioning-base" in err and "Hugging Face hub" in err
     assert "runs/demo/clip" not in err
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())      # nothing written
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_caption_confidence_from_generate_logits_equals_the_teacher_forced_pass(folders, family):
+    """``caption_images`` takes a transformers captioner's confidence from the logits ``generate`` already
+    computed (no second pass through the vision tower): the same value as the teacher-forced pass."""
+    from mmfm.config.caption import GenerateConfig
+    from mmfm.generate import caption_confidence, caption_images
+    from mmfm.models.hf_captioner import load_hf_spec
+
+    model = load_hf_spec(f"hf:{folders[family]}").eval()
+    images, gen = _images(3), GenerateConfig(max_new_tokens=6, min_new_tokens=2, prompt=PROMPT[family], batch_size=2)
+    rows = caption_images(model, images, gen, alt_text=False)
+    prefix = model.encode_plain(PROMPT[family]) if PROMPT[family] else []
+    pv = torch.stack([model.image_transform()(im) for im in images])
+    steps: list = []
+    new = model.generate_ids(pv, [prefix] * 3, max_new_tokens=6, min_new_tokens=2, step_logits=steps)
+    assert steps and steps[0].shape[:2] == new.shape
+    hand = caption_confidence(model, pv, prefix, new)
+    assert [r["confidence"] for r in rows] == pytest.approx(hand, abs=1e-4)
+    assert [r["caption"] for r in rows] == [clean(model.decode(row)) for row in new]
+
+
+def clean(text):
+    from mmfm.generate import clean_caption
+    return clean_caption(text)
