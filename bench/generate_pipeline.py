@@ -136,6 +136,10 @@ def side_mmfm(folder, paths, args):
                   args.device)
 
 
+def _text(out) -> str:
+    return (out[0] if isinstance(out, list) else out)["generated_text"]
+
+
 def side_pipeline(folder, paths, args):
     from transformers import pipeline
     from transformers.pipelines import SUPPORTED_TASKS
@@ -143,9 +147,9 @@ def side_pipeline(folder, paths, args):
     kw = dict(batch_size=args.batch_size, generate_kwargs=_gen_kwargs(args.new_tokens))
     if "image-to-text" in SUPPORTED_TASKS:
         pipe = pipeline("image-to-text", model=str(folder), device=args.device)
-        return _timed(lambda ps: [o[0]["generated_text"] for o in pipe(ps, **kw)], paths, args.device)
+        return _timed(lambda ps: [_text(o) for o in pipe(ps, **kw)], paths, args.device)
     pipe = pipeline("image-text-to-text", model=str(folder), device=args.device)
-    return _timed(lambda ps: [o[0]["generated_text"] for o in pipe(images=ps, text=[""] * len(ps),
+    return _timed(lambda ps: [_text(o) for o in pipe(images=ps, text=[""] * len(ps),
                                                                     return_full_text=False, **kw)],
                   paths, args.device)
 
