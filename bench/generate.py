@@ -216,6 +216,7 @@ def parse(argv=None):
     p.add_argument("--against", choices=["coca", "pipeline"], default="coca",
                    help="pipeline: mmfm caption vs transformers' pipeline and generate loop (bench/generate_pipeline.py)")
     p.add_argument("--shapes", default="git,blip", help="--against pipeline: comma-separated git,blip")
+    p.add_argument("--rounds", type=int, default=3, help="--against pipeline: interleaved timed rounds per side")
     p.add_argument("--shape-side", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -237,8 +238,8 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(ROOT / "bench"))
         import generate_pipeline as gp
         if args.shape_side:
-            args.shape, args.side_name = args.shape_side.split(":")
-            print("RESULT " + json.dumps(gp.run_side(args)))
+            args.shape = args.shape_side
+            print("RESULT " + json.dumps(gp.run_shape(args)))
             return 0
         return gp.main(args)
     if args.side != "all":

@@ -11,7 +11,10 @@ of new tokens (``min_new_tokens = max_new_tokens``), captions compared word for 
 * Images: N JPEGs (random sizes 320-640 px, seeded) written once to ``.bench/generate/jpeg``; every side reads the
   files (decoding is inside the timed region on every side).
 * mmfm side: ``mmfm.generate.caption_images`` on the folder's paths, as ``mmfm caption DIR --raw`` runs it
-  (confidence pass included). fp32 on CPU; bf16 autocast on CUDA for every side.
+  (confidence included). fp32 on CPU; bf16 autocast on CUDA for every side.
+* Timing: one process per shape holds every side, warms each up on 2 images, then times ``--rounds``
+  interleaved rounds (mmfm, pipeline, generate, mmfm, ...) and reports each side's median round, so load
+  drift on a shared machine falls on every side alike.
 """
 from __future__ import annotations
 
@@ -117,7 +120,6 @@ def _gen_kwargs(n: int) -> dict:
 def _timed(fn, paths, device):
     import torch
     with torch.no_grad(), _autocast(device):
-        fn(paths[:2])                                                        # warm-up
         _sync(device)
         t0 = time.perf_counter()
         captions = fn(paths)
@@ -125,37 +127,34 @@ def _timed(fn, paths, device):
         return captions, time.perf_counter() - t0
 
 
-def side_mmfm(folder, paths, args):
+def runner_mmfm(folder, args):
+    """What ``mmfm caption DIR --raw`` runs: the hf: loader, then ``caption_images`` on the paths."""
     from mmfm.config.caption import GenerateConfig
     from mmfm.generate import caption_images
     from mmfm.models.checkpoint import load
 
     model = load(f"hf:{folder}", device=args.device, expect="captioner")
     gen = GenerateConfig(**_gen_kwargs(args.new_tokens), prompt="", batch_size=args.batch_size)
-    return _timed(lambda ps: [r["caption"] for r in caption_images(model, ps, gen, alt_text=False)], paths,
-                  args.device)
+    return lambda ps: [r["caption"] for r in caption_images(model, ps, gen, alt_text=False)]
 
 
 def _text(out) -> str:
     return (out[0] if isinstance(out, list) else out)["generated_text"]
 
 
-def side_pipeline(folder, paths, args):
+def runner_pipeline(folder, args):
     from transformers import pipeline
     from transformers.pipelines import SUPPORTED_TASKS
 
     kw = dict(batch_size=args.batch_size, generate_kwargs=_gen_kwargs(args.new_tokens))
     if "image-to-text" in SUPPORTED_TASKS:
         pipe = pipeline("image-to-text", model=str(folder), device=args.device)
-        return _timed(lambda ps: [_text(o) for o in pipe(ps, **kw)], paths, args.device)
+        return lambda ps: [_text(o) for o in pipe(ps, **kw)]
     pipe = pipeline("image-text-to-text", model=str(folder), device=args.device)
-    return _timed(lambda ps: [_text(o) for o in pipe(images=ps, text=[""] * len(ps),
-                                                                    return_full_text=False, **kw)],
-                  paths, args.device)
+    return lambda ps: [_text(o) for o in pipe(images=ps, text=[""] * len(ps), return_full_text=False, **kw)]
 
 
-def side_generate(folder, paths, args):
-    import torch
+def runner_generate(folder, args):
     import transformers as T
     from PIL import Image
 
@@ -171,19 +170,43 @@ def side_generate(folder, paths, args):
             ids = model.generate(pixel_values=pv, **_gen_kwargs(n))
             out += proc.batch_decode(ids[:, -n:], skip_special_tokens=True)
         return out
-    return _timed(run, paths, args.device)
+    return run
 
 
-def run_side(args) -> dict:
+def side_mmfm(folder, paths, args):
+    """One warm-up on 2 images, then one timed pass: (captions, seconds)."""
+    return _warm_then_time(runner_mmfm(folder, args), paths, args.device)
+
+
+def side_pipeline(folder, paths, args):
+    return _warm_then_time(runner_pipeline(folder, args), paths, args.device)
+
+
+def _warm_then_time(fn, paths, device):
+    _timed(fn, paths[:2], device)
+    return _timed(fn, paths, device)
+
+
+def run_shape(args) -> dict:
+    """Every side of one shape in this process, warmed up, then timed in ``--rounds`` interleaved rounds (on a
+    shared machine, load drifts; interleaving gives every side the same drift); each side's median round."""
+    import statistics
+
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = ROOT / ".bench" / "generate" / f"hf-{args.shape}"
     paths = sorted(str(p) for p in (ROOT / ".bench" / "generate" / "jpeg").glob("*.jpg"))[: args.images]
-    fn = {"mmfm": side_mmfm, "pipeline": side_pipeline, "generate": side_generate}[args.side_name]
-    captions, seconds = fn(folder, paths, args)
-    return {"side": args.side_name, "shape": args.shape, "seconds": seconds, "images": len(paths),
-            "tokens": len(paths) * args.new_tokens, "captions": captions}
+    runners = {side: globals()[f"runner_{side}"](folder, args) for side in SIDES}
+    for fn in runners.values():
+        _timed(fn, paths[:2], args.device)                                        # warm-up
+    times, captions = {side: [] for side in SIDES}, {}
+    for _ in range(args.rounds):
+        for side, fn in runners.items():
+            captions[side], seconds = _timed(fn, paths, args.device)
+            times[side].append(seconds)
+    return {side: {"seconds": statistics.median(times[side]), "rounds": times[side], "images": len(paths),
+                   "tokens": len(paths) * args.new_tokens, "captions": captions[side]} for side in SIDES}
 
 
 def _same(a, b) -> bool:
@@ -192,28 +215,28 @@ def _same(a, b) -> bool:
 
 
 def main(args) -> int:
-    """Build the folders and images, run every (shape, side) in its own process, print both sides and ratios."""
+    """Build the folders and images, run each shape's sides in one process, print both sides and the ratios."""
     import torch
 
     paths = write_images(ROOT / ".bench" / "generate" / "jpeg", args.images)
     ratios = []
     for shape in args.shapes.split(","):
         build_folder(shape, ROOT / ".bench" / "generate" / f"hf-{shape}")
-        res = {}
-        for side in SIDES:
-            cmd = [sys.executable, str(ROOT / "bench" / "generate.py"), "--against", "pipeline", "--shape-side",
-                   f"{shape}:{side}", "--images", str(len(paths)), "--new-tokens", str(args.new_tokens),
-                   "--batch-size", str(args.batch_size), "--device", args.device, "--threads", str(args.threads)]
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                   "TOKENIZERS_PARALLELISM": "false"}
-            p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-            line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if p.returncode != 0 or line is None:
-                print(p.stdout[-2000:], p.stderr[-4000:], file=sys.stderr)
-                raise SystemExit(f"{shape} {side} side failed (exit {p.returncode})")
-            r = res[side] = json.loads(line[7:])
+        cmd = [sys.executable, str(ROOT / "bench" / "generate.py"), "--against", "pipeline", "--shape-side",
+               shape, "--images", str(len(paths)), "--new-tokens", str(args.new_tokens), "--rounds",
+               str(args.rounds), "--batch-size", str(args.batch_size), "--device", args.device, "--threads",
+               str(args.threads)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if p.returncode != 0 or line is None:
+            print(p.stdout[-2000:], p.stderr[-4000:], file=sys.stderr)
+            raise SystemExit(f"{shape} failed (exit {p.returncode})")
+        res = json.loads(line[7:])
+        for side, r in res.items():
             print(f"  {shape:<5} {side:<9} {r['images'] / r['seconds']:8.2f} images/s {r['tokens'] / r['seconds']:9.1f}"
-                  f" tokens/s  ({r['seconds']:.1f} s)", flush=True)
+                  f" tokens/s  (median of {' '.join(f'{t:.1f}' for t in r['rounds'])} s)", flush=True)
         same = _same(res["mmfm"]["captions"], res["pipeline"]["captions"])
         same_gen = _same(res["mmfm"]["captions"], res["generate"]["captions"])
         rate = {s: r["images"] / r["seconds"] for s, r in res.items()}
