@@ -5,6 +5,7 @@ VQA answers match (LLaVA), training through ``mmfm train --init-from hf:DIR`` ch
 exports back to a folder transformers loads with equal logits."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,6 @@ import torch
 from PIL import Image
 
 from mmfm.cli import main as cli
-from tests.hf_captioners import build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAMILIES = ("blip", "git", "ved", "llava")
@@ -20,9 +20,8 @@ PROMPT = {"blip": "a photo of", "git": "a photo of", "ved": "", "llava": "a phot
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hf")
-    return {f: build(f, root / f) for f in FAMILIES}
+def folders(hf_captioner):
+    return {f: hf_captioner(f) for f in FAMILIES}
 
 
 def _images(n=2):
@@ -198,7 +197,7 @@ def test_train_init_from_hf_changes_weights_and_exports_back(folders, family, lo
     assert len(rows) == 2 and all(r["error"] is None for r in rows)
 
 
-def test_refusals_name_class_families_and_missing_processor(tmp_path, capsys):
+def test_refusals_name_class_families_and_missing_processor(hf_captioner, tmp_path, capsys):
     import transformers as T
 
     bert = T.BertModel(T.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -213,7 +212,7 @@ def test_refusals_name_class_families_and_missing_processor(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and not out.exists()
 
     folder = tmp_path / "blip"
-    build("blip", folder)
+    shutil.copytree(hf_captioner("blip"), folder)
     for name in ("processor_config.json", "tokenizer.json", "tokenizer_config.json"):
         os.remove(folder / name)
     capsys.readouterr()
