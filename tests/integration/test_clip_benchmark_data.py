@@ -14,15 +14,15 @@ from mmfm.config import ConfigError
 from mmfm.eval.benchmarks.clip_benchmark import evaluate_benchmark, read_suite, result_row, run_suite, write_csv
 from mmfm.eval.benchmarks.sources import open_benchmark
 from mmfm.eval.result import EvalResult
-from tests.clip_benchmark_fixtures import (CLASSNAMES, TEMPLATES, tiny_open_clip, write_cifar10,
+from tests.clip_benchmark_fixtures import (CLASSNAMES, TEMPLATES, write_cifar10,
                                            write_wds_classification, write_wds_retrieval)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def oc(tmp_path_factory):
-    return tiny_open_clip(tmp_path_factory.mktemp("cb_model"))
+def oc(tiny_oc):
+    return tiny_oc
 
 
 @pytest.fixture(scope="module")

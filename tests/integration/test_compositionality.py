@@ -13,14 +13,13 @@ from mmfm.config import ConfigError
 from mmfm.eval.benchmarks.compositionality import (Suite, CaptionTest, evaluate_compositionality, is_right, pre_caption,
                                                   read_suite, shuffle_trigrams, shuffle_within_trigrams, summarize)
 from mmfm.eval.result import EvalResult
-from tests.clip_benchmark_fixtures import tiny_open_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def oc(tmp_path_factory):
-    return tiny_open_clip(tmp_path_factory.mktemp("comp_model"))
+def oc(tiny_oc):
+    return tiny_oc
 
 
 def _img(path, seed, size=(40, 30)):
