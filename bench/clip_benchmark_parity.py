@@ -75,7 +75,7 @@ def anchor_metrics(dataset: str, dataset_root: str, model: str, weights: str, *,
 def mmfm_metrics(dataset: str, dataset_root: str, spec: str, *, ks=(1, 5, 10), batch_size: int = 64) -> dict:
     from mmfm.eval.benchmarks.clip_benchmark import evaluate_benchmark
     return evaluate_benchmark(spec, dataset, dataset_root=dataset_root, ks=ks, batch_size=batch_size, workers=0,
-                              device="cpu", precision="fp32", progress=False)
+                              device="cpu", precision="fp32", progress=False).summary()
 
 
 def compare(anchor: dict, ours: dict) -> list[tuple[str, float, float]]:

@@ -3,6 +3,8 @@ open_clip's CoCa ``generate`` -- at matched decoder size, and print captions/s, 
 
     .venv/bin/python bench/generate.py [--images 500] [--size base|small] [--new-tokens 20] [--batch-size 50]
                                        [--device cpu|cuda] [--threads N]
+    .venv/bin/python bench/generate.py --against pipeline [--images 64] [--new-tokens 20] [--shapes git,blip]
+      (mmfm caption vs transformers' pipeline and a plain generate loop: see bench/generate_pipeline.py)
 
 * Same images: N random 224x224 RGB images (seeded), written once to a .npy file both sides read.
 * Same sizes, random init on both sides (no downloads):
@@ -211,6 +213,11 @@ def parse(argv=None):
     p.add_argument("--side", choices=["all", "coca", "mmfm", "mmfm-nocache"], default="all")
     p.add_argument("--images-file", default=str(ROOT / ".bench" / "generate" / "images.npy"))
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--against", choices=["coca", "pipeline"], default="coca",
+                   help="pipeline: mmfm caption vs transformers' pipeline and generate loop (bench/generate_pipeline.py)")
+    p.add_argument("--shapes", default="git,blip", help="--against pipeline: comma-separated git,blip")
+    p.add_argument("--rounds", type=int, default=3, help="--against pipeline: interleaved timed rounds per side")
+    p.add_argument("--shape-side", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -227,6 +234,14 @@ def main(argv=None) -> int:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.against == "pipeline":
+        sys.path.insert(0, str(ROOT / "bench"))
+        import generate_pipeline as gp
+        if args.shape_side:
+            args.shape = args.shape_side
+            print("RESULT " + json.dumps(gp.run_shape(args)))
+            return 0
+        return gp.main(args)
     if args.side != "all":
         res = run_coca(args) if args.side == "coca" else run_mmfm(args, args.side == "mmfm")
         print("RESULT " + json.dumps(res))

@@ -6,6 +6,8 @@ Prints, for ViT-B/32 CLIP in bf16 on one GPU:
   resident batch (the step alone) and through the loader (WebDataset shards, JPEG decode, workers), with the peak
   GPU memory of each; MFU = FLOPs of a step (torch.utils.flop_counter) x steps/s / measured bf16 matmul peak;
 * captioner generation tokens/s (bench/generate.py's base captioner, KV cache, greedy, bf16);
+* a transformers captioner family (``--hf-family git|blip``, base shape, random init, bf16 autocast): ``mmfm
+  caption``'s path against transformers' pipeline on the same JPEGs, images/s, tokens/s and the ratio;
 * zero-shot images/s (bench/zeroshot.py's folder and random ViT-B-32, through ``mmfm.eval.zeroshot.classify``).
 
 On one GPU the process group has one rank: DDP's all-reduce and FSDP's all-gather / reduce-scatter are the
@@ -115,6 +117,26 @@ def captioner_rate(args) -> str:
             f"{res['tokens'] / res['seconds']:.0f} tokens/s, {n / res['seconds']:.1f} captions/s")
 
 
+def hf_captioner_rate(args) -> list[str]:
+    """A transformers captioner family at base shape (bench/generate_pipeline.py: random-init GIT-base or
+    BLIP-base), ``mmfm caption``'s path against transformers' pipeline, same JPEGs, greedy, bf16 autocast."""
+    import generate_pipeline as gp
+    work, n = Path(args.work), 8 if args.smoke else 512
+    size = "tiny" if args.smoke else "base"
+    folder = gp.build_folder(args.hf_family, work / f"hf-{args.hf_family}-{size}", size)
+    paths = gp.write_images(work / "hf_jpeg", n)
+    ns = SimpleNamespace(device=args.device, batch_size=4 if args.smoke else 64, new_tokens=4 if args.smoke else 20)
+    lines, res = [], {}
+    for side in ("mmfm", "pipeline"):
+        res[side] = getattr(gp, f"side_{side}")(folder, paths, ns)
+        rate = n / res[side][1]
+        lines.append(f"  {args.hf_family}-{size} {side:<8} {rate:8.1f} images/s {rate * ns.new_tokens:9.0f} tokens/s "
+                     f"(batch {ns.batch_size}, {ns.new_tokens} new tokens, {n} JPEGs)")
+    lines.append(f"  ratio mmfm / transformers pipeline ({args.hf_family}): {res['pipeline'][1] / res['mmfm'][1]:.2f}x "
+                 f"images/s, captions identical: {gp._same(res['mmfm'][0], res['pipeline'][0])}")
+    return [f"transformers captioner ({'bf16 autocast' if args.device.startswith('cuda') else 'fp32'}):", *lines]
+
+
 def zeroshot_rate(args) -> str:
     import zeroshot as bzs
     work = Path(args.work)
@@ -139,7 +161,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=12000, help="synthetic 256 px JPEG samples for the loader")
     p.add_argument("--work", default=str(HERE.parent / ".bench" / "gpu"))
     p.add_argument("--smoke", action="store_true", help="CPU, tiny models, 2 steps: check the script runs")
-    p.add_argument("--parts", default="train,caption,zeroshot")
+    p.add_argument("--parts", default="train,caption,hf-caption,zeroshot")
+    p.add_argument("--hf-family", choices=["git", "blip"], default="git", help="hf-caption: the family timed")
     args = p.parse_args(argv)
     import torch
     if args.smoke:
@@ -174,6 +197,8 @@ def main(argv=None) -> int:
             print(train_rate(args, strategy, False, False, shards, flops, peak), flush=True)
     if "caption" in parts:
         print(captioner_rate(args), flush=True)
+    if "hf-caption" in parts:
+        print("\n".join(hf_captioner_rate(args)), flush=True)
     if "zeroshot" in parts:
         print(zeroshot_rate(args), flush=True)
     print(f"total {time.perf_counter() - t_all:.0f} s", flush=True)

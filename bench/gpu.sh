@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU benchmark: ViT-B/32 bf16 training (DDP and FSDP2, eager and torch.compile, resident batch and
-# through the loader, MFU and peak memory), captioner generation tokens/s and zero-shot images/s on one GPU, in
+# through the loader, MFU and peak memory), captioner generation tokens/s (mmfm's and a transformers GIT-base
+# captioner against transformers' pipeline) and zero-shot images/s on one GPU, in
 # under 8 minutes. Usage: bash bench/gpu.sh [extra bench/gpu.py flags]; bash bench/gpu.sh --smoke checks the
 # script on the CPU. Exits 2 with a message when there is no CUDA GPU.
 set -euo pipefail

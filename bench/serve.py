@@ -1,10 +1,13 @@
 """Benchmark: the alt-text service with dynamic batching on and off. Sends the same 1,000 caption requests
 to ``mmfm serve`` (a real server process on 127.0.0.1) both ways and prints requests/s and p50/p95 latency.
 
-    .venv/bin/python bench/serve.py [--model CKPT] [--requests 1000] [--concurrency 32] [--max-batch 16]
-                                    [--max-wait-ms 10] [--new-tokens 12] [--threads 1]
+    .venv/bin/python bench/serve.py [--model CKPT | --hf git|blip [--hf-size base|tiny]] [--requests 1000]
+                                    [--concurrency 64] [--max-batch 16] [--max-wait-ms 10] [--new-tokens 12]
+                                    [--threads 1]
 
-* Model: ``--model`` (a captioner checkpoint), else a random-init small captioner built here (ViT 64 px,
+* Model: ``--model`` (a captioner checkpoint or ``hf:DIR``); ``--hf git|blip``: a transformers captioner served
+  as ``hf:DIR`` (random-init GIT-base / BLIP-base shapes from bench/generate_pipeline.py, ``--hf-size tiny`` for
+  a smoke run, kept in .bench/serve/); else a random-init small captioner built here (ViT 64 px,
   patch 8, width 192, 4 blocks -> 65 image tokens; GPT-2 decoder width 192, 4 layers, open_clip BPE). The
   weights do not change the work: every request decodes exactly ``--new-tokens`` tokens greedily
   (min_new_tokens = max_new_tokens), so on and off do the same amount of generation.
@@ -53,6 +56,15 @@ def _model(tmp: Path) -> str:
     path = tmp / "small_captioner"
     save_pretrained(build_model(get_model_config(SMALL)), None, path)
     return str(path)
+
+
+def _hf_model(family: str, size: str) -> str:
+    """``hf:DIR`` of a random-init transformers captioner (built once under .bench/serve/)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from generate_pipeline import build_folder
+    folder = ROOT / ".bench" / "serve" / f"hf-{family}-{size}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return f"hf:{build_folder(family, folder, size)}"
 
 
 def _uploads(n: int = 8) -> list[bytes]:
@@ -126,7 +138,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="captioner checkpoint (default: a random-init small captioner)")
     p.add_argument("--requests", type=int, default=1000)
-    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--hf", choices=["git", "blip"], help="serve a transformers captioner (hf:DIR) of this family")
+    p.add_argument("--hf-size", choices=["base", "tiny"], default="base")
+    p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--new-tokens", type=int, default=12)
@@ -135,7 +149,7 @@ def main() -> int:
     uploads = _uploads()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or _model(Path(tmp))
+        model = args.model or (_hf_model(args.hf, args.hf_size) if args.hf else _model(Path(tmp)))
         for name, batch in (("batching on", args.max_batch), ("batching off", 1)):
             port = _free_port()
             proc = _start(model, port, args, batch)
@@ -153,7 +167,9 @@ def main() -> int:
                   f"p95 {r['p95_ms']:7.1f} ms  mean batch {r['mean_batch']:.1f}  ok {r['ok']}/{r['requests']}"
                   + (f"  errors {r['errors']} e.g. {r['first_errors']}" if r["errors"] else ""), flush=True)
     on, off = results["batching on"], results["batching off"]
-    print(f"model: {args.model or 'random-init small captioner (ViT 64px/192x4 + GPT-2 192x4)'}; "
+    name = args.model or (f"hf: random-init {args.hf} ({args.hf_size} shape)" if args.hf
+                          else "random-init small captioner (ViT 64px/192x4 + GPT-2 192x4)")
+    print(f"model: {name}; "
           f"{args.requests} requests, {args.concurrency} concurrent clients, {args.new_tokens} tokens each, "
           f"{args.threads} server thread(s), {os.cpu_count()} CPUs")
     print(f"ratio on/off: {on['rps'] / off['rps']:.2f}x requests/s, p50 {on['p50_ms'] / off['p50_ms']:.2f}x, "

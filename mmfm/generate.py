@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import torch
@@ -203,15 +204,29 @@ def caption_tensors(model, images: torch.Tensor, gen: GenerateConfig | None = No
     if gen.seed is not None and gen.do_sample:
         torch.manual_seed(gen.seed)
     images = images.to(model_device(model))
-    ids = model.generate_ids(images, [prefix] * images.shape[0], **generation_kwargs(gen, **overrides))
+    kw = generation_kwargs(gen, **overrides)
+    steps: list | None = [] if scores is not None and getattr(model, "library_loss", False) else None
+    if steps is not None:                    # transformers captioners hand back each step's logits
+        kw["step_logits"] = steps
+    ids = model.generate_ids(images, [prefix] * images.shape[0], **kw)
     if scores is not None:
-        scores.extend(caption_confidence(model, images, prefix, ids))
+        scores.extend(confidence_from_logits(model, steps[0], ids) if steps else
+                      caption_confidence(model, images, prefix, ids))
     return [clean_caption(model.decode(row)) for row in ids]
 
 
 def _text_logits(out: dict) -> torch.Tensor:
     """The logits at the text positions (a prefix captioner's image positions in front dropped)."""
     return out["logits"][:, int(out.get("image_positions", 0)):]
+
+
+def confidence_from_logits(model, logits: torch.Tensor, new_ids: torch.Tensor) -> list[float]:
+    """:func:`caption_confidence` from the raw logits ``generate`` computed for each new token (B, T, V): the
+    same mean log-probability up to and including eos, without a second pass (greedy or sampled rows)."""
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, new_ids[..., None].to(logits.device))[..., 0]
+    is_eos = (new_ids == model.layout.eos).int()
+    keep = (is_eos.cumsum(1) - is_eos) == 0                     # tokens up to and including the first eos
+    return [float(v) for v in (logp * keep).sum(1) / keep.sum(1).clamp(min=1)]
 
 
 # ---------------------------------------------------------------- trust: confidence and degenerate output
@@ -286,10 +301,15 @@ def caption_images(model, items: Sequence, gen: GenerateConfig | None = None, *,
     model.eval()
     results: list[dict] = []
     bar = tqdm(total=len(items), desc="captioning", unit="img", disable=not progress)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="mmfm-decode")   # decodes the next batch while the model runs
+    starts = list(range(0, len(items), bs))
+    pending = pool.submit(decode_images, list(items[:bs]), transform, max_pixels) if starts else None
     try:
-        for start in range(0, len(items), bs):
+        for n, start in enumerate(starts):
             chunk = list(items[start: start + bs])
-            tensors, errors = decode_images(chunk, transform, max_pixels)
+            tensors, errors = pending.result()
+            if n + 1 < len(starts):
+                pending = pool.submit(decode_images, list(items[start + bs: start + 2 * bs]), transform, max_pixels)
             ok = [i for i, t in enumerate(tensors) if t is not None]
             scores: list[float] = []
             caps = caption_tensors(model, torch.stack([tensors[i] for i in ok]), gen, scores=scores) if ok else []
@@ -302,6 +322,7 @@ def caption_images(model, items: Sequence, gen: GenerateConfig | None = None, *,
                 results[-1].update(trust_fields(cap, conf, resolve_prompt(model, gen), gen.alt_text, alt_text))
             bar.update(len(chunk))
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         model.train(was_training)
     return results

@@ -11,7 +11,9 @@ import argparse
 import sys
 
 from .decoding import add_generate_args, generate_config_from_args
-from .eval_benchmarks import benchmark_args, compositionality_args, run_benchmark, run_compositionality
+from .eval_benchmarks import (benchmark_args, compositionality_args, multilingual_args, run_benchmark,
+                              run_compositionality, run_multilingual, show_benchmark, show_compositionality,
+                              show_multilingual)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -57,9 +59,20 @@ def _run_caption(args):
     from mmfm.eval.captioning.caption import evaluate_captions
 
     model, gen = _load(args)
-    return evaluate_captions(model, args.data, gen, split=args.split, max_samples=args.max_samples,
-                             alt_text=args.alt_text, progress=not args.quiet, max_skipped=args.max_skipped,
-                             clipscore=args.clipscore)
+    res = evaluate_captions(model, args.data, gen, split=args.split, max_samples=args.max_samples,
+                            alt_text=args.alt_text, progress=not args.quiet, max_skipped=args.max_skipped,
+                            clipscore=args.clipscore)
+    return _overlap(args, res)
+
+
+def _overlap(args, res):
+    """Warn (stderr, and ``train_overlap`` in metrics.json) when the data overlaps the model's training data."""
+    from mmfm.eval.overlap import mark_overlap
+
+    warning = mark_overlap(res, args.model, args.data, [p["image"] for p in res.predictions])
+    if warning:
+        print(warning, file=sys.stderr)
+    return res
 
 
 def _run_vqa(args):
@@ -70,9 +83,9 @@ def _run_vqa(args):
     candidates = read_candidates(args)
     model, gen = _load(args)
     vqa_cfg = read_config(args.model).task.vqa
-    return evaluate_vqa_model(model, args.data, gen, vqa_cfg, split=args.split, max_samples=args.max_samples,
-                              mode=args.mode, candidates=candidates, progress=not args.quiet,
-                              max_skipped=args.max_skipped)
+    return _overlap(args, evaluate_vqa_model(model, args.data, gen, vqa_cfg, split=args.split,
+                                             max_samples=args.max_samples, mode=args.mode, candidates=candidates,
+                                             progress=not args.quiet, max_skipped=args.max_skipped))
 
 
 def _show_scores(args, res) -> None:
@@ -277,10 +290,6 @@ def _show_wise_ft(args, res) -> None:
     print(f"wrote {write_json(args.out, res.summary())}")
 
 
-def _printed(args, res) -> None:
-    """The CLIP_benchmark and compositionality runners print as they go."""
-
-
 SUBCOMMANDS = {
     "caption": ("BLEU-1..4, ROUGE-L, CIDEr-D + degenerate-output report", _caption_args, _run_caption,
                 _show_scores),
@@ -294,10 +303,13 @@ SUBCOMMANDS = {
     "wise-ft": ("zero-shot top-1 of a run's WiSE-FT weights (initial/fine-tuned interpolation) per alpha",
                 _wise_ft_args, _run_wise_ft, _show_wise_ft),
     "benchmark": ("CLIP_benchmark datasets or suite files (its WebDataset folders, torchvision datasets on disk): "
-                  "zero-shot and retrieval metrics, one CSV in its columns", benchmark_args, run_benchmark, _printed),
+                  "zero-shot and retrieval metrics, one CSV in its columns", benchmark_args, run_benchmark,
+                  show_benchmark),
     "compositionality": ("SugarCrepe / ARO (VG-Relation, VG-Attribution, COCO/Flickr order): how often the image "
                          "prefers the true caption to the hard negatives", compositionality_args,
-                         run_compositionality, _printed),
+                         run_compositionality, show_compositionality),
+    "multilingual": ("XM3600 / Multi30k: image-text retrieval R@k per language", multilingual_args,
+                     run_multilingual, show_multilingual),
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -52,25 +53,24 @@ def expand_datasets(items: list[str]) -> list[str]:
     return out
 
 
-def run_benchmark(args) -> int:
-    from mmfm.eval.benchmarks.clip_benchmark import result_row, run_suite, write_csv
+def run_benchmark(args):
+    from mmfm.eval.benchmarks.clip_benchmark import run_suite
+    return run_suite(args.model, expand_datasets(args.data), dataset_root=args.dataset_root, device=args.device,
+                     templates=args.templates, ks=parse_ks(args.k), batch_size=args.batch_size,
+                     workers=args.workers, precision=args.precision, max_samples=args.max_samples,
+                     progress=not args.quiet)
+
+
+def show_benchmark(args, res) -> None:
+    """Each dataset's line, then the CSV (and --out's JSON list of full records)."""
+    from mmfm.eval.benchmarks.clip_benchmark import write_csv
     from mmfm.eval.result import write_json
-    specs = expand_datasets(args.data)
-    rows = []
-
-    def show(m):
-        rows.append(result_row(args.model, m))
+    for m in res.predictions:
         print(format_result(m))
-
-    results = run_suite(args.model, specs, dataset_root=args.dataset_root, device=args.device, on_result=show,
-                        templates=args.templates, ks=parse_ks(args.k), batch_size=args.batch_size,
-                        workers=args.workers, precision=args.precision, max_samples=args.max_samples,
-                        progress=not args.quiet)
-    write_csv(rows, args.csv)
+    write_csv(res.meta["rows"], args.csv)
     if args.out:
-        write_json(args.out, results)
+        write_json(args.out, res.predictions)
     print(f"wrote {args.csv}" + (f" and {args.out}" if args.out else ""))
-    return 0
 
 
 def format_result(m: dict) -> str:
@@ -97,38 +97,98 @@ def compositionality_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def run_compositionality(args) -> int:
+def run_compositionality(args):
     from mmfm.eval.benchmarks.compositionality import ORDER_FILES, evaluate_compositionality, read_suite
-    from mmfm.eval.result import write_json
     kw = {"seed": args.seed} if args.suite in ORDER_FILES else {}
     suite = read_suite(args.suite, args.data, args.images, **kw)
-    m = evaluate_compositionality(args.model, suite, batch_size=args.batch_size, device=args.device,
-                                  precision=args.precision, max_samples=args.max_samples, progress=not args.quiet)
-    print(f"{args.suite}: accuracy {m['accuracy']:.4f} over {m['n_tests']} tests"
+    return evaluate_compositionality(args.model, suite, batch_size=args.batch_size, device=args.device,
+                                     precision=args.precision, max_samples=args.max_samples,
+                                     progress=not args.quiet)
+
+
+def show_compositionality(args, res) -> None:
+    from mmfm.eval.result import write_json
+    m, n = res.metrics, res.meta["n_tests"]
+    print(f"{args.suite}: accuracy {m['accuracy']:.4f} over {n} tests"
           + (f", macro {m['macro_accuracy']:.4f}" if m.get("macro_accuracy") is not None else ""))
     for cat, acc in (m.get("per_category") or {}).items():
         print(f"  {cat:<12} {acc:.4f}")
     if args.out:
-        print(f"wrote {write_json(args.out, m)}")
-    return 0
+        print(f"wrote {write_json(args.out, res.summary())}")
 
 
 def run_single(args, *, zeroshot: bool) -> int:
-    """``mmfm zeroshot`` / ``mmfm retrieval`` on one CLIP_benchmark dataset: print (and write) its metrics."""
+    """``mmfm zeroshot`` / ``mmfm retrieval`` on one CLIP_benchmark dataset: run, then print (and write)."""
+    show_single(args, evaluate_single(args, zeroshot=zeroshot))
+    return 0
+
+
+def evaluate_single(args, *, zeroshot: bool):
+    """The run step of ``run_single``: the dataset's ``EvalResult``."""
     from mmfm.config import ConfigError
     from mmfm.eval.benchmarks.clip_benchmark import evaluate_benchmark
     from mmfm.eval.benchmarks.sources import CLASSIFICATION, open_benchmark
-    from mmfm.eval.result import write_json
     bench = open_benchmark(args.folder if zeroshot else args.data, dataset_root=args.dataset_root)
     if zeroshot != (bench.task == CLASSIFICATION):
         other = "mmfm retrieval" if zeroshot else "mmfm zeroshot"
         raise ConfigError(f"{bench.source} is a {bench.task} dataset: use {other}")
     kw = {"templates": args.templates} if zeroshot else {"ks": parse_ks(args.k)}
-    m = evaluate_benchmark(args.model, bench, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                           precision=args.precision, max_samples=args.max_samples, progress=not args.quiet, **kw)
+    return evaluate_benchmark(args.model, bench, batch_size=args.batch_size, workers=args.workers,
+                              device=args.device, precision=args.precision, max_samples=args.max_samples,
+                              progress=not args.quiet, **kw)
+
+
+def show_single(args, res) -> None:
+    """The show step of ``run_single``: ``--metrics``/``--out`` (the record), its line and the record as JSON."""
+    from mmfm.eval.result import write_json
+    m = res.summary()
+    if m.get("texts_cut"):
+        print(f"warning: {m['texts_cut']} caption(s) longer than the text tower's context were cut "
+              f"(model.text.long_captions: {m['long_captions']}; stretch reads them whole)", file=sys.stderr)
     out = getattr(args, "metrics", None) or getattr(args, "out", None)
     if out:
         write_json(out, m)
     print(format_result(m))
     print(json.dumps({k: v for k, v in m.items() if k != "skipped"}))
-    return 0
+
+
+def multilingual_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="XM3600's captions.jsonl, or Multi30k's data/task1 folder (image_splits/, raw/)")
+    p.add_argument("--format", choices=["xm3600", "multi30k"], default=None,
+                   help="default: xm3600 for a .jsonl file, multi30k for a folder")
+    p.add_argument("--images", required=True, help="the image folder (XM3600: KEY.jpg; Multi30k: the Flickr30k "
+                                                   "images its split lists)")
+    p.add_argument("--split", default="test_2016_flickr", help="Multi30k split (default test_2016_flickr)")
+    p.add_argument("--langs", help="comma-separated languages (default: every language of XM3600; Multi30k: "
+                                   "en,de,fr,cs)")
+    p.add_argument("--model", required=True, help="mmfm checkpoint / run dir / export, or openclip:NAME[:FILE]")
+    p.add_argument("--k", default="1,5,10", help="recall cut-offs (default 1,5,10)")
+    p.add_argument("--out", metavar="JSON", help="write the per-language scores here")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--quiet", action="store_true")
+
+
+def run_multilingual(args):
+    from mmfm.eval.benchmarks.multilingual import evaluate_multilingual, read_multi30k, read_xm3600
+    langs = [s.strip() for s in args.langs.split(",") if s.strip()] if args.langs else None
+    fmt = args.format or ("xm3600" if args.data.endswith(".jsonl") else "multi30k")
+    if fmt == "xm3600":
+        data = read_xm3600(args.data, args.images, langs)
+    else:
+        data = read_multi30k(args.data, args.split, args.images, langs or ["en", "de", "fr", "cs"])
+    return evaluate_multilingual(args.model, data, ks=parse_ks(args.k), batch_size=args.batch_size,
+                                 device=args.device, precision=args.precision, progress=not args.quiet)
+
+
+def show_multilingual(args, res) -> None:
+    """One line per language (and the mean): its recalls."""
+    from mmfm.eval.result import write_json
+    ks = parse_ks(args.k)
+    print(f"{res.meta['dataset']}: {res.meta['n_images']} images, languages {', '.join(res.meta['languages'])}")
+    for lang, m in res.metrics.items():
+        print(f"  {lang:<6} " + "  ".join(f"{d} R@{k} {100 * m[f'{d}_R@{k}']:.2f}"
+                                          for d in ("image_to_text", "text_to_image") for k in ks))
+    if args.out:
+        print(f"wrote {write_json(args.out, res.summary())}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from mmfm.config.data import DEFAULT_MAX_PIXELS
 
@@ -55,6 +56,11 @@ def main(argv: list[str]) -> int:
                              batch_size=args.batch_size, workers=args.workers, device=args.device,
                              precision=args.precision, ks=ks, max_samples=args.max_samples,
                              max_pixels=args.max_pixels, progress=not args.quiet)
+    from .zeroshot import _warn_overlap
+    _warn_overlap(res, args.model, args.data, None)
+    if res.meta.get("texts_cut"):
+        print(f"warning: {res.meta['texts_cut']} caption(s) longer than the text tower's context were cut "
+              f"(model.text.long_captions: {res.meta['long_captions']}; stretch reads them whole)", file=sys.stderr)
     m = res.summary()
     if args.out:
         write_json(args.out, m)

@@ -69,6 +69,10 @@ def main(argv: list[str]) -> int:
                             workers=args.workers, device=args.device, precision=args.precision, topk=args.topk,
                             cache=args.cache_dir, use_cache=not args.no_cache, max_pixels=args.max_pixels,
                             fast_decode=args.fast_decode, progress=not args.quiet)
+    _warn_overlap(res, args.model, args.folder, [r["path"] for r in res.predictions])
+    if res.meta.get("texts_cut"):
+        print(f"warning: {res.meta['texts_cut']} prompt(s) longer than the text tower's context were cut "
+              f"(model.text.long_captions: {res.meta['long_captions']}; stretch reads them whole)", file=sys.stderr)
     if args.out:
         write_predictions(res, args.out)
     if args.report:
@@ -90,6 +94,14 @@ def _benchmark(args) -> int:
         raise ConfigError(f"{', '.join(given)}: not available for a CLIP_benchmark dataset ({args.folder}); its "
                           f"classnames.txt names the classes, --metrics writes the results")
     return run_single(args, zeroshot=True)
+
+
+def _warn_overlap(res, model, data, keys) -> None:
+    """stderr (and ``train_overlap`` in the metrics) when the data overlaps the model's training data."""
+    from mmfm.eval.overlap import mark_overlap
+    warning = mark_overlap(res, model, data, keys)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def _print_summary(res, args, format_table) -> None:

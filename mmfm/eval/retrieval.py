@@ -25,7 +25,8 @@ from mmfm.data.decode import DEFAULT_MAX_PIXELS, decode_image
 from mmfm.data.transforms import eval_transform
 from mmfm.models.device import model_device
 
-from .embedding import autocast, default_workers, effective_precision, encode_texts, load_clip, split_transform
+from .embedding import (autocast, default_workers, effective_precision, encode_texts, load_clip, long_caption_note,
+                        split_transform)
 from .records import SHARD_IMAGE_KEYS, TableData, is_shard_source, read_table, shard_urls
 from .result import EvalResult, backend
 
@@ -155,7 +156,8 @@ def embed_share(model, data, *, share=(0, 1), batch_size=64, workers=None, preci
                 pos.append(b["pos"])
     text = encode_texts(model, captions, precision=precision, progress=progress, desc="retrieval captions")
     return {"pos": torch.tensor(pos, dtype=torch.long), "image": torch.cat(feats) if feats else torch.zeros(0, 0),
-            "text": text, "owner": torch.tensor(owner, dtype=torch.long), "skipped": skipped}
+            "text": text, "owner": torch.tensor(owner, dtype=torch.long), "skipped": skipped,
+            **long_caption_note(model, captions)}
 
 
 def merge_shares(shares: list[dict], source="") -> tuple:
@@ -230,9 +232,9 @@ def retrieval_evaluate(model, data, *, image_key=None, caption_key=None, batch_s
     was_training = model.training
     model.eval()
     try:
-        img, txt, owner, skipped = embed_pairs(model, source, batch_size=batch_size, workers=workers,
-                                               precision=precision, max_pixels=max_pixels,
-                                               max_samples=max_samples, progress=progress)
+        share = embed_share(model, source, batch_size=batch_size, workers=workers, precision=precision,
+                            max_pixels=max_pixels, max_samples=max_samples, progress=progress)
+        img, txt, owner, skipped = merge_shares([share], getattr(source, "source", source))
     finally:
         model.train(was_training)
     dev = model_device(model)
@@ -240,5 +242,6 @@ def retrieval_evaluate(model, data, *, image_key=None, caption_key=None, batch_s
             "format": "shards" if isinstance(source, str) else Path(src).suffix.lstrip("."),
             "n_images": int(img.shape[0]), "n_captions": int(txt.shape[0]), "n_skipped": len(skipped),
             "skipped": skipped[:1000], "device": str(dev), "precision": effective_precision(dev, precision),
+            "long_captions": share["long_captions"], "texts_cut": share["texts_cut"],
             "seconds": round(time.perf_counter() - t0, 3)}
     return EvalResult(metrics=recall_at_k(img, txt, owner, ks), meta=meta)

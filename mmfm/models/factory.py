@@ -120,6 +120,8 @@ def build_model(model_cfg: ModelConfig | dict | str | None = None, *, init_weigh
         model = build_hf_clip(cfg, init_weights=init_weights)
     else:
         model = _build_clip(cfg, init_weights)
+    from .long_text import apply_long_captions
+    apply_long_captions(model, cfg.text)     # after pretrained weights, before a checkpoint's: mmfm.models.long_text
     if cfg.lora is not None:            # after any pretrained weights: they become the adapters' base
         from .lora import apply_lora
         apply_lora(model, cfg.lora)

@@ -227,8 +227,11 @@ class HFCaptioner(nn.Module):
 
     @torch.no_grad()
     def generate_ids(self, image: torch.Tensor | None, prefix_ids: Sequence[Sequence[int]], *,
-                     image_tokens: torch.Tensor | None = None, **generate_kwargs) -> torch.Tensor:
-        """New token ids (B, T) after ``head + prefix`` for each image, via the library's ``generate``."""
+                     image_tokens: torch.Tensor | None = None, step_logits: list | None = None,
+                     **generate_kwargs) -> torch.Tensor:
+        """New token ids (B, T) after ``head + prefix`` for each image, via the library's ``generate``.
+        ``step_logits`` (a list, one sequence per row, no beams): receives the raw logits (B, T, V) of each new
+        token, so the caption's confidence needs no second, teacher-forced pass through the vision tower."""
         pv = image if image_tokens is None else image_tokens
         rows = [self.sequence(p, None)[0] for p in prefix_ids]
         if len(rows) != pv.shape[0]:
@@ -247,8 +250,12 @@ class HFCaptioner(nn.Module):
         else:
             kw = {"pixel_values": pv, "input_ids": ids, "attention_mask": mask}
         from .captioner import _quiet_transformers
+        scored = step_logits is not None and (gen.num_beams or 1) == 1
         with _quiet_transformers():
-            out = self.hf.generate(**kw, generation_config=gen)
+            out = self.hf.generate(**kw, generation_config=gen, output_logits=scored, return_dict_in_generate=scored)
+        if scored:
+            step_logits.append(torch.stack(out.logits, 1))
+            out = out.sequences
         return out[:, ids.shape[1]:]
 
     def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:

@@ -48,12 +48,13 @@ def endpoint(url: str):
 
 
 @contextlib.contextmanager
-def moto_s3():
+def moto_s3(port: int = 0):
+    """``port``: a fixed one (the run's Ray cluster has its workers' S3 endpoint there, tests/ray_head.py)."""
     pytest.importorskip("s3fs")
     server_mod = pytest.importorskip("moto.server")
     import logging
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
         host, port = server.get_host_and_port()

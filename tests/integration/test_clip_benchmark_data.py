@@ -13,15 +13,16 @@ import torch
 from mmfm.config import ConfigError
 from mmfm.eval.benchmarks.clip_benchmark import evaluate_benchmark, read_suite, result_row, run_suite, write_csv
 from mmfm.eval.benchmarks.sources import open_benchmark
-from tests.clip_benchmark_fixtures import (CLASSNAMES, TEMPLATES, tiny_open_clip, write_cifar10,
+from mmfm.eval.result import EvalResult
+from tests.clip_benchmark_fixtures import (CLASSNAMES, TEMPLATES, write_cifar10,
                                            write_wds_classification, write_wds_retrieval)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def oc(tmp_path_factory):
-    return tiny_open_clip(tmp_path_factory.mktemp("cb_model"))
+def oc(tiny_oc):
+    return tiny_oc
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,9 @@ def _hand_classification(oc, root):
 
 
 def test_wds_classification_equals_hand_computation(oc, cls_root):
-    m = evaluate_benchmark(oc["spec"], str(cls_root), workers=0, batch_size=7, progress=False)
+    res = evaluate_benchmark(oc["spec"], str(cls_root), workers=0, batch_size=7, progress=False)
+    assert isinstance(res, EvalResult) and res.task == "zeroshot_classification" and "acc1" in res.metrics
+    m = res.summary()
     acc1, mpcr, top5 = _hand_classification(oc, cls_root)
     assert m["task"] == "zeroshot_classification" and m["n_samples"] == 30 and m["n_shards"] == 3
     assert m["acc1"] == pytest.approx(acc1, abs=1e-9) and m["top1"] == m["acc1"]
@@ -110,7 +113,7 @@ def _hand_retrieval(oc, root, ks):
 
 
 def test_wds_retrieval_several_captions_equals_hand_computation(oc, ret_root):
-    m = evaluate_benchmark(oc["spec"], str(ret_root), ks=(1, 5, 10), workers=0, batch_size=4, progress=False)
+    m = evaluate_benchmark(oc["spec"], str(ret_root), ks=(1, 5, 10), workers=0, batch_size=4, progress=False).summary()
     want, n_caps = _hand_retrieval(oc, ret_root, (1, 5, 10))
     assert m["task"] == "zeroshot_retrieval" and m["n_samples"] == 12 and m["n_captions"] == n_caps == 24
     for k, v in want.items():
@@ -125,8 +128,8 @@ def test_wds_through_fsspec_url_gives_the_same_numbers(oc, cls_root):
     for f in cls_root.rglob("*"):
         if f.is_file():
             mem.pipe_file(f"/cbmem/{f.relative_to(cls_root).as_posix()}", f.read_bytes())
-    local = evaluate_benchmark(oc["spec"], str(cls_root), workers=0, progress=False)
-    remote = evaluate_benchmark(oc["spec"], "memory://cbmem", workers=0, progress=False)
+    local = evaluate_benchmark(oc["spec"], str(cls_root), workers=0, progress=False).summary()
+    remote = evaluate_benchmark(oc["spec"], "memory://cbmem", workers=0, progress=False).summary()
     assert remote["n_samples"] == 30
     assert (remote["acc1"], remote["mean_per_class_recall"]) == (local["acc1"], local["mean_per_class_recall"])
 
@@ -156,7 +159,7 @@ def test_torchvision_cifar10_on_disk(oc, tmp_path):
     root = write_cifar10(tmp_path / "cifar")
     bench = open_benchmark(f"torchvision:CIFAR10:{root}")
     assert bench.classnames == ["airplane", "automobile", "bird", "cat"] and len(bench.dataset) == 20
-    m = evaluate_benchmark(oc["spec"], bench, templates=TEMPLATES, workers=0, progress=False)
+    m = evaluate_benchmark(oc["spec"], bench, templates=TEMPLATES, workers=0, progress=False).summary()
     with torch.no_grad():
         x = torch.stack([oc["preprocess"](bench.dataset[i][0]) for i in range(20)])
         img = oc["model"].encode_image(x, normalize=True)
@@ -180,7 +183,8 @@ def test_suite_file_writes_one_csv_in_clip_benchmark_columns(oc, cls_root, ret_r
     assert specs == [f"wds/{cls_root.name}", f"wds/{ret_root.name}"]
     res = run_suite(oc["spec"], specs, dataset_root=str(cls_root.parent / "{dataset}"), workers=0, ks=(1, 5),
                     progress=False)
-    rows = [result_row(oc["spec"], m) for m in res]
+    rows = [result_row(oc["spec"], m) for m in res.predictions]
+    assert rows == res.meta["rows"] and list(res.metrics) == [f"wds/{cls_root.name}", f"wds/{ret_root.name}"]
     out = tmp_path / "benchmark.csv"
     write_csv(rows, out)
     got = list(csv.DictReader(out.open()))
@@ -188,9 +192,9 @@ def test_suite_file_writes_one_csv_in_clip_benchmark_columns(oc, cls_root, ret_r
     assert {"acc1", "acc5", "mean_per_class_recall", "image_retrieval_recall@1", "text_retrieval_recall@5"} <= set(got[0])
     assert got[0]["dataset"] == f"wds/{cls_root.name}" and got[0]["task"] == "zeroshot_classification"
     assert got[0]["model"] == str(oc["config"]) and got[0]["pretrained"] == str(oc["weights"])
-    assert float(got[0]["acc1"]) == pytest.approx(res[0]["acc1"])
+    assert float(got[0]["acc1"]) == pytest.approx(res.predictions[0]["acc1"])
     assert got[1]["task"] == "zeroshot_retrieval" and got[1]["acc1"] == ""
-    assert float(got[1]["image_retrieval_recall@5"]) == pytest.approx(res[1]["image_retrieval_recall@5"])
+    assert float(got[1]["image_retrieval_recall@5"]) == pytest.approx(res.predictions[1]["image_retrieval_recall@5"])
 
 
 # ----------------------------------------------------------------------------- command line
@@ -207,7 +211,7 @@ def test_cli_suite_zeroshot_retrieval_and_errors(oc, cls_root, ret_root, tmp_pat
                  "--workers", "0", "--k", "1,5", "--quiet"]) == 0
     rows = list(csv.DictReader(out.open()))
     assert [r["dataset"] for r in rows] == [f"wds/{cls_root.name}", f"wds/{ret_root.name}"]
-    want = evaluate_benchmark(oc["spec"], str(cls_root), workers=0, progress=False)
+    want = evaluate_benchmark(oc["spec"], str(cls_root), workers=0, progress=False).summary()
     assert float(rows[0]["acc1"]) == pytest.approx(want["acc1"])
 
     metrics = tmp_path / "zs.json"

@@ -9,7 +9,7 @@ fp32 (``--no_amp``)."""
 import pytest
 
 from bench.clip_benchmark_parity import ANCHOR_PY, anchor_metrics, mmfm_metrics
-from tests.clip_benchmark_fixtures import tiny_open_clip, write_wds_classification, write_wds_retrieval
+from tests.clip_benchmark_fixtures import write_wds_classification, write_wds_retrieval
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(not ANCHOR_PY.exists(), reason=f"anchors venv missing ({ANCHOR_PY}); "
@@ -17,11 +17,11 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_oc):
     d = tmp_path_factory.mktemp("cbparity")
     write_wds_classification(d / "tiny_cls")
     write_wds_retrieval(d / "tiny_ret")
-    return d, tiny_open_clip(d)
+    return d, tiny_oc
 
 
 @pytest.mark.parametrize("dataset,keys", [

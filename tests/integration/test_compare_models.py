@@ -74,8 +74,18 @@ def test_compare_captioners_scores_captions_perplexity_and_vqa(setup):
     rows = res.metrics["rows"]
     assert [d["kind"] for d in res.meta["data"]] == ["captions", "vqa"]
     got = {(r["data"], r["metric"]) for r in rows}
-    assert got == {("caps", m) for m in ("BLEU-4", "CIDEr-D", "ROUGE-L", "perplexity")} | \
-        {("q", "VQA accuracy"), ("q", "token F1")}
+    assert got == {("caps", m) for m in ("BLEU-4", "CIDEr-D", "ROUGE-L", "perplexity", "repetition loops",
+                                         "empty captions")} | {("q", "VQA accuracy"), ("q", "token F1")}
+    # eval caption's degenerate-output counts come along: as shares per model (lower is better) and in the notes
+    from mmfm.eval.captioning.caption import evaluate_captions
+    from mmfm.models.checkpoint import load
+    deg = evaluate_captions(load(str(setup / "cap0")), str(setup / "caps.jsonl"), GenerateConfig(max_new_tokens=4),
+                            progress=False).meta["degenerate"]
+    loops = next(r for r in rows if r["metric"] == "repetition loops")
+    assert loops["higher_is_better"] is False and loops["value"] == pytest.approx(deg["repetition_frac"])
+    assert next(r for r in rows if r["metric"] == "empty captions")["value"] == pytest.approx(deg["empty_frac"])
+    assert any(n.endswith(f"degenerate: {deg['repetition_loops']} repetition loops, {deg['empty']} empty, "
+                          f"{deg['distinct_captions']} distinct captions of 3") for n in res.meta["notes"])
     ppl = [r for r in rows if r["metric"] == "perplexity"]
     assert ppl[0]["higher_is_better"] is False and ppl[0]["value"] > 1 and ppl[0]["n"] == 3
     for r in rows[1::2]:                              # the same weights: no difference, in every draw

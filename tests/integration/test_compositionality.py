@@ -12,14 +12,14 @@ from PIL import Image
 from mmfm.config import ConfigError
 from mmfm.eval.benchmarks.compositionality import (Suite, CaptionTest, evaluate_compositionality, is_right, pre_caption,
                                                   read_suite, shuffle_trigrams, shuffle_within_trigrams, summarize)
-from tests.clip_benchmark_fixtures import tiny_open_clip
+from mmfm.eval.result import EvalResult
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def oc(tmp_path_factory):
-    return tiny_open_clip(tmp_path_factory.mktemp("comp_model"))
+def oc(tiny_oc):
+    return tiny_oc
 
 
 def _img(path, seed, size=(40, 30)):
@@ -72,8 +72,10 @@ def test_sugarcrepe_real_format(oc, tmp_path):
                                                     for i, (f, p, n) in enumerate(rows)}, indent=4))
     for s, f in enumerate(["000000085329.jpg", "000000562121.jpg", "000000166391.jpg"]):
         _img(images / f, s)
-    m = evaluate_compositionality(oc["spec"], read_suite("sugarcrepe", str(data), str(images)), batch_size=2,
-                                  progress=False)
+    res = evaluate_compositionality(oc["spec"], read_suite("sugarcrepe", str(data), str(images)), batch_size=2,
+                                    progress=False)
+    assert isinstance(res, EvalResult) and set(res.metrics) == {"accuracy", "per_category"}
+    m = res.summary()
     want = {c: [bool(_hand(oc, images / f, [p, n])[0] > _hand(oc, images / f, [p, n])[1]) for f, p, n in rows]
             for c, rows in cats.items()}
     assert m["per_category"] == {c: pytest.approx(np.mean(v)) for c, v in want.items()}
@@ -95,7 +97,7 @@ def test_vg_relation_crops_to_the_box(oc, tmp_path):
               "true_caption": "the lamp is on the desk", "false_caption": "the desk is on the lamp",
               "image_path": "2376.jpg"}]
     (root / "visual_genome_relation.json").write_text(json.dumps(items))
-    m = evaluate_compositionality(oc["spec"], read_suite("vg_relation", str(root)), progress=False)
+    m = evaluate_compositionality(oc["spec"], read_suite("vg_relation", str(root)), progress=False).summary()
     box = lambda it: (it["bbox_x"], it["bbox_y"], it["bbox_w"], it["bbox_h"])     # noqa: E731
     right = []
     for it in items:
@@ -116,7 +118,7 @@ def test_coco_order_karpathy_json(oc, tmp_path):
     suite = read_suite("coco_order", str(root))
     assert len(suite.tests) == 2 and all(len(t.options) == 4 and t.answer == 0 for t in suite.tests)
     assert suite.tests[0].options[0] == "a man with a red helmet on a small moped on a dirt road"
-    m = evaluate_compositionality(oc["spec"], suite, progress=False)
+    m = evaluate_compositionality(oc["spec"], suite, progress=False).summary()
     right = [int(np.argmax(_hand(oc, t.image, t.options))) == 0 for t in suite.tests]
     assert m["accuracy"] == pytest.approx(np.mean(right))
     assert m["perturbations"] == ["shuffle_within_trigrams", "shuffle_trigrams", "shuffle_all_words"]

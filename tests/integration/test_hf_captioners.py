@@ -5,6 +5,7 @@ VQA answers match (LLaVA), training through ``mmfm train --init-from hf:DIR`` ch
 exports back to a folder transformers loads with equal logits."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,6 @@ import torch
 from PIL import Image
 
 from mmfm.cli import main as cli
-from tests.hf_captioners import build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAMILIES = ("blip", "git", "ved", "llava")
@@ -20,9 +20,8 @@ PROMPT = {"blip": "a photo of", "git": "a photo of", "ved": "", "llava": "a phot
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hf")
-    return {f: build(f, root / f) for f in FAMILIES}
+def folders(hf_captioner):
+    return {f: hf_captioner(f) for f in FAMILIES}
 
 
 def _images(n=2):
@@ -198,7 +197,7 @@ def test_train_init_from_hf_changes_weights_and_exports_back(folders, family, lo
     assert len(rows) == 2 and all(r["error"] is None for r in rows)
 
 
-def test_refusals_name_class_families_and_missing_processor(tmp_path, capsys):
+def test_refusals_name_class_families_and_missing_processor(hf_captioner, tmp_path, capsys):
     import transformers as T
 
     bert = T.BertModel(T.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -213,7 +212,7 @@ def test_refusals_name_class_families_and_missing_processor(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and not out.exists()
 
     folder = tmp_path / "blip"
-    build("blip", folder)
+    shutil.copytree(hf_captioner("blip"), folder)
     for name in ("processor_config.json", "tokenizer.json", "tokenizer_config.json"):
         os.remove(folder / name)
     capsys.readouterr()
@@ -232,3 +231,29 @@ def test_offline_hub_id_names_the_hub_not_the_demo_clip(tmp_path, capsys, monkey
     assert rc != 0 and "Salesforce/blip-image-captioning-base" in err and "Hugging Face hub" in err
     assert "runs/demo/clip" not in err
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())      # nothing written
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_caption_confidence_from_generate_logits_equals_the_teacher_forced_pass(folders, family):
+    """``caption_images`` takes a transformers captioner's confidence from the logits ``generate`` already
+    computed (no second pass through the vision tower): the same value as the teacher-forced pass."""
+    from mmfm.config.caption import GenerateConfig
+    from mmfm.generate import caption_confidence, caption_images
+    from mmfm.models.hf_captioner import load_hf_spec
+
+    model = load_hf_spec(f"hf:{folders[family]}").eval()
+    images, gen = _images(3), GenerateConfig(max_new_tokens=6, min_new_tokens=2, prompt=PROMPT[family], batch_size=2)
+    rows = caption_images(model, images, gen, alt_text=False)
+    prefix = model.encode_plain(PROMPT[family]) if PROMPT[family] else []
+    pv = torch.stack([model.image_transform()(im) for im in images])
+    steps: list = []
+    new = model.generate_ids(pv, [prefix] * 3, max_new_tokens=6, min_new_tokens=2, step_logits=steps)
+    assert steps and steps[0].shape[:2] == new.shape
+    hand = caption_confidence(model, pv, prefix, new)
+    assert [r["confidence"] for r in rows] == pytest.approx(hand, abs=1e-4)
+    assert [r["caption"] for r in rows] == [clean(model.decode(row)) for row in new]
+
+
+def clean(text):
+    from mmfm.generate import clean_caption
+    return clean_caption(text)

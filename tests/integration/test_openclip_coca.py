@@ -53,9 +53,15 @@ def coca(tmp_path_factory):
     open_clip.add_model_config(str(cfg))
     torch.manual_seed(0)
     model = open_clip.create_model("coca_mmfm_tiny")
-    with torch.no_grad():   # open_clip zero-initialises some tensors, which makes every first-step logit equal
-        for p in model.parameters():       # (a tie that top_k=1 breaks at random): perturb all of them
-            p.add_(0.05 * torch.randn_like(p))
+    # open_clip leaves some CoCa tensors zero (every first-step logit equal: a tie top_k=1 breaks at random) and
+    # some uninitialised (torch.empty: NaN when the allocator hands back dirty memory): set every one, seeded
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            norm = p.ndim == 1 and n.endswith("weight") and any(k in n for k in ("ln", "norm"))
+            p.copy_(torch.randn_like(p) * 0.05 + (1.0 if norm else 0.0))
+        for b in model.buffers():
+            if b.is_floating_point() and torch.isnan(b).any():
+                b.copy_(torch.where(torch.isnan(b), torch.zeros_like(b), b))
     torch.save(model.state_dict(), d / "coca.pt")
     return {"dir": d, "cfg": cfg, "spec": f"openclip:{cfg}:{d / 'coca.pt'}", "oc": model.eval()}
 

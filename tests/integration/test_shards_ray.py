@@ -1,14 +1,11 @@
-"""`--distributor ray` on a real local Ray cluster (127.0.0.1, 2 CPUs, one per module) against real HTTP servers:
-the same samples, keys, image bytes, captions and splits as the one-machine build; --resume re-runs only the
+"""`--distributor ray` on the run's one Ray cluster (`ray start --head` on 127.0.0.1, 2 CPUs, tests/ray_head.py)
+against real HTTP servers: the same samples, keys, image bytes, captions and splits as the one-machine build; --resume re-runs only the
 unfinished partitions; a SIGKILLed worker's partition is retried by Ray."""
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,15 +25,6 @@ N = 60
 OPTS = ["image.size=16", "shard_size=7", "download.retries=0", "download.timeout=5", "download.threads=2",
         "download.allow_private_urls=true", "holdout=0.3", "distributor.partition_rows=20"]
 IMAGES = {f"{i}.jpg": F.photo(30, 24, seed=i) for i in range(N)}
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, object_store_memory=150 * 2**20)
-    yield ray
-    ray.shutdown()
 
 
 def _table(tmp_path, url) -> Path:
@@ -84,31 +72,11 @@ def _reference(tmp_path, table):
     return ref
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, f"ray start exited with {proc.returncode}"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, f"the Ray head did not listen on {port} within {timeout}s"
-            time.sleep(0.5)
-
-
-def test_cli_joins_a_cluster_started_with_ray_start_and_writes_to_s3(tmp_path):
-    """`ray start --head` (as a user would, on 127.0.0.1), then `mmfm shards build --ray-address --out s3://...`
-    (a moto S3 server on 127.0.0.1). Runs before the module's in-process cluster exists, so the two never share
-    the CPUs."""
-    pytest.importorskip("ray")
-    with moto_s3() as (bucket, _):
-        _cli_build_on_cluster(tmp_path, f"{bucket}/shards")
+def test_cli_joins_a_cluster_started_with_ray_start_and_writes_to_s3(ray_head, tmp_path):
+    """`ray start --head` (as a user would, on 127.0.0.1: the run's one cluster, tests/ray_head.py), then
+    `mmfm shards build --ray-address --out s3://...` (a moto S3 server on 127.0.0.1)."""
+    with moto_s3(port=ray_head.s3_port) as (bucket, _):
+        _cli_build_on_cluster(tmp_path, f"{bucket}/shards", ray_head.address)
         import fsspec
 
         fsspec.filesystem("s3").get(f"{bucket}/shards/", str(tmp_path / "got"), recursive=True)
@@ -116,35 +84,19 @@ def test_cli_joins_a_cluster_started_with_ray_start_and_writes_to_s3(tmp_path):
     _same_as_local(tmp_path / "got", tmp_path / "ref")
 
 
-def _cli_build_on_cluster(tmp_path, out: str) -> None:
-    port, temp = _free_port(), tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")   # a throwaway loopback cluster: no ~/.ray token to share
-    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-                             "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-                             "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with F.FaultServer(IMAGES) as server:
-            table = _table(tmp_path, server.url)
-            _reference(tmp_path, table)            # tmp_path/ref, compared by the caller
-            sets = [a for o in OPTS for a in ("--set", o)]
-            cmd = [sys.executable, "-m", "mmfm", "shards", "build", str(table), "--out", out,
-                   "--distributor", "ray", "--ray-address", f"127.0.0.1:{port}", "--no-progress", *sets]
-            _wait_for_port(port, head, timeout=90)
-            res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-            assert res.returncode == 0, res.stdout + res.stderr[-3000:]
-        assert "samples in" in res.stdout
-    finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)      # whatever of this head's session is left
-        except ProcessLookupError:
-            pass
-        shutil.rmtree(temp, ignore_errors=True)
+def _cli_build_on_cluster(tmp_path, out: str, address: str) -> None:
+    from tests.ray_head import ENV
+
+    with F.FaultServer(IMAGES) as server:
+        table = _table(tmp_path, server.url)
+        _reference(tmp_path, table)            # tmp_path/ref, compared by the caller
+        sets = [a for o in OPTS for a in ("--set", o)]
+        cmd = [sys.executable, "-m", "mmfm", "shards", "build", str(table), "--out", out,
+               "--distributor", "ray", "--ray-address", address, "--no-progress", *sets]
+        res = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, **ENV), capture_output=True, text=True,
+                             timeout=180)
+        assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert "samples in" in res.stdout
 
 
 def test_ray_build_equals_local_build_and_resume_reruns_only_unfinished(ray_cluster, tmp_path):
@@ -223,7 +175,7 @@ def _ray_workers_of(pid: int, title: str) -> list[int]:
     return [p for p in found if under(p)]
 
 
-def test_sigkilled_worker_is_retried(ray_cluster, tmp_path):
+def test_sigkilled_worker_is_retried(ray_cluster, ray_head, tmp_path):
     with F.FaultServer(IMAGES, delay=0.05) as server:
         table = _table(tmp_path, server.url)
         ref = _reference(tmp_path, table)
@@ -239,7 +191,8 @@ def test_sigkilled_worker_is_retried(ray_cluster, tmp_path):
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         # killed once it has fetched an image (killed earlier, a retry would fetch nothing twice: a flaky test)
-        killed = _kill_first_partition_task(thread, ready=lambda: sum(server.hits.values()) > sum(hits.values()))
+        killed = _kill_first_partition_task(thread, ray_head.pid,
+                                            ready=lambda: sum(server.hits.values()) > sum(hits.values()))
         thread.join(timeout=120)
         assert not thread.is_alive(), "the build did not finish"
         # a partition that ran twice fetched its images more often than the one-machine build did
@@ -250,12 +203,12 @@ def test_sigkilled_worker_is_retried(ray_cluster, tmp_path):
     _same_as_local(out, ref)
 
 
-def _kill_first_partition_task(thread: threading.Thread, ready=lambda: True) -> list[int]:
+def _kill_first_partition_task(thread: threading.Thread, head_pid: int, ready=lambda: True) -> list[int]:
     """SIGKILL the first running partition task once ``ready()`` (e.g. it has fetched an image)."""
     deadline, killed = time.monotonic() + 60, []
     while not killed and thread.is_alive():
         assert time.monotonic() < deadline, "no partition task seen running"
-        busy = _ray_workers_of(os.getpid(), "ray::process_partition")
+        busy = _ray_workers_of(head_pid, "ray::process_partition")
         if busy and ready():
             os.kill(busy[0], signal.SIGKILL)
             killed.append(busy[0])
@@ -263,7 +216,7 @@ def _kill_first_partition_task(thread: threading.Thread, ready=lambda: True) -> 
     return killed
 
 
-def test_partition_failing_after_its_retries_stops_the_build_then_resume_finishes(ray_cluster, tmp_path):
+def test_partition_failing_after_its_retries_stops_the_build_then_resume_finishes(ray_cluster, ray_head, tmp_path):
     from mmfm.data.shards.executor_ray import PartitionError
 
     with F.FaultServer(IMAGES, delay=0.05) as server:
@@ -278,7 +231,7 @@ def test_partition_failing_after_its_retries_stops_the_build_then_resume_finishe
                 result["error"] = e
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        killed = _kill_first_partition_task(thread)
+        killed = _kill_first_partition_task(thread, ray_head.pid)
         thread.join(timeout=120)
         assert not thread.is_alive(), "the build did not stop"
         assert killed, "the build finished before a worker could be killed"

@@ -135,3 +135,28 @@ def test_train_run_logs_zeroshot_and_retrieval(data, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "zeroshot/top1" in r]
     assert len(evals) >= 2 and all("retrieval/text_to_image_R@1" in r for r in evals)
+
+
+def test_hooks_take_clip_benchmark_datasets(tmp_path):
+    from mmfm.eval.benchmarks.clip_benchmark import evaluate_benchmark
+    from mmfm.tasks import build_task
+    from tests.clip_benchmark_fixtures import write_wds_classification, write_wds_retrieval
+    cls_root = write_wds_classification(tmp_path / "wds_cls")
+    ret_root = write_wds_retrieval(tmp_path / "wds_ret")
+    cfg = load_experiment(data={"model": {"name": "tiny"},
+                                "eval": {"zeroshot_folder": str(cls_root), "retrieval_data": str(ret_root)}})
+    hooks = build_eval_hooks(cfg)
+    task = build_task(cfg)
+    task.train()
+    out = {}
+    for hook in hooks:
+        out.update(hook(task, 3))
+    assert task.training and task.model.training
+    zs = evaluate_benchmark(task.model, str(cls_root), workers=0, progress=False).metrics
+    ret = evaluate_benchmark(task.model, str(ret_root), workers=0, progress=False).metrics
+    assert out["zeroshot/top1"] == pytest.approx(zs["acc1"])
+    assert out["zeroshot/mean_per_class_recall"] == pytest.approx(zs["mean_per_class_recall"])
+    assert out["retrieval/text_to_image_R@5"] == pytest.approx(ret["image_retrieval_recall@5"])
+    swapped = load_experiment(data={"model": {"name": "tiny"}, "eval": {"zeroshot_folder": str(ret_root)}})
+    with pytest.raises(ConfigError, match="eval.zeroshot_folder: .* is a zeroshot_retrieval dataset"):
+        build_eval_hooks(swapped)

@@ -112,6 +112,33 @@ def test_paired_bootstrap():
     assert d["delta"] == pytest.approx(np.exp(0.25) - np.exp(0.5)) and d["improved"] is True
 
 
+def test_a_difference_inside_the_printed_rounding_is_no_clear_change():
+    # the reported case: an interval printed [+0.0000, +0.0461] whose true lower bound is ~1e-9 was "better"
+    base = _acc([0.0] * 42)
+    other = _acc([1e-9] * 40 + [0.05, 0.05])
+    d = paired_delta(base, other, n_boot=1000, seed=0)
+    assert 0 < d["ci95"][0] < 5e-5 and f"{d['ci95'][0]:+.4f}" == "+0.0000" and d["ci95"][1] > 5e-5
+    assert d["improved"] is None
+    assert paired_delta(other, base, n_boot=1000, seed=0)["improved"] is None       # nor "worse" the other way
+    # an interval clear of zero by more than the rounding still is better
+    d = paired_delta(base, _acc([1e-4] * 42), n_boot=200)
+    assert d["ci95"][0] == pytest.approx(1e-4) and d["improved"] is True
+
+
+def test_compare_chart_gives_every_metric_its_own_axis():
+    from mmfm.eval.compare.report import chart_figure
+    rows = []
+    for metric, values in (("BLEU-4", (0.04, 0.05)), ("perplexity", (2952.0, 2100.0)), ("CIDEr-D", (0.3, 0.4))):
+        for model, v in zip(("a", "b"), values):
+            ref = model == "a"
+            rows.append({"data": "coco", "metric": metric, "model": model, "value": v, "delta": None if ref else
+                         v - values[0], "ci95": None if ref else [v - values[0] - 0.01, v - values[0] + 0.01]})
+    fig = chart_figure({"models": ["a", "b"], "rows": rows})
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["coco: BLEU-4", "coco: perplexity", "coco: CIDEr-D"]
+    assert axes[0].get_ylim()[1] < 1 and axes[1].get_ylim()[1] > 2952 and axes[2].get_ylim()[1] < 1
+
+
 def test_fewshot_indices_take_k_per_class_and_name_a_short_class():
     y = np.asarray([0, 0, 0, 1, 1, 2, 2, 2, 2])
     rows = fewshot_indices(y, 2, seed=0)

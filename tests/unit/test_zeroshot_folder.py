@@ -188,3 +188,10 @@ def test_full_class_list_keeps_missing_and_empty_class_folders(tmp_path):
     assert scan_folder(root, classes=["rocket", "dog", "cat", "flag"], classnames_file=names).classnames[3] == "a flag"
     with pytest.raises(ConfigError, match="class folder\\(s\\) rocket are not among the classes"):
         scan_folder(root, classes=["cat", "dog"])
+
+
+def test_a_literal_template_longer_than_a_file_name_is_a_template():
+    # Path(spec).is_file() raises OSError (File name too long) for a string past NAME_MAX: the literal is a template
+    long = "a detailed drawing of {}, " + "with many words " * 40 + "in the style of an emoji."
+    from mmfm.eval.zeroshot.templates import load_templates
+    assert load_templates(long) == ("custom", [long])

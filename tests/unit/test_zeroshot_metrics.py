@@ -67,6 +67,20 @@ def test_report_files(tmp_path):
     assert not list((tmp_path / "rep").glob(".*tmp*"))           # no temp files left behind
 
 
+def test_a_long_file_name_wraps_inside_its_card(tmp_path):
+    import re
+    res = _result(tmp_path)
+    long = "x" * 120 + ".jpg"
+    (tmp_path / "imgs" / "b.jpg").rename(tmp_path / "imgs" / long)
+    res.predictions[1]["path"] = long
+    write_report(res, tmp_path / "rep")
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert f"<code>{long}</code>" in page
+    css = {sel.strip(): body for sel, body in re.findall(r"([^{}]+)\{([^}]*)\}", page.split("</style>")[0])}
+    assert "overflow-wrap:anywhere" in css[".card"] and "word-break:break-word" in css[".card"]
+    assert "word-break:break-all" in css[".card code"] and "white-space:normal" in css[".card code"]
+
+
 def test_prediction_files_jsonl_csv_and_bad_extension(tmp_path):
     res = _result(tmp_path)
     write_predictions(res, tmp_path / "p.jsonl")

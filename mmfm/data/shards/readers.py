@@ -149,6 +149,9 @@ def open_source(opts: BuildOptions) -> Source:
         from .readers_captions import read_karpathy, read_vizwiz
         source = (read_vizwiz if kind == "vizwiz" else read_karpathy)(path, src, _load_json(path), _base(path, src),
                                                                       _resolve)
+    elif kind in ("openmoji", "country_flags", "fashion_mnist", "skimage_photos", "icon_theme"):
+        from .extra_sources import READERS
+        source = READERS[kind](path, src)
     elif kind == "emoji_images":
         from .emoji import read_emoji_images
         source = read_emoji_images(path, src)

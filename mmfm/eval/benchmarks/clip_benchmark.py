@@ -2,8 +2,8 @@
 CLIP_benchmark's result layout.
 
 >>> bench = open_benchmark("benchmarks/wds_cifar10")
->>> m = evaluate_benchmark("openclip:ViT-B-32:weights.pt", bench)
->>> m["acc1"], m["mean_per_class_recall"]
+>>> res = evaluate_benchmark("openclip:ViT-B-32:weights.pt", bench)
+>>> res.metrics["acc1"], res.metrics["mean_per_class_recall"]
 
 The numbers are CLIP_benchmark's: zero-shot top-1/top-5 and mean per-class recall (its
 ``balanced_accuracy_score``, over the classes that have images), and retrieval recall@k counted as in CLIP papers
@@ -28,7 +28,9 @@ from mmfm.data.transforms import eval_transform
 
 from mmfm.models.device import model_device
 
-from ..embedding import autocast, default_workers, effective_precision, encode_texts, load_clip, split_transform
+from ..embedding import (autocast, default_workers, effective_precision, encode_texts, load_clip, long_caption_note,
+                         split_transform)
+from ..result import EvalResult, backend
 from ..retrieval import ShardPairs, collate_list, recall_at_k
 from ..zeroshot.classifier import build_classifier
 from ..zeroshot.metrics import classification_metrics
@@ -176,16 +178,15 @@ def retrieve(model, emb: dict, *, ks=(1, 5, 10), precision="auto") -> dict:
         out[f"text_retrieval_recall@{k}"] = m[f"image_to_text_R@{k}"]
     out.update(m)
     out["n_captions"] = len(captions)
+    out.update(long_caption_note(model, captions))
     return out
 
 
 def evaluate_benchmark(model, bench: Benchmark | str, *, classnames=None, templates=None, ks=(1, 5, 10),
                        batch_size=64, workers=None, device=None, precision="auto", max_samples=None,
-                       max_pixels=DEFAULT_MAX_PIXELS, dataset_root=None, progress=True) -> dict:
-    """One benchmark (a ``Benchmark`` or a spec ``open_benchmark`` reads): its metrics and their provenance."""
-    import torch
-
-    from mmfm.version import __version__
+                       max_pixels=DEFAULT_MAX_PIXELS, dataset_root=None, progress=True) -> EvalResult:
+    """One benchmark (a ``Benchmark`` or a spec ``open_benchmark`` reads): its scores (``metrics``) and their
+    provenance (``meta``); ``summary()`` is the record ``--metrics``/``--out`` write."""
     t0 = time.perf_counter()
     if not isinstance(bench, Benchmark):
         bench = open_benchmark(bench, dataset_root=dataset_root)
@@ -202,12 +203,12 @@ def evaluate_benchmark(model, bench: Benchmark | str, *, classnames=None, templa
     finally:
         model.train(was_training)
     dev = model_device(model)
-    m.update({**bench.describe(), "backend": f"mmfm {__version__} (torch {torch.__version__})",
-              "model": ckpt or type(model).__name__, "device": str(dev),
-              "precision": effective_precision(dev, precision), "n_samples": int(emb["image"].shape[0]),
-              "n_skipped": len(emb["skipped"]), "skipped": emb["skipped"][:100],
-              "seconds": round(time.perf_counter() - t0, 3)})
-    return m
+    meta = {**bench.describe(), "backend": backend(), "model": ckpt or type(model).__name__, "device": str(dev),
+            "precision": effective_precision(dev, precision), "n_samples": int(emb["image"].shape[0]),
+            "n_skipped": len(emb["skipped"]), "skipped": emb["skipped"][:100],
+            "seconds": round(time.perf_counter() - t0, 3)}
+    meta.update({k: m.pop(k) for k in ("long_captions", "texts_cut") if k in m})     # retrieval captions
+    return EvalResult(metrics={k: v for k, v in m.items() if k not in meta}, meta=meta)
 
 
 # ----------------------------------------------------------------------------- suites and CSV
@@ -254,18 +255,24 @@ def result_row(model_spec, metrics: dict, language: str = "en") -> dict:
 
 
 def run_suite(model, specs: list[str], *, dataset_root=None, device=None, progress=True, on_result=None,
-              **kw) -> list[dict]:
-    """Every dataset of ``specs`` with one loaded model; all are opened (and checked) before the model loads."""
+              **kw) -> EvalResult:
+    """Every dataset of ``specs`` with one loaded model; all are opened (and checked) before the model loads.
+    ``metrics``: each dataset's scores by its name; ``predictions``: each dataset's full record, in order (what
+    ``--out`` writes); ``meta["rows"]``: the CSV rows (``result_row``)."""
     benches = [open_benchmark(s, dataset_root=dataset_root) for s in specs]
     loaded, _ = load_clip(model, device)
-    results = []
+    records, scores = [], {}
     for bench in benches:
-        m = evaluate_benchmark(loaded, bench, progress=progress, **kw)
-        m["model"] = str(model) if isinstance(model, str) else m["model"]
-        results.append(m)
+        res = evaluate_benchmark(loaded, bench, progress=progress, **kw)
+        res.meta["model"] = str(model) if isinstance(model, str) else res.meta["model"]
+        records.append(res.summary())
+        scores[res.meta["dataset"]] = res.metrics
         if on_result is not None:
-            on_result(m)
-    return results
+            on_result(records[-1])
+    return EvalResult(metrics=scores,
+                      meta={"task": "benchmark_suite", "model": str(model), "datasets": [r["dataset"] for r in records],
+                            "rows": [result_row(model, r) for r in records]},
+                      predictions=records)
 
 
 def write_csv(rows: list[dict], path) -> None:

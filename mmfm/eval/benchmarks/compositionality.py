@@ -177,6 +177,9 @@ def is_right(scores, answer: int, tie_wins: bool) -> bool:
     return all(true >= o if tie_wins else true > o for o in others)
 
 
+SCORE_KEYS = ("accuracy", "macro_accuracy", "per_category", "per_group")
+
+
 def summarize(suite: Suite, right: list[bool]) -> dict:
     """accuracy overall, per group, and (VG) the macro accuracy over groups as the ARO paper reports it."""
     by: dict[str, list[bool]] = {}
@@ -204,8 +207,9 @@ def _image(test: CaptionTest, transform, max_pixels):
 
 
 def evaluate_compositionality(model, suite: Suite, *, batch_size: int = 64, device=None, precision="auto",
-                              max_samples: int | None = None, progress: bool = True) -> dict:
-    """Score every test of ``suite`` with a CLIP model: image-caption cosine similarity of each option."""
+                              max_samples: int | None = None, progress: bool = True):
+    """Score every test of ``suite`` with a CLIP model: image-caption cosine similarity of each option. An
+    ``EvalResult``: the accuracies in ``metrics``, the suite, test count and model in ``meta``."""
     import torch
     from tqdm.auto import tqdm
 
@@ -215,6 +219,7 @@ def evaluate_compositionality(model, suite: Suite, *, batch_size: int = 64, devi
     from mmfm.models.device import model_device
 
     from ..embedding import autocast, effective_precision, encode_texts, load_clip
+    from ..result import EvalResult
     model, ckpt = load_clip(model, device)
     tests = suite.tests[:max_samples] if max_samples else suite.tests
     if not tests:
@@ -240,6 +245,7 @@ def evaluate_compositionality(model, suite: Suite, *, batch_size: int = 64, devi
     finally:
         model.train(was_training)
     out = summarize(Suite(suite.name, tests, suite.meta), right)
+    scores = {k: out.pop(k) for k in SCORE_KEYS if k in out}
     out.update({"model": ckpt or type(model).__name__, "precision": effective_precision(dev, precision),
                 "device": str(dev)})
-    return out
+    return EvalResult(metrics=scores, meta=out)

@@ -88,13 +88,17 @@ class SampleMetric:
         return np.asarray([pos[k] for k in keys], dtype=np.int64)
 
 
+RESOLUTION = 5e-5     # half the last printed digit: the reports print deltas and intervals with 4 decimals
+
+
 def paired_delta(base: SampleMetric, other: SampleMetric, *, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict:
+                 level: float = 0.95, resolution: float = RESOLUTION) -> dict:
     """``other - base`` on the samples both scored, with a paired bootstrap interval.
 
     Returns ``{"delta", "ci95": [lo, hi], "n", "n_boot", "seed", "improved": True/False/None}`` where
-    ``improved`` is None when the interval contains 0 and otherwise says whether the change is for the better
-    (taking ``higher_is_better`` into account)."""
+    ``improved`` is None unless the interval excludes 0 by more than ``resolution`` (so an interval printed as
+    ``[+0.0000, +0.0461]`` is never "better": its true lower bound may be 4.8e-10), and otherwise says whether the
+    change is for the better (taking ``higher_is_better`` into account)."""
     shared = [k for k in base.keys if k in set(other.keys)]
     if not shared:
         raise ValueError("the two models have no scored sample in common")
@@ -109,6 +113,6 @@ def paired_delta(base: SampleMetric, other: SampleMetric, *, n_boot: int = 1000,
     tail = (1 - level) / 2 * 100
     lo, hi = (float(x) for x in np.percentile(draws, [tail, 100 - tail]))
     improved = None
-    if lo > 0 or hi < 0:
-        improved = (lo > 0) == base.higher_is_better
+    if lo > resolution or hi < -resolution:
+        improved = (lo > resolution) == base.higher_is_better
     return {"delta": float(delta), "ci95": [lo, hi], "n": n, "n_boot": n_boot, "seed": seed, "improved": improved}

@@ -1,6 +1,6 @@
 """What ``mmfm eval compare`` prints and writes. Several models (:mod:`mmfm.eval.compare.suite`):
 ``compare.json`` (everything), ``compare.csv`` (one row per model, data set and metric) and ``compare.html`` (the
-table and a chart: each metric's value per model, grouped by data set, with the paired bootstrap 95% interval of
+table and a chart: one panel per data set and metric, each model's value, with the paired bootstrap 95% interval of
 the difference to the first model), each written atomically. Both modes print an aligned text table
 (``format_suite``; ``format_comparison`` for size/latency, :mod:`mmfm.eval.compare.variants`)."""
 from __future__ import annotations
@@ -77,34 +77,51 @@ def format_comparison(result: EvalResult) -> str:
     return aligned(head, rows)
 
 
-def _chart(res: dict) -> bytes:
-    """A PNG: one panel per data set, a bar per (metric, model), error bars = the delta's 95% interval."""
+def chart_panels(res: dict) -> list[tuple[str, str, list[dict]]]:
+    """``(data, metric, rows)`` per panel of the chart: one panel per data set and metric, so each metric has
+    its own y-axis (a perplexity of 2,952 beside a BLEU-4 of 0.04 would flatten it on a shared one)."""
+    panels: dict = {}
+    for r in res["rows"]:
+        panels.setdefault((r["data"], r["metric"]), []).append(r)
+    return [(d, m, rows) for (d, m), rows in panels.items()]
+
+
+def chart_figure(res: dict):
+    """The matplotlib figure: a panel per (data set, metric), a bar per model, error bars = the 95% interval of
+    the difference to the first model."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    names = [d["name"] for d in res["data"]]
+    panels = chart_panels(res)
     models = res["models"]
-    fig, axes = plt.subplots(len(names), 1, figsize=(max(6.0, 1.2 * len(models) * 4), 3.2 * len(names)),
+    cols = min(4, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(3.0, 0.6 * len(models) + 1.6) * cols, 2.8 * nrows),
                              squeeze=False)
-    width = 0.8 / len(models)
-    for ax, name in zip(axes[:, 0], names):
-        rows = [r for r in res["rows"] if r["data"] == name]
-        metrics = list(dict.fromkeys(r["metric"] for r in rows))
-        for j, m in enumerate(models):
-            vals, errs = [], [[], []]
-            for metric in metrics:
-                r = next((x for x in rows if x["metric"] == metric and x["model"] == m), None)
-                vals.append(float("nan") if r is None else r["value"])
-                d, (lo, hi) = (0.0, (0.0, 0.0)) if r is None or r["ci95"] is None else (r["delta"], r["ci95"])
-                errs[0].append(max(0.0, d - lo))
-                errs[1].append(max(0.0, hi - d))
-            xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(metrics))]
-            ax.bar(xs, vals, width, yerr=errs if j else None, capsize=3, label=_short(m, 30))
-        ax.set_xticks(range(len(metrics)))
-        ax.set_xticklabels(metrics, rotation=20, ha="right", fontsize=8)
-        ax.set_title(f"{name}: value per model (error bar: 95% CI of the difference to the first)", fontsize=9)
-        ax.legend(fontsize=7)
+    for ax, (data, metric, rows) in zip(axes.flat, panels):
+        by = {r["model"]: r for r in rows}
+        vals = [by[m]["value"] if m in by else float("nan") for m in models]
+        errs = [[], []]
+        for m in models:
+            r = by.get(m)
+            d, (lo, hi) = (0.0, (0.0, 0.0)) if r is None or r["ci95"] is None else (r["delta"], r["ci95"])
+            errs[0].append(max(0.0, d - lo))
+            errs[1].append(max(0.0, hi - d))
+        ax.bar(range(len(models)), vals, 0.7, yerr=errs, capsize=3, color=[f"C{i}" for i in range(len(models))])
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels([_short(m, 20) for m in models], rotation=20, ha="right", fontsize=7)
+        ax.set_title(f"{data}: {metric}", fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("value per model (error bar: 95% CI of the difference to the first)", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def _chart(res: dict) -> bytes:
+    """The PNG of ``chart_figure``."""
+    import matplotlib.pyplot as plt
+    fig = chart_figure(res)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)

@@ -103,8 +103,9 @@ def _captions(model, path: str, gen, max_samples, progress, clipscore=None) -> t
     from ..captioning.data import read_caption_data
     from ..captioning.perplexity import caption_nll
     from ..captioning.ptb_tokenize import tokenize_corpus
-    preds = evaluate_captions(model, path, gen, max_samples=max_samples, progress=progress,
-                              clipscore=clipscore).predictions
+    res = evaluate_captions(model, path, gen, max_samples=max_samples, progress=progress,
+                           clipscore=clipscore)
+    preds, degenerate = res.predictions, res.meta["degenerate"]
     keys = [p["key"] for p in preds]
     hyps = [h for [h] in tokenize_corpus({p["key"]: [p["caption"]] for p in preds}).values()]
     refs = list(tokenize_corpus({p["key"]: p["references"] for p in preds}).values())
@@ -114,7 +115,22 @@ def _captions(model, path: str, gen, max_samples, progress, clipscore=None) -> t
     nll = caption_nll(model, read_caption_data(path, max_samples))
     out["perplexity"] = SampleMetric(nll["keys"], {"num": nll["nll"], "den": nll["tokens"]}, "perplexity",
                                      higher_is_better=False)
-    return out, []
+    out.update(_degenerate_metrics(preds, keys))
+    return out, [f"degenerate: {degenerate['repetition_loops']} repetition loops, {degenerate['empty']} empty, "
+                 f"{degenerate['distinct_captions']} distinct captions of {degenerate['samples']}"
+                 + (" (COLLAPSED)" if degenerate["collapsed"] else "")]
+
+
+def _degenerate_metrics(preds: list[dict], keys: list) -> dict:
+    """``mmfm eval caption``'s degenerate-output counts as shares per sample (lower is better), so a model that
+    loops or says nothing is seen beside its BLEU/CIDEr."""
+    from ..captioning.caption import degenerate_report
+    flags = {"repetition loops": [], "empty captions": []}
+    for p in preds:
+        d = degenerate_report({p["key"]: p["caption"]})
+        flags["repetition loops"].append(float(d["repetition_loops"]))
+        flags["empty captions"].append(float(d["empty"]))
+    return {name: SampleMetric(keys, {"value": v}, "mean", higher_is_better=False) for name, v in flags.items()}
 
 
 def _vqa(model, spec: str, path: str, gen, max_samples, progress) -> tuple[dict, list]:
@@ -142,6 +158,14 @@ def _evaluate(model, spec, kind, name, path, opts) -> tuple[dict, list]:
     if kind == "vqa":
         return _vqa(model, spec, path, opts["gen"], opts["max_samples"], opts["progress"])
     return _captions(model, path, opts["gen"], opts["max_samples"], opts["progress"], opts.get("clipscore"))
+
+
+def _overlap_note(spec: str, name: str, path: str, kind: str, metrics: dict) -> list[str]:
+    """The warning when ``path`` overlaps ``spec``'s training data (by shard, or by the scored samples' keys)."""
+    from ..overlap import overlap_warning, train_overlap
+    keys = next(iter(metrics.values())).keys if metrics and kind in ("folder", "captions") else None
+    ov = train_overlap(spec, path, keys)
+    return [overlap_warning(ov, name)] if ov else []
 
 
 # ----------------------------------------------------------------------------- the run
@@ -187,6 +211,7 @@ def compare_suite(models: list[str], data: list[str], *, probe_train: str | list
             if progress:
                 print(f"evaluating {spec} on {name} ({kinds[name]}) ...", flush=True)
             metrics, more = _evaluate(model, spec, kinds[name], name, path, opts)
+            more += _overlap_note(spec, name, path, kinds[name], metrics)
             notes += [f"{spec} on {name}: {n}" for n in more]
             for metric, sm in metrics.items():
                 scores.setdefault((name, metric), {})[spec] = sm

@@ -18,12 +18,13 @@ from mmfm.data.transforms import eval_transform
 from mmfm.data.workers import lower_priority, resolve_priority
 from mmfm.models.device import model_device
 
-from ..embedding import autocast, default_workers, effective_precision, load_clip, logit_scale, split_transform
+from ..embedding import (autocast, default_workers, effective_precision, load_clip, logit_scale, long_caption_note,
+                         split_transform)
 from ..result import EvalResult
 from .classifier import build_classifier, checkpoint_identity
 from .folder import DEFAULT_MAX_PIXELS, FolderDataset, FolderSpec, collate_skipping, scan_folder
 from .metrics import classification_counts, classification_metrics, confusion_matrix, per_class_table
-from .templates import load_templates
+from .templates import build_prompts, load_templates
 
 
 @dataclass(kw_only=True)
@@ -141,6 +142,7 @@ def zeroshot_classify(model, folder: str | FolderSpec, *, classnames_file: str |
     targets = np.asarray([spec.targets[i] for i in indices], dtype=np.int64)
     meta = _provenance(model, ckpt, spec, tmpl_name, tmpl, precision, len(indices), len(failed))
     meta["decode"] = "jpeg-draft" if fast_decode else "full"
+    meta.update(long_caption_note(model, build_prompts(spec.classnames, tmpl)))
     meta["timing"] = {"total_s": round(time.perf_counter() - t0, 3), "images_s": round(t_img, 3),
                       "images_per_s": round(len(indices) / max(t_img, 1e-9), 2)}
     return _assemble(spec, logits, probs, indices, failed, targets, topk, meta)

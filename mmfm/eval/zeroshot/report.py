@@ -156,7 +156,9 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: str | os.PathLike) 
     return atomic_write(path, buf.getvalue())
 
 
-_CSS = """.grid{display:flex;flex-wrap:wrap}.card{width:170px}
+# a card is 170px wide: a long file name (one unbroken word) wraps inside it instead of running over the next
+_CSS = """.grid{display:flex;flex-wrap:wrap}.card{width:170px;min-width:0;overflow-wrap:anywhere;word-break:break-word}
+.card code{white-space:normal;overflow-wrap:anywhere;word-break:break-all}
 .card img{max-width:160px;max-height:160px;display:block;margin:auto}"""
 
 

@@ -47,7 +47,7 @@ def load_templates(spec: str | list[str]) -> tuple[str, list[str]]:
         templates, name = [str(t) for t in spec], "custom"
     elif spec in _BUILTIN:
         templates, name = _BUILTIN[spec](), spec
-    elif Path(spec).is_file():
+    elif _is_file(spec):
         templates, name = _read_file(Path(spec)), str(Path(spec).resolve())
     elif any(p in str(spec) for p in _PLACEHOLDERS):       # one literal template, e.g. "an emoji of {}"
         templates, name = [str(spec)], "custom"
@@ -62,6 +62,15 @@ def load_templates(spec: str | list[str]) -> tuple[str, list[str]]:
         if not any(p in t for p in _PLACEHOLDERS):
             raise ConfigError(f"templates: '{name}' entry {i + 1} ({t!r}) has no '{{}}' placeholder for the class name")
     return name, templates
+
+
+def _is_file(spec: str) -> bool:
+    """Whether ``spec`` names an existing file; a literal template longer than the OS allows for a file name is
+    not one (``Path.is_file`` raises ``OSError: File name too long`` there)."""
+    try:
+        return Path(spec).is_file()
+    except OSError:
+        return False
 
 
 def _read_file(path: Path) -> list[str]:
