@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--max-samples", type=int, default=None, help="only the first N images")
     p.add_argument("--max-pixels", type=int, default=89_478_485)
+    p.add_argument("--debias", metavar="PROMPTS|FILE", help="project bias-prompt directions out of the text "
+                   "embeddings (as mmfm zeroshot --debias; docs/bias.md)")
     p.add_argument("--quiet", action="store_true")
     add_dataset_root(p)
     return p
@@ -49,7 +51,9 @@ def main(argv: list[str]) -> int:
         ks = tuple(int(k) for k in args.k.split(","))
     except ValueError:
         raise ConfigError(f"--k: expected comma-separated integers, got {args.k!r}") from None
-    res = retrieval_evaluate(args.model, args.data, image_key=args.image_key, caption_key=args.caption_key,
+    from .zeroshot import debiased
+    res = retrieval_evaluate(debiased(args.model, args.debias, args.device), args.data, image_key=args.image_key,
+                             caption_key=args.caption_key,
                              batch_size=args.batch_size, workers=args.workers, device=args.device,
                              precision=args.precision, ks=ks, max_samples=args.max_samples,
                              max_pixels=args.max_pixels, progress=not args.quiet)

@@ -29,6 +29,7 @@ from mmfm.config import ConfigError
 from ..embedding import model_kind
 from ..records import is_shard_source, references, shard_records
 from ..result import EvalResult, backend
+from .fairness import SKIN_TONE_WORDS, attribute_mention, bootstrap_gap, equalized_odds, worst_group
 from .metrics import CAPTION_METRICS, caption_scores_per_group, gap, paired_test, top1_per_group
 
 __all__ = ["bias_report", "read_samples", "select_groups", "zero_shot_samples", "caption_samples", "sample_labels",
@@ -181,6 +182,17 @@ def caption_samples(model, samples: list[dict], gen, *, batch_size: int | None =
 
 
 # ----------------------------------------------------------------------------- report
+def _by_group(kept: list[dict], info: dict, values: list[float]) -> dict[str, list[float]]:
+    """Values per group; for a matched design in the same item order in every group (by the match value)."""
+    by: dict = defaultdict(dict)
+    for s, v in zip(kept, values):
+        by[s["group"]][s["meta"][info["match_by"]] if info.get("match_by") else len(by[s["group"]])] = v
+    if info.get("match_by"):
+        items = sorted(set.intersection(*(set(d) for d in by.values())), key=str)
+        return {g: [by[g][i] for i in items] for g in info["groups"]}
+    return {g: list(by[g].values()) for g in info["groups"]}
+
+
 def _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch_size, progress) -> tuple[dict, list]:
     from ..zeroshot.templates import load_templates
 
@@ -192,9 +204,13 @@ def _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch
     if info.get("match_by"):
         top1_gap["paired"] = paired_test(kept, [p == y for p, y in zip(preds, labels)], info["match_by"],
                                          top1_gap["best"], top1_gap["worst"])
+    correct = [float(p == y) for p, y in zip(preds, labels)]
     part = {"model": spec, "label_field": field, "n_classes": len(set(labels)),
             "templates": tmpl_name if tmpl_name != "custom" else tmpl,
-            "per_group": per_group, "gap": top1_gap}
+            "per_group": per_group, "gap": top1_gap, "overall": sum(correct) / len(correct),
+            "worst_group": worst_group(per_group, "top1"),
+            "gap_bootstrap": bootstrap_gap(_by_group(kept, info, correct), matched=bool(info.get("match_by"))),
+            "equalized_odds": equalized_odds(labels, preds, [s["group"] for s in kept])}
     return part, [{"label": lab, "pred": p, "correct": lab == p} for lab, p in zip(labels, preds)]
 
 
@@ -209,7 +225,11 @@ def _caption_part(model, spec, kept, info, gen, batch_size, progress) -> tuple[d
     per_image = scores.pop("per_image")
     per_group = caption_scores_per_group(info["groups"], kept, keys, per_image)
     part = {"model": spec, "decoding": settings_dict(gen, model), "overall": scores,
-            "per_group": per_group, "gap": {m: gap(per_group, m) for m in CAPTION_METRICS}}
+            "per_group": per_group, "gap": {m: gap(per_group, m) for m in CAPTION_METRICS},
+            "gap_bootstrap": bootstrap_gap(_by_group(kept, info, [per_image[k]["CIDEr-D"] for k in keys]),
+                                           matched=bool(info.get("match_by")))}
+    if info.get("attribute") == "skin_tone":
+        part["attribute_mention"] = attribute_mention(caps, [s["group"] for s in kept], SKIN_TONE_WORDS)
     return part, [{"caption": c, "references": references(s), "CIDEr-D": per_image[k]["CIDEr-D"]}
                   for c, s, k in zip(caps, kept, keys)]
 
@@ -226,6 +246,7 @@ def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | 
     t0 = time.perf_counter()
     samples, skipped = read_samples(data, attribute, max_samples)
     kept, info = select_groups(samples, attribute, groups, match_by)
+    info["attribute"] = attribute
     meta = {"task": "bias", "attribute": attribute, "data": str(data), **info, "n_samples": len(kept),
             "skipped": skipped, "backend": backend(), "mmfm_version": __version__}
     parts: dict = {}
