@@ -32,7 +32,7 @@ from mmfm.config import atomic_write
 
 from .manifest import ShardError
 
-__all__ = ["MISSING", "audit_shards", "sample_group", "format_audit", "write_audit"]
+__all__ = ["MISSING", "audit_shards", "sample_group", "sample_meta", "format_audit", "write_audit"]
 
 MISSING = "(missing)"
 _WORD = re.compile(r"[a-z][a-z'-]+")
@@ -47,7 +47,8 @@ def _wilson(k: int, n: int, z: float = 1.96) -> list[float]:
     return [round(max(0.0, c - h), 6), round(min(1.0, c + h), 6)]
 
 
-def _json(sample: dict) -> dict:
+def sample_meta(sample: dict) -> dict:
+    """The sample's json as a dict ({} when absent or not an object)."""
     raw = sample.get("json")
     if raw is None:
         return {}
@@ -105,7 +106,7 @@ def audit_shards(source: str, attribute: str, *, words: dict[str, list[str]] | N
     co = {"class": defaultdict(Counter), "word": defaultdict(Counter)}   # item -> group -> count
     n = 0
     for s in read_samples(urls):
-        meta = _json(s)
+        meta = sample_meta(s)
         cap = _caption(s, meta)
         g = sample_group(meta, cap, attribute, rule)
         groups[g] += 1
