@@ -71,3 +71,38 @@ def test_attached_to_a_real_clip_and_saved_with_the_checkpoint(tmp_path):
     with torch.inference_mode():
         raw = twice.encode_text(tok["text_ids"], attention_mask=tok.get("attention_mask"))
     assert not torch.allclose(raw, z2, atol=1e-3)
+
+
+def test_zeroshot_and_retrieval_commands_take_debias(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from mmfm.commands import retrieval as retrieval_cmd
+    from mmfm.commands import zeroshot as zeroshot_cmd
+    from mmfm.data.shards import write_shards
+    torch.manual_seed(0)
+    save_pretrained(build_model("tiny"), None, tmp_path / "clip")
+    for i, c in enumerate(("cat", "dog")):
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        for j in range(2):
+            Image.new("RGB", (16, 16), (90 * i, 40 * j, 10)).save(tmp_path / "photos" / c / f"{j}.png")
+    (tmp_path / "bias.txt").write_text("a photo of a man\na photo of a woman\n")
+    runs = {}
+    for flags in ([], ["--debias", str(tmp_path / "bias.txt")]):
+        out = tmp_path / f"m{len(flags)}.json"
+        assert zeroshot_cmd.main([str(tmp_path / "photos"), "--model", str(tmp_path / "clip"), "--templates", "{}",
+                                  "--workers", "0", "--metrics", str(out), "--quiet", "--no-cache", *flags]) == 0
+        runs[len(flags)] = json.loads(out.read_text())
+    assert runs[0]["n_samples"] == runs[2]["n_samples"] == 4
+    import io
+    pngs = []
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (80 * i, 20, 20)).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    write_shards(({"__key__": f"k{i}", "png": p, "txt": f"photo {i}"} for i, p in enumerate(pngs)),
+                 tmp_path / "pairs", shard_size=3)
+    assert retrieval_cmd.main([str(tmp_path / "pairs"), "--model", str(tmp_path / "clip"), "--workers", "0",
+                               "--debias", str(tmp_path / "bias.txt"), "--quiet", "--k", "1"]) == 0
+    assert "R@1" in capsys.readouterr().out

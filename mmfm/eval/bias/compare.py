@@ -36,10 +36,11 @@ def bias_compare(settings: list[tuple[str, object]], data: str, attribute: str, 
     """One :func:`bias_report` per setting; ``metrics``: ``{"settings": {name: report metrics}}``."""
     reports = {name: bias_report([m], data, attribute, **kw) for name, m in settings}
     first = next(iter(reports.values()))
-    meta = {**first.meta, "task": "bias_compare", "settings": list(reports),
+    meta = {**first.meta, "task": "bias_compare", "setting_names": list(reports),
             "seconds": round(sum(r.meta["seconds"] for r in reports.values()), 2)}
     return EvalResult(metrics={"settings": {n: r.metrics for n, r in reports.items()}}, meta=meta,
-                      predictions=[{"setting": n, **p} for n, r in reports.items() for p in r.predictions])
+                      predictions=[{"setting": n, **p} for n, r in reports.items() for p in r.predictions],
+                      nested=True)
 
 
 def comparison_rows(result: EvalResult) -> tuple[list[str], list[list[str]]]:
