@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..result import EvalResult
 from .audit import bias_report
 
-__all__ = ["bias_settings", "bias_compare", "comparison_rows", "format_comparison"]
+__all__ = ["bias_settings", "bias_compare", "combine", "comparison_html", "comparison_rows", "format_comparison"]
 
 
 def bias_settings(models: list, debias: list[str] | None = None) -> list[tuple[str, object]]:
@@ -34,7 +34,11 @@ def bias_settings(models: list, debias: list[str] | None = None) -> list[tuple[s
 
 def bias_compare(settings: list[tuple[str, object]], data: str, attribute: str, **kw) -> EvalResult:
     """One :func:`bias_report` per setting; ``metrics``: ``{"settings": {name: report metrics}}``."""
-    reports = {name: bias_report([m], data, attribute, **kw) for name, m in settings}
+    return combine({name: bias_report([m], data, attribute, **kw) for name, m in settings})
+
+
+def combine(reports: dict[str, EvalResult]) -> EvalResult:
+    """Bias reports of several settings on the same data as one side-by-side result."""
     first = next(iter(reports.values()))
     meta = {**first.meta, "task": "bias_compare", "setting_names": list(reports),
             "seconds": round(sum(r.meta["seconds"] for r in reports.values()), 2)}
@@ -67,3 +71,9 @@ def format_comparison(result: EvalResult) -> str:
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+
+def comparison_html(result: EvalResult) -> str:
+    from ..html import table
+    head, rows = comparison_rows(result)
+    return table(head, rows, cls="bias")
