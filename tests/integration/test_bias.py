@@ -2,6 +2,7 @@
 by base emoji, zero-shot accuracy and caption quality per group with the best-worst gap; the numbers are
 re-derived from the written predictions, and the zero-shot predictions agree with mmfm's own classifier."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,18 @@ def test_eval_bias_side_by_side_with_a_debiased_setting(emoji_shards, models, tm
     plain, debiased = settings.values()
     assert plain["zeroshot"]["per_group"].keys() == debiased["zeroshot"]["per_group"].keys()
     assert body["setting_names"][1] == f"{models / 'clip'} + debias({prompts})"
+
+
+def test_class_prompts_as_retrieval_queries_give_maxskew_and_ndkl(emoji_shards, models):
+    from mmfm.eval.bias.audit import read_samples, sample_labels, select_groups, zero_shot_scores
+    from mmfm.eval.bias.fairness import retrieval_skew
+    import mmfm
+    report = bias_report([str(models / "clip")], str(emoji_shards), "skin_tone", progress=False)
+    skew = report.metrics["zeroshot"]["retrieval_skew"]
+    samples, _ = read_samples(str(emoji_shards), "skin_tone")
+    kept, _ = select_groups(samples, "skin_tone")
+    labels, _ = sample_labels(kept, "auto", str(emoji_shards))
+    classes, scores = zero_shot_scores(mmfm.load(models / "clip"), kept, labels, ["{}"])
+    assert skew == retrieval_skew(scores.T, [s["group"] for s in kept], k=10)
+    assert skew["queries"] == 4 and skew["desired"] == {g: 1 / 6 for g in SKIN_TONE_ORDER}
+    assert 0 <= skew["MaxSkew"] <= math.log(6) and skew["NDKL"] >= 0     # top 10 of 24: at most ln(1 / (1/6))

@@ -29,10 +29,11 @@ from mmfm.config import ConfigError
 from ..embedding import model_kind
 from ..records import is_shard_source, references, shard_records
 from ..result import EvalResult, backend
-from .fairness import SKIN_TONE_WORDS, attribute_mention, bootstrap_gap, equalized_odds, worst_group
+from .fairness import (SKIN_TONE_WORDS, attribute_mention, bootstrap_gap, equalized_odds, retrieval_skew,
+                       worst_group)
 from .metrics import CAPTION_METRICS, caption_scores_per_group, gap, paired_test, top1_per_group
 
-__all__ = ["bias_report", "read_samples", "select_groups", "zero_shot_samples", "caption_samples", "sample_labels",
+__all__ = ["bias_report", "read_samples", "select_groups", "zero_shot_samples", "zero_shot_scores", "caption_samples", "sample_labels",
            "is_captioner", "SKIN_TONE_ORDER"]
 
 SKIN_TONE_ORDER = ["none", "light", "medium-light", "medium", "medium-dark", "dark"]
@@ -146,6 +147,13 @@ def sample_labels(samples: list[dict], label_field: str, data: str) -> tuple[lis
 def zero_shot_samples(model, samples: list[dict], labels: list[str], templates, *, batch_size: int = 64,
                       progress: bool = False) -> list[str]:
     """Predicted label per sample, classifying among the distinct ``labels`` (open_clip's classifier recipe)."""
+    classes, scores = zero_shot_scores(model, samples, labels, templates, batch_size=batch_size, progress=progress)
+    return [classes[j] for j in scores.argmax(1).tolist()]
+
+
+def zero_shot_scores(model, samples: list[dict], labels: list[str], templates, *, batch_size: int = 64,
+                     progress: bool = False):
+    """``(classes, scores)``: the distinct labels, sorted, and the (N, C) image-classifier similarities."""
     import torch
     from tqdm.auto import tqdm
 
@@ -156,17 +164,16 @@ def zero_shot_samples(model, samples: list[dict], labels: list[str], templates, 
     _, tmpl = load_templates(templates)
     was_training = model.training
     model.eval()
-    preds = []
+    out = []
     try:
         weights = build_classifier(model, classes, tmpl, precision="fp32")
         with torch.inference_mode():
             for i in tqdm(range(0, len(samples), batch_size), desc="bias zero-shot", disable=not progress):
                 x = _decode_batch(model, samples[i: i + batch_size])
-                feats = model.encode_image(x, normalize=True).float()
-                preds += [classes[j] for j in (feats @ weights.float()).argmax(1).tolist()]
+                out.append(model.encode_image(x, normalize=True).float() @ weights.float())
     finally:
         model.train(was_training)
-    return preds
+    return classes, torch.cat(out)
 
 
 def caption_samples(model, samples: list[dict], gen, *, batch_size: int | None = None,
@@ -198,7 +205,8 @@ def _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch
 
     tmpl_name, tmpl = load_templates(templates)
     labels, field = sample_labels(kept, label_field, data)
-    preds = zero_shot_samples(model, kept, labels, tmpl, batch_size=batch_size, progress=progress)
+    classes, scores = zero_shot_scores(model, kept, labels, tmpl, batch_size=batch_size, progress=progress)
+    preds = [classes[j] for j in scores.argmax(1).tolist()]
     per_group = top1_per_group(info["groups"], kept, preds, labels)
     top1_gap = gap(per_group, "top1")
     if info.get("match_by"):
@@ -210,7 +218,9 @@ def _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch
             "per_group": per_group, "gap": top1_gap, "overall": sum(correct) / len(correct),
             "worst_group": worst_group(per_group, "top1"),
             "gap_bootstrap": bootstrap_gap(_by_group(kept, info, correct), matched=bool(info.get("match_by"))),
-            "equalized_odds": equalized_odds(labels, preds, [s["group"] for s in kept])}
+            "equalized_odds": equalized_odds(labels, preds, [s["group"] for s in kept]),
+            # the class prompts carry no attribute: as retrieval queries over all images, whose groups come back?
+            "retrieval_skew": retrieval_skew(scores.T, [s["group"] for s in kept], k=min(10, len(kept)))}
     return part, [{"label": lab, "pred": p, "correct": lab == p} for lab, p in zip(labels, preds)]
 
 

@@ -48,7 +48,8 @@ def combine(reports: dict[str, EvalResult]) -> EvalResult:
 
 
 def comparison_rows(result: EvalResult) -> tuple[list[str], list[list[str]]]:
-    head = ["setting", "part", "overall", "worst group", "best-worst gap [95% bootstrap]", "EO gap"]
+    head = ["setting", "part", "overall", "worst group", "best-worst gap [95% bootstrap]", "EO gap", "MaxSkew@k",
+            "NDKL"]
     rows = []
     for name, parts in result.metrics["settings"].items():
         for part, v in parts.items():
@@ -57,12 +58,13 @@ def comparison_rows(result: EvalResult) -> tuple[list[str], list[list[str]]]:
                 rows.append([name, "zero-shot top-1 %", f"{100 * v['overall']:.1f}",
                              f"{v['worst_group']['group']} {100 * v['worst_group']['value']:.1f}",
                              f"{100 * bs['gap']:.1f} [{100 * bs['ci'][0]:.1f}, {100 * bs['ci'][1]:.1f}]",
-                             f"{100 * v['equalized_odds']['equalized_odds_gap']:.1f}"])
+                             f"{100 * v['equalized_odds']['equalized_odds_gap']:.1f}",
+                             f"{v['retrieval_skew']['MaxSkew']:.3f}", f"{v['retrieval_skew']['NDKL']:.3f}"])
             else:
                 g = v["gap"]["CIDEr-D"]
                 rows.append([name, "caption CIDEr-D", f"{v['overall']['CIDEr-D']:.3f}",
                              f"{g['worst']} {g['worst_value']:.3f}",
-                             f"{bs['gap']:.3f} [{bs['ci'][0]:.3f}, {bs['ci'][1]:.3f}]", "-"])
+                             f"{bs['gap']:.3f} [{bs['ci'][0]:.3f}, {bs['ci'][1]:.3f}]", "-", "-", "-"])
     return head, rows
 
 
