@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         print(f"mmfm: unknown command '{name}'.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from mmfm.config import ConfigError
+    from mmfm.config import ConfigError, InputError
     try:
         module = importlib.import_module(f"mmfm.commands.{name}")
         return int(module.main(rest) or 0)
@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         if extra is None:
             raise
         print(f"mmfm {name}: needs the optional package '{e.name}': pip install 'mmfm[{extra}]'", file=sys.stderr)
+        return 2
+    except InputError as e:
+        print(f"mmfm {name}: input error: {e}", file=sys.stderr)
         return 2
     except ConfigError as e:
         print(f"mmfm {name}: config error: {e}", file=sys.stderr)

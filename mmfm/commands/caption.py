@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def collect_images(inputs: list[str]) -> list[str]:
     """Files as given (decode errors are reported later, per image); folders expanded to their images."""
-    from mmfm.config import ConfigError
+    from mmfm.config import ConfigError, InputError
     from mmfm.eval.zeroshot.folder import list_images
 
     out: list[str] = []
@@ -45,7 +45,7 @@ def collect_images(inputs: list[str]) -> list[str]:
         elif p.exists():
             out.append(str(p))
         else:
-            raise ConfigError(f"no such file or folder: {item}")
+            raise InputError(f"no such file or folder: {item}")
     if not out:
         raise ConfigError("no images to caption")
     return out

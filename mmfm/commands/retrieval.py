@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mmfm.config.data import DEFAULT_MAX_PIXELS
+
 
 from .eval_benchmarks import add_dataset_root
 
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--max-samples", type=int, default=None, help="only the first N images")
-    p.add_argument("--max-pixels", type=int, default=89_478_485)
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--debias", metavar="PROMPTS|FILE", help="project bias-prompt directions out of the text "
                    "embeddings (as mmfm zeroshot --debias; docs/bias.md)")
     p.add_argument("--quiet", action="store_true")

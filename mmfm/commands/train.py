@@ -1,4 +1,4 @@
-"""``mmfm train CONFIG.yaml [--set key=value ...] [--resume latest|PATH | --overwrite] [--init-from CKPT]``
+"""``mmfm train CONFIG.yaml|NAME [--set key=value ...] [--resume latest|PATH | --overwrite] [--init-from CKPT]``
 
 Runs unchanged under torchrun: ``torchrun --nproc_per_node 8 -m mmfm train cfg.yaml`` (gloo on CPU,
 nccl on CUDA; multi-node through torchrun's rendezvous). Exit codes: 0 done, 2 config/data error,
@@ -14,7 +14,8 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmfm train", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="experiment YAML (configs/experiments/...)")
+    p.add_argument("config", help="experiment YAML: a path, or the name of a shipped config (demo/caption, "
+                                  "finetune/lora: configs/experiments/NAME.yaml, also from a pip install)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
     p.add_argument("--resume", default=None, metavar="latest|PATH",

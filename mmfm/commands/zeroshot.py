@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from mmfm.config.data import DEFAULT_MAX_PIXELS
+
 
 from .eval_benchmarks import add_dataset_root
 
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto = bf16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--topk", type=int, default=5, help="labels kept per prediction")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate an even subsample of N images")
-    p.add_argument("--max-pixels", type=int, default=89_478_485,
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="decode guard: larger JPEGs decode at reduced scale, other formats are skipped")
     p.add_argument("--fast-decode", action="store_true",
                    help="decode large JPEGs at reduced DCT scale (faster; pixels differ slightly from a full decode)")

@@ -22,9 +22,16 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from .files import atomic_write, atomic_write_text   # noqa: F401  (mmfm.config.core.atomic_write: the old home)
+
 
 class ConfigError(ValueError):
     """A config key, type or value is wrong. The message names the dotted key."""
+
+
+class InputError(ConfigError):
+    """An input the user named (an image folder, a data file) is missing or unreadable. The message names the path.
+    A ConfigError too, so every handler of bad settings handles it; the CLI says "input error"."""
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -257,25 +264,6 @@ def load_config(path: str | os.PathLike | None, cls: type, overrides: list[str] 
     """YAML file (or dict) + dotted overrides -> validated dataclass instance."""
     base = read_yaml(path) if path else dict(data or {})
     return from_dict(cls, apply_overrides(base, overrides))
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes, *, fsync: bool = False) -> Path:
-    """Write ``data`` (text is UTF-8) to ``path`` through a temp file + ``os.replace``: readers see the old file
-    or the new one, never half of it. ``fsync`` also forces the bytes to disk before the rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, text)
 
 
 def save_config(obj: Any, path: str | os.PathLike) -> None:

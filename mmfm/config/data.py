@@ -7,6 +7,7 @@ from typing import Literal
 from .core import ConfigError, ranged
 
 WorkerPriority = Literal["auto", "normal", "low", "idle"]   # what each means: mmfm.data.workers
+DEFAULT_MAX_PIXELS = 89_478_485   # the decompression-bomb guard: PIL's own default limit (Image.MAX_IMAGE_PIXELS)
 
 
 @dataclass
@@ -43,7 +44,7 @@ class DataConfig:
     samples_per_epoch: int | None = ranged(None, ge=1)   # default: from the manifests
     image_keys: str = "jpg;jpeg;png;webp"
     text_key: str = "txt"
-    max_pixels: int = ranged(89_478_485, ge=1)  # PIL's default bomb limit
+    max_pixels: int = ranged(DEFAULT_MAX_PIXELS, ge=1)
     train_augment: bool = True      # timm train transform (random resized crop) vs eval transform
     seed: int = 0
     jpeg_draft: bool = True         # decode big JPEGs at 1/2..1/8 scale when the transform needs no more

@@ -19,9 +19,9 @@ import threading
 import time
 from collections import Counter
 
-log = logging.getLogger("mmfm.data")
+from mmfm.config.data import DEFAULT_MAX_PIXELS
 
-DEFAULT_MAX_PIXELS = 89_478_485   # PIL's own bomb limit
+log = logging.getLogger("mmfm.data")
 
 
 class ImageTooLarge(ValueError):
@@ -91,7 +91,7 @@ class CorruptSample(ValueError):
 
 
 class Decoder:
-    def __init__(self, image_keys: str = "jpg;jpeg;png;webp", max_pixels: int = 89_478_485,
+    def __init__(self, image_keys: str = "jpg;jpeg;png;webp", max_pixels: int = DEFAULT_MAX_PIXELS,
                  decode_size: int | None = None):
         self.image_keys = [k.strip().lower() for k in image_keys.split(";") if k.strip()]
         self.max_pixels = int(max_pixels)

@@ -40,6 +40,7 @@ from mmfm.config import ConfigError
 from mmfm.data.collate import collate_dicts
 from mmfm.data.decode import CorruptCounter, CorruptSample, Decoder
 from mmfm.data.workers import lower_priority
+from mmfm.data.ranks import rank_world
 from mmfm.data.sources import Source, preflight, resolve_sources, tar_samples
 from mmfm.data.shards import ShardError
 
@@ -361,16 +362,6 @@ class LoaderBundle:
 
 
 # -------------------------------------------------------------------------------- build_loader
-def _world(world) -> tuple[int, int]:
-    if world is not None:
-        if isinstance(world, int):
-            return 0, world
-        return int(world[0]), int(world[1])
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def epoch_samples(sources: list[Source], override: int | None = None) -> int:
     """Samples per epoch: the override, else one pass over the source that the weights exhaust first."""
     if override:
@@ -428,7 +419,7 @@ def build_loader(sources, processor, *, batch_size: int, workers: int, train: bo
     from mmfm.config.data import DataConfig
 
     cfg = data_cfg or DataConfig()
-    rank, world_size = _world(world)
+    rank, world_size = rank_world(world)
     workers = max(int(workers), 0)
     readers_per_rank = max(workers, 1)
     srcs = resolve_sources([sources] if isinstance(sources, str) else sources)

@@ -286,13 +286,3 @@ def build_tokenizer(kind: str = "openclip", path: str | None = None, context_len
         return WrappedOpenCLIPTokenizer(kind.split(":", 1)[1], context_length=context_length)
     raise ConfigError(f"tokenizer kind '{kind}' is unknown; use 'openclip', 'hf' or 'openclip:MODEL_NAME'")
 
-
-def tokenizer_from_name(name: str, context_length: int = 77):
-    """Rebuild a tokenizer from the ``.name`` stored in a checkpoint's meta.json."""
-    if name == "openclip-bpe":
-        return OpenCLIPBPETokenizer(context_length)
-    if name.startswith("hf:"):
-        return HFTokenizer(name[3:], context_length)
-    if name.startswith("openclip:"):
-        return WrappedOpenCLIPTokenizer(name.split(":", 1)[1], context_length)
-    raise ConfigError(f"unknown tokenizer name '{name}'")

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from mmfm.config import atomic_write, atomic_write_text
+from mmfm.config import atomic_dir, atomic_write, atomic_write_text
 
 SKIN_TONES = ("none", "light", "medium-light", "medium", "medium-dark", "dark", "mixed")
 
@@ -218,10 +218,6 @@ def train_caption_tokenizer(texts: list[str], folder: Path, vocab_size: int = 20
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    fast.save_pretrained(str(tmp))
-    if folder.exists():
-        import shutil
-        shutil.rmtree(folder)
-    tmp.replace(folder)
+    with atomic_dir(folder) as tmp:
+        fast.save_pretrained(str(tmp))
     return folder

@@ -337,7 +337,7 @@ _BEFORE = ("There is no meaningful zero-shot 'before' for the pretrained towers:
            "trained, so at step 0 the zero-shot answer is chance. The comparison that shows what continued "
            "pre-training on emoji buys is therefore against the same recipe from random weights (the 'from "
            "scratch' rows, the same data and steps). For the image tower itself, 'before' is LiT (the ImageNet tower "
-           "unchanged) and 'after' is the demo's tower with its last blocks trained on emoji (README, 'The demo', "
+           "unchanged) and 'after' is the demo's tower with its last blocks trained on emoji (docs/demo.md "
            "measures both).")
 
 

@@ -17,23 +17,7 @@ import contextlib
 from pathlib import Path
 
 from mmfm.config import ConfigError
-
-
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _gather(obj) -> list:
-    """Every rank's ``obj`` (CPU tensors, numpy, lists), in rank order; ``[obj]`` without a process group."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+from mmfm.data.ranks import all_gather_object as _gather, rank_world as _world
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch.utils.data import IterableDataset
 
-from mmfm.config import ConfigError
+from mmfm.config import ConfigError, InputError
 from mmfm.data import fs
 from mmfm.data.decode import DEFAULT_MAX_PIXELS, decode_image
 from mmfm.data.transforms import eval_transform
@@ -224,7 +224,7 @@ def retrieval_evaluate(model, data, *, image_key=None, caption_key=None, batch_s
     t0 = time.perf_counter()
     src = str(data)
     if not (fs.is_remote(src) or Path(src).exists() or "{" in src):
-        raise ConfigError(f"retrieval data not found: {src}")
+        raise InputError(f"retrieval data not found: {src}")
     source = retrieval_source(src, image_key, caption_key)
     model, ckpt = load_clip(model, device)
     was_training = model.training

@@ -29,6 +29,8 @@ from mmfm.config import ConfigError
 from mmfm.config.caption import DecoderConfig
 from mmfm.config.model import ModelConfig
 
+from .tower_setup import apply_tower_settings
+
 __all__ = ["Captioner", "TextLayout", "build_captioner", "build_decoder_tokenizer", "check_token_ids"]
 
 
@@ -211,6 +213,8 @@ class TextLayout:
 class Captioner(nn.Module):
     """``forward(image, text_ids, attention_mask) -> {"logits", "image_tokens"}``; see the module docstring."""
 
+    tower_paths = {"vision": ("visual",), "decoder": ("decoder",)}     # tower names: mmfm.models.tower_setup
+
     def __init__(self, visual: nn.Module, decoder: nn.Module, tokenizer, model_cfg: ModelConfig):
         super().__init__()
         dcfg = model_cfg.decoder or DecoderConfig()
@@ -366,12 +370,4 @@ def build_captioner(cfg: ModelConfig, init_weights: bool = True) -> Captioner:
     model = Captioner(visual, decoder, tokenizer, cfg)
     if clip_meta and clip_meta.get("preprocess"):
         model.preprocess = {**clip_meta["preprocess"], **v.preprocess}
-    if v.lock:
-        model.lock_image_tower(v.unlock_last_groups)
-    elif v.unlock_last_groups:
-        raise ConfigError("model.vision.unlock_last_groups: only meaningful with model.vision.lock: true")
-    if v.cache_locked_features:
-        visual.cache_locked_features()
-    if v.grad_checkpointing:
-        visual.set_grad_checkpointing(True)
-    return model
+    return apply_tower_settings(model, cfg)

@@ -153,6 +153,8 @@ class CLIP(ClipApiMixin, nn.Module):
     """Dual encoder: a vision tower (``.visual``, pooled width) + ``image_proj``, and a text tower (``.text``)
     that already projects to ``embed_dim``; learnable ``logit_scale`` (log space) and optional ``logit_bias``."""
 
+    tower_paths = {"visual": ("visual",), "text": ("text",)}      # tower names: mmfm.models.tower_setup
+
     def __init__(self, visual: nn.Module, text: nn.Module, embed_dim: int, init_logit_scale: float = math.log(1 / 0.07),
                  init_logit_bias: float | None = None, tokenizer=None, model_cfg=None):
         super().__init__()

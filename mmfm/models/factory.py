@@ -57,6 +57,7 @@ def _check_token_ids(cfg: ModelConfig, tokenizer) -> None:
 def _build_clip(cfg: ModelConfig, init_weights: bool) -> nn.Module:
     from .clip import CLIP
     from .text import HFTextTower, OpenCLIPTextTower
+    from .tower_setup import apply_tower_settings
     from .towers import TimmVisionTower
 
     tokenizer = build_text_tokenizer(cfg)
@@ -70,25 +71,7 @@ def _build_clip(cfg: ModelConfig, init_weights: bool) -> nn.Module:
         text = OpenCLIPTextTower(t.context_length, t.vocab_size, t.width, t.heads, t.layers, cfg.embed_dim,
                                  t.mlp_ratio)
     model = CLIP(visual, text, cfg.embed_dim, cfg.init_logit_scale, cfg.init_logit_bias, tokenizer, cfg)
-    if v.lock:
-        model.lock_image_tower(v.unlock_last_groups)
-    elif v.unlock_last_groups:
-        raise ConfigError("model.vision.unlock_last_groups: only meaningful with model.vision.lock: true")
-    if t.lock:
-        model.lock_text_tower(t.unlock_last_groups)
-    elif t.unlock_last_groups:
-        raise ConfigError("model.text.unlock_last_groups: only meaningful with model.text.lock: true")
-    if v.cache_locked_features:
-        model.visual.cache_locked_features()
-    if t.cache_locked_features:
-        if not hasattr(model.text, "cache_locked_features"):
-            raise ConfigError("model.text.cache_locked_features: only for text.type: hf")
-        model.text.cache_locked_features()
-    if v.grad_checkpointing:
-        model.visual.set_grad_checkpointing(True)
-    if t.grad_checkpointing:
-        model.text.set_grad_checkpointing(True)
-    return model
+    return apply_tower_settings(model, cfg)
 
 
 def build_model(model_cfg: ModelConfig | dict | str | None = None, *, init_weights: bool = True) -> nn.Module:

@@ -123,6 +123,13 @@ class HFCLIPModel(LibraryModelMixin, ClipApiMixin, KeepLockedEval, nn.Module):
     def visual(self) -> nn.Module:
         return self.model.vision_model
 
+    @property
+    def tower_paths(self) -> dict[str, tuple[str, ...]]:
+        """The tower names (``mmfm.models.tower_setup``): each tower with its projection, as ``lock`` freezes them."""
+        def parts(*names):
+            return tuple(f"model.{n}" for n in names if getattr(self.model, n, None) is not None)
+        return {"visual": parts("vision_model", "visual_projection"), "text": parts("text_model", "text_projection")}
+
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         x = pooled(self.model.get_image_features(pixel_values=image))
         return nn.functional.normalize(x, dim=-1) if normalize else x
@@ -152,11 +159,22 @@ class HFCLIPModel(LibraryModelMixin, ClipApiMixin, KeepLockedEval, nn.Module):
     def lock_text_tower(self, unlocked_layers: int = 0) -> None:
         self._lock(self.model.text_model, [getattr(self.model, "text_projection", nn.Identity())], unlocked_layers)
 
+    def set_tower_grad_checkpointing(self, name: str, enable: bool = True) -> None:
+        """Checkpointing in one tower's layers (transformers' ``gradient_checkpointing_enable`` sets both): each
+        layer's ``gradient_checkpointing`` flag and function, as transformers sets them (non-reentrant)."""
+        import functools
+
+        from torch.utils.checkpoint import checkpoint
+
+        tower = {"visual": self.model.vision_model, "text": self.model.text_model}[name]
+        for m in tower.modules():
+            if hasattr(m, "gradient_checkpointing"):
+                m._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+                m.gradient_checkpointing = enable
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if enable:
-            self.model.gradient_checkpointing_enable()
-        else:
-            self.model.gradient_checkpointing_disable()
+        for name in self.tower_paths:
+            self.set_tower_grad_checkpointing(name, enable)
 
     def save_transformers(self, directory: str | os.PathLike) -> None:
         """The folder transformers opens: weights + config (``save_pretrained``), tokenizer, image processor."""
@@ -171,11 +189,5 @@ class HFCLIPModel(LibraryModelMixin, ClipApiMixin, KeepLockedEval, nn.Module):
 def build_hf_clip(cfg, init_weights: bool = True) -> HFCLIPModel:
     """``ModelConfig(source="hf:...")`` -> HFCLIPModel (its weights unless ``init_weights=False``; lock and
     grad-checkpointing flags honoured)."""
-    model = HFCLIPModel(cfg.source, model_cfg=cfg, load_weights=init_weights)
-    if cfg.vision.lock:
-        model.lock_image_tower(cfg.vision.unlock_last_groups)
-    if cfg.text.lock:
-        model.lock_text_tower(cfg.text.unlock_last_groups)
-    if cfg.vision.grad_checkpointing or cfg.text.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    return model
+    from .tower_setup import apply_tower_settings
+    return apply_tower_settings(HFCLIPModel(cfg.source, model_cfg=cfg, load_weights=init_weights), cfg)

@@ -28,11 +28,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
 from mmfm.config import ConfigError, ExperimentConfig, from_dict, read_yaml
+from mmfm.config.files import atomic_dir as local_atomic_dir, atomic_path
 from mmfm.config.model import ModelConfig
 from mmfm.data import fs
 
@@ -84,11 +84,8 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
 
 def point_latest(ckpt_root: Path, target: Path) -> None:
     """Repoint ``ckpt_root/latest`` at the step folder ``target`` (a relative symlink, replaced atomically)."""
-    tmp = ckpt_root / f".{LATEST}.tmp{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(target.name, tmp)
-    os.replace(tmp, ckpt_root / LATEST)
+    with atomic_path(ckpt_root / LATEST) as tmp:
+        os.symlink(target.name, tmp)
 
 
 def resolve_latest(ckpts: Path) -> Path:
@@ -114,20 +111,8 @@ def atomic_dir(target: str | os.PathLike, fill) -> Path | str:
             fs.upload(tmp, str(target), "output folder")
         return str(target)
     target = fs.local_path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
-    try:
+    with local_atomic_dir(target) as tmp:
         fill(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -2,7 +2,8 @@
 
 * ``apply_lora(model, cfg)`` injects peft LoRA layers (``peft.inject_adapter_in_model``) into every Linear (and
   the q/k/v ``in_proj_weight`` of open_clip's ``nn.MultiheadAttention``) inside the block stacks of the towers
-  ``cfg.towers`` names (timm's ``blocks``, open_clip's ``resblocks``, a transformers ``encoder.layer``: attention
+  ``cfg.towers`` names (``visual``, ``text`` for mmfm, open_clip and transformers models alike, or module paths;
+  timm's ``blocks``, open_clip's ``resblocks``, a transformers ``encoder.layer``: attention
   and MLP projections), or only those whose module name ends with one of ``cfg.targets``; everything else is frozen, so only the
   ``lora_A`` / ``lora_B`` matrices train. The model's state dict then holds ``...qkv.base_layer.weight`` and
   ``...qkv.lora_A.default.weight``.
@@ -47,10 +48,46 @@ def _block_stacks(tower: nn.Module) -> list[str]:
     return stacks
 
 
+def _tower_modules(model: nn.Module, tower: str) -> list[str]:
+    """The module paths a tower name (``visual``, ``text``: ``mmfm.models.tower_setup``) or a module path means."""
+    from .tower_setup import tower_names, tower_paths
+
+    paths = tower_paths(model, tower)
+    if paths is not None:
+        params = dict(model.named_parameters())
+        return [p for p in paths if p not in params]
+    try:
+        model.get_submodule(tower)
+    except AttributeError:
+        names = tower_names(model)
+        tops = ", ".join(n for n, _ in model.named_children())
+        raise ConfigError(f"model.lora.towers: {type(model).__name__} has no module '{tower}' and no tower of that "
+                          f"name (its towers: {', '.join(names) or 'none named'}; or a module path; its top-level "
+                          f"modules: {tops})") from None
+    return [tower]
+
+
+def _stack_targets(model: nn.Module, path: str, wanted, modules: list[str], params: list[str]) -> None:
+    """Append the Linear modules and MHA ``in_proj_weight`` parameters inside the block stacks of ``path``."""
+    attentions: list[str] = []
+    for stack in _block_stacks(model.get_submodule(path)):
+        prefix = f"{path}.{stack}."
+        for name, m in model.named_modules():
+            if not name.startswith(prefix) or any(name.startswith(a + ".") for a in attentions):
+                continue
+            if isinstance(m, nn.MultiheadAttention):
+                attentions.append(name)
+                if wanted(name) and m.in_proj_weight is not None:
+                    params.append(f"{name}.in_proj_weight")
+            elif isinstance(m, nn.Linear) and wanted(name):
+                modules.append(name)
+
+
 def lora_targets(model: nn.Module, towers: list[str], targets: list[str] | None = None
                  ) -> tuple[list[str], list[str]]:
     """What gets adapters, as (module names, parameter names): each Linear inside the block stacks of each tower in
-    ``towers`` (module paths: ``visual``, ``text``; ``model.visual`` for the open_clip adapter), and the
+    ``towers`` (tower names, the same for every source: ``visual``, ``text``; or module paths such as
+    ``model.visual``), and the
     ``in_proj_weight`` (q, k, v) of each ``nn.MultiheadAttention`` there, adapted as a parameter (peft's
     ``target_parameters``: a parametrization, so the frozen weight is never rewritten; peft's module-level MHA
     adapter merges and unmerges in every forward, which moves the frozen weight by float rounding). An MHA's
@@ -61,25 +98,9 @@ def lora_targets(model: nn.Module, towers: list[str], targets: list[str] | None 
     modules: list[str] = []
     params: list[str] = []
     for tower in towers:
-        try:
-            module = model.get_submodule(tower)
-        except AttributeError:
-            tops = ", ".join(n for n, _ in model.named_children())
-            raise ConfigError(f"model.lora.towers: {type(model).__name__} has no module '{tower}' (a module path; "
-                              f"its top-level modules: {tops})") from None
         found = len(modules) + len(params)
-        attentions: list[str] = []
-        for stack in _block_stacks(module):
-            prefix = f"{tower}.{stack}."
-            for name, m in model.named_modules():
-                if not name.startswith(prefix) or any(name.startswith(a + ".") for a in attentions):
-                    continue
-                if isinstance(m, nn.MultiheadAttention):
-                    attentions.append(name)
-                    if wanted(name) and m.in_proj_weight is not None:
-                        params.append(f"{name}.in_proj_weight")
-                elif isinstance(m, nn.Linear) and wanted(name):
-                    modules.append(name)
+        for path in _tower_modules(model, tower):
+            _stack_targets(model, path, wanted, modules, params)
         if len(modules) + len(params) == found:
             raise ConfigError(f"model.lora: no Linear or attention module in the blocks of tower '{tower}' "
                               f"matches model.lora.targets {targets or '(any)'}; LoRA adapts transformer towers")

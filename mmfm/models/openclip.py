@@ -112,6 +112,18 @@ class OpenCLIPModel(LibraryModelMixin, ClipApiMixin, KeepLockedEval, nn.Module):
     def visual(self) -> nn.Module:
         return self.model.visual
 
+    @property
+    def tower_paths(self) -> dict[str, tuple[str, ...]]:
+        """The tower names (``mmfm.models.tower_setup``): ``visual`` is open_clip's ``visual``; ``text`` its ``text``
+        module (CustomTextCLIP) or the parts its ``lock_text_tower`` freezes (CLIP: embeddings, transformer, final
+        norm, projection)."""
+        if isinstance(getattr(self.model, "text", None), nn.Module):
+            text = ("model.text",)
+        else:
+            text = tuple(f"model.{n}" for n in ("token_embedding", "positional_embedding", "transformer", "ln_final",
+                                                 "text_projection") if getattr(self.model, n, None) is not None)
+        return {"visual": ("model.visual",), "text": text}
+
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         # a class-token ViT computes its last block for the class token only (the same embedding; fewer FLOPs)
         return _short_or_library(openclip_vit_pooled(self.model.visual, image),
@@ -131,17 +143,21 @@ class OpenCLIPModel(LibraryModelMixin, ClipApiMixin, KeepLockedEval, nn.Module):
         self.model.lock_text_tower(unlocked_layers=unlocked_layers)
         self.keep_locked_eval()
 
+    def set_tower_grad_checkpointing(self, name: str, enable: bool = True) -> None:
+        """Checkpointing in one tower (open_clip's own ``set_grad_checkpointing`` sets both)."""
+        if name == "visual":
+            self.model.visual.set_grad_checkpointing(enable)
+        elif isinstance(getattr(self.model, "text", None), nn.Module):
+            self.model.text.set_grad_checkpointing(enable)
+        else:
+            self.model.transformer.grad_checkpointing = enable
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.model.set_grad_checkpointing(enable)
+        for name in self.tower_paths:
+            self.set_tower_grad_checkpointing(name, enable)
 
 
 def build_openclip_model(cfg, pretrained: str | None = None) -> OpenCLIPModel:
     """``ModelConfig(openclip=NAME)`` -> OpenCLIPModel (lock / grad-checkpointing flags honoured)."""
-    model = OpenCLIPModel(cfg.openclip, pretrained=pretrained, model_cfg=cfg)
-    if cfg.vision.lock:
-        model.lock_image_tower(cfg.vision.unlock_last_groups)
-    if cfg.text.lock:
-        model.lock_text_tower(cfg.text.unlock_last_groups)
-    if cfg.vision.grad_checkpointing or cfg.text.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    return model
+    from .tower_setup import apply_tower_settings
+    return apply_tower_settings(OpenCLIPModel(cfg.openclip, pretrained=pretrained, model_cfg=cfg), cfg)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mmfm.config import ConfigError
+from mmfm.config import ConfigError, atomic_path
 
 from .layout import SHARDED, WEIGHTS, is_sharded_dir
 
@@ -50,10 +50,6 @@ def consolidate(path: str | os.PathLike, weights_name: str = WEIGHTS) -> Path:
     if not is_sharded_dir(d):
         raise ConfigError(f"{d}: not a sharded checkpoint (no {SHARDED}/.metadata)")
     target = d / weights_name
-    tmp = d / f".{weights_name}.tmp{os.getpid()}"
-    try:
+    with atomic_path(target) as tmp:
         save_file({k: v.contiguous() for k, v in read_sharded(d).items()}, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target

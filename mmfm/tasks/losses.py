@@ -14,18 +14,12 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from mmfm.config import ConfigError
+from mmfm.data.ranks import rank_world
 
-__all__ = ["ContrastiveLoss", "build_contrastive_loss", "dist_info"]
-
-
-def dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+__all__ = ["ContrastiveLoss", "build_contrastive_loss"]
 
 
 class ContrastiveLoss(nn.Module):
@@ -45,7 +39,7 @@ class ContrastiveLoss(nn.Module):
     def _loss_fn(self) -> nn.Module:
         from open_clip.loss import ClipLoss, SigLipLoss
 
-        rank, world = dist_info() if self.training else (0, 1)
+        rank, world = rank_world() if self.training else (0, 1)
         if self._impl is None or self._key != (rank, world):
             if world > 1 and self.kind == "clip" and not self.gather_with_grad and rank == 0:
                 warnings.warn("task.contrastive.gather_with_grad=false: gradients flow only through each rank's "

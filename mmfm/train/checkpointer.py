@@ -13,17 +13,15 @@ knows checkpoint layouts; an fsspec ``train.output_dir`` is mirrored by :class:`
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mmfm.config import ConfigError, read_yaml, to_dict
+from mmfm.config import ConfigError, read_yaml, replace_dir, temp_dir_beside, to_dict
 from mmfm.data import fs
 from mmfm.models.checkpoint import init_weights_from, load_weights, write_pretrained
 from mmfm.models.layout import (CHECKPOINTS, CONFIG_YAML, LATEST, TRAINER_STATE, fetch_checkpoint, is_sharded_dir,
@@ -192,12 +190,7 @@ def set_rng_state(state: dict) -> None:
 
 def new_checkpoint_dir(ckpt_root: Path, step: int) -> Path:
     """Rank 0: the temporary folder that becomes ``step_XXXXXXXX`` (the ranks of a sharded save all write into it)."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{step_dir_name(step)}.tmp", dir=ckpt_root))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)              # mkdtemp makes 0700; checkpoints are shared like any output
-    return tmp
+    return temp_dir_beside(ckpt_root / step_dir_name(step))
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model, cfg, trainer_state: dict, meta: dict,
@@ -210,9 +203,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model, cfg, trainer_state: dict,
     try:
         write_pretrained(model, cfg, tmp, meta=meta, weights=not sharded)
         torch.save(trainer_state, tmp / TRAINER_STATE)
-        if final.exists():                     # re-saving the same step (e.g. final == last periodic)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)                # also when re-saving the same step (e.g. final == last periodic)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mmfm.data.ranks import all_gather_object, distributed, rank_world
+
+__all__ = ["DistInfo", "all_gather_object", "all_reduce", "any_flags", "barrier", "cleanup", "init_distributed",
+           "rank_world"]
+
 _HOST_GROUP: list = []      # the gloo group for host-side flags when the default group is nccl (made once)
 _TIMEOUT: list = []         # the bound given to init_distributed, for that group too
 
@@ -53,32 +58,23 @@ def init_distributed(timeout_minutes: float = 30.0, device: str | None = None) -
         kw = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes), **kw)
         _TIMEOUT[:] = [datetime.timedelta(minutes=timeout_minutes)]
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, dist.get_backend())
+    return DistInfo(*rank_world(), local_rank, dev, dist.get_backend())
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if distributed():
         dist.barrier()
 
 
 def all_reduce(t: torch.Tensor, op: str = "mean") -> torch.Tensor:
     """In-place all-reduce (``mean``, ``sum`` or ``max``); a no-op without a process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if rank_world()[1] == 1:
         return t
     red = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
     dist.all_reduce(t, op=red)
     if op == "mean":
-        t /= dist.get_world_size()
+        t /= rank_world()[1]
     return t
-
-
-def all_gather_object(obj):
-    """Every rank's ``obj`` as a list (rank order); ``[obj]`` without a process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def _host_group():
@@ -92,7 +88,7 @@ def _host_group():
 def any_flags(flags: list[bool]) -> list[bool]:
     """For each flag, whether it is set on any rank: one all-reduce of a CPU tensor (gloo, also under nccl),
     so it never waits for the GPU. Without a process group, ``flags`` as they are."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if rank_world()[1] == 1:
         return [bool(f) for f in flags]
     t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_host_group())
@@ -101,5 +97,5 @@ def any_flags(flags: list[bool]) -> list[bool]:
 
 def cleanup() -> None:
     _HOST_GROUP.clear()
-    if dist.is_available() and dist.is_initialized():
+    if distributed():
         dist.destroy_process_group()

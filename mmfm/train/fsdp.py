@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mmfm.data.ranks import rank_world
 from mmfm.models.layout import SHARDED
 
 
@@ -62,10 +63,11 @@ def shard(root: nn.Module, device: torch.device, param_dtype: torch.dtype | None
 
 def average_replicated_grads(params: list[nn.Parameter]) -> None:
     grads = [p.grad for p in params if p.grad is not None]
-    if grads and dist.is_initialized() and dist.get_world_size() > 1:
+    world = rank_world()[1]
+    if grads and world > 1:
         flat = torch.stack([g.reshape(()) for g in grads])
         dist.all_reduce(flat)
-        for g, v in zip(grads, (flat / dist.get_world_size()).unbind()):
+        for g, v in zip(grads, (flat / world).unbind()):
             g.copy_(v)
 
 
@@ -130,18 +132,6 @@ def full_weights(root: nn.Module):
         for m in mods:
             m.reshard()
             m.set_reshard_after_forward(m is not root, recurse=False)   # the root stays whole after forward
-
-
-def local_bytes(params: list[torch.Tensor], optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
-    """Bytes this rank holds of the parameters and of the optimizer state (local shards only)."""
-    def size(t):
-        t = t.to_local() if hasattr(t, "to_local") else t
-        return t.numel() * t.element_size()
-    out = {"params": sum(size(p) for p in params)}
-    if optimizer is not None:
-        out["optimizer"] = sum(size(v) for s in optimizer.state.values() for v in s.values()
-                               if isinstance(v, torch.Tensor) and v.ndim > 0)
-    return out
 
 
 def save_sharded(ckpt: Path, root: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -4,8 +4,10 @@ No weight decay on: tensors with fewer than 2 dims (biases, norm scales, the log
 containing ``bias``, ``norm``, ``ln_``/``.ln``, ``bn``, ``logit_scale``, ``logit_bias``, position
 embeddings and class/register tokens (open_clip's and timm's rules). Frozen (locked) parameters are left out.
 
-Fine-tuning: ``train.lr_groups`` sets the lr by parameter-name prefix (a module path of the model, e.g. ``visual``,
-``text``; the longest matching prefix wins, the rest trains at ``train.lr``); ``train.layer_decay`` scales it
+Fine-tuning: ``train.lr_groups`` sets the lr by tower name (``visual``, ``text``; a captioner's ``vision``,
+``decoder``: the same for mmfm, open_clip and transformers models, ``mmfm.models.tower_setup``) or by
+parameter-name prefix (a module path of the model, e.g. ``text.proj``; the longest matching prefix wins, the rest
+trains at ``train.lr``); ``train.layer_decay`` scales it
 inside each tower by ``layer_decay ** (K - k)`` for layer k of K (timm's layer ids from the tower's
 ``group_matcher``, as timm's ``param_groups_layer_decay`` does). Each group keeps its ``base_lr``; the schedule
 multiplies every group's base lr by the same factor.
@@ -55,12 +57,16 @@ def _lrs(model: nn.Module, lr: float, lr_groups: dict[str, float], layer_decay: 
     """id(parameter) -> its lr: the ``lr_groups`` prefix's (or ``lr``) times its layer-decay scale."""
     from mmfm.config import ConfigError
 
+    from mmfm.models.tower_setup import expand_tower_names, tower_names
+
     names = [n for n, _ in model.named_parameters()]
     for key in lr_groups:
-        if not any(n == key or n.startswith(key + ".") for n in names):
+        if not any(n == key or n.startswith(key + ".") for n in names) and key not in tower_names(model):
             tops = sorted({n.split(".", 1)[0] for n in names})
+            towers = ", ".join(tower_names(model)) or "none named"
             raise ConfigError(f"train.lr_groups.{key}: no parameter of {type(model).__name__} is under '{key}' "
-                              f"(its top-level modules: {', '.join(tops)})")
+                              f"(its towers: {towers}; its top-level modules: {', '.join(tops)})")
+    lr_groups = expand_tower_names(model, lr_groups)
     scales = layer_scales(model, layer_decay)
     return {id(p): _prefix_lr(n, lr_groups, lr) * scales.get(n, 1.0) for n, p in model.named_parameters()}
 

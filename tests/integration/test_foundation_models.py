@@ -128,9 +128,10 @@ def _source_loss(src, kind) -> float:
         return float(ref(pixel_values=images, **_hf_text(src, texts), return_loss=True).loss)
 
 
-def _train(src, kind, tmp_path) -> tuple:
+def _train(src, kind, tmp_path, model: dict | None = None) -> tuple:
     task = {"name": "contrastive", "contrastive": {"loss": "siglip" if kind == "siglip" else "clip"}}
     cfg = {"task": task,             # no model section: the --init-from spec defines the architecture
+           **({"model": model} if model else {}),
            "data": {"train": [{"path": src["shards"]}], "batch_size": N, "workers": 0, "shuffle_buffer": N,
                     "train_augment": False},
            "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "warmup_steps": 0, "lr": 1e-2,
@@ -171,6 +172,24 @@ def test_init_from_trains_from_the_source_and_exports_back(src, kind, tmp_path):
             back = torch.cat([F.normalize(ref.get_image_features(pixel_values=image).pooler_output, dim=-1),
                               F.normalize(ref.get_text_features(**_hf_text(src, texts)).pooler_output, dim=-1)])
     assert (back - mm).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["clip", "openclip"])
+def test_lora_section_of_the_shipped_recipe_beside_init_from(src, kind, tmp_path):
+    """configs/experiments/finetune/lora.yaml's model section (only lora, towers [visual, text]) beside
+    --init-from SPEC: it merges with the section the spec implies, and the adapters go into both towers. Before,
+    the section replaced the spec's (init_from refused the default CLIP it built) and, with kind and openclip
+    restated, open_clip had no tower 'visual'."""
+    lora = yaml.safe_load(open("configs/experiments/finetune/lora.yaml", encoding="utf-8"))["model"]  # not its base
+    assert list(lora) == ["lora"] and lora["lora"]["towers"] == ["visual", "text"]
+    run, _ = _train(src, kind, tmp_path, model=lora)
+    ckpt = run / "checkpoints" / "latest"
+    cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
+    assert cfg["model"]["lora"]["towers"] == ["visual", "text"]
+    from safetensors.torch import load_file
+    adapters = [k for k in load_file(str(ckpt / "model.safetensors")) if ".lora_B." in k]
+    towers = {"clip": ("model.vision_model.", "model.text_model."), "openclip": ("model.visual.", "model.transformer.")}
+    assert all(any(k.startswith(t) for k in adapters) for t in towers[kind]), adapters[:4]
 
 
 def test_export_refuses_what_does_not_map(src, tmp_path):

@@ -13,9 +13,16 @@ from train_helpers import PY, make_shards, max_diff, run, write_config
 STEP1 = textwrap.dedent("""
     import sys, torch
     from mmfm.config import apply_overrides, from_dict, ExperimentConfig, read_yaml
-    from mmfm.train import distributed as D, fsdp
+    from mmfm.train import distributed as D
     from mmfm.train.builder import build_run
     from mmfm.train.trainer import Trainer
+    def local_bytes(params, optimizer):    # bytes this rank holds of the parameters and optimizer state (local shards)
+        def size(t):
+            t = t.to_local() if hasattr(t, "to_local") else t
+            return t.numel() * t.element_size()
+        return {"params": sum(size(p) for p in params),
+                "optimizer": sum(size(v) for s in optimizer.state.values() for v in s.values()
+                                 if isinstance(v, torch.Tensor) and v.ndim > 0)}
     info = D.init_distributed()
     for strategy in ("ddp", "fsdp"):       # one process group, both strategies from the same initial weights
         cfg = from_dict(ExperimentConfig, apply_overrides(read_yaml(sys.argv[1]), [f"train.strategy={strategy}",
@@ -30,7 +37,7 @@ STEP1 = textwrap.dedent("""
                  for n, p in task.model.named_parameters() if p.grad is not None}
         trainer.optimizer.step()
         torch.save({"loss": out["loss"].item(), "grads": grads,
-                    "bytes": fsdp.local_bytes(trainer._params, trainer.optimizer)},
+                    "bytes": local_bytes(trainer._params, trainer.optimizer)},
                    f"{sys.argv[2]}/{strategy}.{info.rank}.pt")
     D.cleanup()
 """)

@@ -1,5 +1,6 @@
 """A plain (not editable) install works: build the wheel, install it into a fresh venv, then, from a folder that
-is not the source tree, build shards with a named recipe, train a named model for a step, caption with a named
+is not the source tree, build shards with a named recipe, train a named model for a step (and a named experiment
+config), caption with a named
 decoding preset and start the demo's first stage. Named configs ship as package data (mmfm/resources)."""
 import os
 import subprocess
@@ -48,6 +49,10 @@ def test_wheel_ships_configs_recipes_and_presets(venv, tmp_path):
         "data: {train: [{path: shards}], batch_size: 3, samples_per_epoch: 3, workers: 0}\n"
         "train: {output_dir: run, max_steps: 1, tensorboard: false, progress: false}\n")
     _run([mmfm, "train", "cap.yaml"], cwd=tmp_path)
+    # a shipped experiment config by its name (configs/experiments/caption/tiny_fixture.yaml in the wheel)
+    _run([mmfm, "train", "caption/tiny_fixture", "--max-steps", "1", "--output-dir", "named", "--no-progress",
+          "--set", "data.train=[{path: shards}]"], cwd=tmp_path)
+    assert (tmp_path / "named" / "checkpoints" / "latest" / "config.yaml").is_file()
     images = tmp_path / "shards"
     img = next(iter(sorted((ROOT / "data_recipes" / "coco_captions" / "fixture" / "images").glob("*.jpg"))))
     _run([mmfm, "caption", "--model", "run", img, "--preset", "beam", "--max-new-tokens", "3", "--out", "alt.jsonl",

@@ -1,5 +1,6 @@
-"""The package's shape, enforced: import-linter contracts (pyproject.toml) hold for mmfm, and the same contracts
-break on a small package that has each defect (so the check itself can fail)."""
+"""The package's shape, enforced: import-linter contracts (pyproject.toml) hold for mmfm when ``lint-imports`` runs
+bare at the repository root (as import-linter users run it), and the same contracts break on a small package that
+has each defect (so the check itself can fail)."""
 import os
 import shutil
 import subprocess
@@ -15,15 +16,17 @@ pytestmark = pytest.mark.skipif(LINT is None, reason="import-linter is not insta
 
 
 def _lint(cwd: Path, pythonpath: list[Path], config: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in pythonpath)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
     args = [LINT, "--no-cache"] + ([str(config)] if config else [])
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_mmfm_keeps_its_import_contracts():
-    r = _lint(ROOT, [ROOT / "tests", ROOT])
+def test_mmfm_keeps_its_import_contracts_with_lint_imports_run_bare():
+    r = _lint(ROOT, [])         # no PYTHONPATH: lint-imports puts the root on sys.path (mmfm, import_contracts)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "3 kept, 0 broken" in r.stdout
+    assert "6 kept, 0 broken" in r.stdout
 
 
 def test_the_contracts_catch_a_cycle_an_upward_import_and_a_private_import(tmp_path):
@@ -35,6 +38,8 @@ def test_the_contracts_catch_a_cycle_an_upward_import_and_a_private_import(tmp_p
         "pkg/models/net.py": "from pkg.config.core import *\nfrom pkg.data.io import _secret\n\ndef build(): pass\n",
         "pkg/data/__init__.py": "",
         "pkg/data/io.py": "import pkg.models.net\n_secret = 1\n",             # cycle data <-> models
+        "pkg/models/a.py": "def f():\n    from pkg.models import b\n",       # cycle a <-> b inside models,
+        "pkg/models/b.py": "def g():\n    from pkg.models import a\n",       # through lazy imports only
     }
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -56,8 +61,13 @@ def test_the_contracts_catch_a_cycle_an_upward_import_and_a_private_import(tmp_p
         [[tool.importlinter.contracts]]
         name = "private"
         type = "no_private_imports"
+        [[tool.importlinter.contracts]]
+        name = "modules of models"
+        type = "acyclic_siblings"
+        ancestors = ["pkg.models"]
     """))
-    r = _lint(tmp_path, [ROOT / "tests", tmp_path], cfg)
+    r = _lint(tmp_path, [ROOT, tmp_path], cfg)          # ROOT: where import_contracts.py lives
     assert r.returncode != 0
-    assert "0 kept, 3 broken" in r.stdout, r.stdout
+    assert "0 kept, 4 broken" in r.stdout, r.stdout
     assert "pkg.models.net -> pkg.data.io: _secret" in r.stdout
+    assert "No cycles are allowed in pkg.models." in r.stdout and (".a -> .b" in r.stdout or ".b -> .a" in r.stdout)

@@ -130,6 +130,28 @@ def test_init_from_spec_gives_the_missing_model_section(spec, model):
     assert given.model.openclip is None and given.model.source is None          # a given section wins
 
 
+@pytest.mark.parametrize("model", [
+    {"lora": {"r": 4}},
+    {"vision": {"lock": True, "unlock_last_groups": 2}},
+    {"kind": "clip", "text": {"lock": True, "grad_checkpointing": True}, "lora": {"towers": ["visual"]}},
+    {"name": None, "lora": {}}])                   # a recipe's model.name cleared with --set model.name=null
+def test_a_training_only_model_section_merges_with_the_init_from_spec(model):
+    """A model section that only says how to train (lora, lock, ...) beside an architecture-defining init_from
+    spec used to replace the spec's section: the model was then mmfm's default CLIP, and init_from refused it."""
+    cfg = load_experiment(data={"model": model, "train": {"init_from": "openclip:ViT-B-32:/data/epoch_32.pt"}})
+    assert cfg.model.openclip == "ViT-B-32" and cfg.model.kind == "clip"
+    assert (cfg.model.lora is not None) == ("lora" in model)
+    assert cfg.model.vision.lock == model.get("vision", {}).get("lock", False)
+    assert cfg.model.text.lock == model.get("text", {}).get("lock", False)
+    cfg = load_experiment(data={"model": model, "train": {"init_from": "hf:/models/siglip"}})
+    assert cfg.model.source == "hf:/models/siglip" and cfg.model.openclip is None
+    # an mmfm folder defines no section: the given one stays as it is; an architecture key keeps the section whole
+    assert load_experiment(data={"model": model, "train": {"init_from": "runs/clip"}}).model.openclip is None
+    arch = load_experiment(data={"model": {**model, "vision": {"timm_model": "resnet18"}},
+                                 "train": {"init_from": "openclip:ViT-B-32"}})
+    assert arch.model.openclip is None and arch.model.vision.timm_model == "resnet18"
+
+
 def test_model_source_is_checked():
     with pytest.raises(ConfigError, match=r"model.source: expected hf:DIR_OR_ID"):
         load_experiment(data={"model": {"source": "/models/clip"}})

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mmfm.config import ConfigError, ranged
+from mmfm.config.data import DEFAULT_MAX_PIXELS
 
 EMOJI_TEST = "/usr/share/unicode/emoji/emoji-test.txt"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
@@ -41,7 +42,7 @@ class ImageOptions:
     format: Literal["jpg", "png", "webp"] = "jpg"
     quality: int = ranged(95, ge=1, le=100)
     background: list[int] = field(default_factory=lambda: [255, 255, 255])  # alpha and border fill
-    max_pixels: int = ranged(89_478_485, ge=1)   # decompression-bomb guard (PIL's default limit)
+    max_pixels: int = ranged(DEFAULT_MAX_PIXELS, ge=1)   # decompression-bomb guard (PIL's default limit)
     min_size: int = ranged(0, ge=0)  # skip if the original's shorter side is smaller
     max_size: int = ranged(0, ge=0)  # skip if the original's longer side is larger (0 = no limit)
     max_aspect_ratio: float = 0.0   # skip if long/short side exceeds this (0 = no limit)

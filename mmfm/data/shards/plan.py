@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from mmfm.config import ConfigError, to_dict
+from mmfm.config import ConfigError, atomic_path, to_dict
 from mmfm.data import fs
 
 from . import retry
@@ -220,10 +220,8 @@ def _failed_lines(split: Split, segments: list[Segment]) -> Iterator[str]:
 
 
 def write_failures(split: Split, segments: list[Segment]) -> None:
-    tmp = split.folder / f".{FAILURES}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(split.folder / FAILURES) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.writelines(_failed_lines(split, segments))
-    os.replace(tmp, split.folder / FAILURES)
     split.store.publish(FAILURES)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from mmfm.config import ConfigError
+from mmfm.data.sampling import even_subsample
 
 from ..embedding import model_kind
 from ..records import is_shard_source, shard_records
@@ -61,7 +62,7 @@ class EvalData:
         self.folder = Path(data).is_dir() and not is_shard_source(data)
         if kind == "captioner":
             from ..captioning.data import read_caption_data
-            self.items = _even(read_caption_data(self.data), max_samples)
+            self.items = even_subsample(read_caption_data(self.data), max_samples)
         elif self.folder:
             from ..zeroshot.folder import scan_folder
             self.spec = scan_folder(self.data, max_samples=max_samples)
@@ -72,7 +73,7 @@ class EvalData:
             from ..bias.audit import sample_labels
             if not is_shard_source(self.data):
                 raise ConfigError(f"{data}: expected an image folder with class subfolders, or shards")
-            recs = _even([r for r in shard_records(self.data) if r["image"] is not None], max_samples)
+            recs = even_subsample([r for r in shard_records(self.data) if r["image"] is not None], max_samples)
             if not recs:
                 raise ConfigError(f"{data}: no samples with images")
             self.labels, self.label_field = sample_labels(recs, label_field, self.data)
@@ -82,13 +83,6 @@ class EvalData:
         """The first ``n`` evaluation images, decoded (for timing)."""
         from mmfm.data.decode import decode_image
         return [decode_image(it["image"]) for it in self.items[:n]]
-
-
-def _even(items: list, n: int | None) -> list:
-    """An even subsample of ``n`` items (all when ``n`` is None or larger), so a sorted dataset keeps its mix."""
-    if not n or len(items) <= n:
-        return items
-    return [items[int(i * len(items) / n)] for i in range(n)]
 
 
 # ----------------------------------------------------------------------------- measurements

@@ -20,8 +20,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmfm.config import ConfigError
+from mmfm.config import ConfigError, InputError
 from mmfm.data.decode import DEFAULT_MAX_PIXELS, decode_image
+from mmfm.data.sampling import even_indices
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -118,9 +119,9 @@ def scan_folder(root: str | os.PathLike, *, labels: str | list[str] | None = Non
     all of them); a subfolder not in the list is an error."""
     rootp = Path(root)
     if not rootp.exists():
-        raise ConfigError(f"image folder not found: {rootp}")
+        raise InputError(f"image folder not found: {rootp}")
     if not rootp.is_dir():
-        raise ConfigError(f"not a folder: {rootp} (zero-shot expects a folder of images or of class subfolders)")
+        raise InputError(f"not a folder: {rootp} (zero-shot expects a folder of images or of class subfolders)")
     entries = sorted(e for e in os.listdir(rootp) if _visible(e))
     subdirs = [e for e in entries if (rootp / e).is_dir()]
     if classes is not None:
@@ -198,8 +199,7 @@ def _apply_names(spec: FolderSpec, labels, classnames_file) -> None:
 
 def _subsample(spec: FolderSpec, n: int) -> None:
     """Keep ``n`` images spread evenly over the (sorted) list, so every class stays represented."""
-    step = len(spec.paths) / n
-    keep = [int(i * step) for i in range(n)]
+    keep = even_indices(len(spec.paths), n)
     spec.paths = [spec.paths[i] for i in keep]
     spec.targets = [spec.targets[i] for i in keep]
 

@@ -2,8 +2,9 @@
 
 ``from mmfm.models.checkpoint import _atomic_dir`` in ``mmfm/export/`` couples export to an internal detail of
 models; inside one package (``mmfm.models.*`` importing ``mmfm.models.*``) private names are fine. Registered in
-pyproject.toml's ``[tool.importlinter]`` as ``no_private_imports``; ``make test`` runs lint-imports with this
-folder on PYTHONPATH.
+pyproject.toml's ``[tool.importlinter]`` as ``no_private_imports``. It lives at the repository root because
+``lint-imports`` puts the folder it runs in on ``sys.path``: run bare at the root, it finds this module. (The
+built-in ``private_modules`` contract checks private modules, not private names, so it cannot replace this one.)
 """
 from __future__ import annotations
 
