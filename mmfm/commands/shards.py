@@ -204,15 +204,17 @@ def _audit_parser(sub) -> None:
 def run_audit(args: argparse.Namespace) -> int:
     import json
 
-    from mmfm.config import ConfigError
+    from mmfm.config import ConfigError, InputError
     from mmfm.data.shards.audit import audit_shards, format_audit, write_audit
 
     words = None
     if args.words:
         try:
             words = json.loads(open(args.words, encoding="utf-8").read())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"--words {args.words}: {e}") from None
+        except OSError as e:
+            raise InputError(f"--words {args.words}: {e}") from None
+        except ValueError as e:
+            raise ConfigError(f"--words {args.words}: not JSON ({e})") from None
         if not isinstance(words, dict) or not all(isinstance(v, list) and v for v in words.values()):
             raise ConfigError(f'--words {args.words}: expected {{"group": ["phrase", ...], ...}}')
     report = audit_shards(args.shards, args.attribute, words=words, by=args.by, min_count=args.min_count,

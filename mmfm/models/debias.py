@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mmfm.config import ConfigError, atomic_write
+from mmfm.config import ConfigError, InputError, atomic_write
 
 __all__ = ["DEBIAS_FILE", "orthogonal_projection", "calibrated_projection", "embed_prompts", "attach_debias",
            "debias_from_spec", "save_debias", "read_debias", "read_debias_spec"]
@@ -86,7 +86,7 @@ def read_debias_spec(path: str | os.PathLike) -> dict:
     """``{"prompts", "pairs", "lambda"}`` from a prompt list (.txt, one per line) or a JSON file."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--debias: {p} not found")
+        raise InputError(f"--debias: {p} not found")
     if p.suffix == ".json":
         try:
             spec = json.loads(p.read_text())

@@ -32,14 +32,15 @@ from mmfm.config import atomic_write
 
 from .manifest import ShardError
 
-__all__ = ["MISSING", "audit_shards", "sample_group", "sample_meta", "format_audit", "write_audit"]
+__all__ = ["MISSING", "wilson", "phrase_patterns", "audit_shards", "sample_group", "sample_meta", "format_audit", "write_audit"]
 
 MISSING = "(missing)"
 _WORD = re.compile(r"[a-z][a-z'-]+")
 _STOP = frozenset("a an the of and or in on at to with for by from is are this that it its his her their".split())
 
 
-def _wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score interval for k successes of n (the one implementation: mmfm.eval.bias.metrics uses it too)."""
     if n == 0:
         return [0.0, 0.0]
     p, d = k / n, 1 + z * z / n
@@ -67,7 +68,9 @@ def _caption(sample: dict, meta: dict) -> str:
     return " ".join(caps) if isinstance(caps, list) else str(meta.get("caption", ""))
 
 
-def _word_rule(words: dict[str, list[str]]):
+def phrase_patterns(words: dict[str, list[str]]) -> dict:
+    """``{group: regex}`` matching any of the group's phrases as whole words (a hyphen joins words, so "light"
+    does not match inside "medium-light"), case-insensitive; shared with the caption checks of mmfm.eval.bias."""
     return {g: re.compile(r"(?<![\w-])(" + "|".join(re.escape(w) for w in ws) + r")(?![\w-])", re.I)
             for g, ws in words.items()}
 
@@ -101,7 +104,7 @@ def audit_shards(source: str, attribute: str, *, words: dict[str, list[str]] | N
     """Stream ``source`` once and report the attribute's distribution and skewed associations (module doc)."""
     from mmfm.data.sources import read_samples
     urls, classes = _source_urls(source)
-    rule = _word_rule(words) if words else None
+    rule = phrase_patterns(words) if words else None
     groups: Counter = Counter()
     co = {"class": defaultdict(Counter), "word": defaultdict(Counter)}   # item -> group -> count
     n = 0
@@ -120,7 +123,7 @@ def audit_shards(source: str, attribute: str, *, words: dict[str, list[str]] | N
             break
     if n == 0:
         raise ShardError(f"{source}: no samples to audit")
-    dist = {g: {"n": c, "share": c / n, "ci95": _wilson(c, n), "small": c < min_group}
+    dist = {g: {"n": c, "share": c / n, "ci95": wilson(c, n), "small": c < min_group}
             for g, c in sorted(groups.items(), key=lambda x: (-x[1], x[0]))}
     return {"source": str(source), "attribute": attribute, "rule": "words" if words else "json field",
             "words": words, "n_samples": n, "groups": dist, "by": by, "min_count": min_count,
@@ -150,7 +153,7 @@ def _skewed(table: dict, groups: Counter, n: int, min_count: int, top: int) -> l
             k = per.get(g, 0)
             lift = (k / m) / (total / n)
             out.append({"item": item, "group": g, "count": k, "item_count": m, "p_group_given_item": k / m,
-                        "ci95": _wilson(k, m), "p_group": total / n, "lift": lift,
+                        "ci95": wilson(k, m), "p_group": total / n, "lift": lift,
                         "log_lift": math.log((k + 0.5) / (m + 1) / (total / n))})   # smoothed: finite at 0
     out.sort(key=lambda r: (-abs(r["log_lift"]), str(r["item"]), r["group"]))
     return out[:top]

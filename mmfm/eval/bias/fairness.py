@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from collections import Counter, defaultdict
+
+from mmfm.data.shards.audit import phrase_patterns
 
 SKIN_TONE_WORDS = {t: [f"{t} skin tone", f"{t}-skinned", f"{t} skin"]
                    for t in ("light", "medium-light", "medium", "medium-dark", "dark")}
@@ -128,8 +129,7 @@ def retrieval_skew(scores, attributes: list, k: int = 10, desired: dict | None =
 def attribute_mention(captions: list[str], groups: list[str], words: dict[str, list[str]]) -> dict:
     """Rate of captions naming an attribute value other than the image's own. ``words``: value -> phrases (whole
     words, case-insensitive; a hyphen joins words, so "light" does not match inside "medium-light"). An image of a group without phrases (e.g. ``none``) is wrong to get any value."""
-    pats = {v: re.compile(r"(?<![\w-])(" + "|".join(re.escape(w) for w in ws) + r")(?![\w-])", re.I)
-            for v, ws in words.items()}
+    pats = phrase_patterns(words)
     wrong = defaultdict(int)
     n = Counter(groups)
     for cap, g in zip(captions, groups):
