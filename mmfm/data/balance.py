@@ -5,7 +5,7 @@ The group of a sample is its json field ``key`` (a sample without it is in the g
 from one streaming pass over the training sources' json before training (every rank computes the same counts).
 
 * ``mode: sample``: a sample of group g is kept with probability ``min_g' n_g' / n_g``, decided by a hash of
-  (seed, epoch, source, reader, pass, shard url, key): every group contributes about as many samples to a pass as
+  (seed, epoch, source, reader, pass, shard file name, key): every group contributes about as many samples to a pass as
   the smallest one. The decision depends on nothing else, so the filtered stream is the same on every run; the
   loader counts its resume position in that filtered stream, so resume stays exact, and each rank reads its own
   shards as before. Readers loop over their shards for as many passes as the epoch's quota needs.
@@ -17,8 +17,8 @@ regulariser (``task.contrastive.fairness_weight``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -50,6 +50,14 @@ def read_counts(path: str, key: str) -> dict[str, int]:
         raise ConfigError(f"data.balance.counts: {path} is not an audit.json ({e})") from None
 
 
+def _coin(seed_parts: tuple, raw: dict) -> float:
+    """A uniform number in [0, 1) fixed by (seed parts, shard file name, key): the same wherever the shards are
+    stored or mounted. blake2b, not crc32: a CRC of near-identical keys is far from uniform in its high bits."""
+    name = str(raw.get("__url__", "")).rsplit("/", 1)[-1]
+    digest = hashlib.blake2b(repr((*seed_parts, name, raw.get("__key__"))).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2 ** 64
+
+
 class Balancer:
     """Picklable: the per-group keep probabilities and loss weights, and the filter over a raw stream."""
 
@@ -75,8 +83,7 @@ class Balancer:
             return
         for raw in stream:
             p = self.keep.get(self.group(raw), 1.0)
-            u = zlib.crc32(repr((*seed_parts, raw.get("__url__"), raw.get("__key__"))).encode()) / 2 ** 32
-            if u < p:
+            if _coin(seed_parts, raw) < p:
                 yield raw
 
     def annotate(self, out: dict, raw: dict) -> dict:
