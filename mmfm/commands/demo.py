@@ -4,6 +4,9 @@ Builds Noto emoji shards with a held-out split, pre-trains a CLIP (timm tower fr
 zero-shot classifies the held-out emoji by group, fine-tunes a captioner and a VQA decoder, and writes
 OUT/report.html. Each stage is skipped on a re-run once it is done; an interrupted demo resumes where it
 stopped (training from its last checkpoint). ``--redo STAGE`` runs a stage (and those after it) again.
+
+``--job general`` runs the general model instead (``make general``, configs/experiments/general/): every openly
+licensed source in one deduplicated mix, the same CLIP recipe, a captioner, and leave-one-source-out scores.
 """
 from __future__ import annotations
 
@@ -13,12 +16,16 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mmfm.demo.general import build_stages as general_stages
     from mmfm.demo.pipeline import build_stages
 
-    stages = [s.name for s in build_stages()]        # the pipeline's own list: a new stage is accepted at once
+    stages = list(dict.fromkeys(s.name for s in [*build_stages(), *general_stages()]))   # the pipelines' own lists
     p = argparse.ArgumentParser(prog="mmfm demo", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1].replace("``", ""))
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--job", choices=["demo", "general"], default="demo",
+                   help="demo: Noto emoji (configs/experiments/demo); general: every source "
+                        "(configs/experiments/general)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/demo or runs/general)")
     p.add_argument("--quick", action="store_true",
                    help="a scaled-down run (few emoji, few steps) that checks the wiring in about a minute")
     p.add_argument("--redo", action="append", default=[], choices=[*stages, "all"], metavar="STAGE",
@@ -66,12 +73,15 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _check_system()
 
-    from mmfm.demo.pipeline import DemoContext, build_stages
     from mmfm.demo.stages import StageRunner
 
-    out = Path(args.out).expanduser().resolve()   # stages hand paths to builders that resolve against other folders
+    if args.job == "general":
+        from mmfm.demo.general import GeneralContext as Context, build_stages
+    else:
+        from mmfm.demo.pipeline import DemoContext as Context, build_stages
+    out = Path(args.out or f"runs/{args.job}").expanduser().resolve()   # stages hand paths to builders that resolve against other folders
     out.mkdir(parents=True, exist_ok=True)
-    ctx = DemoContext(out=out, quick=args.quick, progress=not args.no_progress,
+    ctx = Context(out=out, quick=args.quick, progress=not args.no_progress,
                       **({"config_dir": Path(args.config_dir)} if args.config_dir else {}))
     redo = set(args.redo)
     t0 = time.monotonic()

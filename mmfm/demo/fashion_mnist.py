@@ -9,45 +9,20 @@ and ``tools/continued_pretraining.py``, so it lives in ``mmfm.demo``, not in the
 """
 from __future__ import annotations
 
-import gzip
 import io
-import struct
 from pathlib import Path
 
 from mmfm.config import ConfigError, atomic_write, atomic_write_text
+from mmfm.data.idx import read_idx
+from mmfm.data.shards.extra_sources import FASHION_CLASSES
 
 __all__ = ["CLASSES", "DEFAULT_DIR", "read_idx", "write_fashion_folders"]
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Zalando's label order (fashion-mnist README), as plain-English class names for zero-shot prompts.
-CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+CLASSES = FASHION_CLASSES
 _FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
           "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-
-
-def read_idx(path: str | Path):
-    """An IDX file (gzip or plain) as a uint8 numpy array: ``(N,)`` labels or ``(N, rows, cols)`` images."""
-    import numpy as np
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such IDX file (Debian: apt-get install dataset-fashion-mnist)")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
-        raise ConfigError(f"{path}: unreadable IDX file: {e}") from None
-    if len(data) < 4 or data[0:2] != b"\0\0" or data[2] != 0x08 or data[3] not in (1, 3):
-        raise ConfigError(f"{path}: not an IDX file of unsigned bytes with 1 or 3 dimensions (magic {data[:4]!r})")
-    ndim = data[3]
-    if len(data) < 4 + 4 * ndim:
-        raise ConfigError(f"{path}: IDX header cut short")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    body = data[4 + 4 * ndim:]
-    expected = int(np.prod(shape))
-    if len(body) != expected:
-        raise ConfigError(f"{path}: IDX header says {shape} ({expected} bytes), the file holds {len(body)}")
-    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
 def _split(source: Path, split: str):

@@ -10,14 +10,16 @@ from mmfm.config.data import DEFAULT_MAX_PIXELS
 EMOJI_TEST = "/usr/share/unicode/emoji/emoji-test.txt"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 SOURCE_TYPES = ("auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa", "noto_emoji",
-                "emoji_images")
+                "emoji_images", "openmoji", "country_flags", "fashion_mnist", "skimage_photos",
+                "icon_theme")
 
 
 @dataclass
 class SourceOptions:
     """Where the samples come from and how its fields map onto image / caption / label."""
     type: Literal["auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa", "noto_emoji",
-                  "emoji_images"] = "auto"
+                  "emoji_images", "openmoji", "country_flags", "fashion_mnist", "skimage_photos",
+                  "icon_theme"] = "auto"
     path: str = ""                  # folder, table file, COCO/VQA JSON, or emoji-test.txt
     image_root: str = ""            # base of relative image paths (default: the table/JSON's folder);
                                     # emoji_images: the emoji-datasource package folder (emoji.json, img/SET/64)

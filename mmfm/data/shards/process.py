@@ -101,6 +101,11 @@ def _load(item: dict, opts: BuildOptions) -> tuple[bytes | None, Any]:
     if item.get("emoji"):
         from .emoji import render
         return None, render(item["emoji"], item["font"])
+    if item.get("load"):                  # SVG, IDX rows, skimage photos; placeholders skipped (extra_sources)
+        from .extra_sources import load_image
+        rendered = load_image(item["load"], opts.image.size)
+        if rendered is not None:
+            return None, rendered
     if not item.get("src"):
         raise Skip("missing_image")
     return fetch(item["src"], opts.download), None

@@ -140,6 +140,9 @@ def open_source(opts: BuildOptions) -> Source:
         source = read_coco(path, src)
     elif kind == "vqa":
         source = read_vqa(path, src, opts.text.max_answers)
+    elif kind in ("openmoji", "country_flags", "fashion_mnist", "skimage_photos", "icon_theme"):
+        from .extra_sources import READERS
+        source = READERS[kind](path, src)
     elif kind == "emoji_images":
         from .emoji import read_emoji_images
         source = read_emoji_images(path, src)

@@ -1,0 +1,171 @@
+"""Leave-one-source-out evaluation of the general model.
+
+For each source S marked ``loso``, a CLIP trained on every training source but S is scored on S; beside it the
+CLIP trained on everything and the Noto-only demo CLIP (when its run folder exists). Every model is scored the
+same way on a source's evaluation set (``by_source/eval/S``: its held-out split, or all of an evaluation-only
+source):
+
+* zero-shot top-1 and mean per-class recall over the source's label space (all its classes, present or not),
+  with the majority-class baseline, for sources that have one (emoji groups, Fashion-MNIST's classes);
+* image->text and text->image R@1/R@5 over the set's own captions (``mmfm.eval.retrieval``; every caption of
+  an image counts).
+
+Captions (the captioner trained on everything, CIDEr-D against each image's human text, beside the best constant
+caption) are scored per source in ``caption_scores``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import data as D
+from .general_settings import GeneralSettings
+
+ARMS = ("all", "without", "demo")
+ARM_TITLES = {"all": "trained on every source", "without": "trained without this source",
+              "demo": "demo (Noto only)"}
+
+
+def _count(folder: Path) -> int:
+    path = folder / "manifest.json"
+    return int(json.loads(path.read_text(encoding="utf-8"))["total_samples"]) if path.is_file() else 0
+
+
+def score_clip(model, settings: GeneralSettings, shards: Path, source: str, *, progress: bool) -> dict:
+    """One CLIP on one source: zero-shot (where the source has a label space) and retrieval."""
+    from mmfm.eval.retrieval import retrieval_evaluate
+
+    from .transfer import score_set
+
+    spec = next(s for s in settings.sources if s.name == source)
+    folder = shards / "by_source" / "eval" / source
+    if not _count(folder):
+        return {"skipped": f"{source}: no evaluation images"}
+    out: dict = {"images": _count(folder)}
+    space = settings.space(spec.label_space) if spec.label_space else None
+    if space is not None:
+        images = shards / "by_source" / "zeroshot" / source / "images"
+        zs = score_set(model, images, list(space.classes), list(space.templates), progress=progress)
+        zs.pop("predictions", None)
+        out["zeroshot"] = zs
+    res = retrieval_evaluate(model, str(folder), batch_size=64, workers=0, ks=(1, 5), progress=progress)
+    out["retrieval"] = {k: float(v) for k, v in res.metrics.items()}
+    return out
+
+
+def arm_runs(out: Path, settings: GeneralSettings, source: str) -> dict[str, Path]:
+    """The CLIP run folders scored on ``source``: everything, without it (a loso source), the demo's."""
+    runs = {"all": out / "clip"}
+    spec = next(s for s in settings.sources if s.name == source)
+    if spec.loso:
+        runs["without"] = out / "loso" / f"without_{source}"
+    demo = Path(settings.loso.demo_run).expanduser() if settings.loso.demo_run else None
+    if demo is not None and (demo / "config.yaml").is_file():
+        runs["demo"] = demo
+    return runs
+
+
+def score_all(out: Path, settings: GeneralSettings, shards: Path, *, progress: bool) -> dict[str, dict]:
+    """-> {source: {arm: scores}}; each model is loaded once."""
+    from mmfm.models.checkpoint import load
+
+    plan: dict[Path, list[tuple[str, str]]] = {}
+    for spec in settings.sources:
+        for arm, run in arm_runs(out, settings, spec.name).items():
+            plan.setdefault(run, []).append((spec.name, arm))
+    table: dict[str, dict] = {s.name: {} for s in settings.sources}
+    for run, jobs in plan.items():
+        model = load(str(run), expect="clip")
+        for source, arm in jobs:
+            table[source][arm] = {**score_clip(model, settings, shards, source, progress=progress), "run": str(run)}
+        del model
+    return table
+
+
+def caption_scores(run: Path, settings: GeneralSettings, shards: Path, *, progress: bool) -> dict[str, dict]:
+    """The captioner on every source's evaluation set: CIDEr-D etc. beside the best constant caption (chosen
+    among the training captions of every training source)."""
+    from mmfm.eval.captioning.caption import evaluate_captions
+    from mmfm.generate import stored_generate
+    from mmfm.models.checkpoint import load
+
+    from .report import constant_caption_baseline
+
+    model = load(str(run), expect="captioner")
+    gen = stored_generate(model)
+    train_caps = [s["txt"] for spec in settings.sources if spec.train
+                  for s in D.iter_samples(shards / "by_source" / "train" / spec.name)]
+    out = {}
+    for spec in settings.sources:
+        folder = shards / "by_source" / "eval" / spec.name
+        if not _count(folder):
+            continue
+        res = evaluate_captions(model, str(folder), gen, split="eval", max_samples=settings.caption_max_samples,
+                                progress=progress)
+        refs = {p["key"]: p["references"] for p in res.predictions}
+        out[spec.name] = {**{k: res.metrics[k] for k in ("CIDEr-D", "BLEU-4", "ROUGE-L")},
+                          "constant_baseline": constant_caption_baseline(refs, train_caps),
+                          "images": len(refs), "trained_on": spec.train,
+                          "examples": [{"caption": p["caption"], "references": p["references"][:2]}
+                                       for p in res.predictions[:3]]}
+    return out
+
+
+# ----------------------------------------------------------------------------- table + chart
+def loso_rows(table: dict[str, dict]) -> list[dict]:
+    """One row per (source, metric): the arms side by side (None where an arm was not run)."""
+    rows = []
+    for source, arms in table.items():
+        metrics = [("zero-shot top-1", ("zeroshot", "top1")),
+                   ("zero-shot mean recall", ("zeroshot", "mean_per_class_recall")),
+                   ("image->text R@1", ("retrieval", "image_to_text_R@1")),
+                   ("text->image R@1", ("retrieval", "text_to_image_R@1"))]
+        for title, (part, key) in metrics:
+            values = {arm: ((arms.get(arm) or {}).get(part) or {}).get(key) for arm in ARMS}
+            if all(v is None for v in values.values()):
+                continue
+            base = ((arms.get("all") or {}).get("zeroshot") or {}).get("majority_top1") if key == "top1" else None
+            rows.append({"source": source, "metric": title, **values, "baseline": base})
+    return rows
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def format_loso(rows: list[dict]) -> str:
+    head = f"{'source':<16} {'metric':<22} {'all':>7} {'without':>7} {'demo':>7} {'majority':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['source']:<16} {r['metric']:<22} {_fmt(r['all']):>7} {_fmt(r['without']):>7} "
+                     f"{_fmt(r['demo']):>7} {_fmt(r['baseline']):>8}")
+    return "\n".join(lines)
+
+
+def plot_loso(rows: list[dict], path: Path) -> Path | None:
+    """Grouped bars: per source, the headline metric (zero-shot top-1, else image->text R@1) of each arm."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    head: dict[str, dict] = {}
+    for r in rows:
+        if r["metric"] == "zero-shot top-1" or (r["metric"] == "image->text R@1" and r["source"] not in head):
+            head[r["source"]] = r
+    if not head:
+        return None
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(head)), 3.6))
+    width = 0.26
+    for j, arm in enumerate(ARMS):
+        xs = [i + (j - 1) * width for i in range(len(head))]
+        ax.bar(xs, [r[arm] or 0 for r in head.values()], width, label=ARM_TITLES[arm])
+    ax.set_xticks(range(len(head)))
+    ax.set_xticklabels([f"{s}\n({r['metric']})" for s, r in head.items()], fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title("leave-one-source-out: each source scored by models with and without it", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

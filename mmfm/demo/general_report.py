@@ -1,0 +1,74 @@
+"""The general model's report: per-source counts, the leave-one-source-out table and chart, captions per source."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from .general_eval import ARM_TITLES, ARMS
+
+
+def _f(v) -> str:
+    return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def format_counts(splits: dict) -> str:
+    lines = ["samples per source (after cross-source dedup; skipped inputs by reason)"]
+    for split, m in splits.items():
+        for name, c in (m.get("sources") or {}).items():
+            skipped = ", ".join(f"{k} {v}" for k, v in c["skipped"].items()) or "-"
+            lines.append(f"  {split:<8} {name:<16} {c['written']:>6}   skipped: {skipped}")
+    return "\n".join(lines)
+
+
+def format_captions(caps: dict) -> str:
+    lines = [f"{'captions on':<16} {'CIDEr-D':>8} {'constant':>8}  best constant caption", "-" * 60]
+    for name, c in caps.items():
+        base = c.get("constant_baseline") or {}
+        seen = "" if not c.get("trained_on") else "  (held-out split of a training source)"
+        lines.append(f"{name:<16} {_f(c.get('CIDEr-D')):>8} {_f(base.get('CIDEr-D')):>8}  "
+                     f"{base.get('caption', '')!r}{seen}")
+    return "\n".join(lines)
+
+
+def _table(head: list[str], rows: list[list]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_f(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _img(path: Path | None, out: Path) -> str:
+    return f'<img src="{html.escape(str(Path(path).relative_to(out)))}">' if path else "<p>(no chart)</p>"
+
+
+def render(ctx, *, counts: dict, rows: list[dict], captions: dict, chart: Path | None, curves: Path | None) -> str:
+    s = ctx.settings
+    count_rows = [[split, name, c["written"], ", ".join(f"{k} {v}" for k, v in c["skipped"].items()) or "-"]
+                  for split, m in counts.items() for name, c in (m.get("sources") or {}).items()]
+    loso = [[r["source"], r["metric"], *[r[a] for a in ARMS], r["baseline"]] for r in rows]
+    cap_rows = [[n, c.get("CIDEr-D"), (c.get("constant_baseline") or {}).get("CIDEr-D"),
+                 (c.get("constant_baseline") or {}).get("caption", ""), "yes" if c.get("trained_on") else "no",
+                 "; ".join(e["caption"] for e in c.get("examples", []))] for n, c in captions.items()]
+    sources = [[x.name, x.recipe, "yes" if x.train else "evaluation only", x.label_space or "-",
+                "yes" if x.loso else "-"] for x in s.sources]
+    parts = [
+        "<h1>mmfm general model</h1>",
+        f"<p>Output: {html.escape(str(ctx.out))} ({ctx.variant}). Try it: <code>mmfm caption --model "
+        f"{html.escape(str(ctx.out / 'caption'))} my_pictures/</code>.</p>",
+        "<h2>Sources</h2>", _table(["source", "recipe", "trained on", "label space", "left out once"], sources),
+        "<h2>Samples per source</h2>", _table(["split", "source", "written", "skipped"], count_rows),
+        "<h2>Leave-one-source-out</h2>",
+        "<p>Each source scored by the CLIP " + ", ".join(f"<b>{a}</b>: {ARM_TITLES[a]}" for a in ARMS)
+        + ". The source is never in the <i>without</i> model's training data; evaluation-only sources are in no "
+          "model's. Majority: always answering the set's most frequent class.</p>",
+        _table(["source", "metric", *ARMS, "majority"], loso), _img(chart, ctx.out),
+        "<h2>Captions per source</h2>",
+        _table(["source", "CIDEr-D", "constant CIDEr-D", "best constant caption", "source trained on",
+                "examples"], cap_rows),
+        "<h2>Training curves</h2>", _img(curves, ctx.out),
+        f"<p>Configs: {html.escape(str(ctx.config_dir))}; reproduce: <code>mmfm demo --job general --out "
+        f"{html.escape(str(ctx.out))}{' --quick' if ctx.quick else ''}</code></p>",
+    ]
+    style = "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}" \
+            "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style>"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>mmfm general</title>{style}</head><body>" \
+           + "\n".join(parts) + "</body></html>"

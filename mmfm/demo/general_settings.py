@@ -1,0 +1,71 @@
+"""Typed schema of ``configs/experiments/general/general.yaml``: the general model's sources, splits, label spaces
+and leave-one-source-out arms (training lives in clip.yaml and caption.yaml next to it, on the demo's)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmfm.config import ConfigError, ranged
+
+
+@dataclass
+class SourceSpec:
+    """One recipe of the mix. ``set``: ``--set`` style overrides; a value starting ``@recipe/`` is a path inside the
+    recipe's folder (its fixture). ``train: false``: evaluation only (never trained on, by any model)."""
+    name: str = ""
+    recipe: str = ""
+    set: list[str] = field(default_factory=list)
+    train: bool = True
+    label_space: str = ""          # zero-shot over this label space ("" = retrieval and captions only)
+    loso: bool = False             # train a CLIP without this source and score it here
+
+    def validate(self) -> None:
+        if not self.name or not self.recipe:
+            raise ConfigError(f"sources: each source needs a name and a recipe, got {self.name!r}/{self.recipe!r}")
+        if self.loso and not self.train:
+            raise ConfigError(f"sources.{self.name}: loso needs train: true (it is left out of a training mix)")
+
+
+@dataclass
+class LabelSpace:
+    name: str = ""
+    classes: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=lambda: ["a {}"])
+
+
+@dataclass
+class GeneralShardSettings:
+    image_size: int = ranged(128, ge=1)
+    holdout: float = ranged(0.2, gt=0, lt=1)   # by each source's split key (emoji: base name; flags: code)
+    shard_size: int = ranged(256, ge=1)
+    workers: int = ranged(2, ge=0)
+    clip_all_captions: bool = True             # CLIP sees one sample per caption (names, tags, descriptions)
+
+
+@dataclass
+class LosoSettings:
+    steps: int | None = ranged(None, ge=1)     # CLIP steps of each leave-one-out arm (None: clip.yaml's)
+    demo_run: str = "runs/demo/clip"           # the Noto-only demo CLIP, scored beside ("" or missing: left out)
+
+
+@dataclass
+class GeneralSettings:
+    sources: list[SourceSpec] = field(default_factory=list)
+    label_spaces: list[LabelSpace] = field(default_factory=list)
+    shards: GeneralShardSettings = field(default_factory=GeneralShardSettings)
+    loso: LosoSettings = field(default_factory=LosoSettings)
+    caption_max_samples: int | None = ranged(None, ge=1)   # per evaluation set
+
+    def validate(self) -> None:
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"sources: names must be unique, got {names}")
+        spaces = {s.name for s in self.label_spaces}
+        for s in self.sources:
+            if s.label_space and s.label_space not in spaces:
+                raise ConfigError(f"sources.{s.name}.label_space: {s.label_space!r} is not in label_spaces "
+                                  f"({', '.join(sorted(spaces))})")
+        if not any(s.train for s in self.sources):
+            raise ConfigError("sources: no source to train on (every one has train: false)")
+
+    def space(self, name: str) -> LabelSpace | None:
+        return next((s for s in self.label_spaces if s.name == name), None)
