@@ -106,3 +106,24 @@ def test_zeroshot_and_retrieval_commands_take_debias(tmp_path, capsys):
     assert retrieval_cmd.main([str(tmp_path / "pairs"), "--model", str(tmp_path / "clip"), "--workers", "0",
                                "--debias", str(tmp_path / "bias.txt"), "--quiet", "--k", "1"]) == 0
     assert "R@1" in capsys.readouterr().out
+
+
+def test_export_carries_the_projection(tmp_path, capsys):
+    from mmfm.commands.export import main as export_main
+    torch.manual_seed(0)
+    save_pretrained(build_model("tiny"), None, tmp_path / "clip")
+    (tmp_path / "bias.txt").write_text("a photo of a man\na photo of a woman\n")
+    assert export_main([str(tmp_path / "clip"), "--format", "safetensors", "--out", str(tmp_path / "exp"),
+                        "--debias", str(tmp_path / "bias.txt")]) == 0
+    assert (tmp_path / "exp" / DEBIAS_FILE).is_file()
+    model = load(tmp_path / "exp")
+    assert model.debias["prompts"] == ["a photo of a man", "a photo of a woman"]
+    A = embed_prompts(model, model.debias["prompts"])
+    tok = model.tokenizer(["a photo of a doctor"])
+    with torch.inference_mode():
+        z = model.encode_text(tok["text_ids"], attention_mask=tok.get("attention_mask"))
+    assert (z.double() @ A.double().T).abs().max() < 1e-4
+    import pytest
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "clip"), "--format", "onnx", "--out", str(tmp_path / "o"),
+                     "--debias", str(tmp_path / "bias.txt")])
