@@ -54,11 +54,14 @@ def main(argv: list[str]) -> int:
     except ValueError:
         raise ConfigError(f"--k: expected comma-separated integers, got {args.k!r}") from None
     from .zeroshot import debiased
-    res = retrieval_evaluate(debiased(args.model, args.debias, args.device), args.data, image_key=args.image_key,
+    model = debiased(args.model, args.debias, args.device)
+    res = retrieval_evaluate(model, args.data, image_key=args.image_key,
                              caption_key=args.caption_key,
                              batch_size=args.batch_size, workers=args.workers, device=args.device,
                              precision=args.precision, ks=ks, max_samples=args.max_samples,
                              max_pixels=args.max_pixels, progress=not args.quiet)
+    if args.debias:
+        res.meta["debias"] = {"spec": args.debias, "prompts": model.debias["prompts"]}
     m = res.summary()
     if args.out:
         write_json(args.out, m)

@@ -74,6 +74,8 @@ def main(argv: list[str]) -> int:
                             cache=args.cache_dir, use_cache=not (args.no_cache or args.debias),
                             max_pixels=args.max_pixels,
                             fast_decode=args.fast_decode, progress=not args.quiet)
+    if args.debias:                            # metrics say how they were made
+        res.meta["debias"] = {"spec": args.debias, "prompts": model.debias["prompts"]}
     if args.out:
         write_predictions(res, args.out)
     if args.report:

@@ -8,7 +8,8 @@ from one streaming pass over the training sources' json before training (every r
   (seed, epoch, source, reader, pass, shard file name, key): every group contributes about as many samples to a pass as
   the smallest one. The decision depends on nothing else, so the filtered stream is the same on every run; the
   loader counts its resume position in that filtered stream, so resume stays exact, and each rank reads its own
-  shards as before. Readers loop over their shards for as many passes as the epoch's quota needs.
+  shards as before. Readers loop over their shards for as many passes as the epoch's quota needs. (With
+  ``data.resampled`` a sample drawn twice gets the same coin: the pass is not part of it.)
 * ``mode: weight``: every sample is kept; it carries ``weight = N / (G n_g)`` (mean 1 over the data), which the
   contrastive task uses as a per-sample loss weight.
 

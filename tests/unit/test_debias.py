@@ -95,6 +95,7 @@ def test_zeroshot_and_retrieval_commands_take_debias(tmp_path, capsys):
                                   "--workers", "0", "--metrics", str(out), "--quiet", "--no-cache", *flags]) == 0
         runs[len(flags)] = json.loads(out.read_text())
     assert runs[0]["n_samples"] == runs[2]["n_samples"] == 4
+    assert "debias" not in runs[0] and runs[2]["debias"]["prompts"] == ["a photo of a man", "a photo of a woman"]
     import io
     pngs = []
     for i in range(3):
@@ -104,8 +105,10 @@ def test_zeroshot_and_retrieval_commands_take_debias(tmp_path, capsys):
     write_shards(({"__key__": f"k{i}", "png": p, "txt": f"photo {i}"} for i, p in enumerate(pngs)),
                  tmp_path / "pairs", shard_size=3)
     assert retrieval_cmd.main([str(tmp_path / "pairs"), "--model", str(tmp_path / "clip"), "--workers", "0",
-                               "--debias", str(tmp_path / "bias.txt"), "--quiet", "--k", "1"]) == 0
+                               "--debias", str(tmp_path / "bias.txt"), "--quiet", "--k", "1",
+                               "--out", str(tmp_path / "r.json")]) == 0
     assert "R@1" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["debias"]["spec"] == str(tmp_path / "bias.txt")
 
 
 def test_export_carries_the_projection(tmp_path, capsys):
