@@ -124,7 +124,11 @@ def _print_failures(res) -> None:
 def _bias_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="shard folder / .tar / brace pattern whose json holds the attribute")
     p.add_argument("--model", action="append", required=True,
-                   help="a CLIP checkpoint (zero-shot) and/or a captioner (caption quality); repeat for both")
+                   help="a CLIP checkpoint (zero-shot) and/or a captioner (caption quality); repeat for both, or "
+                        "for several of one kind (then one row per model, side by side)")
+    p.add_argument("--debias", action="append", metavar="PROMPTS|FILE",
+                   help="also run each CLIP model with this text debiasing projection (mmfm zeroshot --debias), "
+                        "side by side with the model as is; repeatable")
     p.add_argument("--attribute", required=True, help="json field naming the group, e.g. skin_tone")
     p.add_argument("--groups", help="comma-separated groups to compare (default: all; skin_tone: default + 5 tones)")
     p.add_argument("--match-by", default="auto",
@@ -148,18 +152,29 @@ def _captioner_settings(specs: list[str], args):
 
 
 def _run_bias(args):
-    from mmfm.eval.bias.audit import bias_report
+    from mmfm.eval.bias.audit import bias_report, is_captioner
 
-    return bias_report(args.model, args.data, args.attribute,
-                       groups=[g.strip() for g in args.groups.split(",")] if args.groups else None,
-                       match_by=None if args.match_by == "none" else args.match_by, label_field=args.label_field,
-                       templates=args.templates, gen=_captioner_settings(args.model, args),
-                       max_samples=args.max_samples, progress=not args.quiet)
+    kw = dict(groups=[g.strip() for g in args.groups.split(",")] if args.groups else None,
+              match_by=None if args.match_by == "none" else args.match_by, label_field=args.label_field,
+              templates=args.templates, gen=_captioner_settings(args.model, args),
+              max_samples=args.max_samples, progress=not args.quiet)
+    caps = sum(map(is_captioner, args.model))
+    if args.debias or caps > 1 or len(args.model) - caps > 1:
+        from mmfm.eval.bias.compare import bias_compare, bias_settings
+        return bias_compare(bias_settings(args.model, args.debias), args.data, args.attribute, **kw)
+    return bias_report(args.model, args.data, args.attribute, **kw)
 
 
 def _show_bias(args, res) -> None:
     from mmfm.eval.bias.output import format_table, write_bias_report
 
+    if res.meta["task"] == "bias_compare":
+        from mmfm.eval.bias.compare import format_comparison
+        from mmfm.eval.result import write_json
+        path = write_json(f"{args.out or f'runs/eval/bias-{args.attribute}'}/bias_compare.json", res.summary())
+        print(format_comparison(res))
+        print(f"{res.meta['n_samples']} images per setting, groups {res.meta['groups']}; wrote {path}")
+        return
     paths = write_bias_report(res, args.out or f"runs/eval/bias-{args.attribute}")
     meta = res.meta
     print(format_table(res))

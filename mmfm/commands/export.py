@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-4, help="ONNX parity tolerance (max |onnxruntime - torch|)")
     p.add_argument("--no-check", action="store_true", help="hf, openclip, transformers: skip loading the folder back with the target "
                    "library")
+    p.add_argument("--debias", metavar="PROMPTS|FILE", help="safetensors: store a text debiasing projection "
+                   "(mmfm zeroshot --debias; docs/bias.md) in the export; mmfm.load applies it")
     p.add_argument("--wise-ft", type=float, default=None, metavar="ALPHA",
                    help="WiSE-FT: export (1-ALPHA) * initial + ALPHA * fine-tuned weights of a run that recorded "
                         "train.init_from (0 = initial, 1 = fine-tuned); any format")
@@ -47,6 +49,8 @@ def main(argv: list[str]) -> int:
     model = args.model or args.model_flag
     if not model:
         parser.error("the MODEL to export is required")
+    if args.debias and args.format != "safetensors":
+        parser.error("--debias: only --format safetensors carries the projection (other runtimes would ignore it)")
     if args.format == "onnx":       # fail in one line before loading anything when the export extra is missing
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -62,5 +66,10 @@ def main(argv: list[str]) -> int:
                                         "not_covered", "arch", "class", "bytes", "quantized_linears",
                                         "export_seconds", "wise_ft") if k in info}
     summary["out"] = str(args.out)
+    if args.debias:
+        from mmfm.models.checkpoint import load
+        from mmfm.models.debias import debias_from_spec, save_debias
+        exported = debias_from_spec(load(args.out), args.debias)      # directions of the exported weights
+        summary["debias"] = str(save_debias(args.out, exported.debias["P"], exported.debias["prompts"]))
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--max-samples", type=int, default=None, help="only the first N images")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    p.add_argument("--debias", metavar="PROMPTS|FILE", help="project bias-prompt directions out of the text "
+                   "embeddings (as mmfm zeroshot --debias; docs/bias.md)")
     p.add_argument("--quiet", action="store_true")
     add_dataset_root(p)
     return p
@@ -52,7 +54,10 @@ def main(argv: list[str]) -> int:
         ks = tuple(int(k) for k in args.k.split(","))
     except ValueError:
         raise ConfigError(f"--k: expected comma-separated integers, got {args.k!r}") from None
-    res = retrieval_evaluate(args.model, args.data, image_key=args.image_key, caption_key=args.caption_key,
+    from .zeroshot import debiased
+    model = debiased(args.model, args.debias, args.device)
+    res = retrieval_evaluate(model, args.data, image_key=args.image_key,
+                             caption_key=args.caption_key,
                              batch_size=args.batch_size, workers=args.workers, device=args.device,
                              precision=args.precision, ks=ks, max_samples=args.max_samples,
                              max_pixels=args.max_pixels, progress=not args.quiet)
@@ -61,6 +66,8 @@ def main(argv: list[str]) -> int:
     if res.meta.get("texts_cut"):
         print(f"warning: {res.meta['texts_cut']} caption(s) longer than the text tower's context were cut "
               f"(model.text.long_captions: {res.meta['long_captions']}; stretch reads them whole)", file=sys.stderr)
+    if args.debias:
+        res.meta["debias"] = {"spec": args.debias, "prompts": model.debias["prompts"]}
     m = res.summary()
     if args.out:
         write_json(args.out, m)

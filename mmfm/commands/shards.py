@@ -1,4 +1,5 @@
-"""``mmfm shards build|inspect``: build WebDataset shards from your data, then look at / verify them."""
+"""``mmfm shards build|inspect|audit``: build WebDataset shards from your data, look at / verify them, and audit an
+attribute's distribution and skewed associations (``mmfm.data.shards.audit``)."""
 from __future__ import annotations
 
 import argparse
@@ -183,14 +184,56 @@ def run_inspect(args: argparse.Namespace) -> int:
     return status
 
 
+def _audit_parser(sub) -> None:
+    p = sub.add_parser("audit", help="an attribute's distribution and its most skewed associations with classes "
+                       "and caption words (table, JSON, HTML with a chart)")
+    p.add_argument("shards", help="shard folder, brace pattern, .tar, or an fsspec/http URL of those")
+    p.add_argument("--attribute", required=True, metavar="KEY",
+                   help="json field of each sample (or, with --words, the name of the caption rule)")
+    p.add_argument("--words", metavar="JSON",
+                   help='a caption word rule instead of a json field: a JSON file {"group": ["phrase", ...]}')
+    p.add_argument("--by", default="cls", help="what to cross with the attribute: cls (manifest class names, "
+                   "default) or a json field")
+    p.add_argument("--min-count", type=int, default=5, help="ignore classes/words seen fewer times (default 5)")
+    p.add_argument("--min-group", type=int, default=30, help="flag groups with fewer samples (default 30)")
+    p.add_argument("--top", type=int, default=10, help="skewed associations listed per kind (default 10)")
+    p.add_argument("--max-samples", type=int, help="read at most N samples")
+    p.add_argument("--out", help="folder for audit.json and audit.html (default runs/audit-KEY)")
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    import json
+
+    from mmfm.config import ConfigError, InputError
+    from mmfm.data.shards.audit import audit_shards, format_audit, write_audit
+
+    words = None
+    if args.words:
+        try:
+            words = json.loads(open(args.words, encoding="utf-8").read())
+        except OSError as e:
+            raise InputError(f"--words {args.words}: {e}") from None
+        except ValueError as e:
+            raise ConfigError(f"--words {args.words}: not JSON ({e})") from None
+        if not isinstance(words, dict) or not all(isinstance(v, list) and v for v in words.values()):
+            raise ConfigError(f'--words {args.words}: expected {{"group": ["phrase", ...], ...}}')
+    report = audit_shards(args.shards, args.attribute, words=words, by=args.by, min_count=args.min_count,
+                          min_group=args.min_group, top=args.top, max_samples=args.max_samples)
+    paths = write_audit(report, args.out or f"runs/audit-{args.attribute}")
+    print(format_audit(report))
+    print(f"wrote {paths['json']} and {paths['html']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfm shards", description="Build, inspect and verify WebDataset shards.")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{build,inspect}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{build,inspect,audit}")
     _build_parser(sub)
     _inspect_parser(sub)
+    _audit_parser(sub)
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    return run_build(args) if args.cmd == "build" else run_inspect(args)
+    return {"build": run_build, "inspect": run_inspect, "audit": run_audit}[args.cmd](args)

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="text-classifier cache (default: $MMFM_CACHE or ~/.cache/mmfm)")
     p.add_argument("--no-cache", action="store_true", help="always recompute the text classifier")
     p.add_argument("--no-thumbnails", action="store_true", help="HTML report without embedded thumbnails")
+    p.add_argument("--debias", metavar="PROMPTS|FILE", help="project bias-prompt directions out of the text "
+                   "embeddings (Chuang et al. 2023): a prompt list (.txt), a JSON with prompts and calibration "
+                   "pairs, or a saved debias.safetensors (docs/bias.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -65,14 +68,18 @@ def main(argv: list[str]) -> int:
 
     spec = scan_folder(args.folder, labels=args.labels, classnames_file=args.classnames,
                        max_samples=args.max_samples)       # folder errors before the model loads
-    res = zeroshot_classify(args.model, spec, templates=args.templates, batch_size=args.batch_size,
+    model = debiased(args.model, args.debias, args.device)
+    res = zeroshot_classify(model, spec, templates=args.templates, batch_size=args.batch_size,
                             workers=args.workers, device=args.device, precision=args.precision, topk=args.topk,
-                            cache=args.cache_dir, use_cache=not args.no_cache, max_pixels=args.max_pixels,
+                            cache=args.cache_dir, use_cache=not (args.no_cache or args.debias),
+                            max_pixels=args.max_pixels,
                             fast_decode=args.fast_decode, progress=not args.quiet)
     _warn_overlap(res, args.model, args.folder, [r["path"] for r in res.predictions])
     if res.meta.get("texts_cut"):
         print(f"warning: {res.meta['texts_cut']} prompt(s) longer than the text tower's context were cut "
               f"(model.text.long_captions: {res.meta['long_captions']}; stretch reads them whole)", file=sys.stderr)
+    if args.debias:                            # metrics say how they were made
+        res.meta["debias"] = {"spec": args.debias, "prompts": model.debias["prompts"]}
     if args.out:
         write_predictions(res, args.out)
     if args.report:
@@ -82,6 +89,15 @@ def main(argv: list[str]) -> int:
         write_json(args.metrics, res.summary())
     _print_summary(res, args, format_table)
     return 0
+
+
+def debiased(model: str, debias: str | None, device: str | None):
+    """The model spec, or with ``--debias`` the loaded model with the projection attached."""
+    if not debias:
+        return model
+    from mmfm.eval.embedding import load_clip
+    from mmfm.models.debias import debias_from_spec
+    return debias_from_spec(load_clip(model, device)[0], debias)
 
 
 def _benchmark(args) -> int:

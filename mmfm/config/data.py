@@ -22,6 +22,18 @@ class SourceConfig:
 
 
 @dataclass
+class BalanceConfig:
+    """Attribute-balanced training data (mmfm.data.balance): ``data.balance: {key: skin_tone, mode: sample}``."""
+    key: str = ""                   # the json field naming each sample's group
+    mode: Literal["sample", "weight"] = "sample"   # sample: keep each group about equally; weight: loss weights
+    counts: str | None = None       # audit.json of `mmfm shards audit` (else one pass over data.train counts them)
+
+    def validate(self) -> None:
+        if not self.key:
+            raise ConfigError("key: data.balance needs the json field that names the group")
+
+
+@dataclass
 class DataConfig:
     train: list[SourceConfig] = field(default_factory=list)
     val: list[SourceConfig] = field(default_factory=list)
@@ -40,6 +52,7 @@ class DataConfig:
                                     # N-th sample of every shard (exact for a few big shards; more reading)
     preflight: Literal["auto", "full", "quick", "off"] = "auto"   # auto: full tar scan up to 256 shards
     timeout_s: float = ranged(600.0, gt=0)      # a DataLoader worker that produces no batch for this long is an error
+    balance: BalanceConfig | None = None   # attribute-balanced sampling or loss weights (docs/bias.md)
     worker_priority: WorkerPriority = "auto"   # loader workers' CPU priority: low =
                                     # nice 19, idle = SCHED_IDLE; auto: idle when one process trains on the CPU
                                     # (they decode while the trainer waits, never preempting it mid-matmul),

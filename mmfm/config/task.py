@@ -12,6 +12,8 @@ class ContrastiveLossConfig:
     loss: Literal["clip", "siglip"] = "clip"
     local_loss: bool = False
     gather_with_grad: bool = True
+    fairness_weight: float = ranged(0.0, ge=0)   # > 0: + w x (worst - best group's mean loss) in each batch; needs
+                                                 # data.balance (its "group"); docs/bias.md
 
 
 @dataclass

@@ -17,6 +17,8 @@ How an epoch is cut (deterministic in ``(seed, epoch)``; nothing depends on timi
 * A sample shuffle buffer (raw bytes, before decoding) follows; then decode (max-pixels guard, JPEG
   draft, EXIF transpose), the task's ``processor`` and ``collate``, batched inside the worker.
 * Augmentation RNGs are seeded per sample from (seed, epoch, shard, key).
+* ``data.balance`` (training): a deterministic per-sample filter or loss weight by attribute group, before the
+  shuffle buffer (:mod:`mmfm.data.balance`).
 
 Resume: every batch carries its reader's raw-sample position; ``state_dict()`` records them, and a
 resumed loader fast-forwards each reader through its (cheap, undecoded) raw stream to that position, so
@@ -106,13 +108,15 @@ class StreamDataset(IterableDataset):
 
     def __init__(self, sources: list[Source], processor, *, batch_size: int, train: bool, rank: int,
                  world: int, workers: int, batches_per_epoch: int, seed: int = 0, resampled: bool = False,
-                 shuffle_buffer: int = 1000, decoder: Decoder | None = None, split: str = "shard"):
+                 shuffle_buffer: int = 1000, decoder: Decoder | None = None, split: str = "shard",
+                 balance=None):
         self.sources, self.processor = sources, processor
         self.batch_size, self.train = int(batch_size), bool(train)
         self.rank, self.world, self.workers = int(rank), int(world), max(int(workers), 1)
         self.batches_per_epoch, self.seed = int(batches_per_epoch), int(seed)
         self.resampled, self.shuffle_buffer, self.split = bool(resampled), int(shuffle_buffer), split
         self.decoder = decoder or Decoder()
+        self.balance = balance               # mmfm.data.balance.Balancer (data.balance) or None
         self.collate = getattr(processor, "collate", None) or collate_dicts
         self.epoch = 0
         self.start_batch = 0                 # batches of this epoch already consumed (resume)
@@ -125,7 +129,10 @@ class StreamDataset(IterableDataset):
         base = (self.seed, self.epoch, src_i)
         handler = _TarHandler(self._counter)
         if self.resampled:
-            yield from self._shuffled(self._resampled(src, reader, base, handler), (*base, reader))
+            stream = self._resampled(src, reader, base, handler)
+            if self.balance is not None:
+                stream = self.balance.filter(stream, (*base, reader))
+            yield from self._shuffled(stream, (*base, reader))
             return
         rng = random.Random(_seed(*base, "shards")) if self.train else None
         if self.split == "sample":   # every reader reads every shard, keeps every readers-th sample
@@ -140,6 +147,8 @@ class StreamDataset(IterableDataset):
             stream = _counted(tar_samples((s.url for s in order), handler), read)
             if self.split == "sample":
                 stream = islice(stream, reader, None, readers)
+            if self.balance is not None and self.train:     # before the buffer: resume counts kept samples
+                stream = self.balance.filter(stream, (*base, reader, pass_i))
             stream = self._shuffled(stream, (*base, reader, pass_i))   # drains at the end of a pass
             got = 0
             for sample in stream:
@@ -198,6 +207,8 @@ class StreamDataset(IterableDataset):
         if not isinstance(out, dict):
             raise TypeError(f"processor returned {type(out).__name__}, expected a dict")
         out.setdefault("key", raw.get("__key__"))
+        if self.balance is not None:
+            self.balance.annotate(out, raw)
         return out
 
     def _quota(self, reader: int) -> int:
@@ -394,6 +405,13 @@ def _warn_uneven(sources: list[Source], readers: int) -> None:
                         src.spec, len(src.shards), readers, sorted(loads))
 
 
+def _balancer(cfg, srcs):
+    if getattr(cfg, "balance", None) is None:
+        return None
+    from mmfm.data.balance import make_balancer
+    return make_balancer(cfg.balance, srcs)
+
+
 def build_loader(sources, processor, *, batch_size: int, workers: int, train: bool, epoch: int = 0,
                  world=None, data_cfg=None, grad_accum: int = 1, decode_size: int | None = None,
                  pin_memory: bool = False, seed: int | None = None, worker_priority: str = "normal") -> LoaderBundle:
@@ -430,7 +448,8 @@ def build_loader(sources, processor, *, batch_size: int, workers: int, train: bo
     ds = StreamDataset(srcs, processor, batch_size=batch_size, train=train, rank=rank, world=world_size,
                        workers=readers_per_rank, batches_per_epoch=batches,
                        seed=cfg.seed if seed is None else seed, resampled=cfg.resampled and train,
-                       shuffle_buffer=cfg.shuffle_buffer, decoder=decoder, split=split)
+                       shuffle_buffer=cfg.shuffle_buffer, decoder=decoder, split=split,
+                       balance=_balancer(cfg, srcs) if train else None)
     bundle = LoaderBundle(ds, samples_per_epoch=samples, steps_per_epoch=batches // grad_accum,
                           grad_accum=grad_accum, num_workers=workers, pin_memory=pin_memory,
                           timeout_s=cfg.timeout_s, worker_priority=worker_priority)

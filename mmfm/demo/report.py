@@ -157,6 +157,9 @@ def format_bias(b: dict) -> str:
     if paired:
         lines.append(f"zero-shot best vs worst on the same {paired['pairs']} emoji: exact McNemar p = "
                      f"{paired['p_value']:.3g}")
+    if b.get("mitigation"):
+        lines += ["mitigation (before / after, same emoji):", b["mitigation"]["table"],
+                  *[f"not run: {x}" for x in b["mitigation"]["not_run"]]]
     return "\n".join(lines)
 
 
@@ -201,6 +204,11 @@ def _bias_html(bias: dict) -> list[str]:
     png = Path(bias.get("png") or "")
     if png.is_file():
         parts.append(f"<img class=plot style='max-width:820px' src='{png_data_uri(png.read_bytes())}'>")
+    mit = bias.get("mitigation")
+    if mit:
+        parts += ["<h2>Mitigation</h2>", "<p>The gap and the overall score before and after each method, on the same "
+                  "held-out emoji, with 95% bootstrap intervals of the gap (docs/bias.md).</p>", mit["html"]]
+        parts += [f"<p class=muted>Not run here: {html.escape(x)}</p>" for x in mit["not_run"]]
     return parts
 
 

@@ -29,6 +29,9 @@ class GroupCaptionSettings:
 @dataclass
 class ZeroShotSettings:
     templates: list[str] = field(default_factory=lambda: ["a {} emoji"])
+    mitigate: bool = True         # the "mitigation" section: the CLIP again with its text embeddings debiased
+    debias_prompts: list[str] = field(default_factory=lambda: [f"{t} skin tone" for t in (
+        "light", "medium-light", "medium", "medium-dark", "dark")])   # the directions projected out (docs/bias.md)
 
 
 @dataclass
@@ -42,6 +45,9 @@ class BiasSettings:
     of ``attribute``, matched by base name so every group holds the same emoji in its own tone."""
     attribute: str = "skin_tone"
     templates: list[str] = field(default_factory=lambda: ["a {} emoji"])
+    mitigate: bool = True         # the "mitigation" section: the CLIP again with its text embeddings debiased
+    debias_prompts: list[str] = field(default_factory=lambda: [f"{t} skin tone" for t in (
+        "light", "medium-light", "medium", "medium-dark", "dark")])   # the directions projected out (docs/bias.md)
 
 
 @dataclass

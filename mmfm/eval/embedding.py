@@ -111,6 +111,8 @@ def _trimmed_openclip_text(model):
     the EOT position, so the embeddings are the same (to float rounding) at a fraction of the cost.
     None for any other model (their own ``encode_text`` is used)."""
     oc = getattr(model, "model", None)
+    if getattr(model, "debias", None) is not None:    # mmfm.models.debias wraps encode_text: go through it
+        return None
     try:
         from open_clip.model import CLIP as OpenCLIP
         from open_clip.transformer import text_global_pool

@@ -310,6 +310,9 @@ def load(spec: str | os.PathLike, device: str | torch.device = "cpu", expect: st
             model.preprocess = dict(meta["preprocess"])
         model.checkpoint_path, model.checkpoint_meta = str(d), meta
         model.generate_config = cfg.generate if (d / CONFIG_YAML).is_file() else None   # exports store none
+        from .debias import DEBIAS_FILE, attach_debias, read_debias
+        if (d / DEBIAS_FILE).is_file():         # a debiased export stays debiased (mmfm.models.debias)
+            attach_debias(model, *read_debias(d / DEBIAS_FILE))
     if expect is not None:
         attr, what = _KINDS[expect]
         if not callable(getattr(model, attr, None)):

@@ -9,7 +9,27 @@ from mmfm.data.transforms import build_transform
 
 from .losses import build_contrastive_loss
 
-__all__ = ["ContrastiveTask", "ContrastiveProcessor"]
+__all__ = ["ContrastiveTask", "ContrastiveProcessor", "row_losses", "group_loss_gap"]
+
+
+def row_losses(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, logit_bias=None,
+               kind: str = "clip") -> torch.Tensor:
+    """Each pair's own loss (B,) over this rank's batch: CLIP's two cross-entropies averaged, or SigLIP's
+    sigmoid terms of the image's row. Its mean is the local (one-rank) CLIP / SigLIP loss."""
+    import torch.nn.functional as F
+    logits = logit_scale * img @ txt.T
+    target = torch.arange(logits.shape[0], device=logits.device)
+    if kind == "siglip":
+        labels = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype) - 1
+        return -F.logsigmoid(labels * (logits + logit_bias)).sum(1)
+    return (F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.T, target, reduction="none")) / 2
+
+
+def group_loss_gap(rows: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Fairness regulariser: the worst group's mean loss minus the best group's, over the groups in the batch
+    (0 with fewer than two); minimising it pulls the groups' losses together (a group-DRO-like gap penalty)."""
+    means = torch.stack([rows[group == g].mean() for g in torch.unique(group)])
+    return means.max() - means.min() if means.numel() > 1 else rows.sum() * 0
 
 
 class ContrastiveProcessor:
@@ -65,16 +85,36 @@ class ContrastiveTask(nn.Module):
         return ContrastiveProcessor(build_transform(self.model.preprocess, augment), self.model.tokenizer, text_key)
 
     def encode(self, batch: dict) -> dict:
-        return self.model(image=batch["image"], text_ids=batch["text_ids"],
-                          attention_mask=batch.get("attention_mask"))
+        out = self.model(image=batch["image"], text_ids=batch["text_ids"],
+                         attention_mask=batch.get("attention_mask"))
+        for k in ("weight", "group"):           # from data.balance: per-sample loss weight, attribute group
+            if k in batch:
+                out[k] = batch[k].to(out["image_features"].device)
+        return out
 
     def compute_loss(self, out: dict) -> dict:
         img, txt = out["image_features"], out["text_features"]
-        loss = self.loss(img, txt, out["logit_scale"], out.get("logit_bias"))
+        fair = self.cfg.task.contrastive.fairness_weight if hasattr(self.cfg, "task") else 0.0
+        weight, group = out.get("weight"), out.get("group")
+        rows = None
+        if weight is not None or (fair and group is not None):
+            rows = row_losses(img, txt, out["logit_scale"], out.get("logit_bias"), self.loss.kind)
+        if weight is not None:                  # data.balance mode weight: this rank's batch, weighted
+            loss = (rows * weight).sum() / weight.sum()
+        else:
+            loss = self.loss(img, txt, out["logit_scale"], out.get("logit_bias"))
+        extra = {}
+        if fair and group is None and self.training:
+            raise ConfigError("task.contrastive.fairness_weight > 0 needs each sample's group: set data.balance "
+                              "(key: the json field naming it)")
+        if fair and group is not None:
+            spread = group_loss_gap(rows, group)
+            loss = loss + fair * spread
+            extra["group_loss_gap"] = spread.detach()
         with torch.no_grad():
             sims = img @ txt.T
             acc = (sims.argmax(1) == torch.arange(sims.shape[0], device=sims.device)).float().mean()
-        return {"loss": loss, "logit_scale": out["logit_scale"].detach(), "i2t_acc": acc}
+        return {"loss": loss, "logit_scale": out["logit_scale"].detach(), "i2t_acc": acc, **extra}
 
     def forward(self, batch: dict) -> dict:
         return self.compute_loss(self.encode(batch))

@@ -2,6 +2,7 @@
 by base emoji, zero-shot accuracy and caption quality per group with the best-worst gap; the numbers are
 re-derived from the written predictions, and the zero-shot predictions agree with mmfm's own classifier."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,53 @@ def test_eval_bias_command_writes_the_report(emoji_shards, models, tmp_path, cap
     body = json.loads((out / "bias.json").read_text())
     assert body["groups"] == ["none", "light", "dark"] and "caption" not in body
     assert body["n_per_group"] == {"none": 4, "light": 4, "dark": 4}
+
+
+def test_report_adds_worst_group_bootstrap_gap_and_equalized_odds(emoji_shards, models):
+    from mmfm.eval.bias.fairness import equalized_odds
+    report = bias_report([str(models / "clip"), str(models / "captioner")], str(emoji_shards), "skin_tone",
+                         progress=False)
+    zs, cap = report.metrics["zeroshot"], report.metrics["caption"]
+    accs = {g: v["top1"] for g, v in zs["per_group"].items()}
+    assert zs["worst_group"]["value"] == min(accs.values())
+    assert zs["gap_bootstrap"]["gap"] == pytest.approx(zs["gap"]["gap"]) and zs["gap_bootstrap"]["matched"]
+    lo, hi = zs["gap_bootstrap"]["ci"]
+    assert 0 <= lo <= hi <= 1
+    rows = report.predictions
+    assert zs["equalized_odds"]["equalized_odds_gap"] == pytest.approx(equalized_odds(
+        [r["label"] for r in rows], [r["pred"] for r in rows], [r["group"] for r in rows])["equalized_odds_gap"])
+    assert zs["overall"] == pytest.approx(sum(r["correct"] for r in rows) / len(rows))
+    mention = cap["attribute_mention"]                      # re-derived from the captions in the predictions
+    assert mention["wrong"] == sum(r["wrong"] for r in mention["per_group"].values()) and 0 <= mention["rate"] <= 1
+
+
+def test_eval_bias_side_by_side_with_a_debiased_setting(emoji_shards, models, tmp_path, capsys):
+    from mmfm.commands.eval import main as eval_main
+    prompts = tmp_path / "tones.txt"
+    prompts.write_text("light skin tone\ndark skin tone\nmedium skin tone\n")
+    out = tmp_path / "cmp"
+    assert eval_main(["bias", "--model", str(models / "clip"), str(emoji_shards), "--attribute", "skin_tone",
+                      "--debias", str(prompts), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "best-worst gap [95% bootstrap]" in printed and "+ debias(" in printed
+    body = json.loads((out / "bias_compare.json").read_text())
+    settings = body["metrics"]["settings"]
+    assert len(settings) == 2 and all("zeroshot" in v for v in settings.values())
+    plain, debiased = settings.values()
+    assert plain["zeroshot"]["per_group"].keys() == debiased["zeroshot"]["per_group"].keys()
+    assert body["setting_names"][1] == f"{models / 'clip'} + debias({prompts})"
+
+
+def test_class_prompts_as_retrieval_queries_give_maxskew_and_ndkl(emoji_shards, models):
+    from mmfm.eval.bias.audit import read_samples, sample_labels, select_groups, zero_shot_scores
+    from mmfm.eval.bias.fairness import retrieval_skew
+    import mmfm
+    report = bias_report([str(models / "clip")], str(emoji_shards), "skin_tone", progress=False)
+    skew = report.metrics["zeroshot"]["retrieval_skew"]
+    samples, _ = read_samples(str(emoji_shards), "skin_tone")
+    kept, _ = select_groups(samples, "skin_tone")
+    labels, _ = sample_labels(kept, "auto", str(emoji_shards))
+    classes, scores = zero_shot_scores(mmfm.load(models / "clip"), kept, labels, ["{}"])
+    assert skew == retrieval_skew(scores.T, [s["group"] for s in kept], k=10)
+    assert skew["queries"] == 4 and skew["desired"] == {g: 1 / 6 for g in SKIN_TONE_ORDER}
+    assert 0 <= skew["MaxSkew"] <= math.log(6) and skew["NDKL"] >= 0     # top 10 of 24: at most ln(1 / (1/6))

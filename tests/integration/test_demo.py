@@ -153,6 +153,10 @@ def test_report_has_the_skin_tone_bias_table(quick_demo):
     assert "best - worst" in page and "CIDEr-D" in page
     assert "skin_tone bias on held-out emoji" in proc.stdout and "| medium-dark" in proc.stdout
     assert (out / "bias" / "bias.png").stat().st_size > 1000
+    # issue 22: the mitigation section, before and after (the text-debiased CLIP), with the gap's interval
+    assert "<h2>Mitigation</h2>" in page and "text debiased (projection)" in page and "as trained" in page
+    assert "best-worst gap [95% bootstrap]" in page and "mitigation (before / after" in proc.stdout
+    assert (out / "bias" / "debias.safetensors").is_file()
 
 
 def test_relative_out_from_another_folder(tmp_path):

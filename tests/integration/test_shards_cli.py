@@ -96,7 +96,7 @@ def test_build_errors_are_clear(tmp_path, capsys):
     assert main(["shards", "build", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["shards", "build", "--recipe", "no_such_recipe", "--out", str(tmp_path / "o")]) == 2
-    assert "known recipes: coco_captions, csv_pairs" in capsys.readouterr().err
+    assert "known recipes: coco_captions, country_flags, csv_pairs" in capsys.readouterr().err
     assert main(["shards", "build", "--recipe", "image_folder", "--out", str(tmp_path / "o"),
                  "--set", "image.sise=3"]) == 2
     assert "Did you mean 'size'" in capsys.readouterr().err

@@ -29,9 +29,11 @@ from mmfm.config import ConfigError
 from ..embedding import model_kind
 from ..records import is_shard_source, references, shard_records
 from ..result import EvalResult, backend
+from .fairness import (SKIN_TONE_WORDS, attribute_mention, bootstrap_gap, equalized_odds, retrieval_skew,
+                       worst_group)
 from .metrics import CAPTION_METRICS, caption_scores_per_group, gap, paired_test, top1_per_group
 
-__all__ = ["bias_report", "read_samples", "select_groups", "zero_shot_samples", "caption_samples", "sample_labels",
+__all__ = ["bias_report", "read_samples", "select_groups", "zero_shot_samples", "zero_shot_scores", "caption_samples", "sample_labels",
            "is_captioner", "SKIN_TONE_ORDER"]
 
 SKIN_TONE_ORDER = ["none", "light", "medium-light", "medium", "medium-dark", "dark"]
@@ -145,6 +147,13 @@ def sample_labels(samples: list[dict], label_field: str, data: str) -> tuple[lis
 def zero_shot_samples(model, samples: list[dict], labels: list[str], templates, *, batch_size: int = 64,
                       progress: bool = False) -> list[str]:
     """Predicted label per sample, classifying among the distinct ``labels`` (open_clip's classifier recipe)."""
+    classes, scores = zero_shot_scores(model, samples, labels, templates, batch_size=batch_size, progress=progress)
+    return [classes[j] for j in scores.argmax(1).tolist()]
+
+
+def zero_shot_scores(model, samples: list[dict], labels: list[str], templates, *, batch_size: int = 64,
+                     progress: bool = False):
+    """``(classes, scores)``: the distinct labels, sorted, and the (N, C) image-classifier similarities."""
     import torch
     from tqdm.auto import tqdm
 
@@ -155,17 +164,16 @@ def zero_shot_samples(model, samples: list[dict], labels: list[str], templates, 
     _, tmpl = load_templates(templates)
     was_training = model.training
     model.eval()
-    preds = []
+    out = []
     try:
         weights = build_classifier(model, classes, tmpl, precision="fp32")
         with torch.inference_mode():
             for i in tqdm(range(0, len(samples), batch_size), desc="bias zero-shot", disable=not progress):
                 x = _decode_batch(model, samples[i: i + batch_size])
-                feats = model.encode_image(x, normalize=True).float()
-                preds += [classes[j] for j in (feats @ weights.float()).argmax(1).tolist()]
+                out.append(model.encode_image(x, normalize=True).float() @ weights.float())
     finally:
         model.train(was_training)
-    return preds
+    return classes, torch.cat(out)
 
 
 def caption_samples(model, samples: list[dict], gen, *, batch_size: int | None = None,
@@ -181,20 +189,38 @@ def caption_samples(model, samples: list[dict], gen, *, batch_size: int | None =
 
 
 # ----------------------------------------------------------------------------- report
+def _by_group(kept: list[dict], info: dict, values: list[float]) -> dict[str, list[float]]:
+    """Values per group; for a matched design in the same item order in every group (by the match value)."""
+    by: dict = defaultdict(dict)
+    for s, v in zip(kept, values):
+        by[s["group"]][s["meta"][info["match_by"]] if info.get("match_by") else len(by[s["group"]])] = v
+    if info.get("match_by"):
+        items = sorted(set.intersection(*(set(d) for d in by.values())), key=str)
+        return {g: [by[g][i] for i in items] for g in info["groups"]}
+    return {g: list(by[g].values()) for g in info["groups"]}
+
+
 def _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch_size, progress) -> tuple[dict, list]:
     from ..zeroshot.templates import load_templates
 
     tmpl_name, tmpl = load_templates(templates)
     labels, field = sample_labels(kept, label_field, data)
-    preds = zero_shot_samples(model, kept, labels, tmpl, batch_size=batch_size, progress=progress)
+    classes, scores = zero_shot_scores(model, kept, labels, tmpl, batch_size=batch_size, progress=progress)
+    preds = [classes[j] for j in scores.argmax(1).tolist()]
     per_group = top1_per_group(info["groups"], kept, preds, labels)
     top1_gap = gap(per_group, "top1")
     if info.get("match_by"):
         top1_gap["paired"] = paired_test(kept, [p == y for p, y in zip(preds, labels)], info["match_by"],
                                          top1_gap["best"], top1_gap["worst"])
+    correct = [float(p == y) for p, y in zip(preds, labels)]
     part = {"model": spec, "label_field": field, "n_classes": len(set(labels)),
             "templates": tmpl_name if tmpl_name != "custom" else tmpl,
-            "per_group": per_group, "gap": top1_gap}
+            "per_group": per_group, "gap": top1_gap, "overall": sum(correct) / len(correct),
+            "worst_group": worst_group(per_group, "top1"),
+            "gap_bootstrap": bootstrap_gap(_by_group(kept, info, correct), matched=bool(info.get("match_by"))),
+            "equalized_odds": equalized_odds(labels, preds, [s["group"] for s in kept]),
+            # the class prompts carry no attribute: as retrieval queries over all images, whose groups come back?
+            "retrieval_skew": retrieval_skew(scores.T, [s["group"] for s in kept], k=min(10, len(kept)))}
     return part, [{"label": lab, "pred": p, "correct": lab == p} for lab, p in zip(labels, preds)]
 
 
@@ -209,7 +235,11 @@ def _caption_part(model, spec, kept, info, gen, batch_size, progress) -> tuple[d
     per_image = scores.pop("per_image")
     per_group = caption_scores_per_group(info["groups"], kept, keys, per_image)
     part = {"model": spec, "decoding": settings_dict(gen, model), "overall": scores,
-            "per_group": per_group, "gap": {m: gap(per_group, m) for m in CAPTION_METRICS}}
+            "per_group": per_group, "gap": {m: gap(per_group, m) for m in CAPTION_METRICS},
+            "gap_bootstrap": bootstrap_gap(_by_group(kept, info, [per_image[k]["CIDEr-D"] for k in keys]),
+                                           matched=bool(info.get("match_by")))}
+    if info.get("attribute") == "skin_tone":
+        part["attribute_mention"] = attribute_mention(caps, [s["group"] for s in kept], SKIN_TONE_WORDS)
     return part, [{"caption": c, "references": references(s), "CIDEr-D": per_image[k]["CIDEr-D"]}
                   for c, s, k in zip(caps, kept, keys)]
 
@@ -226,6 +256,7 @@ def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | 
     t0 = time.perf_counter()
     samples, skipped = read_samples(data, attribute, max_samples)
     kept, info = select_groups(samples, attribute, groups, match_by)
+    info["attribute"] = attribute
     meta = {"task": "bias", "attribute": attribute, "data": str(data), **info, "n_samples": len(kept),
             "skipped": skipped, "backend": backend(), "mmfm_version": __version__}
     parts: dict = {}

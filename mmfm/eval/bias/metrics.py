@@ -5,21 +5,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from mmfm.data.shards.audit import wilson   # the one Wilson interval (the data audit uses it too)
+
 __all__ = ["CAPTION_METRICS", "wilson", "mcnemar_exact", "paired_test", "gap", "top1_per_group",
            "caption_scores_per_group"]
 
 CAPTION_METRICS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """Wilson score interval for k successes of n."""
-    if n == 0:
-        return [0.0, 0.0]
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return [round(max(0.0, c - h), 6), round(min(1.0, c + h), 6)]
 
 
 def mcnemar_exact(b: int, c: int) -> float:
