@@ -29,13 +29,14 @@ from typing import Any, Sequence
 import torch
 
 from mmfm.config import ConfigError
-from mmfm.config.caption import AltTextConfig, GenerateConfig
+from mmfm.config.caption import PERSON_ATTRIBUTES, AltTextConfig, GenerateConfig
 from mmfm.data.transforms import eval_transform
 from mmfm.models.device import model_device
 
 __all__ = ["generation_kwargs", "stored_generate", "settings_dict", "to_alt_text", "clean_caption", "caption_images",
            "caption_tensors", "answer_questions", "rank_answers", "answer_rows", "decode_images", "load_preset", "preset_names",
-           "merge_settings", "caption_confidence", "degenerate_reason", "repetition_loop", "trust_fields"]
+           "merge_settings", "caption_confidence", "degenerate_reason", "repetition_loop", "trust_fields",
+           "limit_person_attributes"]
 
 _HF_FIELDS = ("num_beams", "do_sample", "temperature", "top_p", "top_k", "min_new_tokens", "max_new_tokens",
               "no_repeat_ngram_size", "repetition_penalty", "length_penalty", "use_cache")
@@ -45,6 +46,48 @@ _PREFIX = re.compile(
     re.IGNORECASE)
 _DANGLING = {"a", "an", "the", "and", "or", "with", "of", "on", "in", "at", "to", "for", "from", "by", "is",
              "are", "while", "near", "under", "over"}
+
+# person attributes (AltTextConfig.person_attributes): what is removed or made neutral when one is not allowed
+_PERSON = (r"(?:person|people|man|men|woman|women|boy|boys|girl|girls|lady|ladies|gentleman|gentlemen|guy|guys|"
+           r"child|children|kid|kids|couple|individual|adult|adults)")
+_TONE = r"(?:very\s+)?(?:light|medium-light|medium light|medium|medium-dark|medium dark|dark|fair|pale|olive|brown|tan)"
+_SKIN = [re.compile(rf"\s*(?:[:,]\s*)?(?:\bwith\s+(?:an?\s+)?)?{_TONE}\s+skin(?:\s+tone)?\b", re.I),
+         re.compile(rf"\b{_TONE}[- ]skinned\s+", re.I), re.compile(rf"\b{_TONE}\s+skin\s+tone\b\s*", re.I)]
+_AGE = [re.compile(rf"\b(?:young|old|older|elderly|aged|middle-aged|middle aged|teenage|adolescent|senior|"
+                   rf"\d+[- ]year[- ]old)\s+(?=(?:[\w-]+\s+){{0,2}}{_PERSON}\b)", re.I)]
+_AGE_WORDS = {"teenager": "person", "teenagers": "people", "teen": "person", "teens": "people"}
+_GENDER_WORDS = {"man": "person", "woman": "person", "men": "people", "women": "people", "boy": "child",
+                 "girl": "child", "boys": "children", "girls": "children", "lady": "person", "ladies": "people",
+                 "gentleman": "person", "gentlemen": "people", "guy": "person", "guys": "people", "he": "they",
+                 "she": "they", "his": "their", "her": "their", "him": "them", "husband": "partner",
+                 "wife": "partner", "father": "parent", "mother": "parent", "son": "child", "daughter": "child",
+                 "brother": "sibling", "sister": "sibling", "male": "", "female": ""}
+
+
+def _swap_words(text: str, table: dict[str, str]) -> str:
+    def sub(m: re.Match) -> str:
+        word = m.group(0)
+        new = table[word.lower()]
+        return new[:1].upper() + new[1:] if new and word[0].isupper() else new
+    return re.sub(r"\b(?:" + "|".join(table) + r")\b", sub, text, flags=re.I)
+
+
+def limit_person_attributes(text: str, allowed) -> str:
+    """Remove what ``text`` states about a person's skin tone, gender or age unless ``allowed`` names it
+    (English captions: skin-tone phrases dropped, gendered words made neutral, age adjectives before a person
+    word dropped), then tidy the spaces and the articles ("an elderly man" -> "a person" with neither)."""
+    allowed = set(allowed)
+    if "skin_tone" not in allowed:
+        for pattern in _SKIN:
+            text = pattern.sub(" " if pattern is _SKIN[2] else "", text)
+    if "age" not in allowed:
+        text = _swap_words(_AGE[0].sub("", text), _AGE_WORDS)
+    if "gender" not in allowed:
+        text = _swap_words(text, _GENDER_WORDS)
+        text = _swap_words(text, {"they is": "they are", "they was": "they were", "they has": "they have"})
+    text = re.sub(r"\s*[,:]\s*(?=[,.:;!?]|$)", "", " ".join(text.split()))    # a clause left empty
+    text = re.sub(r"\b([Aa])n\s+(?=[^aeiouAEIOU\W])", r"\1 ", text)
+    return re.sub(r"\b([Aa])\s+(?=[aeiouAEIOU])", r"\1n ", text)
 
 
 # ---------------------------------------------------------------- settings
@@ -109,6 +152,8 @@ def to_alt_text(caption: str, alt: AltTextConfig | None = None) -> str:
     dangling function words dropped), sentence case with a final period."""
     alt = alt or AltTextConfig()
     text = clean_caption(caption)
+    if set(PERSON_ATTRIBUTES) - set(alt.person_attributes):
+        text = clean_caption(limit_person_attributes(text, alt.person_attributes))
     if alt.strip_prefix:
         stripped = _PREFIX.sub("", text, count=1)
         text = stripped if stripped.strip() else text
@@ -170,6 +215,11 @@ def caption_tensors(model, images: torch.Tensor, gen: GenerateConfig | None = No
     return [clean_caption(model.decode(row)) for row in ids]
 
 
+def _text_logits(out: dict) -> torch.Tensor:
+    """The logits at the text positions (a prefix captioner's image positions in front dropped)."""
+    return out["logits"][:, int(out.get("image_positions", 0)):]
+
+
 def confidence_from_logits(model, logits: torch.Tensor, new_ids: torch.Tensor) -> list[float]:
     """:func:`caption_confidence` from the raw logits ``generate`` computed for each new token (B, T, V): the
     same mean log-probability up to and including eos, without a second pass (greedy or sampled rows)."""
@@ -191,7 +241,8 @@ def caption_confidence(model, images: torch.Tensor, prefix: list[int], new_ids: 
         rows.append(layout.right_pad(seq + row[:cut], n_prefix, len(seq) + len(row)))
     batch = {k: torch.stack([r[k] for r in rows]).to(images.device) for k in ("text_ids", "attention_mask", "labels")}
     tokens = model.image_tokens(images)
-    logits = model(image_tokens=tokens, text_ids=batch["text_ids"], attention_mask=batch["attention_mask"])["logits"]
+    out = model(image_tokens=tokens, text_ids=batch["text_ids"], attention_mask=batch["attention_mask"])
+    logits = _text_logits(out)
     target = batch["labels"][:, 1:]
     logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
     keep = target != -100
@@ -331,8 +382,8 @@ def rank_answers(model, images: torch.Tensor, questions: Sequence[str], candidat
         ids = torch.stack([r["text_ids"] for r in rows]).to(device)
         mask = torch.stack([r["attention_mask"] for r in rows]).to(device)
         labels = torch.stack([r["labels"] for r in rows]).to(device)
-        logits = model(image_tokens=tokens[qi: qi + 1].expand(len(rows), -1, -1), text_ids=ids,
-                       attention_mask=mask)["logits"][:, :-1].float()
+        logits = _text_logits(model(image_tokens=tokens[qi: qi + 1].expand(len(rows), -1, -1), text_ids=ids,
+                                    attention_mask=mask))[:, :-1].float()
         target = labels[:, 1:]
         logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
         keep = target != -100

@@ -34,6 +34,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _caption_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--alt-text", action="store_true", help="score the post-processed alt text, not the raw caption")
+    p.add_argument("--clipscore", metavar="MODEL", help="also score CLIPScore and RefCLIPScore (Hessel et al. 2021) "
+                   "with this CLIP (checkpoint, openclip:..., hf:DIR)")
 
 
 def _vqa_args(p: argparse.ArgumentParser) -> None:
@@ -58,7 +60,8 @@ def _run_caption(args):
 
     model, gen = _load(args)
     res = evaluate_captions(model, args.data, gen, split=args.split, max_samples=args.max_samples,
-                            alt_text=args.alt_text, progress=not args.quiet, max_skipped=args.max_skipped)
+                            alt_text=args.alt_text, progress=not args.quiet, max_skipped=args.max_skipped,
+                            clipscore=args.clipscore)
     return _overlap(args, res)
 
 
@@ -201,6 +204,8 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                         "name (repeat for the new and the old domain), a bare FOLDER serves every image folder")
     p.add_argument("--fewshot", default="1,5,10", help="k of the k-shot probes, comma-separated ('' for none)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws for the 95%% intervals")
+    p.add_argument("--clipscore", metavar="MODEL", help="captioners: also compare CLIPScore and RefCLIPScore "
+                   "computed with this CLIP (checkpoint, openclip:..., hf:DIR)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap draws and the probes")
     p.add_argument("--model", help="size/latency mode: the original (float) checkpoint, measured against "
                                    "--variant on the one positional data set")
@@ -250,7 +255,8 @@ def _run_compare(args):
     return compare_suite(args.data, args.datasets, probe_train=args.probe_train, fewshot=fewshot,
                          templates=args.templates, max_samples=args.max_samples,
                          gen=_captioner_settings(args.data[:1], args), n_boot=args.bootstrap,
-                         seed=args.bootstrap_seed, device=args.device, progress=not args.quiet)
+                         seed=args.bootstrap_seed, device=args.device, progress=not args.quiet,
+                         clipscore=args.clipscore)
 
 
 def _show_compare(args, res) -> None:

@@ -45,7 +45,7 @@ def _build_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("source")
     g.add_argument("--type", choices=["auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa",
-                                      "noto_emoji", "emoji_images"])
+                                      "vizwiz", "karpathy", "noto_emoji", "emoji_images"])
     g.add_argument("--images", help="folder that relative image paths are relative to")
     g.add_argument("--image-column")
     g.add_argument("--caption-column")

@@ -17,6 +17,13 @@ class DecoderConfig:
     prompt: str = ""                   # caption prefix the loss ignores (e.g. "a picture of")
     projection: Literal["auto", "linear", "none"] = "auto"   # image tokens -> decoder width; none: refuse a mismatch
     contrastive_head: bool = False     # CoCa-style image/text embeddings (needed by task.caption.contrastive_weight)
+    fusion: Literal["cross_attention", "prefix"] = "cross_attention"   # prefix: LLaVA-style, image tokens through
+                                       # an MLP projector in front of the text of any causal LM (no cross-attention)
+    projector_layers: int = ranged(2, ge=1)   # fusion=prefix: Linear layers of the MLP projector (GELU between)
+    lock: bool = False                 # freeze the decoder / LM (fusion=prefix: train only the projector, or LoRA)
+
+
+PERSON_ATTRIBUTES = ("skin_tone", "gender", "age")
 
 
 @dataclass
@@ -29,6 +36,16 @@ class AltTextConfig:
                                        # repeated); None: keep the caption, marked in its "degenerate" field
     min_confidence: float | None = None   # mean token log-probability below which a caption counts as
                                           # degenerate ("low_confidence"); None: not checked
+    person_attributes: list[str] = field(default_factory=lambda: list(PERSON_ATTRIBUTES))
+                                       # what alt text may state about a person: skin_tone, gender, age; one left
+                                       # out is removed or made neutral ("a dark-skinned woman" -> "a person" with
+                                       # []); trade-off in docs/captioning.md
+
+    def validate(self) -> None:
+        unknown = [a for a in self.person_attributes if a not in PERSON_ATTRIBUTES]
+        if unknown:
+            raise ConfigError(f"person_attributes: unknown attribute {unknown[0]!r}; choose from "
+                              f"{', '.join(PERSON_ATTRIBUTES)} (the list says what alt text may state)")
 
 
 

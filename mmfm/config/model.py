@@ -159,7 +159,8 @@ def model_section_from_spec(spec) -> dict | None:
     body = spec[len("openclip:"):]
     if not body.startswith(("hf-hub:", "local-dir:")):
         body = body.split("@", 1)[0] if "@" in body else body.split(":", 1)[0]
-    return {"kind": "clip", "openclip": body}
+    coca = os.path.basename(body).lower().startswith("coca")      # open_clip CoCa: a captioner
+    return {"kind": "captioner" if coca else "clip", "openclip": body}
 
 
 def hf_kind(spec: str) -> str:

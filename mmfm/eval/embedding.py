@@ -17,7 +17,7 @@ def load_clip(model, device: str | None = None):
     spec = None
     if isinstance(model, (str, os.PathLike)):
         spec = str(model)
-        if not spec.startswith("openclip:") and not fs.is_remote(spec) and not Path(spec).exists():
+        if not spec.startswith(("openclip:", "hf:")) and not fs.is_remote(spec) and not Path(spec).exists():
             raise ConfigError(f"checkpoint not found: {spec}")
         from mmfm.models.checkpoint import load as load_model
         model = load_model(spec, device=resolve_device(device))

@@ -133,6 +133,11 @@ def export_transformers(model, out_dir: str | os.PathLike, *, source: str | None
     from mmfm.models.hf_captioner import HFCaptioner
     from mmfm.models.hf_clip import HF_CLASSES, HFCLIPModel, pooled
 
+    from mmfm.models.prefix_captioner import PrefixCaptioner
+
+    if isinstance(model, PrefixCaptioner):              # the LM of a prefix captioner: mmfm.export.prefix_lm
+        from .prefix_lm import export_prefix_lm
+        return export_prefix_lm(model, out_dir)
     if isinstance(model, HFCaptioner):                  # an image-to-text model: mmfm.export.hf_captioner
         from .hf_captioner import export_hf_captioner
         return export_hf_captioner(model, out_dir, source=source, check=check, write=_write, finish=_finish)

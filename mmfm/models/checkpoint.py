@@ -282,8 +282,9 @@ def load(spec: str | os.PathLike, device: str | torch.device = "cpu", expect: st
     text = str(spec)
     if text.startswith("openclip:"):
         from .openclip import OpenCLIPModel, parse_openclip_spec
+        from .openclip_coca import OpenCLIPCoCa, is_coca_name
         name, weights = parse_openclip_spec(text)
-        model = OpenCLIPModel(name, pretrained=weights)
+        model = (OpenCLIPCoCa if is_coca_name(name) else OpenCLIPModel)(name, pretrained=weights)
         model.checkpoint_path, model.checkpoint_meta, model.generate_config = text, {"source": text}, None
     elif text.startswith("hf:"):
         from .hf_captioner import load_hf_spec

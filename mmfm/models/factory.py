@@ -82,9 +82,19 @@ def build_model(model_cfg: ModelConfig | dict | str | None = None, *, init_weigh
     weights) because a checkpoint is about to overwrite them; the architecture is the same.
     """
     cfg = get_model_config(model_cfg)
-    if cfg.lora is not None and cfg.kind != "clip" and not cfg.source:
-        raise ConfigError(f"model.lora: LoRA fine-tuning is for CLIP models (model.kind: clip) and transformers "
-                          f"captioners (model.source: hf:...), not {cfg.kind}")
+    prefix = cfg.kind == "captioner" and cfg.decoder is not None and cfg.decoder.fusion == "prefix"
+    if cfg.lora is not None and cfg.kind != "clip" and not cfg.source and not prefix:
+        raise ConfigError(f"model.lora: LoRA fine-tuning is for CLIP models (model.kind: clip), transformers "
+                          f"captioners (model.source: hf:...) and prefix captioners (model.decoder.fusion: "
+                          f"prefix), not a cross-attention {cfg.kind}")
+    if prefix and not cfg.source:                        # a LLaVA-style prefix captioner (prefix_captioner.py)
+        from .prefix_captioner import build_prefix_captioner
+        model = build_prefix_captioner(cfg, init_weights=init_weights)
+        if cfg.lora is not None:
+            from .lora import apply_lora
+            apply_lora(model, cfg.lora)
+            model.proj.requires_grad_(True)             # the projector trains beside the adapters
+        return model
     if cfg.kind == "captioner" and cfg.source:          # a transformers image-to-text model (hf_captioner.py)
         from .hf_captioner import build_hf_captioner
         model = build_hf_captioner(cfg, init_weights=init_weights)
@@ -92,6 +102,10 @@ def build_model(model_cfg: ModelConfig | dict | str | None = None, *, init_weigh
             from .lora import apply_lora
             apply_lora(model, cfg.lora)
         return model
+    if cfg.kind == "captioner" and cfg.openclip:       # an open_clip CoCa (openclip_coca.py)
+        from .openclip_coca import OpenCLIPCoCa
+        from .tower_setup import apply_tower_settings
+        return apply_tower_settings(OpenCLIPCoCa(cfg.openclip, model_cfg=cfg), cfg)
     if cfg.kind == "captioner":
         try:
             from mmfm.models.captioner import build_captioner

@@ -36,6 +36,16 @@ def has_lora(model: nn.Module) -> bool:
     return any(isinstance(m, BaseTunerLayer) for m in model.modules())
 
 
+def _linear_types() -> tuple[type, ...]:
+    """nn.Linear and transformers' Conv1D (GPT-2's projections: a Linear with its weight transposed, which peft
+    adapts with fan_in_fan_out)."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:                # pragma: no cover - transformers is a dependency
+        return (nn.Linear,)
+    return (nn.Linear, Conv1D)
+
+
 def _block_stacks(tower: nn.Module) -> list[str]:
     """Names (inside ``tower``) of its block stacks: the outermost ModuleList / Sequential modules holding a Linear
     or attention (timm's ``blocks``, open_clip's ``transformer.resblocks``, transformers' ``encoder.layer``)."""
@@ -43,7 +53,7 @@ def _block_stacks(tower: nn.Module) -> list[str]:
     for name, m in tower.named_modules():
         if not isinstance(m, (nn.ModuleList, nn.Sequential)) or any(name.startswith(s + ".") for s in stacks):
             continue
-        if any(isinstance(c, (nn.Linear, nn.MultiheadAttention)) for c in m.modules()):
+        if any(isinstance(c, (*_linear_types(), nn.MultiheadAttention)) for c in m.modules()):
             stacks.append(name)
     return stacks
 
@@ -79,7 +89,7 @@ def _stack_targets(model: nn.Module, path: str, wanted, modules: list[str], para
                 attentions.append(name)
                 if wanted(name) and m.in_proj_weight is not None:
                     params.append(f"{name}.in_proj_weight")
-            elif isinstance(m, nn.Linear) and wanted(name):
+            elif isinstance(m, _linear_types()) and wanted(name):
                 modules.append(name)
 
 

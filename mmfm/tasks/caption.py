@@ -16,7 +16,7 @@ from torch import nn
 from mmfm.config import ConfigError
 from mmfm.data.transforms import model_transform
 
-__all__ = ["CaptionTask", "CaptionProcessor", "shifted_token_loss", "check_captioner"]
+__all__ = ["CaptionTask", "CaptionProcessor", "shifted_token_loss", "check_captioner", "image_masked"]
 
 
 def _text(value, key: str, name: str) -> str:
@@ -68,6 +68,13 @@ def shifted_token_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothi
                           reduction="none")
     count = (target != -100).sum(1).clamp(min=1)
     return tok.sum(1) / count
+
+
+def image_masked(labels: torch.Tensor, out: dict) -> torch.Tensor:
+    """``labels`` with -100 in front for the image positions a prefix captioner puts before the text
+    (``out["image_positions"]``); unchanged for a captioner whose logits cover the text only."""
+    n = int(out.get("image_positions", 0))
+    return labels if n == 0 else torch.cat([labels.new_full((labels.shape[0], n), -100), labels], 1)
 
 
 def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -123,9 +130,9 @@ class CaptionTask(nn.Module):
         library = getattr(self.model, "library_loss", False)      # a transformers captioner: its own loss
         out = self.model(image=batch["image"], text_ids=batch["text_ids"], attention_mask=batch["attention_mask"],
                          **({"labels": batch["labels"]} if library else {}))
-        cap = out["loss"] if library else shifted_token_loss(out["logits"], batch["labels"],
-                                                              self.loss_cfg.label_smoothing)
-        result = {"caption_loss": cap.detach(), "token_acc": token_accuracy(out["logits"], batch["labels"])}
+        labels = image_masked(batch["labels"], out)
+        cap = out["loss"] if library else shifted_token_loss(out["logits"], labels, self.loss_cfg.label_smoothing)
+        result = {"caption_loss": cap.detach(), "token_acc": token_accuracy(out["logits"], labels)}
         loss = self.loss_cfg.caption_weight * cap
         if self.contrastive is not None:
             img = self.model.encode_image(image_tokens=out["image_tokens"], normalize=True)

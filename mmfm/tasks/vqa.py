@@ -19,7 +19,7 @@ from torch import nn
 from mmfm.config import ConfigError
 from mmfm.data.transforms import model_transform
 
-from .caption import check_captioner, shifted_token_loss, token_accuracy
+from .caption import check_captioner, image_masked, shifted_token_loss, token_accuracy
 
 __all__ = ["VQATask", "VQAProcessor", "question_prompt", "target_answers"]
 
@@ -148,7 +148,7 @@ class VQATask(nn.Module):
         owner = rows // k
         out = self.model(image_tokens=tokens[owner], text_ids=ids.reshape(-1, length)[rows],
                          attention_mask=mask.reshape(-1, length)[rows])
-        row_labels = labels.reshape(-1, length)[rows]
+        row_labels = image_masked(labels.reshape(-1, length)[rows], out)
         nll = shifted_token_loss(out["logits"], row_labels, self.label_smoothing, reduction="none")
         w = weights.reshape(-1)[rows]
         per_q = torch.zeros(b, device=nll.device).index_add(0, owner, w * nll)

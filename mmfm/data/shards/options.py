@@ -9,16 +9,16 @@ from mmfm.config.data import DEFAULT_MAX_PIXELS
 
 EMOJI_TEST = "/usr/share/unicode/emoji/emoji-test.txt"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
-SOURCE_TYPES = ("auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa", "noto_emoji",
-                "emoji_images", "openmoji", "country_flags", "fashion_mnist", "skimage_photos",
+SOURCE_TYPES = ("auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa", "vizwiz", "karpathy",
+                "noto_emoji", "emoji_images", "openmoji", "country_flags", "fashion_mnist", "skimage_photos",
                 "icon_theme")
 
 
 @dataclass
 class SourceOptions:
     """Where the samples come from and how its fields map onto image / caption / label."""
-    type: Literal["auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa", "noto_emoji",
-                  "emoji_images", "openmoji", "country_flags", "fashion_mnist", "skimage_photos",
+    type: Literal["auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa", "vizwiz", "karpathy",
+                  "noto_emoji", "emoji_images", "openmoji", "country_flags", "fashion_mnist", "skimage_photos",
                   "icon_theme"] = "auto"
     path: str = ""                  # folder, table file, COCO/VQA JSON, or emoji-test.txt
     image_root: str = ""            # base of relative image paths (default: the table/JSON's folder);
@@ -29,6 +29,7 @@ class SourceOptions:
     template: str = "a photo of a {}."   # image_folder: caption from the class name
     questions: str = ""             # vqa: VQAv2 questions JSON (path = the annotations JSON)
     image_pattern: str = "COCO_{subtype}_{image_id:012d}.jpg"  # vqa (VQAv2): image file name
+    karpathy_split: str = ""        # karpathy: keep one split (train, val, test, restval; train+restval); "" = all
     font: str = EMOJI_FONT          # noto_emoji
     limit: int | None = ranged(None, ge=0)   # only the first N items (quick runs, fixtures)
     allow_local_files: bool = False  # tables/JSON that hold http(s) URLs may also name local paths or file://

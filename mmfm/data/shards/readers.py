@@ -93,11 +93,16 @@ def detect_type(path: Path) -> str:
         return table_kind(path.name)
     if suffix == ".json":
         data = _load_json(path)
+        from .readers_captions import is_karpathy, is_vizwiz
+        if is_vizwiz(data):
+            return "vizwiz"
+        if is_karpathy(data):
+            return "karpathy"
         if isinstance(data, dict) and "images" in data and "annotations" in data:
             return "coco"
         return "vqa"
     raise ConfigError(f"source.path: cannot tell the source type of {path}; set --type "
-                      "(image_folder, csv, tsv, jsonl, parquet, coco, vqa, noto_emoji, emoji_images)")
+                      "(image_folder, csv, tsv, jsonl, parquet, coco, vqa, vizwiz, karpathy, noto_emoji, emoji_images)")
 
 
 def _fetch_input(url: str):
@@ -140,6 +145,10 @@ def open_source(opts: BuildOptions) -> Source:
         source = read_coco(path, src)
     elif kind == "vqa":
         source = read_vqa(path, src, opts.text.max_answers)
+    elif kind in ("vizwiz", "karpathy"):
+        from .readers_captions import read_karpathy, read_vizwiz
+        source = (read_vizwiz if kind == "vizwiz" else read_karpathy)(path, src, _load_json(path), _base(path, src),
+                                                                      _resolve)
     elif kind in ("openmoji", "country_flags", "fashion_mnist", "skimage_photos", "icon_theme"):
         from .extra_sources import READERS
         source = READERS[kind](path, src)

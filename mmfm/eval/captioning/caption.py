@@ -50,11 +50,12 @@ def degenerate_report(captions: dict[str, str], examples: int = 5) -> dict:
 # ---------------------------------------------------------------- running
 def evaluate_captions(model, data: str, gen=None, *, split: str | None = None, batch_size: int | None = None,
                       max_samples: int | None = None, alt_text: bool = False, progress: bool = True,
-                      max_skipped: float = MAX_SKIPPED) -> EvalResult:
+                      max_skipped: float = MAX_SKIPPED, clipscore=None) -> EvalResult:
     """Caption every image of DATA and score against its references. ``alt_text``: score the post-processed
     alt text instead of the raw caption. ``max_skipped``: the largest share of images that may fail to decode
     (:class:`~mmfm.eval.captioning.runner.TooManySkipped` above it). ``metrics``: the corpus scores; ``meta``
-    holds the degenerate-output report, the failures and the skipped count beside the provenance."""
+    holds the degenerate-output report, the failures and the skipped count beside the provenance. ``clipscore``: a
+    CLIP model or spec (:mod:`mmfm.eval.captioning.clipscore`): CLIPScore and RefCLIPScore join the metrics."""
     from tqdm import tqdm
 
     from mmfm.config.caption import GenerateConfig
@@ -76,7 +77,7 @@ def evaluate_captions(model, data: str, gen=None, *, split: str | None = None, b
                 failed.append({"key": item["key"], "image": item["name"], "error": r["error"]})
                 continue
             preds.append({"key": item["key"], "image": item["name"], "caption": r["caption"],
-                          "alt_text": r["alt_text"], "references": item["references"]})
+                          "alt_text": r["alt_text"], "references": item["references"], "_source": item["image"]})
         bar.update(len(chunk))
     bar.close()
     seconds = time.time() - t0
@@ -86,12 +87,28 @@ def evaluate_captions(model, data: str, gen=None, *, split: str | None = None, b
     scores = score_captions({p["key"]: p[field] for p in preds}, {p["key"]: p["references"] for p in preds},
                             per_image=True)
     per_image = scores.pop("per_image")
+    sources = [p.pop("_source") for p in preds]
     for p in preds:
         p["scores"] = per_image[p["key"]]
+    clip_meta = _add_clip_scores(clipscore, preds, sources, field, scores) if clipscore is not None else {}
     meta = {"task": "caption", "backend": CAPTION_BACKEND, "samples": len(preds), "failed": len(failed),
             "degenerate": degenerate_report({p["key"]: p[field] for p in preds}),
             **provenance(model, data, split, gen, {"scored_text": field, "seconds": seconds,
                                                    "captions_per_s": len(preds) / seconds if seconds else None}),
-            "failures": failed}
+            "failures": failed, **clip_meta}
     return account_skipped(EvalResult(metrics=scores, meta=meta, predictions=preds, nested=True), len(items),
                            max_skipped, data, "images")
+
+
+def _add_clip_scores(clip, preds: list[dict], sources: list, field: str, scores: dict) -> dict:
+    """CLIPScore / RefCLIPScore of each prediction (into its ``scores``) and of the corpus (into ``scores``)."""
+    from ..embedding import load_clip
+    from .clipscore import CLIPSCORE_PREFIX, CLIPSCORE_W, clip_scores, corpus_clip_scores
+
+    model, spec = load_clip(clip)
+    rows = clip_scores(model, sources, [p[field] for p in preds], [p["references"] for p in preds])
+    for p, row in zip(preds, rows):
+        p["scores"].update({k: row[k] for k in ("clipscore", "refclipscore")})
+    scores.update(corpus_clip_scores(rows))
+    return {"clipscore": {"model": spec or type(model).__name__, "w": CLIPSCORE_W, "prefix": CLIPSCORE_PREFIX,
+                          "backend": "mmfm.eval.captioning.clipscore (Hessel et al. 2021)"}}

@@ -26,7 +26,7 @@ import time
 
 from mmfm.config import ConfigError
 
-from ..embedding import model_kind
+from ..embedding import load_clip, model_kind
 from ..result import EvalResult, backend
 from .bootstrap import SampleMetric, paired_delta
 from .data import data_kind, parse_data, probe_folders
@@ -97,19 +97,20 @@ def _retrieval(model, path: str, max_samples, progress) -> tuple[dict, list]:
     return out, [f"{len(skipped)} images skipped"] if skipped else []
 
 
-def _captions(model, path: str, gen, max_samples, progress) -> tuple[dict, list]:
+def _captions(model, path: str, gen, max_samples, progress, clipscore=None) -> tuple[dict, list]:
     from ..captioning.caption import evaluate_captions
     from ..captioning.caption_metrics import bleu_stats
     from ..captioning.data import read_caption_data
     from ..captioning.perplexity import caption_nll
     from ..captioning.ptb_tokenize import tokenize_corpus
-    res = evaluate_captions(model, path, gen, max_samples=max_samples, progress=progress)
+    res = evaluate_captions(model, path, gen, max_samples=max_samples, progress=progress,
+                           clipscore=clipscore)
     preds, degenerate = res.predictions, res.meta["degenerate"]
     keys = [p["key"] for p in preds]
     hyps = [h for [h] in tokenize_corpus({p["key"]: [p["caption"]] for p in preds}).values()]
     refs = list(tokenize_corpus({p["key"]: p["references"] for p in preds}).values())
     out = {"BLEU-4": SampleMetric(keys, {"stats": bleu_stats(hyps, refs)}, "bleu4")}
-    for m in ("CIDEr-D", "ROUGE-L"):
+    for m in ("CIDEr-D", "ROUGE-L") + (("clipscore", "refclipscore") if clipscore is not None else ()):
         out[m] = SampleMetric(keys, {"value": [p["scores"][m] for p in preds]}, "mean")
     nll = caption_nll(model, read_caption_data(path, max_samples))
     out["perplexity"] = SampleMetric(nll["keys"], {"num": nll["nll"], "den": nll["tokens"]}, "perplexity",
@@ -156,7 +157,7 @@ def _evaluate(model, spec, kind, name, path, opts) -> tuple[dict, list]:
         return _retrieval(model, path, opts["max_samples"], opts["progress"])
     if kind == "vqa":
         return _vqa(model, spec, path, opts["gen"], opts["max_samples"], opts["progress"])
-    return _captions(model, path, opts["gen"], opts["max_samples"], opts["progress"])
+    return _captions(model, path, opts["gen"], opts["max_samples"], opts["progress"], opts.get("clipscore"))
 
 
 def _overlap_note(spec: str, name: str, path: str, kind: str, metrics: dict) -> list[str]:
@@ -184,16 +185,19 @@ def _named_sets(models: list[str], data: list[str]) -> list[tuple[str, str]]:
 
 def compare_suite(models: list[str], data: list[str], *, probe_train: str | list[str] | None = None,
                   fewshot=FEWSHOT, templates="simple", max_samples: int | None = None, gen=None,
-                  n_boot: int = 1000, seed: int = 0, device: str | None = None, progress: bool = True) -> EvalResult:
+                  n_boot: int = 1000, seed: int = 0, device: str | None = None, progress: bool = True,
+                  clipscore=None) -> EvalResult:
     """Evaluate every model on every data set (``NAME=PATH`` or ``PATH``). ``metrics``: ``{"rows": [{"model",
     "data", "metric", "value", "n", "delta", "ci95", "improved"}]}``; ``meta``: the models, data sets, notes,
-    bootstrap and probe settings; the first model is the reference of the deltas."""
+    bootstrap and probe settings; the first model is the reference of the deltas. ``clipscore``: a CLIP (spec or
+    model) that adds CLIPScore and RefCLIPScore to the captioners' rows."""
     from mmfm.models.checkpoint import load as load_model
     t0 = time.perf_counter()
     sets = _named_sets(models, data)
     probes = probe_folders(probe_train, [n for n, _ in sets])
     opts = {"templates": templates, "max_samples": max_samples, "probe_train": probes,
-            "fewshot": tuple(fewshot or ()), "gen": gen, "progress": progress}
+            "fewshot": tuple(fewshot or ()), "gen": gen, "progress": progress,
+            "clipscore": None if clipscore is None else load_clip(clipscore, device)[0]}
     scores: dict = {}        # (data, metric) -> [SampleMetric per model]
     notes, kind = [], None
     for spec in models:
@@ -217,6 +221,7 @@ def compare_suite(models: list[str], data: list[str], *, probe_train: str | list
             "notes": notes, "bootstrap": {"n_boot": n_boot, "seed": seed, "paired": True},
             "probe": {"train": probes, "fewshot": list(opts["fewshot"])} if probes else None,
             "templates": templates if kind == "clip" else None, "max_samples": max_samples,
+            "clipscore": None if clipscore is None else str(clipscore),
             "decoding": None if gen is None else dataclasses.asdict(gen), "backend": backend(),
             "seconds": round(time.perf_counter() - t0, 3)}
     return EvalResult(metrics={"rows": _rows(models, scores, n_boot, seed)}, meta=meta)
