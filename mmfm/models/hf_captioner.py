@@ -40,6 +40,12 @@ CLIP_TYPES = ("clip", "siglip")
 SUPPORTED = ("BlipForConditionalGeneration, GitForCausalLM, VisionEncoderDecoderModel and decoder-only VLMs "
              "whose processor has an image token (LlavaForConditionalGeneration)")
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+# where each family keeps its towers (the first path present wins): BLIP, GIT, VisionEncoderDecoder, LLaVA-style and
+# Idefics3/SmolVLM-style VLMs
+_TOWER_CANDIDATES = {
+    "vision": ("vision_model", "git.image_encoder", "encoder", "model.vision_tower", "model.vision_model"),
+    "decoder": ("text_decoder", "git.encoder", "decoder", "model.language_model", "model.text_model"),
+}
 
 
 def family_of(config, processor=None) -> str | None:
@@ -258,10 +264,28 @@ class HFCaptioner(nn.Module):
             out = out.sequences
         return out[:, ids.shape[1]:]
 
+    @property
+    def tower_paths(self) -> dict[str, tuple[str, ...]]:
+        """The tower names (``mmfm.models.tower_setup``) inside the library model: ``vision`` (the image encoder)
+        and ``decoder`` (the text stack, without its output head), so ``lora.towers: [decoder]``, ``lr_groups`` and
+        ``vision.lock`` mean the same modules for BLIP, GIT, VisionEncoderDecoder and VLMs as for mmfm's own."""
+        def first(candidates):
+            for path in candidates:
+                try:
+                    self.hf.get_submodule(path)
+                except AttributeError:
+                    continue
+                return (f"hf.{path}",)
+            return ()
+        return {name: first(cands) for name, cands in _TOWER_CANDIDATES.items()}
+
     def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:
-        tower = _vision_tower(self.hf)
-        for p in tower.parameters():
-            p.requires_grad = False
+        paths = self.tower_paths["vision"]
+        if not paths:
+            raise ConfigError(f"model.vision.lock: no vision tower found in {type(self.hf).__name__}")
+        for path in paths:
+            for p in self.get_submodule(path).parameters():
+                p.requires_grad = False
 
     # ------------------------------------------------------------ saving
     def save_library_files(self, directory: str | os.PathLike) -> None:
@@ -276,15 +300,6 @@ class HFCaptioner(nn.Module):
         """The folder transformers opens: weights + config (``save_pretrained``) and the processor."""
         self.hf.save_pretrained(str(directory))
         self.processor.save_pretrained(str(directory))
-
-
-def _vision_tower(hf: nn.Module) -> nn.Module:
-    for name in ("vision_model", "image_encoder", "encoder", "vision_tower"):
-        for owner in (hf, getattr(hf, "model", None)):
-            m = getattr(owner, name, None) if owner is not None else None
-            if isinstance(m, nn.Module):
-                return m
-    raise ConfigError(f"model.vision.lock: no vision tower found in {type(hf).__name__}")
 
 
 def build_hf_captioner(cfg, init_weights: bool = True) -> HFCaptioner:

@@ -153,7 +153,8 @@ def _shards(root):
     return str(root)
 
 
-@pytest.mark.parametrize("family,lora", [("blip", False), ("llava", True)])
+@pytest.mark.parametrize("family,lora", [("blip", False), ("blip", True), ("git", True), ("ved", True),
+                                         ("llava", True)])
 def test_train_init_from_hf_changes_weights_and_exports_back(folders, family, lora, tmp_path):
     import yaml
     from transformers import AutoModelForImageTextToText
@@ -163,7 +164,7 @@ def test_train_init_from_hf_changes_weights_and_exports_back(folders, family, lo
     spec = f"hf:{folders[family]}"
     model = {"decoder": {"max_length": 16}}
     if lora:
-        model["lora"] = {"r": 4, "towers": ["hf.model.language_model"]}
+        model["lora"] = {"r": 4, "towers": ["decoder"]}      # the same tower name as for mmfm's own captioners
     cfg = {"task": {"name": "caption"}, "model": model,
            "data": {"train": [{"path": _shards(tmp_path / "shards")}], "batch_size": 4, "workers": 0,
                     "shuffle_buffer": 4},
@@ -178,7 +179,8 @@ def test_train_init_from_hf_changes_weights_and_exports_back(folders, family, lo
     trained = load(str(tmp_path / "run"), expect="captioner")       # rebuilt from the run's own hf_model/
     start = AutoModelForImageTextToText.from_pretrained(folders[family]).state_dict()
     changed = [k for k, v in trained.hf.state_dict().items() if not torch.equal(v, start[k])]
-    assert changed and (not lora or all("language_model" in k for k in changed))
+    decoder = [p.removeprefix("hf.") + "." for p in trained.tower_paths["decoder"]]
+    assert decoder and changed and (not lora or all(k.startswith(tuple(decoder)) for k in changed))
     assert trained.generate_config.num_beams == 2
 
     out = tmp_path / "export"
@@ -257,3 +259,19 @@ def test_caption_confidence_from_generate_logits_equals_the_teacher_forced_pass(
 def clean(text):
     from mmfm.generate import clean_caption
     return clean_caption(text)
+
+
+@pytest.mark.parametrize("family", ["blip", "git", "ved", "llava"])
+def test_tower_names_mean_the_library_models_vision_and_decoder(folders, family):
+    """``vision`` and ``decoder`` name each family's image encoder and text stack (disjoint, both present), and
+    ``vision.lock`` freezes exactly the vision tower: GIT's lived under ``git.image_encoder``, where the lock did
+    not look."""
+    from mmfm.models.hf_captioner import HFCaptioner
+
+    m = HFCaptioner(f"hf:{folders[family]}")
+    vision, decoder = m.tower_paths["vision"], m.tower_paths["decoder"]
+    assert vision and decoder and not set(vision) & set(decoder)
+    m.lock_image_tower()
+    frozen = {k for k, p in m.named_parameters() if not p.requires_grad}
+    assert frozen and all(k.startswith(tuple(p + "." for p in vision)) for k in frozen)
+    assert frozen == {k for k, _ in m.named_parameters() if k.startswith(tuple(p + "." for p in vision))}
