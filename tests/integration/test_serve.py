@@ -94,6 +94,17 @@ def server(engine):
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def hf_server(hf_captioner, checkpoints):
+    """The service on a transformers captioner (``hf:DIR``, saved by the library's own save_pretrained) beside
+    mmfm's CLIP: what a user who starts from BLIP/GIT serves."""
+    s = Server(load_engine([f"hf:{hf_captioner('git')}", str(checkpoints / "clip")], threads=1),
+               ServeLimits(max_upload_bytes=2 * 2 ** 20, max_pixels=1_000_000, request_timeout_s=60,
+                           max_concurrency=64, max_batch=8, max_wait_ms=5))
+    yield s
+    s.stop()
+
+
 def _post(client, url, path, data: bytes | None, fields=None, filename="x.png"):
     files = {"image": (filename, data, "application/octet-stream")} if data is not None else None
     return client.post(url + path, files=files, data=fields or {}, timeout=60)
@@ -118,6 +129,16 @@ def test_caption_classify_health_and_page(server):
         assert health["status"] == "ok" and health["models"]["captioner"]["class"] == "Captioner"
         page = c.get(server.url + "/")
         assert page.status_code == 200 and "/caption" in page.text and "aria-live" in page.text
+
+
+def test_serves_alt_text_from_a_transformers_captioner(hf_server):
+    with httpx.Client() as c:
+        health = c.get(hf_server.url + "/health").json()
+        assert health["models"]["captioner"]["class"] == "HFCaptioner"
+        r = _post(c, hf_server.url, "/caption", _png(noise=True), {"max_new_tokens": "6"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["caption"] and body["alt_text"] and -50 < body["confidence"] <= 0 and "degenerate" in body
 
 
 BAD = [
@@ -225,7 +246,9 @@ def _chromium():
     return None
 
 
-def test_web_page_round_trips_in_headless_chromium(server, tmp_path):
+@pytest.mark.parametrize("which", ["server", "hf_server"])
+def test_web_page_round_trips_in_headless_chromium(which, request, tmp_path):
+    server = request.getfixturevalue(which)
     browser = _chromium()
     if browser is None:
         pytest.skip("chromium is not installed (Debian: apt-get install chromium; `make test` installs it)")
