@@ -6,6 +6,7 @@ from PIL import Image
 
 from mmfm.cli import main
 from mmfm.data.shards import read_manifest
+from tests.integration.train_helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,8 @@ def test_build_errors_are_clear(tmp_path, capsys):
     assert main(["shards", "build", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["shards", "build", "--recipe", "no_such_recipe", "--out", str(tmp_path / "o")]) == 2
-    assert "known recipes: coco_captions, country_flags, csv_pairs" in capsys.readouterr().err
+    shipped = sorted(p.parent.name for p in (ROOT / "data_recipes").glob("*/recipe.yaml"))   # every recipe, in order
+    assert len(shipped) >= 5 and f"known recipes: {', '.join(shipped)})" in capsys.readouterr().err
     assert main(["shards", "build", "--recipe", "image_folder", "--out", str(tmp_path / "o"),
                  "--set", "image.sise=3"]) == 2
     assert "Did you mean 'size'" in capsys.readouterr().err
