@@ -210,7 +210,25 @@ class TextLayout:
         return ids.to(device), mask.to(device)
 
 
-class Captioner(nn.Module):
+class DecoderSizes:
+    """Sizes read from a captioner's transformers ``decoder`` (mmfm's cross-attention captioner and the prefix
+    captioner share them)."""
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.decoder.config.get_text_config().hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.decoder.get_input_embeddings().num_embeddings)
+
+    @property
+    def max_positions(self) -> int | None:
+        c = self.decoder.config.get_text_config()
+        return getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
+
+
+class Captioner(DecoderSizes, nn.Module):
     """``forward(image, text_ids, attention_mask) -> {"logits", "image_tokens"}``; see the module docstring."""
 
     tower_paths = {"vision": ("visual",), "decoder": ("decoder",)}     # tower names: mmfm.models.tower_setup
@@ -246,19 +264,6 @@ class Captioner(nn.Module):
             self.image_proj = self.text_proj = self.logit_scale = None
         check_token_ids(tokenizer, self.vocab_size)
 
-    # ------------------------------------------------------------ sizes
-    @property
-    def hidden_size(self) -> int:
-        return int(self.decoder.config.get_text_config().hidden_size)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.decoder.get_input_embeddings().num_embeddings)
-
-    @property
-    def max_positions(self) -> int | None:
-        c = self.decoder.config.get_text_config()
-        return getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
 
     @property
     def has_contrastive_head(self) -> bool:

@@ -25,7 +25,7 @@ from mmfm.config import ConfigError
 from mmfm.config.caption import DecoderConfig
 from mmfm.config.model import ModelConfig
 
-from .captioner import TextLayout, _quiet_transformers, build_decoder_tokenizer, check_token_ids
+from .captioner import DecoderSizes, TextLayout, _quiet_transformers, build_decoder_tokenizer, check_token_ids
 from .tower_setup import apply_tower_settings
 
 __all__ = ["PrefixCaptioner", "build_prefix_captioner"]
@@ -63,7 +63,7 @@ def _build_lm(dcfg: DecoderConfig, tokenizer, init_weights: bool) -> nn.Module:
             raise ConfigError(f"model.decoder.arch: '{dcfg.arch}' is not a transformers causal-LM type ({e})") from None
 
 
-class PrefixCaptioner(nn.Module):
+class PrefixCaptioner(DecoderSizes, nn.Module):
     """``forward(image, text_ids, attention_mask) -> {"logits" (B, N + T, V), "image_tokens", "image_positions"}``."""
 
     tower_paths = {"vision": ("visual",), "decoder": ("decoder",), "projector": ("proj",)}
@@ -78,19 +78,6 @@ class PrefixCaptioner(nn.Module):
         self.proj = _projector(int(visual.width), self.hidden_size, dcfg.projector_layers)
         self.image_proj = None
         check_token_ids(tokenizer, self.vocab_size)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.decoder.config.get_text_config().hidden_size)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.decoder.get_input_embeddings().num_embeddings)
-
-    @property
-    def max_positions(self) -> int | None:
-        c = self.decoder.config.get_text_config()
-        return getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
 
     has_contrastive_head = False
 
