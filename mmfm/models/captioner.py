@@ -79,7 +79,10 @@ def check_token_ids(tokenizer, vocab_size: int) -> None:
                           f"embedding has only {vocab_size}; set config_overrides.vocab_size >= {tokenizer.vocab_size}")
 
 
-def _build_decoder(dcfg: DecoderConfig, tokenizer, init_weights: bool) -> nn.Module:
+def build_causal_lm(dcfg: DecoderConfig, tokenizer, init_weights: bool, **config_extra) -> nn.Module:
+    """A transformers causal LM from ``model.decoder`` (a local ``hf_path`` folder, or ``arch`` + overrides), with
+    the tokenizer's special ids; ``config_extra`` (e.g. ``add_cross_attention``) goes into its config. Shared by
+    mmfm's cross-attention captioner and the prefix captioner."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
@@ -92,23 +95,24 @@ def _build_decoder(dcfg: DecoderConfig, tokenizer, init_weights: bool) -> nn.Mod
             if not os.path.isdir(path):
                 raise ConfigError(f"model.decoder.hf_path: folder not found: {path}")
             config = AutoConfig.from_pretrained(path, **overrides)
-            config.update({"is_decoder": True, "add_cross_attention": True, **special})
+            config.update({**config_extra, **special})
             if init_weights:
-                decoder = AutoModelForCausalLM.from_pretrained(path, config=config)
-            else:
-                decoder = AutoModelForCausalLM.from_config(config)
-        else:
-            overrides.setdefault("vocab_size", tokenizer.vocab_size)
-            try:
-                config = AutoConfig.for_model(dcfg.arch, is_decoder=True, add_cross_attention=True,
-                                              **{**special, **overrides})
-            except ValueError as e:
-                raise ConfigError(f"model.decoder.arch: '{dcfg.arch}' is not a transformers model type ({e})") from None
-            try:
-                decoder = AutoModelForCausalLM.from_config(config)
-            except ValueError as e:
-                raise ConfigError(f"model.decoder.arch: '{dcfg.arch}' has no causal-LM head in transformers "
-                                  f"({e})") from None
+                return AutoModelForCausalLM.from_pretrained(path, config=config)
+            return AutoModelForCausalLM.from_config(config)
+        overrides.setdefault("vocab_size", tokenizer.vocab_size)
+        try:
+            config = AutoConfig.for_model(dcfg.arch, **config_extra, **{**special, **overrides})
+        except ValueError as e:
+            raise ConfigError(f"model.decoder.arch: '{dcfg.arch}' is not a transformers model type ({e})") from None
+        try:
+            return AutoModelForCausalLM.from_config(config)
+        except ValueError as e:
+            raise ConfigError(f"model.decoder.arch: '{dcfg.arch}' has no causal-LM head in transformers "
+                              f"({e})") from None
+
+
+def _build_decoder(dcfg: DecoderConfig, tokenizer, init_weights: bool) -> nn.Module:
+    decoder = build_causal_lm(dcfg, tokenizer, init_weights, is_decoder=True, add_cross_attention=True)
     if not any("cross" in n for n, _ in decoder.named_modules()):
         raise ConfigError(f"model.decoder: {type(decoder).__name__} has no cross-attention layers; use an "
                           f"architecture that supports add_cross_attention (gpt2, bert, roberta, ...)")

@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
@@ -25,7 +24,8 @@ from mmfm.config import ConfigError
 from mmfm.config.caption import DecoderConfig
 from mmfm.config.model import ModelConfig
 
-from .captioner import DecoderSizes, TextLayout, _quiet_transformers, build_decoder_tokenizer, check_token_ids
+from .captioner import (DecoderSizes, TextLayout, _quiet_transformers, build_causal_lm, build_decoder_tokenizer,
+                        check_token_ids)
 from .tower_setup import apply_tower_settings
 
 __all__ = ["PrefixCaptioner", "build_prefix_captioner"]
@@ -36,31 +36,6 @@ def _projector(in_width: int, width: int, layers: int) -> nn.Sequential:
     for _ in range(layers - 1):
         mods += [nn.GELU(), nn.Linear(width, width)]
     return nn.Sequential(*mods)
-
-
-def _build_lm(dcfg: DecoderConfig, tokenizer, init_weights: bool) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-               "pad_token_id": tokenizer.pad_token_id}
-    overrides = dict(dcfg.config_overrides)
-    with _quiet_transformers():
-        if dcfg.hf_path:
-            from mmfm.data.tokenizers import resolve_path
-            path = resolve_path(dcfg.hf_path)
-            if not os.path.isdir(path):
-                raise ConfigError(f"model.decoder.hf_path: folder not found: {path}")
-            config = AutoConfig.from_pretrained(path, **overrides)
-            config.update(special)
-            if init_weights:
-                return AutoModelForCausalLM.from_pretrained(path, config=config)
-            return AutoModelForCausalLM.from_config(config)
-        overrides.setdefault("vocab_size", tokenizer.vocab_size)
-        try:
-            config = AutoConfig.for_model(dcfg.arch, **{**special, **overrides})
-            return AutoModelForCausalLM.from_config(config)
-        except ValueError as e:
-            raise ConfigError(f"model.decoder.arch: '{dcfg.arch}' is not a transformers causal-LM type ({e})") from None
 
 
 class PrefixCaptioner(DecoderSizes, nn.Module):
@@ -159,7 +134,7 @@ def build_prefix_captioner(cfg: ModelConfig, init_weights: bool = True) -> Prefi
     visual.drop_pooling_head()
     tokenizer = build_decoder_tokenizer(dcfg)
     check_token_ids(tokenizer, 2 ** 62)
-    model = PrefixCaptioner(visual, _build_lm(dcfg, tokenizer, init_weights), tokenizer, cfg)
+    model = PrefixCaptioner(visual, build_causal_lm(dcfg, tokenizer, init_weights), tokenizer, cfg)
     if dcfg.lock:
         model.decoder.requires_grad_(False)
     return apply_tower_settings(model, cfg)
