@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="a scaled-down run (few emoji, few steps) that checks the wiring in about a minute")
     p.add_argument("--redo", action="append", default=[], choices=[*stages, "all"], metavar="STAGE",
-                   help=f"run STAGE again even if it is done, and every stage after it ({', '.join(stages)}, all)")
+                   help=f"run STAGE again even if it is done, and the later stages that use it ({', '.join(stages)}, "
+                        "all); e.g. --job general --redo score re-scores a finished run without retraining")
     p.add_argument("--until", choices=stages, default=None, metavar="STAGE",
                    help="stop after STAGE (the report then waits for a later run)")
     p.add_argument("--config-dir", default=None,

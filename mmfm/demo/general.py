@@ -6,12 +6,14 @@ object, ``configs/experiments/general/general.yaml``, and data from every openly
    training images, one-sample-per-caption CLIP folders, evaluation sets, zero-shot label folders
 2. clip    -- the demo's CLIP recipe (ImageNet EfficientNet-Lite0 + locked MiniLM) on every training source
 3. loso    -- for each ``loso`` source S, the same CLIP trained without S (``loso.steps`` steps)
-4. score   -- every CLIP on every source (zero-shot, retrieval): the leave-one-source-out table
+4. score   -- every CLIP on every source (zero-shot, retrieval): the leave-one-source-out table, with the A/Bs of
+   ``score.yaml`` that need no training (prompt ensembles, WiSE-FT); ``--redo score`` re-scores a finished run
 5. caption -- a captioner on every training source's captions, scored on every source's evaluation set
 6. report  -- ``OUT/report.html``, ``OUT/metrics.txt``, ``OUT/loso.json``, the chart ``OUT/loso.png``
 
 Every stage is skipped on a re-run once done; an interrupted one resumes (the builder from its last complete shard,
-training from its last checkpoint, ``loso`` from its last finished arm).
+training from its last checkpoint, ``loso`` from its last finished arm). Re-running score (``--redo score``, or an
+edited ``score.yaml``) re-runs the report but not the captioner, which never reads the scores.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from mmfm.config.resources import resource_dir
 
 from . import general_data as G
 from . import general_eval as E
-from .general_settings import GeneralSettings
+from .general_settings import GeneralSettings, ScoreSettings
 from .pipeline import DemoContext, _configs_digest, _train
 from .stages import Stage
 
@@ -39,6 +41,11 @@ class GeneralContext(DemoContext):
     def settings(self) -> GeneralSettings:     # type: ignore[override]
         from mmfm.config import load_config
         return load_config(self.config("general"), GeneralSettings)
+
+    @cached_property
+    def score_settings(self) -> ScoreSettings:
+        from mmfm.config import load_config
+        return load_config(self.config("score"), ScoreSettings)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -80,7 +87,7 @@ def stage_loso(ctx: GeneralContext) -> dict:
 
 
 def stage_score(ctx: GeneralContext) -> dict:
-    table = E.score_all(ctx.out, ctx.settings, ctx.shards, progress=ctx.progress)
+    table = E.score_all(ctx.out, ctx.settings, ctx.shards, progress=ctx.progress, score=ctx.score_settings)
     rows = E.loso_rows(table)
     atomic_write_text(ctx.out / "loso.json", json.dumps({"table": table, "rows": rows}, indent=1, default=str))
     return {"table": table, "rows": rows}
@@ -125,9 +132,9 @@ def build_stages() -> list[Stage]:
               lambda c: _fp(c, "clip"), ("clip",)),
         Stage("loso", "Leave-one-source-out: a CLIP trained without each marked source", stage_loso,
               lambda c: _fp(c, "clip"), ("loso",)),
-        Stage("score", "Score every CLIP on every source: zero-shot and retrieval", stage_score,
-              lambda c: _fp(c, "clip"), ("loso.json",)),
+        Stage("score", "Score every CLIP on every source: zero-shot (+ prompt ensembles), retrieval, WiSE-FT",
+              stage_score, lambda c: _fp(c, "clip", "score"), ("loso.json",)),
         Stage("caption", "Train a captioner on every source's captions, score it per source", stage_caption,
-              lambda c: _fp(c, "clip", "caption"), ("caption",)),
+              lambda c: _fp(c, "clip", "caption"), ("caption",), needs=("shards", "clip")),
         Stage("report", "Write the report", stage_report, lambda c: {"always": os.urandom(8).hex()}),
     ]

@@ -10,6 +10,11 @@ source):
 * image->text and text->image R@1/R@5 over the set's own captions (``mmfm.eval.retrieval``; every caption of
   an image counts).
 
+Two A/Bs need no training (``score.yaml``, read by the score stage only): a **prompt ensemble** per label space
+(zero-shot again with each class's text embedding averaged over several templates: the ``(prompt ensemble)`` rows),
+and **WiSE-FT** (``mmfm.models.wiseft``): a tuned CLIP's weights interpolated with those its run started from, scored
+like any arm (the ``all WiSE`` and ``without WiSE`` columns).
+
 Captions (the captioner trained on everything, CIDEr-D against each image's human text, beside the best constant
 caption) are scored per source in ``caption_scores``.
 """
@@ -19,11 +24,14 @@ import json
 from pathlib import Path
 
 from . import data as D
-from .general_settings import GeneralSettings
+from .general_settings import GeneralSettings, ScoreSettings
 
-ARMS = ("all", "without", "demo")
+ARMS = ("all", "without", "demo", "all_wise", "without_wise")
 ARM_TITLES = {"all": "trained on every source", "without": "trained without this source",
-              "demo": "demo (Noto only)"}
+              "demo": "demo (Noto only)", "all_wise": "WiSE-FT of the every-source CLIP with its starting weights",
+              "without_wise": "WiSE-FT of the without-this-source CLIP with its starting weights"}
+ARM_HEADS = {"all": "all", "without": "without", "demo": "demo", "all_wise": "all WiSE",
+             "without_wise": "w/o WiSE"}
 
 
 def _count(folder: Path) -> int:
@@ -31,8 +39,10 @@ def _count(folder: Path) -> int:
     return int(json.loads(path.read_text(encoding="utf-8"))["total_samples"]) if path.is_file() else 0
 
 
-def score_clip(model, settings: GeneralSettings, shards: Path, source: str, *, progress: bool) -> dict:
-    """One CLIP on one source: zero-shot (where the source has a label space) and retrieval."""
+def score_clip(model, settings: GeneralSettings, shards: Path, source: str, *, progress: bool,
+               score: ScoreSettings | None = None) -> dict:
+    """One CLIP on one source: zero-shot (where the source has a label space; again with the space's prompt
+    ensemble where ``score`` has one) and retrieval."""
     from mmfm.eval.retrieval import retrieval_evaluate
 
     from .transfer import score_set
@@ -48,6 +58,11 @@ def score_clip(model, settings: GeneralSettings, shards: Path, source: str, *, p
         zs = score_set(model, images, list(space.classes), list(space.templates), progress=progress)
         zs.pop("predictions", None)
         out["zeroshot"] = zs
+        ensemble = score.ensemble(space.name) if score is not None else None
+        if ensemble:
+            ens = score_set(model, images, list(space.classes), ensemble, progress=progress)
+            ens.pop("predictions", None)
+            out["zeroshot_ensemble"] = {**ens, "templates": ensemble}
     res = retrieval_evaluate(model, str(folder), batch_size=64, workers=0, ks=(1, 5), progress=progress)
     out["retrieval"] = {k: float(v) for k, v in res.metrics.items()}
     return out
@@ -65,19 +80,33 @@ def arm_runs(out: Path, settings: GeneralSettings, source: str) -> dict[str, Pat
     return runs
 
 
-def score_all(out: Path, settings: GeneralSettings, shards: Path, *, progress: bool) -> dict[str, dict]:
-    """-> {source: {arm: scores}}; each model is loaded once."""
+def score_all(out: Path, settings: GeneralSettings, shards: Path, *, progress: bool,
+              score: ScoreSettings | None = None) -> dict[str, dict]:
+    """-> {source: {arm: scores}}; each model is loaded once, and its WiSE-FT weights (``score.wise_ft``) are set
+    in place after its own arms are scored."""
     from mmfm.models.checkpoint import load
 
+    from .general_wiseft import StartingWeights
+
+    score = score or ScoreSettings()
+    wise = score.wise_ft if score.wise_ft.alpha is not None else None
     plan: dict[Path, list[tuple[str, str]]] = {}
     for spec in settings.sources:
         for arm, run in arm_runs(out, settings, spec.name).items():
             plan.setdefault(run, []).append((spec.name, arm))
     table: dict[str, dict] = {s.name: {} for s in settings.sources}
+    starts = StartingWeights()
     for run, jobs in plan.items():
         model = load(str(run), expect="clip")
         for source, arm in jobs:
-            table[source][arm] = {**score_clip(model, settings, shards, source, progress=progress), "run": str(run)}
+            table[source][arm] = {**score_clip(model, settings, shards, source, progress=progress, score=score),
+                                  "run": str(run)}
+        wise_jobs = [(s, a) for s, a in jobs if wise is not None and a in wise.arms]
+        if wise_jobs:
+            meta = starts.interpolate(model, run, wise.alpha)
+            for source, arm in wise_jobs:
+                table[source][f"{arm}_wise"] = {**score_clip(model, settings, shards, source, progress=progress,
+                                                             score=score), "run": str(run), "wise_ft": meta}
         del model
     return table
 
@@ -118,13 +147,15 @@ def loso_rows(table: dict[str, dict]) -> list[dict]:
     for source, arms in table.items():
         metrics = [("zero-shot top-1", ("zeroshot", "top1")),
                    ("zero-shot mean recall", ("zeroshot", "mean_per_class_recall")),
+                   ("zero-shot top-1 (prompt ensemble)", ("zeroshot_ensemble", "top1")),
+                   ("zero-shot mean recall (prompt ensemble)", ("zeroshot_ensemble", "mean_per_class_recall")),
                    ("image->text R@1", ("retrieval", "image_to_text_R@1")),
                    ("text->image R@1", ("retrieval", "text_to_image_R@1"))]
         for title, (part, key) in metrics:
             values = {arm: ((arms.get(arm) or {}).get(part) or {}).get(key) for arm in ARMS}
             if all(v is None for v in values.values()):
                 continue
-            base = ((arms.get("all") or {}).get("zeroshot") or {}).get("majority_top1") if key == "top1" else None
+            base = ((arms.get("all") or {}).get(part) or {}).get("majority_top1") if key == "top1" else None
             rows.append({"source": source, "metric": title, **values, "baseline": base})
     return rows
 
@@ -134,11 +165,11 @@ def _fmt(v) -> str:
 
 
 def format_loso(rows: list[dict]) -> str:
-    head = f"{'source':<16} {'metric':<22} {'all':>7} {'without':>7} {'demo':>7} {'majority':>8}"
+    head = f"{'source':<16} {'metric':<39} " + " ".join(f"{ARM_HEADS[a]:>8}" for a in ARMS) + f" {'majority':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['source']:<16} {r['metric']:<22} {_fmt(r['all']):>7} {_fmt(r['without']):>7} "
-                     f"{_fmt(r['demo']):>7} {_fmt(r['baseline']):>8}")
+        lines.append(f"{r['source']:<16} {r['metric']:<39} " + " ".join(f"{_fmt(r.get(a)):>8}" for a in ARMS)
+                     + f" {_fmt(r['baseline']):>8}")
     return "\n".join(lines)
 
 
@@ -154,11 +185,12 @@ def plot_loso(rows: list[dict], path: Path) -> Path | None:
             head[r["source"]] = r
     if not head:
         return None
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(head)), 3.6))
-    width = 0.26
-    for j, arm in enumerate(ARMS):
-        xs = [i + (j - 1) * width for i in range(len(head))]
-        ax.bar(xs, [r[arm] or 0 for r in head.values()], width, label=ARM_TITLES[arm])
+    arms = [a for a in ARMS if any(r.get(a) is not None for r in head.values())]
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(head)), 3.8))
+    width = 0.8 / max(1, len(arms))
+    for j, arm in enumerate(arms):
+        xs = [i + (j - (len(arms) - 1) / 2) * width for i in range(len(head))]
+        ax.bar(xs, [r.get(arm) or 0 for r in head.values()], width, label=ARM_TITLES[arm])
     ax.set_xticks(range(len(head)))
     ax.set_xticklabels([f"{s}\n({r['metric']})" for s, r in head.items()], fontsize=7)
     ax.set_ylim(0, 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from .general_eval import ARM_TITLES, ARMS
+from .general_eval import ARM_HEADS, ARM_TITLES, ARMS
 
 
 def _f(v) -> str:
@@ -40,11 +40,26 @@ def _img(path: Path | None, out: Path) -> str:
     return f'<img src="{html.escape(str(Path(path).relative_to(out)))}">' if path else "<p>(no chart)</p>"
 
 
+def _wise_note(ctx) -> str:
+    """The A/Bs that need no training (score.yaml): what the extra rows and columns are."""
+    sc = getattr(ctx, "score_settings", None)
+    if sc is None:
+        return ""
+    ens = "; ".join(f"{html.escape(e.label_space)}: " + ", ".join(f"<code>{html.escape(t)}</code>" for t in e.templates)
+                    for e in sc.prompt_ensembles) or "none"
+    alpha = sc.wise_ft.alpha
+    wise = (f"alpha {alpha} between each tuned CLIP ({', '.join(sc.wise_ft.arms)}) and the weights its run started "
+            f"from (pretrained towers, new projections)") if alpha is not None else "off"
+    return (f"<p>A/Bs without training (score.yaml). <b>Prompt ensemble</b> rows: each class's text embedding "
+            f"averaged over {ens} (the plain rows use general.yaml's single template). <b>WiSE-FT</b> columns: "
+            f"{html.escape(wise)}.</p>")
+
+
 def render(ctx, *, counts: dict, rows: list[dict], captions: dict, chart: Path | None, curves: Path | None) -> str:
     s = ctx.settings
     count_rows = [[split, name, c["written"], ", ".join(f"{k} {v}" for k, v in c["skipped"].items()) or "-"]
                   for split, m in counts.items() for name, c in (m.get("sources") or {}).items()]
-    loso = [[r["source"], r["metric"], *[r[a] for a in ARMS], r["baseline"]] for r in rows]
+    loso = [[r["source"], r["metric"], *[r.get(a) for a in ARMS], r["baseline"]] for r in rows]
     cap_rows = [[n, c.get("CIDEr-D"), (c.get("constant_baseline") or {}).get("CIDEr-D"),
                  (c.get("constant_baseline") or {}).get("caption", ""), "yes" if c.get("trained_on") else "no",
                  "; ".join(e["caption"] for e in c.get("examples", []))] for n, c in captions.items()]
@@ -57,10 +72,11 @@ def render(ctx, *, counts: dict, rows: list[dict], captions: dict, chart: Path |
         "<h2>Sources</h2>", _table(["source", "recipe", "trained on", "label space", "left out once"], sources),
         "<h2>Samples per source</h2>", _table(["split", "source", "written", "skipped"], count_rows),
         "<h2>Leave-one-source-out</h2>",
-        "<p>Each source scored by the CLIP " + ", ".join(f"<b>{a}</b>: {ARM_TITLES[a]}" for a in ARMS)
+        "<p>Each source scored by the CLIP " + ", ".join(f"<b>{ARM_HEADS[a]}</b>: {ARM_TITLES[a]}" for a in ARMS)
         + ". The source is never in the <i>without</i> model's training data; evaluation-only sources are in no "
           "model's. Majority: always answering the set's most frequent class.</p>",
-        _table(["source", "metric", *ARMS, "majority"], loso), _img(chart, ctx.out),
+        _wise_note(ctx), _table(["source", "metric", *[ARM_HEADS[a] for a in ARMS], "majority"], loso),
+        _img(chart, ctx.out),
         "<h2>Captions per source</h2>",
         _table(["source", "CIDEr-D", "constant CIDEr-D", "best constant caption", "source trained on",
                 "examples"], cap_rows),

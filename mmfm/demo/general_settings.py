@@ -69,3 +69,42 @@ class GeneralSettings:
 
     def space(self, name: str) -> LabelSpace | None:
         return next((s for s in self.label_spaces if s.name == name), None)
+
+
+# ----------------------------------------------------------------------------- score.yaml: the score stage's A/Bs
+@dataclass
+class PromptEnsemble:
+    """Several templates for one label space: each class's text embedding is the mean over its templates."""
+    label_space: str = ""
+    templates: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if not self.label_space or not self.templates:
+            raise ConfigError(f"prompt_ensembles: each entry needs a label_space and templates, got "
+                              f"{self.label_space!r}/{self.templates!r}")
+        bad = [t for t in self.templates if "{}" not in t]
+        if bad:
+            raise ConfigError(f"prompt_ensembles.{self.label_space}.templates: each needs a '{{}}' for the class "
+                              f"name, got {bad}")
+
+
+@dataclass
+class WiseFTSettings:
+    alpha: float | None = ranged(0.5, ge=0, le=1)   # None: no WiSE-FT arms
+    arms: list[str] = field(default_factory=lambda: ["all", "without"])   # the tuned CLIPs interpolated
+
+    def validate(self) -> None:
+        bad = sorted(set(self.arms) - {"all", "without"})
+        if bad:
+            raise ConfigError(f"wise_ft.arms: {bad} not in [all, without] (the general job's own CLIPs)")
+
+
+@dataclass
+class ScoreSettings:
+    """``score.yaml``: read by the score stage only, so editing it re-scores a finished run (score + report)
+    without touching shards or training."""
+    prompt_ensembles: list[PromptEnsemble] = field(default_factory=list)
+    wise_ft: WiseFTSettings = field(default_factory=WiseFTSettings)
+
+    def ensemble(self, label_space: str) -> list[str] | None:
+        return next((list(e.templates) for e in self.prompt_ensembles if e.label_space == label_space), None)

@@ -4,7 +4,9 @@ A stage writes its outputs under ``OUT/<stage>/`` and, last of all, ``OUT/.done/
 summary and a fingerprint of the settings it ran with. On the next run a stage whose marker exists with the
 same fingerprint is skipped (its summary is reused); a stage without a marker runs, and may itself resume
 from partial outputs (the trainer resumes from its last checkpoint, the shard builder from its last complete
-shard). A stage whose fingerprint changed runs again, and so does every stage after it.
+shard). A stage whose fingerprint changed runs again, and so does every later stage that needs it: by default
+every stage after it; a stage that names its ``needs`` runs again only when one of those did (so re-scoring a
+finished run does not retrain a captioner that never read the scores).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class Stage:
     run: Callable[[Any], dict]                  # run(ctx) -> summary dict (JSON-serialisable)
     fingerprint: Callable[[Any], dict] | None = None   # settings that make a previous result stale
     outputs: tuple[str, ...] = ()               # folders under OUT removed before a stale stage re-runs
+    needs: tuple[str, ...] | None = None        # earlier stages whose re-run makes this one stale (None: all)
 
 
 def _digest(obj: Any) -> str:
@@ -74,10 +77,11 @@ class StageRunner:
 
     def run(self, ctx) -> dict[str, dict]:
         results: dict[str, dict] = {}
-        stale = "all" in self.force
+        rerun: set[str] = set()              # the stages run (again) in this call
         n = len(self.stages)
         for i, stage in enumerate(self.stages, 1):
             fp = _digest(stage.fingerprint(ctx) if stage.fingerprint else {})
+            stale = "all" in self.force or self._upstream_rerun(stage, i, rerun)
             prior = None if (stale or stage.name in self.force) else self.done(stage, fp)
             head = f"[{i}/{n}] {stage.title}"
             if prior is not None:
@@ -87,7 +91,7 @@ class StageRunner:
                 continue
             if stale or stage.name in self.force or self.marker(stage.name).is_file():
                 self._clear(stage)           # a finished-but-stale result: start clean, not resume
-            stale = True                     # everything after a re-run stage runs again too
+            rerun.add(stage.name)            # the stages that need it run again too
             self._say(f"{head} ...")
             t0 = time.monotonic()
             summary = stage.run(ctx) or {}
@@ -101,6 +105,12 @@ class StageRunner:
             _release_memory()
             self._say(f"{head}: done in {seconds:.0f}s (peak memory so far {_peak_rss_gb():.2f} GB)")
         return results
+
+
+    def _upstream_rerun(self, stage: Stage, index: int, rerun: set[str]) -> bool:
+        earlier = [s.name for s in self.stages[:index - 1]]
+        needs = earlier if stage.needs is None else stage.needs
+        return any(name in rerun for name in needs)
 
 
 def _release_memory() -> None:

@@ -84,7 +84,7 @@ def test_loso_table_chart_and_report(quick_general):
     noto = {r["metric"]: r for r in rows if r["source"] == "noto_emoji"}
     assert noto["zero-shot top-1"]["all"] is not None and noto["zero-shot top-1"]["without"] is not None
     assert noto["image->text R@1"]["without"] is not None
-    assert data["table"]["twemoji"].keys() == {"all"}          # evaluation only: no arm leaves it out
+    assert data["table"]["twemoji"].keys() == {"all", "all_wise"}   # evaluation only: no arm leaves it out
     fashion = data["table"]["fashion_mnist"]["all"]["zeroshot"]
     assert fashion["images"] > 0 and 0 <= fashion["top1"] <= 1
     assert (out / "loso.png").stat().st_size > 1000
@@ -93,6 +93,68 @@ def test_loso_table_chart_and_report(quick_general):
     assert "zero-shot top-1" in proc.stdout and "captions on" in proc.stdout
     caps = json.loads((out / ".done" / "caption.json").read_text())["summary"]["sources"]
     assert caps["twemoji"]["trained_on"] is False and "CIDEr-D" in caps["twemoji"]["constant_baseline"]
+
+
+def test_prompt_ensemble_and_wise_ft_columns(quick_general):
+    """The A/Bs without training (score.yaml): prompt-ensemble rows and WiSE-FT columns, numbers in loso.json,
+    metrics.txt and the report."""
+    out, proc = quick_general
+    data = json.loads((out / "loso.json").read_text())
+    noto = {r["metric"]: r for r in data["rows"] if r["source"] == "noto_emoji"}
+    for arm in ("all", "without", "all_wise", "without_wise"):
+        for metric in ("zero-shot top-1", "zero-shot top-1 (prompt ensemble)",
+                       "zero-shot mean recall (prompt ensemble)", "image->text R@1"):
+            assert isinstance(noto[metric][arm], float) and 0 <= noto[metric][arm] <= 1, (metric, arm)
+    tw = {r["metric"]: r for r in data["rows"] if r["source"] == "twemoji"}
+    assert isinstance(tw["zero-shot top-1 (prompt ensemble)"]["all_wise"], float)
+    assert tw["zero-shot top-1"]["without_wise"] is None          # evaluation only: no arm leaves it out
+    ens = data["table"]["fashion_mnist"]["all"]["zeroshot_ensemble"]
+    assert len(ens["templates"]) > 1 and 0 <= ens["top1"] <= 1
+    wise = data["table"]["noto_emoji"]["all_wise"]["wise_ft"]
+    assert wise["alpha"] == 0.5 and 0 < wise["tensors_tuned"] < wise["tensors"]   # frozen trunk: same weights
+    for text in ((out / "metrics.txt").read_text(), proc.stdout):
+        assert "all WiSE" in text and "(prompt ensemble)" in text
+    page = (out / "report.html").read_text()
+    assert "<th>all WiSE</th>" in page and "prompt ensemble" in page
+
+
+def test_wise_ft_starting_weights_are_the_runs_first_weights(quick_general, tmp_path):
+    """A run whose learning rate is 0 keeps its starting parameters: the weights StartingWeights rebuilds (the
+    config's model under train.seed) must equal them exactly, new projections included."""
+    import torch
+
+    from mmfm.config import load_experiment
+    from mmfm.demo.general_wiseft import starting_state
+    from mmfm.models.checkpoint import load
+    from mmfm.train.builder import train_experiment
+
+    out, _ = quick_general
+    run = tmp_path / "lr0"
+    values = {"data.train": [{"path": str(out / "shards" / "by_source" / "clip" / "noto_emoji")}],
+              "data.val": [], "data.batch_size": 8, "train.output_dir": str(run), "train.max_steps": 1, "train.lr": 0.0,
+              "train.progress": False}
+    train_experiment(load_experiment(ROOT / "configs/experiments/general/quick_clip.yaml", values=values))
+    start = starting_state(run)
+    params = dict(load(str(run), expect="clip").named_parameters())
+    assert "image_proj.weight" in params                       # the new projection, drawn from train.seed
+    for name, p in params.items():
+        assert torch.equal(start[name], p.detach()), name
+
+
+def test_redo_score_rescores_without_retraining(quick_general):
+    """`--redo score` on a finished run: score and report run again; the captioner (which never reads the
+    scores) and every training stage are kept."""
+    out, _ = quick_general
+    caption = (out / "caption" / "metrics.jsonl").read_text()
+    (out / "loso.json").unlink()
+    proc = _general(out, "--redo", "score")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = {ln.split("]")[0] + "]": ln for ln in proc.stdout.splitlines() if ln.startswith("[")}
+    for i in (1, 2, 3, 5):
+        assert "done already" in lines[f"[{i}/6]"], proc.stdout
+    assert (out / "loso.json").is_file() and "all WiSE" in (out / "metrics.txt").read_text()
+    assert "done already" not in lines["[4/6]"] and "done already" not in lines["[6/6]"]
+    assert (out / "caption" / "metrics.jsonl").read_text() == caption
 
 
 def test_rerun_skips_and_loso_resumes_between_arms(quick_general):
