@@ -117,3 +117,36 @@ def test_icon_theme_fixture_names_as_captions_and_bad_icons_dropped(tmp_path):
     assert calc["context"] == "legacy" and calc["theme"] == "Adwaita"
     assert all("cls" not in s for s in samples) and m["classes"] == []
     assert "edit-cut" in {x["name"] for x in metas} and "edit-cut-copy" not in {x["name"] for x in metas}
+
+
+def test_openclipart_fixture_captions_from_svg_metadata_and_bad_files_dropped(tmp_path):
+    """The fixture holds real openclipart-svg files in the package's layout: titles, descriptions and keywords
+    as written become captions; collection titles, author-template titles, contact details and package tags do
+    not; a file with no text left, a broken file, a blank drawing and a copy are skipped; symlinks are not read."""
+    pytest.importorskip("cairosvg")
+    fixture = RECIPES / "openclipart/fixture/openclipart/svg"
+    assert (fixture / "shapes/arrows/arki_arrow_down_jean_vic_.svg").is_symlink()
+    m, samples, metas = _build(tmp_path, "openclipart", fixture)
+    # 18 files read (the symlink is not): no text, broken, blank and the copy skipped
+    assert m["failures"] == {"missing_caption": 1, "decode_error": 1, "placeholder": 1, "duplicate": 1}
+    assert m["total_samples"] == 14 and m["classes"] == [] and all("cls" not in s for s in samples)
+    by_file = {x["file"]: x for x in metas}
+    dog = by_file["animals/mammals/dog_03_drawn_with_strai_01.svg"]
+    assert dog["captions"] == ["Dog 03 Drawn With Straight Lines", "mammal, dog, animal"]
+    assert dog["category"] == "animals/mammals" and dog["creator"] == "Gerald G."
+    ext = by_file["geography/extremadura_01.svg"]
+    assert ext["captions"][:2] == ["Extremadura", "a simple map of extremadura, enjoy it!"]
+    # "Clipart by Nicu Buculei - piggybank" on a die: the author's reused template, not this picture's title
+    assert by_file["recreation/dice.svg"]["captions"] == ["game, recreation"]
+    assert by_file["signs_and_symbols/flags/africa/malawi.svg"]["captions"] == ["flag, africa, sign"]   # no title
+    battery = by_file["electronics/battery/battery_jean-victor_bali_01.svg"]
+    assert battery["captions"] == ["Battery"] and battery["description"] == ""        # an e-mail address
+    stars = [x for f, x in by_file.items() if f.startswith("shapes/stars/")]
+    assert len(stars) == 6 and all(x["title"] == "" for x in stars)                   # "gramastar" on 6 files
+    assert stars[0]["captions"] == ["stars, shapes, magick, geometry"]
+    assert by_file["shapes/arki_arrow_down_jean_vic_.svg"]["captions"] == ["arki arrow down", "shape, arrows"]
+    assert "electronics/antenna.svg" not in by_file and "special/blank_page.svg" not in by_file
+    assert sum(f.startswith("food/meats_and_eggs/") for f in by_file) == 1              # bacon_02: a copy
+    assert all(len(x["captions"]) >= 1 and all(c.strip() for c in x["captions"]) for x in metas)
+    assert Image.open(io.BytesIO(samples[0]["jpg"])).size == (64, 64)
+

@@ -10,6 +10,8 @@
 * ``icon_theme``: one size folder of a freedesktop icon theme (Debian ``adwaita-icon-theme``: ``48x48/CONTEXT/
   NAME.png``): the icon name as words (``accessories-calculator`` -> ``accessories calculator``) and ``... icon``;
   symbolic (monochrome mask) icons are not read; no label (contexts are not a shared label space).
+* ``openclipart``: the Open Clip Art Library's SVGs (Debian ``openclipart-svg``, public domain): title,
+  description and keywords from each file's metadata (``openclipart.py``).
 * ``skimage_photos``: scikit-image's photos named by hand in ``photos.yaml``: the label; ``cls`` = its CLDR group.
 
 Images that are not files (SVG, IDX rows, ``skimage.data`` calls) are loaded in the worker by ``load_image`` from

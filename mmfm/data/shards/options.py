@@ -11,7 +11,7 @@ EMOJI_TEST = "/usr/share/unicode/emoji/emoji-test.txt"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 SOURCE_TYPES = ("auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa", "vizwiz", "karpathy",
                 "noto_emoji", "emoji_images", "openmoji", "country_flags", "fashion_mnist", "skimage_photos",
-                "icon_theme")
+                "icon_theme", "openclipart")
 
 
 @dataclass
@@ -19,7 +19,7 @@ class SourceOptions:
     """Where the samples come from and how its fields map onto image / caption / label."""
     type: Literal["auto", "image_folder", "csv", "tsv", "jsonl", "parquet", "coco", "vqa", "vizwiz", "karpathy",
                   "noto_emoji", "emoji_images", "openmoji", "country_flags", "fashion_mnist", "skimage_photos",
-                  "icon_theme"] = "auto"
+                  "icon_theme", "openclipart"] = "auto"
     path: str = ""                  # folder, table file, COCO/VQA JSON, or emoji-test.txt
     image_root: str = ""            # base of relative image paths (default: the table/JSON's folder);
                                     # emoji_images: the emoji-datasource package folder (emoji.json, img/SET/64)

@@ -152,6 +152,9 @@ def open_source(opts: BuildOptions) -> Source:
     elif kind in ("openmoji", "country_flags", "fashion_mnist", "skimage_photos", "icon_theme"):
         from .extra_sources import READERS
         source = READERS[kind](path, src)
+    elif kind == "openclipart":
+        from .openclipart import read_openclipart
+        source = read_openclipart(path, src)
     elif kind == "emoji_images":
         from .emoji import read_emoji_images
         source = read_emoji_images(path, src)
