@@ -30,7 +30,7 @@ def _build(tmp_path, recipe=None, sets=(), flags=None, out="out"):
 def test_every_recipe_has_readme_with_source_and_license():
     names = sorted(p.parent.name for p in RECIPES.glob("*/recipe.yaml"))
     assert names == ["coco_captions", "coco_karpathy", "country_flags", "csv_pairs", "fashion_mnist", "flickr30k",
-                     "icon_theme", "image_folder", "noto_emoji", "openmoji", "skimage_photos", "twemoji",
+                     "icon_theme", "image_folder", "noto_emoji", "openclipart", "openmoji", "skimage_photos", "twemoji",
                      "vizwiz_captions", "vqa"]
     for n in names:
         text = (RECIPES / n / "README.md").read_text().lower()

@@ -16,8 +16,8 @@ added):
 
 ``KEY.txt`` is the title, else the description, else the keywords (comma-separated); ``KEY.json["captions"]`` all
 three. A file with none of them is skipped as ``missing_caption``, one whose XML does not parse as
-``decode_error`` (as one cairosvg cannot draw), a drawing of one flat colour as ``placeholder``; symbolic links (the package's second names for a file)
-are not read. Items come in a fixed order mixed over the categories (by a hash of the relative path), so
+``decode_error`` (as one cairosvg cannot draw), a drawing of one flat colour as ``placeholder``; symbolic links
+(the package's second names for a file) are not read. Items come in a fixed order mixed over the categories (by a hash of the relative path), so
 ``source.limit`` takes a sample of every category rather than the first folders. Drawings are rasterised by
 cairosvg into the square at their own aspect ratio (it letterboxes, transparent, then composited on white).
 """
