@@ -1,0 +1,31 @@
+"""StageRunner: a re-run stage makes the later stages stale, all of them by default, or only those that name it
+in their ``needs``."""
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+from mmfm.demo.stages import Stage, StageRunner
+
+
+def _stages(calls: list[str]) -> list[Stage]:
+    def step(name):
+        return lambda ctx: calls.append(name) or {"name": name}
+    return [Stage("data", "data", step("data")), Stage("train", "train", step("train")),
+            Stage("score", "score", step("score")),
+            Stage("caption", "caption", step("caption"), needs=("data", "train")),
+            Stage("report", "report", step("report"))]
+
+
+def _run(out, force=()) -> list[str]:
+    calls: list[str] = []
+    StageRunner(out, _stages(calls), force=set(force), stream=io.StringIO()).run(SimpleNamespace(results={}))
+    return calls
+
+
+def test_redo_reruns_only_the_stages_that_need_it(tmp_path):
+    assert _run(tmp_path) == ["data", "train", "score", "caption", "report"]
+    assert _run(tmp_path) == []                                   # every marker matches: all skipped
+    assert _run(tmp_path, {"score"}) == ["score", "report"]       # caption does not need score; report needs all
+    assert _run(tmp_path, {"train"}) == ["train", "score", "caption", "report"]
+    assert _run(tmp_path, {"all"}) == ["data", "train", "score", "caption", "report"]
