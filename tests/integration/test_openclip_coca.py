@@ -254,3 +254,31 @@ def test_caption_and_vqa_commands_beam_search_a_coca(coca_eos, tmp_path, capsys)
     capsys.readouterr()
     assert main(["vqa", "--model", coca_eos["spec"], paths[0], "--question", "what is it?", *flags]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_serve_answers_beam_alt_text_from_a_coca(coca_eos, tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    import mmfm
+    from mmfm.config.caption import GenerateConfig
+    from mmfm.generate import caption_images
+    from mmfm.serve.app import ServeLimits, create_app
+    from mmfm.serve.engine import load_engine
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / "noise.png"
+    Image.fromarray((torch.rand(48, 64, 3, generator=g) * 255).byte().numpy()).save(path)
+    engine = load_engine([coca_eos["spec"]], threads=1)
+    app = create_app(engine, ServeLimits(max_batch=4, max_wait_ms=5))
+    fields = {"num_beams": "3", "min_new_tokens": "0", "max_new_tokens": "8"}
+    with TestClient(app) as c:
+        assert c.get("/health").json()["models"]["captioner"]["class"] == "OpenCLIPCoCa"
+        r = c.post("/caption", files={"image": ("noise.png", path.read_bytes(), "image/png")}, data=fields)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    model = mmfm.load(coca_eos["spec"], expect="captioner")
+    lib = caption_images(model, [str(path)], GenerateConfig(num_beams=3, min_new_tokens=0, max_new_tokens=8),
+                         alt_text=False)
+    assert body["caption"] == lib[0]["caption"] and body["alt_text"] and "confidence" in body
