@@ -79,7 +79,9 @@ def _select(top, index, seq, hyps, beams, vocab, eos, lp):
             if rank < beams:
                 _add(hyps, s / (total ** lp), seq[row].tolist(), beams)
         else:
-            scores.append(s), tokens.append(tok), rows.append(row)
+            scores.append(s)
+            tokens.append(tok)
+            rows.append(row)
         if len(rows) == beams:
             break
     return scores, tokens, rows

@@ -72,24 +72,28 @@ class OpenCLIPCoCa(OpenCLIPModel):
         _, token_embs = self.model._encode_text(text_ids)       # causal: right padding leaves real tokens alone
         return {"logits": self.model.text_decoder(image_tokens, token_embs), "image_tokens": image_tokens}
 
-    @torch.no_grad()
-    def generate_ids(self, image: torch.Tensor | None, prefix_ids: Sequence[Sequence[int]], *,
-                     image_tokens: torch.Tensor | None = None, **kw) -> torch.Tensor:
-        """New token ids (B, T) after ``[sot] + prefix``, pad after each row's eos: greedy (``num_beams`` 1) or
-        open_clip's beam search (:mod:`mmfm.models.coca_decoding`); ``num_beam_groups`` as open_clip's."""
+    def _decoding_plan(self, rows: list, kw: dict) -> tuple[int, int]:
+        """(beams per open_clip group, 0 for greedy; max new tokens) for ``generate_ids``' settings, checked."""
         beams, groups = int(kw.get("num_beams", 1)), int(kw.get("num_beam_groups", 1))
         if kw.get("do_sample"):
             raise ConfigError("open_clip CoCa decodes greedily or with beam search in mmfm (do_sample: false)")
         if groups < 1 or beams % groups:
             raise ConfigError(f"num_beam_groups: must divide num_beams ({beams}), got {groups}")
-        rows = [self.sequence(p, None)[0] for p in prefix_ids]
         if len({len(r) for r in rows}) > 1:
             raise ValueError("open_clip CoCa counts positions from the start: give every row the same prompt length")
         max_new = int(kw.get("max_new_tokens", 20))
         if len(rows[0]) + max_new > self.max_length:
             raise ValueError(f"prompt ({len(rows[0])} tokens) + max_new_tokens ({max_new}) exceeds CoCa's "
                              f"{self.max_length} positions")
-        per = beams // groups if groups > 1 or beams > 1 else 0      # beams per open_clip group; 0: greedy
+        return (beams // groups if groups > 1 or beams > 1 else 0), max_new
+
+    @torch.no_grad()
+    def generate_ids(self, image: torch.Tensor | None, prefix_ids: Sequence[Sequence[int]], *,
+                     image_tokens: torch.Tensor | None = None, **kw) -> torch.Tensor:
+        """New token ids (B, T) after ``[sot] + prefix``, pad after each row's eos: greedy (``num_beams`` 1) or
+        open_clip's beam search (:mod:`mmfm.models.coca_decoding`); ``num_beam_groups`` as open_clip's."""
+        rows = [self.sequence(p, None)[0] for p in prefix_ids]
+        per, max_new = self._decoding_plan(rows, kw)
         if image_tokens is None:       # open_clip encodes the images repeated once per beam: the same numbers
             image_tokens = self.image_tokens(image if per == 0 else image.repeat_interleave(per, 0))
         elif per:
