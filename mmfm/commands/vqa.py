@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     from mmfm.generate import answer_rows, stored_generate
     from mmfm.models.checkpoint import load
     from mmfm.models.device import resolve_device
-    from mmfm.models.layout import read_config
+    from mmfm.models.layout import is_spec, read_config
 
     logging.basicConfig(level=logging.WARNING, format="mmfm vqa: %(message)s")
     images = list(args.images) + list(args.image)
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
         rows = [{"id": i, "image": im, "question": args.question or ""} for i, im in enumerate(images)]
     candidates = read_candidates(args)
     model = load(args.model, device=resolve_device(args.device), expect="captioner")
-    vqa_cfg = read_config(args.model).task.vqa
+    vqa_cfg = None if is_spec(args.model) else read_config(args.model).task.vqa   # a library model: defaults
     gen = generate_config_from_args(stored_generate(model), args)
     results = answer_rows(model, rows, gen, vqa_cfg, candidates, args.top, progress=not args.quiet and bool(args.batch))
     failed = [r for r in results if r["error"]]

@@ -6,10 +6,10 @@ starts with ``coca``) through the one loader, with mmfm's captioner API on open_
 * ``forward(image, text_ids, ...)``: CoCa's unimodal text tower, then its ``text_decoder`` -> logits at every
   text position (open_clip's forward with ``output_labels=False``); ``encode_image`` / ``encode_text`` are the
   contrastive embeddings as for any open_clip model.
-* ``generate_ids``: mmfm's own greedy loop over those logits. open_clip's ``CoCa.generate`` imports transformers'
-  beam-search classes that transformers 5 no longer has; the loop gives the tokens of its ``top_k`` generation
-  with ``top_k=1`` (checked against open_clip 3.3 + transformers 4.57 in tests). Beam search and sampling are
-  refused with that reason.
+* ``generate_ids``: greedy or beam search over those logits with open_clip's own rules
+  (:mod:`mmfm.models.coca_decoding`). open_clip's ``CoCa.generate`` imports transformers' beam-search classes
+  that transformers 5 no longer has; the tokens equal its ``top_k`` generation with ``top_k=1`` and its
+  ``beam_search`` generation (checked against open_clip 3.3 + transformers 4.57 in tests). Sampling is refused.
 * The weights stay open_clip's (``model.*``), so ``mmfm export --format openclip`` writes them back unchanged.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from mmfm.config import ConfigError
 
 from .captioner import TextLayout
+from .coca_decoding import coca_beam_search, coca_greedy, coca_processors
 from .openclip import OpenCLIPModel
 
 __all__ = ["OpenCLIPCoCa", "is_coca_name"]
@@ -33,7 +34,7 @@ def is_coca_name(name: str) -> bool:
 
 
 class OpenCLIPCoCa(OpenCLIPModel):
-    """An open_clip ``CoCa`` with the captioner API (layout, image tokens, logits, greedy generation)."""
+    """An open_clip ``CoCa`` with the captioner API (layout, image tokens, logits, greedy and beam generation)."""
 
     def __init__(self, model_name: str, pretrained: str | None = None, model_cfg=None):
         super().__init__(model_name, pretrained=pretrained, model_cfg=model_cfg)
@@ -71,34 +72,40 @@ class OpenCLIPCoCa(OpenCLIPModel):
         _, token_embs = self.model._encode_text(text_ids)       # causal: right padding leaves real tokens alone
         return {"logits": self.model.text_decoder(image_tokens, token_embs), "image_tokens": image_tokens}
 
+    def _decoding_plan(self, rows: list, kw: dict) -> tuple[int, int]:
+        """(beams per open_clip group, 0 for greedy; max new tokens) for ``generate_ids``' settings, checked."""
+        beams, groups = int(kw.get("num_beams", 1)), int(kw.get("num_beam_groups", 1))
+        if kw.get("do_sample"):
+            raise ConfigError("open_clip CoCa decodes greedily or with beam search in mmfm (do_sample: false)")
+        if groups < 1 or beams % groups:
+            raise ConfigError(f"num_beam_groups: must divide num_beams ({beams}), got {groups}")
+        if len({len(r) for r in rows}) > 1:
+            raise ValueError("open_clip CoCa counts positions from the start: give every row the same prompt length")
+        max_new = int(kw.get("max_new_tokens", 20))
+        if len(rows[0]) + max_new > self.max_length:
+            raise ValueError(f"prompt ({len(rows[0])} tokens) + max_new_tokens ({max_new}) exceeds CoCa's "
+                             f"{self.max_length} positions")
+        return (beams // groups if groups > 1 or beams > 1 else 0), max_new
+
     @torch.no_grad()
     def generate_ids(self, image: torch.Tensor | None, prefix_ids: Sequence[Sequence[int]], *,
                      image_tokens: torch.Tensor | None = None, **kw) -> torch.Tensor:
-        """Greedy new token ids (B, T) after ``[sot] + prefix``; pad after each row's eos."""
-        if int(kw.get("num_beams", 1)) != 1 or kw.get("do_sample"):
-            raise ConfigError("open_clip CoCa captions with greedy decoding in mmfm (num_beams 1, no sampling): "
-                              "open_clip's own beam search needs transformers < 5")
-        if image_tokens is None:
-            image_tokens = self.image_tokens(image)
+        """New token ids (B, T) after ``[sot] + prefix``, pad after each row's eos: greedy (``num_beams`` 1) or
+        open_clip's beam search (:mod:`mmfm.models.coca_decoding`); ``num_beam_groups`` as open_clip's."""
         rows = [self.sequence(p, None)[0] for p in prefix_ids]
-        if len({len(r) for r in rows}) > 1:
-            raise ValueError("open_clip CoCa counts positions from the start: give every row the same prompt length")
+        per, max_new = self._decoding_plan(rows, kw)
+        if image_tokens is None:       # open_clip encodes the images repeated once per beam: the same numbers
+            image_tokens = self.image_tokens(image if per == 0 else image.repeat_interleave(per, 0))
+        elif per:
+            image_tokens = image_tokens.repeat_interleave(per, 0)
         seq = torch.tensor(rows, dtype=torch.long, device=image_tokens.device)
-        max_new, min_new = int(kw.get("max_new_tokens", 20)), int(kw.get("min_new_tokens", 0))
-        if seq.shape[1] + max_new > self.max_length:
-            raise ValueError(f"prompt ({seq.shape[1]} tokens) + max_new_tokens ({max_new}) exceeds CoCa's "
-                             f"{self.max_length} positions")
         eos, pad = self.layout.eos, self.layout.pad
-        done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
-        new = []
-        for step in range(max_new):
-            logits = self(image_tokens=image_tokens, text_ids=seq)["logits"][:, -1].float()
-            if step < min_new:
-                logits[:, eos] = -float("inf")
-            token = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
-            new.append(token)
-            seq = torch.cat([seq, token[:, None]], 1)
-            done |= token == eos
-            if done.all():
-                break
-        return torch.stack(new, 1)
+        procs = coca_processors(seq.shape[1], eos, int(kw.get("min_new_tokens", 0)),
+                                float(kw.get("repetition_penalty", 1.0)), int(kw.get("no_repeat_ngram_size", 0)))
+
+        def step(ids: torch.Tensor) -> torch.Tensor:
+            return self(image_tokens=image_tokens, text_ids=ids)["logits"][:, -1]
+        if not per:
+            return coca_greedy(step, seq, max_new, procs, eos, pad)
+        return coca_beam_search(step, seq, max_new, procs, beams=per, eos=eos, pad=pad,
+                                length_penalty=float(kw.get("length_penalty", 1.0)))
