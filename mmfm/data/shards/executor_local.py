@@ -92,8 +92,10 @@ def build_local(opts: BuildOptions, root: Store, source: Source, resume: bool, o
         retry.check_previous(opts.retry_failures, opts)
         source.total = retry.count_failed(opts.retry_failures)
     prepare_out(root, splits, opts, resume, overwrite)
-    index = DigestIndex(root.local) if opts.dedup else None
+    pool = _start_pool(opts)   # before the index and --resume's restore: the pipeline starts with ready workers
+    index = None
     try:
+        index = DigestIndex(root.local) if opts.dedup else None
         if resume:
             for s in splits:
                 s.restore(index)
@@ -104,8 +106,10 @@ def build_local(opts: BuildOptions, root: Store, source: Source, resume: bool, o
                 index.seed(retry.previous_digests(opts.retry_failures))
         for s in splits:
             s.open(opts.shard_size, index)
-        manifests = _run(opts, root, splits, source, index, restart, resume, show_progress)
+        manifests = _run(opts, root, splits, source, index, restart, resume, show_progress, pool)
     finally:
+        if pool is not None:
+            pool.terminate()
         if index is not None:
             index.close()
     drop_index(root)    # only an unfinished build needs it (for --resume)
@@ -121,21 +125,26 @@ def _gather(sent: list, res, timeout: float) -> list[ItemResult]:
         return failed_results(sent, "worker_error", f"{type(e).__name__}: {e}")
 
 
-def _results(opts: BuildOptions, todo: Iterator[list], prof: Profile) -> Iterator[ItemResult]:
-    """Ordered results; at most ``3 * workers`` chunks in flight; a stuck chunk times out."""
+def _start_pool(opts: BuildOptions):
+    """The worker processes (None with ``workers: 0``)."""
     if opts.workers == 0:
-        init_worker(opts, make_host_slots(opts.download.per_host))
-        for chunk in todo:
-            yield from process_chunk(chunk)
-        return
+        return None
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["mmfm.data.shards.process"])
-    pool = ctx.Pool(opts.workers, initializer=init_worker,
+    return ctx.Pool(opts.workers, initializer=init_worker,
                     initargs=(opts, make_host_slots(opts.download.per_host, ctx)))
+
+
+def _results(opts: BuildOptions, todo: Iterator[list], prof: Profile, pool) -> Iterator[ItemResult]:
+    """Ordered results; at most ``3 * workers`` chunks in flight; a stuck chunk times out."""
+    if pool is None:
+        init_worker(opts, make_host_slots(opts.download.per_host))
+        for chunk in todo:
+            yield from process_chunk(chunk)
+        return
     timeout, window = chunk_timeout(opts), deque()
-    prof.mark("pool started")
     prof.workers = [p.pid for p in pool._pool]
     prof.depth = lambda: _depth(window)
     try:
@@ -150,6 +159,21 @@ def _results(opts: BuildOptions, todo: Iterator[list], prof: Profile) -> Iterato
         pool.join()
     finally:
         pool.terminate()
+
+
+def _chunks(items: Iterator[tuple[int, dict]], end: int | None, workers: int) -> Iterator[list]:
+    """``CHUNK`` inputs at a time, then, for the last ``2 * workers`` chunks' worth of a source of known length,
+    quarter chunks: the workers finish within a few images of each other instead of one chunk apart."""
+    if end is None:
+        yield from chunks(items, CHUNK)
+        return
+    items = iter(items)
+    while True:
+        head = next(items, None)
+        if head is None:
+            return
+        size = CHUNK if end - head[0] > 2 * workers * CHUNK else max(1, CHUNK // 4)
+        yield [head, *itertools.islice(items, size - 1)]
 
 
 def _depth(window: deque) -> tuple[int, int]:
@@ -169,7 +193,7 @@ def _take(window: deque, timeout: float, prof: Profile) -> list[ItemResult]:
 
 
 def _run(opts: BuildOptions, root: Store, splits: list[LocalSplit], source: Source, dedup: DigestIndex | None,
-         restart: int, resume: bool, show_progress: bool) -> dict[str, dict]:
+         restart: int, resume: bool, show_progress: bool, pool) -> dict[str, dict]:
     items = itertools.islice(enumerate(source.items), restart, None)
     if opts.retry_failures:
         items = retry.only(items, retry.failed_indices(opts.retry_failures))
@@ -179,7 +203,8 @@ def _run(opts: BuildOptions, root: Store, splits: list[LocalSplit], source: Sour
     for s in splits:
         s.sink.timer = prof.section
     prof.start()
-    results = _results(opts, chunks(route(items, opts), CHUNK), prof)
+    end = None if opts.retry_failures else source.total
+    results = _results(opts, _chunks(route(items, opts), end, max(1, opts.workers)), prof, pool)
     try:
         for res in results:
             split = splits[res.split]
