@@ -227,7 +227,8 @@ def _report(name: str, r: tuple, out: Path) -> None:
           f"({100 * pcpu / (pipe * os.cpu_count()):.0f}% of the cores busy) (output {_sample_size(out)})", flush=True)
 
 
-def _samples_by_caption(folder: Path, limit: int) -> dict[str, np.ndarray]:
+def _samples_by_caption(folder: Path, limit: int, wanted: set | None = None) -> dict[str, np.ndarray]:
+    """caption -> decoded pixels of the first ``limit`` samples (only captions in ``wanted``, if given)."""
     import tarfile
     out: dict[str, np.ndarray] = {}
     for tar in sorted(folder.glob("*.tar")):
@@ -237,7 +238,7 @@ def _samples_by_caption(folder: Path, limit: int) -> dict[str, np.ndarray]:
                 key, ext = m.name.rsplit(".", 1)
                 members.setdefault(key, {})[ext] = tf.extractfile(m).read()
         for d in members.values():
-            if "txt" in d and "jpg" in d and len(out) < limit:
+            if "txt" in d and "jpg" in d and len(out) < limit and (wanted is None or d["txt"].decode() in wanted):
                 out[d["txt"].decode()] = np.asarray(Image.open(io.BytesIO(d["jpg"])).convert("RGB"), np.int16)
         if len(out) >= limit:
             break
@@ -246,7 +247,8 @@ def _samples_by_caption(folder: Path, limit: int) -> dict[str, np.ndarray]:
 
 def pixel_check(mm: Path, i2d: Path, limit: int = 200) -> None:
     """Mean |diff| of mmfm's and img2dataset's output pixels on the same images (matched by caption)."""
-    a, b = _samples_by_caption(mm, limit), _samples_by_caption(i2d, 10 ** 9)
+    a = _samples_by_caption(mm, limit)
+    b = _samples_by_caption(i2d, len(a), set(a))
     same = [k for k in a if k in b and a[k].shape == b[k].shape]
     if not same:
         print("pixel check: no sample of the same size in both outputs")
