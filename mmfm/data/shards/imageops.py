@@ -7,7 +7,7 @@ DCT-scaled decode (e.g. a 512 px photo to 224: decoded at 1/2, then 256 -> 224),
 pixels to ~1/255 (``fast_resized``): libjpeg-turbo's scaled decode through ``simplejpeg`` at exactly the scale
 Pillow's ``draft`` picks (identical pixels), then OpenCV's bilinear resize after a light 3-tap blur that widens
 its kernel towards Pillow's antialiased triangle (~0.25 vs ~0.75 ms at 256 -> 224). Everything else, and any
-libjpeg warning or error, takes the Pillow path.
+libjpeg warning or error, takes the Pillow path; ``resample: bilinear`` gives Pillow's pixels for every image.
 """
 from __future__ import annotations
 
@@ -192,9 +192,9 @@ def prepare(img: Image.Image, opts: ImageOptions) -> Image.Image:
 
 def fast_resized(img: Image.Image, data: bytes, opts: ImageOptions) -> Image.Image | None:
     """The resized RGB image of an upright RGB JPEG by the fast path, or None where the Pillow path must run
-    (another format or mode, no downscale, a resample other than auto/bilinear, a shrink below
+    (another format or mode, no downscale, a resample other than auto (``bilinear`` is Pillow's), a shrink below
     ``FAST_MIN_SCALE`` after the DCT scaling, a libjpeg warning or error)."""
-    if simplejpeg is None or img.format != "JPEG" or img.mode != "RGB" or opts.resample not in ("auto", "bilinear"):
+    if simplejpeg is None or img.format != "JPEG" or img.mode != "RGB" or opts.resample != "auto":
         return None
     if img.getexif().get(0x0112, 1) != 1:      # EXIF-rotated: Pillow's exif_transpose
         return None
