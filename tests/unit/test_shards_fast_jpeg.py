@@ -59,25 +59,25 @@ def test_fast_path_pixels_within_one_level_of_pillow(w, h, size, mode, save):
         diffs.append(np.abs(a - b).mean())
     # Most of the difference is JPEG q95 re-quantisation of pixels that moved by a level or less before encoding
     # (the decode is identical; before encoding the mean is ~0.3/255). On bench/shards.py's photo-like images the
-    # mean is 0.87/255 (300 images, the largest 1.005); these grainier fixtures reach ~1.02/255, and small outputs
-    # (where the image edges weigh more) up to ~1.5/255. resample: bilinear gives Pillow's pixels exactly.
+    # mean is 0.87/255 (300 images, the largest 1.005); these grainier fixtures reach ~1.02/255. Small outputs
+    # take the Pillow path (below); resample: bilinear gives Pillow's pixels exactly.
     assert max(diffs) < 1.05, diffs
 
 
-@pytest.mark.parametrize("make", [
-    F.cmyk_jpeg, F.exif_rotated_jpeg, F.gray16_png, F.palette_alpha_png,
-    lambda: F.encode(Image.open(io.BytesIO(_photo(320, 240, 1))).convert("L"), "JPEG", quality=90),
-    lambda: F.encode(Image.open(io.BytesIO(_photo(320, 240, 1))).convert("RGBA"), "PNG"),
-    lambda: _photo(400, 300, 2),           # a 0.6 shrink: below FAST_MIN_SCALE, Pillow's antialiased resize
-    lambda: _photo(512, 384, 3),           # resample: bilinear asks for Pillow's pixels
+SMALL = {"size": 24}
+
+
+@pytest.mark.parametrize("make,kw", [
+    (F.cmyk_jpeg, SMALL), (F.exif_rotated_jpeg, SMALL), (F.gray16_png, SMALL), (F.palette_alpha_png, SMALL),
+    (lambda: F.encode(Image.open(io.BytesIO(_photo(320, 240, 1))).convert("L"), "JPEG", quality=90), SMALL),
+    (lambda: F.encode(Image.open(io.BytesIO(_photo(320, 240, 1))).convert("RGBA"), "PNG"), SMALL),
+    (lambda: _photo(400, 300, 2), {"size": 180}),                         # a 0.6 shrink: below FAST_MIN_SCALE
+    (lambda: _photo(512, 384, 3), {"size": 168, "resample": "bilinear"}),  # bilinear asks for Pillow's pixels
+    (lambda: _photo(60, 50, 4), {"size": 48}),                            # an output under FAST_MIN_SIDE
 ])
-def test_other_inputs_take_the_pillow_path_byte_identical(make):
+def test_other_inputs_take_the_pillow_path_byte_identical(make, kw):
     data = make()
-    opts = ImageOptions(size=24, resize_mode="keep_ratio", format="jpg", quality=95)
-    if open_image(data, opts).format == "JPEG" and open_image(data, opts).size == (400, 300):
-        opts = ImageOptions(size=180, resize_mode="keep_ratio", format="jpg", quality=95)
-    if open_image(data, opts).format == "JPEG" and open_image(data, opts).size == (512, 384):
-        opts = ImageOptions(size=168, resize_mode="keep_ratio", format="jpg", quality=95, resample="bilinear")
+    opts = ImageOptions(resize_mode="keep_ratio", format="jpg", quality=95, **kw)
     assert fast_resized(open_image(data, opts), data, opts) is None
     assert process_bytes(data, opts)[0] == _reference(data, opts)
 

@@ -28,6 +28,7 @@ from .options import ImageOptions
 from .writer import encode_image
 
 FAST_MIN_SCALE = 0.8   # the fast path's bilinear resize stays within ~1/255 of Pillow's down to this scale
+FAST_MIN_SIDE = 64     # ... and for outputs at least this large
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX}
 
@@ -193,7 +194,7 @@ def prepare(img: Image.Image, opts: ImageOptions) -> Image.Image:
 def fast_resized(img: Image.Image, data: bytes, opts: ImageOptions) -> Image.Image | None:
     """The resized RGB image of an upright RGB JPEG by the fast path, or None where the Pillow path must run
     (another format or mode, no downscale, a resample other than auto (``bilinear`` is Pillow's), a shrink below
-    ``FAST_MIN_SCALE`` after the DCT scaling, a libjpeg warning or error)."""
+    ``FAST_MIN_SCALE`` after the DCT scaling, an output side under ``FAST_MIN_SIDE``, a libjpeg warning or error)."""
     if simplejpeg is None or img.format != "JPEG" or img.mode != "RGB" or opts.resample != "auto":
         return None
     if img.getexif().get(0x0112, 1) != 1:      # EXIF-rotated: Pillow's exif_transpose
@@ -203,6 +204,8 @@ def fast_resized(img: Image.Image, data: bytes, opts: ImageOptions) -> Image.Ima
     dw, dh = -(-w // a), -(-h // a)
     target = resize_target(dw, dh, opts)
     if target is None or min(target[0] / dw, target[1] / dh) < FAST_MIN_SCALE or target[0] * target[1] > dw * dh:
+        return None
+    if min(target) < FAST_MIN_SIDE:      # small outputs: the edges weigh more, and Pillow is cheap there
         return None
     try:
         arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=dw, min_height=dh)
