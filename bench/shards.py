@@ -112,6 +112,7 @@ class TreeCPU:
     def __init__(self, pid: int):
         import threading
         self.pid, self.cpu, self._stop = pid, {}, threading.Event()
+        self.timeline: list[tuple[float, float]] = []     # (epoch, tree CPU seconds so far)
         self._tick = os.sysconf("SC_CLK_TCK")
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -136,6 +137,7 @@ class TreeCPU:
         for p in tree:
             if p in ticks:
                 self.cpu[p] = max(self.cpu.get(p, 0), ticks[p])
+        self.timeline.append((time.time(), sum(self.cpu.values()) / self._tick))
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
@@ -146,31 +148,42 @@ class TreeCPU:
         self._thread.join()
         return sum(self.cpu.values()) / self._tick
 
+    def between(self, t0: float, t1: float) -> float:
+        """CPU seconds the tree spent between two epoch times (linear between 0.1 s samples)."""
+        ts, cs = [t for t, _ in self.timeline], [c for _, c in self.timeline]
+        return float(np.interp(t1, ts, cs) - np.interp(t0, ts, cs)) if ts else float("nan")
 
-def _timed(cmd: list[str], **kw) -> tuple[float, float]:
-    """-> (wall seconds, CPU seconds of the whole process tree)."""
+
+def _timed(cmd: list[str], **kw) -> tuple[float, TreeCPU]:
+    """-> (wall seconds, the process tree's CPU meter, stopped). ``--profile``'s summary goes to stderr."""
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    err = None if "MMFM_SHARDS_PROFILE" in kw.get("env", {}) else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, **kw)
     meter = TreeCPU(proc.pid)
     if proc.wait() != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd[:4])} ...")
     wall = time.perf_counter() - t
-    return wall, meter.stop()
+    meter.stop()
+    return wall, meter
 
 
 # --- the two builders -------------------------------------------------------------------------------
 
 def run_mmfm(url_list: Path, out: Path, workers: int, extra: tuple[str, ...] = (),
-             resample: str = "auto") -> tuple[float, int, float, float]:
+             resample: str = "auto", profile: Path | None = None) -> tuple[float, int, float, float, float]:
+    """-> (wall s, samples, pipeline s, CPU s of the whole run, CPU s during the pipeline)."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "mmfm", "shards", "build", str(url_list), "--out", str(out),
            "--image-column", "url", "--caption-column", "caption", "--size", "224",
            "--resize-mode", "keep_ratio", "--resize-side", "shortest", "--resample", resample,
            "--format", "jpg", "--quality", "95",
            "--shard-size", "1000", "--workers", str(workers), "--no-progress", *extra]
-    seconds, cpu = _timed(cmd, cwd=ROOT)
+    env = dict(os.environ, **({"MMFM_SHARDS_PROFILE": str(profile)} if profile else {}))
+    seconds, meter = _timed(cmd, cwd=ROOT, env=env)
     manifest = json.loads((out / "manifest.json").read_text())
-    return seconds, manifest["total_samples"], manifest["build"]["seconds"], cpu
+    pipe = manifest["build"]["seconds"]
+    end = (out / "manifest.json").stat().st_mtime       # written right after the pipeline ends
+    return seconds, manifest["total_samples"], pipe, meter.stop(), meter.between(end - pipe, end)
 
 
 def anchor_python() -> str:
@@ -179,7 +192,8 @@ def anchor_python() -> str:
     return out[-1]
 
 
-def run_img2dataset(python: str, url_list: Path, out: Path, workers: int, n: int) -> tuple[float, int, float, float]:
+def run_img2dataset(python: str, url_list: Path, out: Path, workers: int,
+                    n: int) -> tuple[float, int, float, float, float]:
     shutil.rmtree(out, ignore_errors=True)
     per_shard = max(1, math.ceil(n / (workers * 5)))   # even shards per process: no idle tail for img2dataset
     code = ("from img2dataset import download; import sys; download(url_list=sys.argv[1], output_folder=sys.argv[2], "
@@ -188,11 +202,11 @@ def run_img2dataset(python: str, url_list: Path, out: Path, workers: int, n: int
             f"processes_count={workers}, thread_count=16, number_sample_per_shard={per_shard}, "
             "distributor='multiprocessing', timeout=10, retries=0, enable_wandb=False)")
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
-    seconds, cpu = _timed([python, "-c", code, str(url_list), str(out)], cwd=WORK, env=env)
+    seconds, meter = _timed([python, "-c", code, str(url_list), str(out)], cwd=WORK, env=env)
     stats = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
     ok = sum(st.get("successes", 0) for st in stats)
-    span = max(st["end_time"] for st in stats) - min(st["start_time"] for st in stats)
-    return seconds, ok, span, cpu
+    t0, t1 = min(st["start_time"] for st in stats), max(st["end_time"] for st in stats)
+    return seconds, ok, t1 - t0, meter.stop(), meter.between(t0, t1)
 
 
 def _sample_size(folder: Path) -> tuple[int, int]:
@@ -206,10 +220,42 @@ def _sample_size(folder: Path) -> tuple[int, int]:
 
 
 def _report(name: str, r: tuple, out: Path) -> None:
-    wall, n, pipe, cpu = r
+    wall, n, pipe, cpu, pcpu = r
     print(f"{name:<18}: {n:>6} samples; end-to-end {wall:6.1f}s = {n / wall:7.1f} images/s; "
-          f"pipeline {pipe:6.1f}s = {n / pipe:7.1f} images/s; CPU {cpu:6.1f}s = {n / cpu:6.1f} images/CPU-s "
-          f"(output {_sample_size(out)})", flush=True)
+          f"pipeline {pipe:6.1f}s = {n / pipe:7.1f} images/s; CPU {cpu:6.1f}s = {n / cpu:6.1f} images/CPU-s, "
+          f"of which during the pipeline {pcpu:6.1f}s = {n / pcpu:6.1f} images/CPU-s "
+          f"({100 * pcpu / (pipe * os.cpu_count()):.0f}% of the cores busy) (output {_sample_size(out)})", flush=True)
+
+
+def _samples_by_caption(folder: Path, limit: int, wanted: set | None = None) -> dict[str, np.ndarray]:
+    """caption -> decoded pixels of the first ``limit`` samples (only captions in ``wanted``, if given)."""
+    import tarfile
+    out: dict[str, np.ndarray] = {}
+    for tar in sorted(folder.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            members: dict[str, dict] = {}
+            for m in tf:
+                key, ext = m.name.rsplit(".", 1)
+                members.setdefault(key, {})[ext] = tf.extractfile(m).read()
+        for d in members.values():
+            if "txt" in d and "jpg" in d and len(out) < limit and (wanted is None or d["txt"].decode() in wanted):
+                out[d["txt"].decode()] = np.asarray(Image.open(io.BytesIO(d["jpg"])).convert("RGB"), np.int16)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def pixel_check(mm: Path, i2d: Path, limit: int = 200) -> None:
+    """Mean |diff| of mmfm's and img2dataset's output pixels on the same images (matched by caption)."""
+    a = _samples_by_caption(mm, limit)
+    b = _samples_by_caption(i2d, len(a), set(a))
+    same = [k for k in a if k in b and a[k].shape == b[k].shape]
+    if not same:
+        print("pixel check: no sample of the same size in both outputs")
+        return
+    diff = np.mean([np.abs(a[k] - b[k]).mean() for k in same])
+    print(f"pixel check against img2dataset: mean |diff| {diff:.2f}/255 on {len(same)} images "
+          f"({len(set(a) & set(b)) - len(same)} differ in size)", flush=True)
 
 
 def _compare_ray(url_list: Path, args, local: tuple) -> None:
@@ -236,6 +282,9 @@ def main() -> int:
                    help="mmfm's resize filter (default auto: antialiased bilinear after a half-scale JPEG decode; "
                    "its pixels are closer to img2dataset's cv2.INTER_AREA output (mean |diff| 0.87/255 on 200 of "
                    "these images) than box's are (1.43/255))")
+    p.add_argument("--profile", action="store_true",
+                   help="profile mmfm's pipeline over time (per-process CPU, queue depths, the parent's time split); "
+                   "the summary is printed and saved to .bench/shards/profile_mmfm_N.txt (+ .json)")
     p.add_argument("--distributor", choices=["local", "ray"], default="local",
                    help="ray: also build with --distributor ray and print its ratio to the local build")
     args = p.parse_args()
@@ -250,7 +299,8 @@ def main() -> int:
     python = None if args.skip_anchor else (args.anchor_python or anchor_python())
     mm_runs, i2d_runs = [], []
     for rep in range(args.repeat):        # alternating, so a drifting machine weighs on both sides alike
-        mm_runs.append(run_mmfm(url_list, WORK / "out_mmfm", args.workers, resample=args.resample))
+        prof = WORK / f"profile_mmfm_{args.n}.json" if args.profile else None
+        mm_runs.append(run_mmfm(url_list, WORK / "out_mmfm", args.workers, resample=args.resample, profile=prof))
         _report(f"mmfm shards build #{rep + 1}", mm_runs[-1], WORK / "out_mmfm")
         if python:
             i2d_runs.append(run_img2dataset(python, url_list, WORK / "out_img2dataset", args.workers, args.n))
@@ -267,8 +317,11 @@ def main() -> int:
     wall = (best_m[1] / best_m[0]) / (best_i[1] / best_i[0])
     pipe = (best_m[1] / best_m[2]) / (best_i[1] / best_i[2])
     cpu = (best_m[1] / best_m[3]) / (best_i[1] / best_i[3])
-    print(f"ratio mmfm / img2dataset: {wall:.2f}x end-to-end images/s, {pipe:.2f}x pipeline-only images/s, "
-          f"{cpu:.2f}x images per CPU-second (target >= 2x)")
+    pcpu = (best_m[1] / best_m[4]) / (best_i[1] / best_i[4])
+    print(f"ratio mmfm / img2dataset: {wall:.2f}x end-to-end images/s, {pipe:.2f}x pipeline-only images/s "
+          f"(target >= 2x), {cpu:.2f}x images per CPU-second of the whole run (target >= 2.5x), "
+          f"{pcpu:.2f}x per CPU-second during the pipeline alone")
+    pixel_check(WORK / "out_mmfm", WORK / "out_img2dataset")
     if args.repeat > 1:
         pairs = [((m[1] / m[2]) / (i[1] / i[2]), (m[1] / m[3]) / (i[1] / i[3])) for m, i in zip(mm_runs, i2d_runs)]
         print("per alternating pair (pipeline, per CPU-second): " + ", ".join(f"{p:.2f}x / {c:.2f}x" for p, c in pairs))

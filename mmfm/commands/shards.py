@@ -58,7 +58,8 @@ def _build_parser(sub) -> None:
     g.add_argument("--resize-mode", choices=["no", "keep_ratio", "center_crop", "border"])
     g.add_argument("--resize-side", choices=["shortest", "longest"], help="keep_ratio: side that becomes --size")
     g.add_argument("--resample", choices=["auto", "bilinear", "bicubic", "lanczos", "box"],
-                   help="resize filter (auto: antialiased bilinear down, bicubic up)")
+                   help="resize filter (auto: antialiased bilinear down, for upright RGB JPEGs by libjpeg-turbo + "
+                   "OpenCV within ~1/255 of Pillow's; bicubic up. bilinear: always Pillow's)")
     g.add_argument("--format", choices=["jpg", "png", "webp"])
     g.add_argument("--quality", type=int)
     g.add_argument("--min-size", type=int, help="skip images whose shorter side is smaller")

@@ -1,6 +1,13 @@
 """Decode, normalise (EXIF, colour modes), filter, resize and encode one image, deterministically.
 
 Every problem raises ``Skip(reason)``; the builder counts reasons in ``manifest.json``.
+
+The common case, an upright RGB JPEG that still needs a shrink to no less than ``FAST_MIN_SCALE`` after the
+DCT-scaled decode (e.g. a 512 px photo to 224: decoded at 1/2, then 256 -> 224), takes a faster path with the same
+pixels to ~1/255 (``fast_resized``): libjpeg-turbo's scaled decode through ``simplejpeg`` at exactly the scale
+Pillow's ``draft`` picks (identical pixels), then OpenCV's bilinear resize after a light 3-tap blur that widens
+its kernel towards Pillow's antialiased triangle (~0.25 vs ~0.75 ms at 256 -> 224). Everything else, and any
+libjpeg warning or error, takes the Pillow path; ``resample: bilinear`` gives Pillow's pixels for every image.
 """
 from __future__ import annotations
 
@@ -10,9 +17,18 @@ import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+try:      # the JPEG fast path (dependencies of mmfm; without them every image takes the Pillow path)
+    import cv2
+    import numpy as np
+    import simplejpeg
+except ImportError:  # pragma: no cover
+    cv2 = simplejpeg = None
+
 from .options import ImageOptions
 from .writer import encode_image
 
+FAST_MIN_SCALE = 0.8   # the fast path's bilinear resize stays within ~1/255 of Pillow's down to this scale
+FAST_MIN_SIDE = 64     # ... and for outputs at least this large
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX}
 
@@ -70,6 +86,14 @@ def target_scale(w: int, h: int, opts: ImageOptions) -> float | None:
     return opts.size / side
 
 
+def draft_factor(w: int, h: int, scale: float | None, opts: ImageOptions) -> int:
+    """The DCT scale 1/N (N in 1, 2, 4, 8) a JPEG is decoded at: Pillow's ``draft`` choice for the size we need."""
+    if not opts.draft or scale is None or scale >= 0.5:
+        return 1
+    n = min(w // math.ceil(w * scale), h // math.ceil(h * scale))
+    return next(a for a in (8, 4, 2, 1) if n >= a)
+
+
 def load_image(img: Image.Image, opts: ImageOptions) -> Image.Image:
     """Decode pixels (JPEG at a reduced DCT scale when we will downscale anyway)."""
     scale = target_scale(*img.size, opts)
@@ -114,19 +138,34 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     return img.convert("RGB")  # L, 1, CMYK (Adobe-inverted handled by PIL), YCbCr, LAB, HSV
 
 
-def resize(img: Image.Image, opts: ImageOptions) -> Image.Image:
-    mode, size = opts.resize_mode, opts.size
-    w, h = img.size
+def resize_target(w: int, h: int, opts: ImageOptions) -> tuple[int, int] | None:
+    """The (w, h) an image of this size is resized to, or None when it keeps its size."""
     scale = target_scale(w, h, opts)
-    if scale is not None:
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        if mode == "center_crop":  # the short side must be exactly `size`
-            nw, nh = (size, max(size, nh)) if w <= h else (max(size, nw), size)
+    if scale is None:
+        return None
+    size = opts.size
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    if opts.resize_mode == "center_crop":  # the short side must be exactly `size`
+        nw, nh = (size, max(size, nh)) if w <= h else (max(size, nw), size)
+    return nw, nh
+
+
+def resize(img: Image.Image, opts: ImageOptions) -> Image.Image:
+    w, h = img.size
+    target = resize_target(w, h, opts)
+    if target is not None:
+        nw, nh = target
         if opts.resample == "auto":  # antialiased bilinear (torchvision's default) down, bicubic up
             method = _RESAMPLE["bilinear" if nw * nh <= w * h else "bicubic"]
         else:
             method = _RESAMPLE[opts.resample]
         img = img.resize((nw, nh), method, reducing_gap=None)
+    return fit(img, opts)
+
+
+def fit(img: Image.Image, opts: ImageOptions) -> Image.Image:
+    """After the resize: the centre crop or the letterbox border of those modes."""
+    mode, size = opts.resize_mode, opts.size
     if mode == "center_crop" and img.size != (size, size):
         w, h = img.size
         left, top = (w - size) // 2, (h - size) // 2
@@ -152,13 +191,50 @@ def prepare(img: Image.Image, opts: ImageOptions) -> Image.Image:
     return resize(img, opts)
 
 
+def fast_resized(img: Image.Image, data: bytes, opts: ImageOptions) -> Image.Image | None:
+    """The resized RGB image of an upright RGB JPEG by the fast path, or None where the Pillow path must run
+    (another format or mode, no downscale, a resample other than auto (``bilinear`` is Pillow's), a shrink below
+    ``FAST_MIN_SCALE`` after the DCT scaling, an output side under ``FAST_MIN_SIDE``, a libjpeg warning or error)."""
+    if simplejpeg is None or img.format != "JPEG" or img.mode != "RGB" or opts.resample != "auto":
+        return None
+    if img.getexif().get(0x0112, 1) != 1:      # EXIF-rotated: Pillow's exif_transpose
+        return None
+    w, h = img.size
+    a = draft_factor(w, h, target_scale(w, h, opts), opts)
+    dw, dh = -(-w // a), -(-h // a)
+    target = resize_target(dw, dh, opts)
+    if target is None or min(target[0] / dw, target[1] / dh) < FAST_MIN_SCALE or target[0] * target[1] > dw * dh:
+        return None
+    if min(target) < FAST_MIN_SIDE:      # small outputs: the edges weigh more, and Pillow is cheap there
+        return None
+    try:
+        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=dw, min_height=dh)
+    except Exception:  # noqa: BLE001 - truncated or odd JPEGs: the Pillow path names the reason
+        return None
+    if arr.shape != (dh, dw, 3):
+        return None
+    if target != (dw, dh):
+        blur = (max(dw / target[0], dh / target[1]) - 1.0) * 0.35
+        kernel = np.array([blur, 1.0 - 2.0 * blur, blur], np.float32)
+        arr = cv2.sepFilter2D(arr, cv2.CV_32F, kernel, kernel, borderType=cv2.BORDER_REPLICATE)   # in float:
+        arr = cv2.convertScaleAbs(cv2.resize(arr, target, interpolation=cv2.INTER_LINEAR))  # one rounding
+    return fit(Image.fromarray(arr, "RGB"), opts)
+
+
 def process_bytes(data: bytes, opts: ImageOptions) -> tuple[bytes, tuple[int, int]]:
     """Encoded source image -> (encoded output image, original (w, h) after EXIF orientation)."""
     img = open_image(data, opts)
     w, h = img.size
     orientation = img.getexif().get(0x0112, 1) if img.format in ("JPEG", "TIFF", "WEBP", "PNG") else 1
     orig = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-    return encode_image(prepare(img, opts), opts.format, opts.quality), orig
+    out = fast_resized(img, data, opts)
+    return encode_image(out if out is not None else prepare(img, opts), opts.format, opts.quality), orig
+
+
+def single_threaded_codecs() -> None:
+    """One OpenCV thread per worker process: the build runs one worker per core."""
+    if cv2 is not None:
+        cv2.setNumThreads(1)
 
 
 def process_pil(img: Image.Image, opts: ImageOptions) -> tuple[bytes, tuple[int, int]]:

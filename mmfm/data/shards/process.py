@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .download import fetch, is_url, set_host_slots
-from .imageops import Skip, process_bytes, process_pil
+from .imageops import Skip, process_bytes, process_pil, single_threaded_codecs
 from .options import BuildOptions
 
 @dataclass(slots=True)
@@ -56,6 +56,7 @@ def init_worker(opts: BuildOptions, host_slots: list | None = None) -> None:
     global _OPTS, _POOL
     _OPTS, _POOL = opts, None
     set_host_slots(host_slots)
+    single_threaded_codecs()
 
 
 def sample_key(index: int) -> str:

@@ -19,6 +19,7 @@ import os
 import sys
 import types
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -121,6 +122,7 @@ class ShardSink:
         self.shards: list[dict] = []
         self.keys: Counter = Counter()
         self.tail_failed: Path | None = None   # after close(): the skipped inputs after the last shard
+        self.timer: Callable[[str], Any] = lambda name: nullcontext()   # a profile's section timer
         self._file = None
         self._failed_file = None
         self._reset_shard()
@@ -152,7 +154,9 @@ class ShardSink:
             return
         os.replace(partial, fname)
         name = os.path.basename(fname)
-        stats = {"name": name, "samples": count, "bytes": os.path.getsize(fname), "sha256": sha256_file(fname),
+        with self.timer("sha256 of finished shards"):
+            digest = sha256_file(fname)
+        stats = {"name": name, "samples": count, "bytes": os.path.getsize(fname), "sha256": digest,
                  "keys": dict(sorted(self._keys.items())), "first_key": self._first_key,
                  "last_key": self._last_key, **self._state}
         if self._hashes:
