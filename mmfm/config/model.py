@@ -34,6 +34,13 @@ class VisionConfig:
     cache_locked_features: bool = False   # with lock: compute the frozen trunk (with unlock_last_groups: its frozen
                                           # layers before the first unlocked one) once per distinct training input
                                           # (pays off without random augmentation; mmfm.models.memo)
+    memo_dir: str | None = None       # with cache_locked_features: keep the cached outputs in this folder
+                                      # (DIR/vision-PART-FINGERPRINT.safetensors), reused by later runs with the
+                                      # same locked weights (any other file is ignored; mmfm.models.memo)
+
+    def validate(self) -> None:
+        if self.memo_dir and not self.cache_locked_features:
+            raise ConfigError("memo_dir: set only with cache_locked_features: true")
 
 
 @dataclass
@@ -51,12 +58,15 @@ class TextConfig:
     unlock_last_groups: int = ranged(0, ge=0)
     grad_checkpointing: bool = False
     cache_locked_features: bool = False   # type=hf, lock, nothing unlocked: each distinct caption encoded once
+    memo_dir: str | None = None       # with cache_locked_features: persisted as for the vision tower
     long_captions: Literal["truncate", "stretch"] = "truncate"   # captions past the context: cut them (eos
                                       # last), or stretch the learned positions as Long-CLIP (open_clip / HF CLIP
                                       # towers; model.openclip and model.source honour it too): mmfm.models.long_text
     long_context: int | None = ranged(None, ge=3)   # stretch: the new length (default 20 + (n - 20) * 4: 248)
 
     def validate(self) -> None:
+        if self.memo_dir and not self.cache_locked_features:
+            raise ConfigError("memo_dir: set only with cache_locked_features: true")
         if self.long_context is not None and self.long_captions != "stretch":
             raise ConfigError("long_context: set only with long_captions: stretch")
         if self.type == "hf" and not self.hf_path:

@@ -11,7 +11,7 @@ from .model import ModelConfig, expand_named_model, model_section_from_spec
 from .task import TaskConfig
 from .train import TrainConfig
 
-_TOWER_TRAINING = {"lock", "unlock_last_groups", "grad_checkpointing", "cache_locked_features"}
+_TOWER_TRAINING = {"lock", "unlock_last_groups", "grad_checkpointing", "cache_locked_features", "memo_dir"}
 
 
 @dataclass

@@ -54,6 +54,8 @@ class GeneralSettings:
     shards: GeneralShardSettings = field(default_factory=GeneralShardSettings)
     loso: LosoSettings = field(default_factory=LosoSettings)
     caption_max_samples: int | None = ranged(None, ge=1)   # per evaluation set
+    memo_dir: str = "memo"         # under the output folder: the locked towers' outputs (model.*.memo_dir), shared
+                                   # by the CLIP and every leave-one-out arm (same pretrained towers); "" off
 
     def validate(self) -> None:
         names = [s.name for s in self.sources]

@@ -91,7 +91,8 @@ def stage_shards(ctx: DemoContext) -> dict:
 # ----------------------------------------------------------------------------- training, through the library
 def _train(ctx: DemoContext, config: Path, out_dir: Path, values: dict) -> dict:
     """Train the experiment ``config`` with ``values`` (dotted keys -> Python values) set, in this process,
-    resuming from the run's last checkpoint if there is one (``mmfm.train.train_experiment``)."""
+    resuming from the run's last checkpoint if there is one (``mmfm.train.train_experiment``). Towers that cache
+    their locked outputs keep them in the job's ``settings.memo_dir`` (read if made by the same locked weights)."""
     from mmfm.config import load_experiment
     from mmfm.train.builder import train_experiment
 
@@ -100,7 +101,12 @@ def _train(ctx: DemoContext, config: Path, out_dir: Path, values: dict) -> dict:
         values.update({"train.resume": "latest", "train.init_from": None})
     if not ctx.progress:
         values["train.progress"] = False
-    result = train_experiment(load_experiment(config, values=values))
+    cfg = load_experiment(config, values=values)
+    memo = getattr(ctx.settings, "memo_dir", "")
+    for tower in (cfg.model.vision, cfg.model.text):
+        if memo and tower.cache_locked_features and not tower.memo_dir:
+            tower.memo_dir = str(ctx.out / memo)   # one folder per job: a file per locked part + its weights
+    result = train_experiment(cfg)
     if "stopped" in result:
         raise RuntimeError(f"training {config.name} stopped: {result['stopped']}")
     from .report import read_metrics

@@ -131,7 +131,7 @@ def _vision_cfg_from_clip(cfg: ModelConfig):
     v = cfg.vision
     return dataclasses.replace(clip_cfg.vision, pretrained=None, lock=v.lock,
                                unlock_last_groups=v.unlock_last_groups, grad_checkpointing=v.grad_checkpointing,
-                               cache_locked_features=v.cache_locked_features,
+                               cache_locked_features=v.cache_locked_features, memo_dir=v.memo_dir,
                                preprocess={**clip_cfg.vision.preprocess, **v.preprocess})
 
 

@@ -183,13 +183,22 @@ class HFTextTower(KeepLockedEval, nn.Module):
 
     memo = None                                     # cache_locked_features: a RowMemo of the pooled output
 
-    def cache_locked_features(self) -> None:
-        """Training encodes each distinct caption once with the locked transformer (``mmfm.models.memo``)."""
+    def cache_locked_features(self, memo_dir: str | None = None) -> None:
+        """Training encodes each distinct caption once with the locked transformer (``mmfm.models.memo``);
+        ``memo_dir``: the memo persists there (read on first use, written by the trainer)."""
         from .memo import RowMemo
         if any(p.requires_grad for p in self.transformer.parameters()):
             raise ConfigError("model.text.cache_locked_features: needs a locked text tower with nothing "
                               "unlocked (lock: true, unlock_last_groups: 0)")
-        self.memo = RowMemo()
+        self.memo = RowMemo(name="text-pooled", directory=memo_dir, identity=self._memo_identity)
+
+    def _memo_identity(self) -> str:
+        import transformers
+
+        from .memo import state_fingerprint
+        modes = [m.training for m in self.transformer.modules()]
+        return state_fingerprint(self.transformer.state_dict().items(), "pooled", self.pooling,
+                                 type(self.transformer).__name__, modes, transformers.__version__)
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm-style layer groups: the embeddings, each layer of the stack, then the rest (final norm, proj)."""

@@ -7,7 +7,7 @@ the same way whatever built the model (mmfm's towers, open_clip, transformers).
   CLIPModel. ``model.lora.towers`` and ``train.lr_groups`` take these names; any other key stays a module path
   of the model (``model.transformer``, ``text.proj``).
 * ``apply_tower_settings(model, cfg)``: ``lock`` + ``unlock_last_groups`` (an error without ``lock``),
-  ``cache_locked_features`` and ``grad_checkpointing`` of each section, on that section's tower only.
+  ``cache_locked_features`` (+ its ``memo_dir``) and ``grad_checkpointing`` of each section, on that section's tower only.
 """
 from __future__ import annotations
 
@@ -68,14 +68,14 @@ def set_tower_grad_checkpointing(model: nn.Module, name: str, enable: bool = Tru
         module.set_grad_checkpointing(enable)
 
 
-def _cache_locked_features(model: nn.Module, section: str, name: str) -> None:
+def _cache_locked_features(model: nn.Module, section: str, name: str, memo_dir: str | None = None) -> None:
     modules = [m for m in _modules(model, name) if hasattr(m, "cache_locked_features")]
     if not modules:
         which = "text.type: hf" if section == "text" else "mmfm's timm vision towers"
         raise ConfigError(f"model.{section}.cache_locked_features: only for {which}; the '{name}' tower of a "
                           f"{type(model).__name__} does not cache its locked features")
     for module in modules:
-        module.cache_locked_features()
+        module.cache_locked_features(memo_dir=memo_dir)
 
 
 def apply_tower_settings(model: nn.Module, cfg) -> nn.Module:
@@ -91,7 +91,7 @@ def apply_tower_settings(model: nn.Module, cfg) -> nn.Module:
         elif tc.unlock_last_groups:
             raise ConfigError(f"model.{section}.unlock_last_groups: only meaningful with model.{section}.lock: true")
         if tc.cache_locked_features:
-            _cache_locked_features(model, section, name)
+            _cache_locked_features(model, section, name, tc.memo_dir)
         if tc.grad_checkpointing:
             set_tower_grad_checkpointing(model, name, True)
     return model

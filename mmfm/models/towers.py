@@ -276,20 +276,36 @@ class TimmVisionTower(KeepLockedEval, nn.Module):
         out = timm_vit_pooled(self.trunk, image)
         return self.trunk(image) if out is None else out
 
-    def cache_locked_features(self) -> None:
+    def cache_locked_features(self, memo_dir: str | None = None) -> None:
         """Training computes the locked part of the trunk once per distinct preprocessed image
         (``mmfm.models.memo``): the whole trunk when nothing is unlocked, else the frozen layers that run before
-        the first unlocked one (``unlock_last_groups``), whose output feeds the trainable rest on every step."""
+        the first unlocked one (``unlock_last_groups``), whose output feeds the trainable rest on every step.
+        ``memo_dir``: the memos persist there (read on first use, written by the trainer)."""
+        from functools import partial
+
         from .memo import RowMemo
         if not any(p.requires_grad for p in self.trunk.parameters()):
-            self.memo, self.token_memo = RowMemo(), RowMemo()
+            self.memo, self.token_memo = (RowMemo(name=f"vision-{part}", directory=memo_dir,
+                                                  identity=partial(self._memo_identity, part))
+                                          for part in ("pooled", "tokens"))
             return
         self._n_prefix = _frozen_prefix_length(self.trunk)
         if not self._n_prefix:
             raise ConfigError("model.vision.cache_locked_features: needs a locked tower (lock: true); this one's "
                               "first layer trains, so there is no frozen part to cache")
         self._check_split()
-        self.prefix_memo = RowMemo(max_bytes=1024 * 2**20)
+        self.prefix_memo = RowMemo(max_bytes=1024 * 2**20, name="vision-prefix", directory=memo_dir,
+                                   identity=partial(self._memo_identity, "prefix"))
+
+    def _memo_identity(self, part: str) -> str:
+        """What the memo ``part`` computes with: the locked weights it runs (the frozen prefix or the trunk)."""
+        import timm
+
+        from .memo import state_fingerprint
+        chain = _chain(self.trunk)[:self._n_prefix] if part == "prefix" else [("", self.trunk)]
+        named = [(f"{n}.{k}", v) for n, m in chain for k, v in m.state_dict().items()]
+        modes = [sub.training for _, m in chain for sub in m.modules()]
+        return state_fingerprint(named, part, type(self.trunk).__name__, self._n_prefix, modes, timm.__version__)
 
     prefix_memo = None                # cache_locked_features with unlocked groups: a RowMemo of the frozen prefix
     _n_prefix = 0

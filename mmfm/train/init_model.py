@@ -10,7 +10,7 @@ from mmfm.config import ConfigError
 
 __all__ = ["adopt_init_model"]
 
-_TRAINING_CHOICES = ("lock", "unlock_last_groups", "grad_checkpointing", "cache_locked_features")
+_TRAINING_CHOICES = ("lock", "unlock_last_groups", "grad_checkpointing", "cache_locked_features", "memo_dir")
 
 
 def adopt_init_model(cfg) -> bool:

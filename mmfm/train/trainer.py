@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from mmfm.config import ConfigError, save_config
+from mmfm.models.memo import memos, save_memos
 
 from . import distributed as D
 from . import fsdp
@@ -155,9 +156,19 @@ class Trainer:
         self._bad = self._bad | ~torch.isfinite(logged["loss"].detach())
         return {k: v.detach().float() for k, v in logged.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
 
+    def _log_memos(self) -> None:
+        for m in memos(self.model):
+            log.info("locked-feature memo %s: %d rows read from %s, %d hits, %d misses", m.name, m.loaded,
+                     m.path.name if m.path else "no file", m.hits, m.misses)
+
     def save(self):
-        """Collective: a checkpoint of the current step (rank 0 returns its folder)."""
-        return self.checkpointer.save(self.state, self.scheduler)
+        """Collective: a checkpoint of the current step (rank 0 returns its folder), and rank 0's persisted
+        locked-feature memos (``model.*.memo_dir``) when they gained rows."""
+        folder = self.checkpointer.save(self.state, self.scheduler)
+        if self.dist.is_main:
+            for path in save_memos(self.model):
+                log.info("saved the locked-feature memo %s", path)
+        return folder
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict:
@@ -204,6 +215,7 @@ class Trainer:
                 self.cadence.agree(st.step, st.epoch, self._bad)      # the NaN check, due or not
                 if self.checkpointer.saved_step != st.step:
                     self.save()
+                self._log_memos()
                 if stopped:
                     return self._stopped()
             final = self.evaluate() if self.evaluator.due_at_end else {}

@@ -189,3 +189,21 @@ def test_shards_stage_resumes_per_source_folders_without_rebuilding_the_mix(quic
     assert set(manifests) == {"train", "heldout"} and "sources" in manifests["train"]
     assert (mix_tar.stat().st_mtime_ns, kept.stat().st_mtime_ns) == mtimes
     assert info["openmoji"]["clip"] == want
+
+
+def test_every_clip_arm_shares_one_persisted_memo_of_the_locked_towers(quick_general):
+    """Issue 24: the CLIP and the leave-one-out arms start from the same pretrained towers, so the arms read the
+    locked outputs the runs before them saved (``OUT/memo``, one safetensors file per locked part + weights)."""
+    import re
+
+    out, proc = quick_general
+    files = sorted(tuple(p.name.split("-")[:2]) for p in (out / "memo").glob("*.safetensors"))
+    assert files == [("text", "pooled"), ("vision", "prefix"), ("vision", "tokens")], files
+    found = re.findall(r"locked-feature memo (\S+): (\d+) rows read from \S+, (\d+) hits, (\d+) misses",
+                       proc.stdout + proc.stderr)
+    print("\n".join(map(str, found)))
+    runs = [found[i:i + 2] for i in range(0, 6, 2)]               # the CLIP, then the 2 arms (prefix, text each)
+    assert len(found) == 7 and all({n for n, *_ in r} == {"vision-prefix", "text-pooled"} for r in runs), found
+    assert all(int(r[0][1]) == 0 for r in runs[:1])               # the first run starts empty
+    assert all(int(m[1]) > 0 for r in runs[1:] for m in r)        # the arms read rows
+    assert found[6][0] == "vision-tokens"                         # the captioner: its own tower's file
