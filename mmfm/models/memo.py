@@ -107,6 +107,9 @@ class RowMemo:
                 "rows": str(len(self.store))}
         with atomic_path(self.path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)          # shared like the run's other files
         self.saved = len(self.store)
         return self.path
 

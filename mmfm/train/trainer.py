@@ -157,7 +157,7 @@ class Trainer:
         return {k: v.detach().float() for k, v in logged.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
 
     def _log_memos(self) -> None:
-        for m in memos(self.model):
+        for m in (m for m in memos(self.model) if m.hits or m.misses):
             log.info("locked-feature memo %s: %d rows read from %s, %d hits, %d misses", m.name, m.loaded,
                      m.path.name if m.path else "no file", m.hits, m.misses)
 
