@@ -5,7 +5,8 @@ object, ``configs/experiments/general/general.yaml``, and data from every openly
 1. shards  -- every source's recipe in one mix build (dedup across sources, per-source counts), then per source:
    training images, one-sample-per-caption CLIP folders, evaluation sets, zero-shot label folders
 2. clip    -- the demo's CLIP recipe (ImageNet EfficientNet-Lite0 + locked MiniLM) on every training source
-3. loso    -- for each ``loso`` source S, the same CLIP trained without S (``loso.steps`` steps)
+3. loso    -- for each ``loso`` source S, the same CLIP trained without S (``loso.steps`` steps); every arm reads
+   the locked towers' outputs the CLIP saved (``OUT/memo``, ``settings.memo_dir``) instead of recomputing them
 4. score   -- every CLIP on every source (zero-shot, retrieval): the leave-one-source-out table, with the A/Bs of
    ``score.yaml`` that need no training (prompt ensembles, WiSE-FT); ``--redo score`` re-scores a finished run
 5. caption -- a captioner on every training source's captions, scored on every source's evaluation set
@@ -64,7 +65,7 @@ def _clip_values(ctx: GeneralContext, without: str | None = None) -> dict:
 
 
 def stage_clip(ctx: GeneralContext) -> dict:
-    return _train(ctx, ctx.config("clip"), ctx.out / "clip", _clip_values(ctx))
+    return _train(ctx, ctx.config("clip"), ctx.out / "clip", _clip_values(ctx), memo=True)
 
 
 def stage_loso(ctx: GeneralContext) -> dict:
@@ -81,7 +82,7 @@ def stage_loso(ctx: GeneralContext) -> dict:
         values = _clip_values(ctx, without=spec.name)
         if ctx.settings.loso.steps:
             values["train.max_steps"] = ctx.settings.loso.steps
-        arms[spec.name] = _train(ctx, ctx.config("clip"), run, values)
+        arms[spec.name] = _train(ctx, ctx.config("clip"), run, values, memo=True)   # the CLIP's locked outputs
         atomic_write_text(done, json.dumps(arms[spec.name], indent=1, default=str))
     return {"arms": arms}
 

@@ -89,10 +89,11 @@ def stage_shards(ctx: DemoContext) -> dict:
 
 
 # ----------------------------------------------------------------------------- training, through the library
-def _train(ctx: DemoContext, config: Path, out_dir: Path, values: dict) -> dict:
+def _train(ctx: DemoContext, config: Path, out_dir: Path, values: dict, memo: bool = False) -> dict:
     """Train the experiment ``config`` with ``values`` (dotted keys -> Python values) set, in this process,
-    resuming from the run's last checkpoint if there is one (``mmfm.train.train_experiment``). Towers that cache
-    their locked outputs keep them in the job's ``settings.memo_dir`` (read if made by the same locked weights)."""
+    resuming from the run's last checkpoint if there is one (``mmfm.train.train_experiment``). ``memo``: towers
+    that cache their locked outputs keep them in the job's ``settings.memo_dir`` (``model.*.memo_dir``: read when
+    made by the same locked weights), for the CLIPs, whose pretrained towers are shared by runs and re-runs."""
     from mmfm.config import load_experiment
     from mmfm.train.builder import train_experiment
 
@@ -102,10 +103,10 @@ def _train(ctx: DemoContext, config: Path, out_dir: Path, values: dict) -> dict:
     if not ctx.progress:
         values["train.progress"] = False
     cfg = load_experiment(config, values=values)
-    memo = getattr(ctx.settings, "memo_dir", "")
+    folder = getattr(ctx.settings, "memo_dir", "") if memo else ""
     for tower in (cfg.model.vision, cfg.model.text):
-        if memo and tower.cache_locked_features and not tower.memo_dir:
-            tower.memo_dir = str(ctx.out / memo)   # one folder per job: a file per locked part + its weights
+        if folder and tower.cache_locked_features and not tower.memo_dir:
+            tower.memo_dir = str(ctx.out / folder)   # one folder per job: a file per locked part + its weights
     result = train_experiment(cfg)
     if "stopped" in result:
         raise RuntimeError(f"training {config.name} stopped: {result['stopped']}")
@@ -128,7 +129,7 @@ def _clip_data(ctx: DemoContext) -> dict:
 
 
 def stage_clip(ctx: DemoContext) -> dict:
-    return _train(ctx, ctx.config("clip"), ctx.out / "clip", _clip_data(ctx))
+    return _train(ctx, ctx.config("clip"), ctx.out / "clip", _clip_data(ctx), memo=True)
 
 
 # ----------------------------------------------------------------------------- transfer + from scratch

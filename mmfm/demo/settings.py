@@ -74,6 +74,5 @@ class DemoSettings:
     bias: BiasSettings = field(default_factory=BiasSettings)
     scratch: ScratchSettings = field(default_factory=ScratchSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
-    memo_dir: str = "memo"          # under the output folder: the locked towers' cached outputs, persisted
-                                    # (model.*.memo_dir), so VQA reuses the captioner's and a re-run its own;
-                                    # "" turns it off
+    memo_dir: str = "memo"          # under the output folder: the CLIP's locked towers' cached outputs,
+                                    # persisted (model.*.memo_dir) for a resumed or re-run CLIP; "" turns it off
