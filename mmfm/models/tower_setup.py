@@ -7,7 +7,8 @@ the same way whatever built the model (mmfm's towers, open_clip, transformers).
   CLIPModel. ``model.lora.towers`` and ``train.lr_groups`` take these names; any other key stays a module path
   of the model (``model.transformer``, ``text.proj``).
 * ``apply_tower_settings(model, cfg)``: ``lock`` + ``unlock_last_groups`` (an error without ``lock``),
-  ``cache_locked_features`` (+ its ``memo_dir``) and ``grad_checkpointing`` of each section, on that section's tower only.
+  ``cache_locked_features`` (+ its ``memo_dir``) and ``grad_checkpointing`` of each section, on that section's
+  tower only.
 """
 from __future__ import annotations
 
