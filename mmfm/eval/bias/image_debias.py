@@ -1,6 +1,7 @@
 """The image-side debiasing projection estimated from data: the attribute's directions in a CLIP's image space,
 from items seen in several attribute values (an emoji in each of its skin tones), then projected out of every image
-embedding (:func:`mmfm.models.debias.attribute_directions`, :func:`~mmfm.models.debias.attach_image_debias`).
+embedding (:func:`mmfm.models.debias.attribute_directions`, :func:`~mmfm.models.debias.attach_image_debias`); with
+bias prompts, the prompts' text directions join them and the joint projection acts on images and text alike.
 
 Estimate it on TRAINING shards: directions taken from the evaluation images would fit the very items they are
 scored on."""
@@ -41,9 +42,19 @@ def image_directions(model, data: str, attribute: str, *, k: int = 3, match_by: 
                   "variance_share": [round(v, 4) for v in var], "data": str(data)}
 
 
-def image_debias(model, data: str, attribute: str, **kw):
-    """Attach the image projection estimated on DATA (training shards) to ``model``; returns the model."""
-    from mmfm.models.debias import attach_image_debias, orthogonal_projection
+def image_debias(model, data: str, attribute: str, *, prompts: list[str] | None = None, **kw):
+    """Attach the image projection estimated on DATA (training shards) to ``model``; returns the model. With
+    ``prompts`` (e.g. "light skin tone", ...), their text embeddings join the image directions and the one
+    projection onto the complement of the joint span is applied on both sides, images and text: a class prompt
+    then keeps no component that any tone direction, seen from either side, could score."""
+    import torch
+
+    from mmfm.models.debias import attach_debias, attach_image_debias, embed_prompts, orthogonal_projection
 
     dirs, info = image_directions(model, data, attribute, **kw)
-    return attach_image_debias(model, orthogonal_projection(dirs), info)
+    if prompts:
+        dirs = torch.cat([dirs.double(), embed_prompts(model, prompts).double()])
+        info = {**info, "prompts": list(prompts)}
+    P = orthogonal_projection(dirs)
+    attach_image_debias(model, P, info)
+    return attach_debias(model, P, prompts) if prompts else model
