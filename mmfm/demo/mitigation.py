@@ -90,7 +90,8 @@ def _finetunes(ctx, s, train: Callable, clip_data: dict) -> tuple[dict, dict]:
             continue
         out = ctx.out / "bias" / ("ft_balance" if weight == 0.0 else "ft_fairness")
         t0 = time.perf_counter()
-        values = {**clip_data, "train.init_from": str(ctx.out / "clip"), "train.max_steps": s.finetune_steps,
+        values = {**clip_data, "data.val": [], "train.init_from": str(ctx.out / "clip"),
+                  "train.max_steps": s.finetune_steps,
                   "train.warmup_steps": 0, "train.lr": s.finetune_lr, "train.ckpt_every_steps": s.finetune_steps,
                   "data.balance": {"key": s.attribute, "mode": "sample"},
                   "task.contrastive.fairness_weight": weight}
@@ -124,8 +125,9 @@ def mitigation(ctx, rep, train: Callable, clip_data: dict) -> dict:
     head = head + ["held-out top-1 (CLDR groups)", "extra wall s"]
     rows = [r + ([f"{100 * top1[r[0]]:.1f}", f"{secs.get(r[0], 0.0):.0f}"] if r[1].startswith("zero") else ["-", "-"])
             for r in rows]
-    not_run = [] if s.finetune_steps else ["data.balance and task.contrastive.fairness_weight: bias.finetune_steps "
-                                           "is 0 in demo.yaml; see docs/bias.md"]
+    not_run = [] if s.finetune_steps else [
+        "data.balance and task.contrastive.fairness_weight: two short fine-tunes that the demo's 12-minute budget "
+        "does not hold; 'bias: {finetune_steps: 30}' in demo.yaml adds them (docs/demo.md has their figures)"]
     return {"table": _format(head, rows), "html": table(head, rows, cls="bias"), "head": head, "rows": rows,
             "heldout_top1": top1, "seconds": {k: round(v, 1) for k, v in secs.items()}, "notes": notes,
             "not_run": not_run}
