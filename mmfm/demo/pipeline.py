@@ -312,25 +312,9 @@ def _mitigation_or_why(ctx: DemoContext, rep) -> dict:
 
 
 def _mitigation(ctx: DemoContext, rep) -> dict:
-    """Before/after: the report as trained beside the CLIP with the skin-tone prompt directions projected out of
-    its text embeddings (Chuang et al. 2023; no training). The data-side and training-side methods need a new
-    training run each, which the demo's time budget has no room for (docs/bias.md shows how to run them)."""
-    from mmfm.eval.bias.audit import bias_report
-    from mmfm.eval.bias.compare import combine, comparison_html, comparison_rows, format_comparison
-    from mmfm.models.checkpoint import load
-    from mmfm.models.debias import attach_debias, embed_prompts, orthogonal_projection, save_debias
-
-    s = ctx.settings.bias
-    clip = load(ctx.out / "clip")
-    P = orthogonal_projection(embed_prompts(clip, s.debias_prompts))
-    save_debias(ctx.out / "bias" / "debias.safetensors", P, s.debias_prompts)
-    after = bias_report([attach_debias(clip, P, s.debias_prompts)], str(ctx.shards / "heldout"), s.attribute,
-                        templates=list(s.templates), progress=ctx.progress)
-    res = combine({"as trained": rep, "text debiased (projection)": after})
-    head, rows = comparison_rows(res)
-    return {"table": format_comparison(res), "html": comparison_html(res), "head": head, "rows": rows,
-            "not_run": ["data.balance (sample/weight) and task.contrastive.fairness_weight: each needs its own "
-                        "training run; see docs/bias.md"]}
+    """Before/after for every mitigation (:mod:`mmfm.demo.mitigation`); the fine-tunes train through ``_train``."""
+    from .mitigation import mitigation
+    return mitigation(ctx, rep, _train, _clip_data(ctx))
 
 
 # ----------------------------------------------------------------------------- 7. report

@@ -48,6 +48,13 @@ class BiasSettings:
     mitigate: bool = True         # the "mitigation" section: the CLIP again with its text embeddings debiased
     debias_prompts: list[str] = field(default_factory=lambda: [f"{t} skin tone" for t in (
         "light", "medium-light", "medium", "medium-dark", "dark")])   # the directions projected out (docs/bias.md)
+    image_debias_k: int = ranged(3, ge=0)   # tone directions of the image space, from the TRAINING split's tone
+                                            # variants (3 carry 75% of their variance), projected out; 0: off
+    finetune_steps: int = ranged(0, ge=0)   # > 0: continued fine-tunes of the CLIP with data.balance (+ fairness);
+                                            # 0 in the demo: they do not fit its 12 minutes (docs/demo.md)
+    finetune_balance_only: bool = True      # also the balanced fine-tune without the fairness term
+    fairness_weight: float = ranged(0.5, ge=0)
+    finetune_lr: float = ranged(5e-4, gt=0)
 
 
 @dataclass

@@ -10,6 +10,11 @@ models via biased prompts").
   staying close to ``P0``.
 * ``attach_debias(model, P)``: the model's ``encode_text`` applies ``P`` from now on (zero-shot classifiers,
   retrieval, the bias report: everything that embeds text goes through it).
+* ``attribute_directions(Z, items, k)`` + ``attach_image_debias(model, P)``: the image side. Embeddings of the
+  same item in several attribute values (an emoji in its six skin tones) differ only by the attribute, so their
+  differences from the item's mean span the attribute's directions in the image space; the top ``k`` principal
+  directions of those residuals are projected out of every image embedding. Estimate them on training data only
+  (the demo uses the training split's tone variants, never the held-out ones).
 * ``save_debias`` / ``read_debias``: ``debias.safetensors`` (the matrix, the prompts in its metadata). The one
   loader (:func:`mmfm.models.checkpoint.load`) attaches a ``debias.safetensors`` found in a checkpoint or export
   folder, so a debiased export stays debiased.
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from mmfm.config import ConfigError, InputError, atomic_write
 
 __all__ = ["DEBIAS_FILE", "orthogonal_projection", "calibrated_projection", "embed_prompts", "attach_debias",
+           "attribute_directions", "attach_image_debias",
            "debias_from_spec", "save_debias", "read_debias", "read_debias_spec"]
 
 DEBIAS_FILE = "debias.safetensors"
@@ -79,6 +85,40 @@ def attach_debias(model, P: torch.Tensor, prompts: list[str] | None = None):
     model._encode_text_raw = raw
     model.encode_text = encode_text
     model.debias = {"P": P, "prompts": list(prompts or [])}
+    return model
+
+
+def attribute_directions(Z: torch.Tensor, items: list, k: int) -> tuple[torch.Tensor, list[float]]:
+    """The top ``k`` principal directions (k, d) of the within-item residuals ``z - mean(z of the same item)``
+    over the items seen at least twice, and each direction's share of the residual variance."""
+    by: dict = {}
+    for i, it in enumerate(items):
+        by.setdefault(it, []).append(i)
+    groups = [ix for ix in by.values() if len(ix) > 1]
+    if not groups or k < 1:
+        raise ConfigError(f"image debias: need items seen in at least two attribute values and k >= 1 "
+                          f"(got {len(groups)} such items, k={k})")
+    Z = Z.double()
+    R = torch.cat([Z[ix] - Z[ix].mean(0, keepdim=True) for ix in groups])
+    _, S, Vh = torch.linalg.svd(R, full_matrices=False)
+    var = S ** 2 / (S ** 2).sum()
+    k = min(k, Vh.shape[0])
+    return Vh[:k], [float(v) for v in var[:k]]
+
+
+def attach_image_debias(model, P: torch.Tensor, info: dict | None = None):
+    """From now on ``model.encode_image`` returns ``P z`` (re-normalised when ``normalize=True``)."""
+    raw = getattr(model, "_encode_image_raw", None) or model.encode_image
+    P = P.float()
+
+    def encode_image(image, normalize: bool = False):
+        z = raw(image, normalize=False)
+        z = z @ P.to(z.device, z.dtype).T
+        return F.normalize(z, dim=-1) if normalize else z
+
+    model._encode_image_raw = raw
+    model.encode_image = encode_image
+    model.image_debias = {"P": P, **(info or {})}
     return model
 
 

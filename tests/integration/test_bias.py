@@ -168,3 +168,37 @@ def test_class_prompts_as_retrieval_queries_give_maxskew_and_ndkl(emoji_shards, 
     assert skew == retrieval_skew(scores.T, [s["group"] for s in kept], k=10)
     assert skew["queries"] == 4 and skew["desired"] == {g: 1 / 6 for g in SKIN_TONE_ORDER}
     assert 0 <= skew["MaxSkew"] <= math.log(6) and skew["NDKL"] >= 0     # top 10 of 24: at most ln(1 / (1/6))
+
+
+def test_image_directions_from_matched_emoji(emoji_shards, models):
+    """The image projection's directions come from the emoji seen in several tones (the dog, seen once, is left
+    out); once attached, the tones of one emoji are closer together than before, and the bias report runs on it."""
+    import torch.nn.functional as F
+
+    from mmfm.eval.bias.audit import _decode_batch, read_samples
+    from mmfm.eval.bias.image_debias import image_debias, image_directions
+    from mmfm.models.checkpoint import load
+
+    clip = load(models / "clip")
+    dirs, info = image_directions(clip, str(emoji_shards), "skin_tone", k=3)
+    assert info["items"] == len(BASES) and info["images"] == 6 * len(BASES) and dirs.shape[0] == 3
+    assert 0 < sum(info["variance_share"]) <= 1 + 1e-6
+    samples = [s for s in read_samples(str(emoji_shards), "skin_tone")[0] if s["meta"]["base_name"] == "thumbs up"]
+    x = _decode_batch(clip, samples)
+
+    def spread(model):
+        with torch.inference_mode():
+            z = F.normalize(model.encode_image(x), dim=-1)
+        return float((z - z.mean(0)).norm(dim=-1).mean())
+
+    before = spread(clip)
+    debiased = image_debias(load(models / "clip"), str(emoji_shards), "skin_tone", k=3)
+    assert debiased.image_debias["k"] == 3 and spread(debiased) < before
+    rep = bias_report([debiased], str(emoji_shards), "skin_tone", progress=False)
+    assert set(rep.metrics["zeroshot"]["per_group"]) == set(SKIN_TONE_ORDER)
+    both = image_debias(load(models / "clip"), str(emoji_shards), "skin_tone", k=2,
+                        prompts=["light skin tone", "dark skin tone"])
+    P = both.image_debias["P"]                 # one projection on both sides: 2 image + 2 text directions gone
+    assert torch.allclose(P, both.debias["P"]) and abs(float(torch.trace(P)) - (P.shape[0] - 4)) < 1e-3
+    with pytest.raises(ConfigError, match="no_such_field"):
+        image_directions(clip, str(emoji_shards), "skin_tone", match_by="no_such_field")

@@ -157,6 +157,12 @@ def test_report_has_the_skin_tone_bias_table(quick_demo):
     assert "<h2>Mitigation</h2>" in page and "text debiased (projection)" in page and "as trained" in page
     assert "best-worst gap [95% bootstrap]" in page and "mitigation (before / after" in proc.stdout
     assert (out / "bias" / "debias.safetensors").is_file()
+    # every method has its row: the image projection (training-split tone directions), both projections, and the
+    # short balanced / balanced + fairness fine-tunes (quick_demo.yaml: bias.finetune_steps), with their wall time
+    for row in ("image projection (k=", "image + text directions, both sides", "data balance (fine-tune)",
+                "data balance + fairness term (fine-tune)", "held-out top-1 (CLDR groups)", "extra wall s"):
+        assert row in page and row in proc.stdout, row
+    assert (out / "bias" / "ft_fairness" / "checkpoints" / "latest").exists()
 
 
 def test_relative_out_from_another_folder(tmp_path):

@@ -130,3 +130,37 @@ def test_export_carries_the_projection(tmp_path, capsys):
     with pytest.raises(SystemExit):
         export_main([str(tmp_path / "clip"), "--format", "onnx", "--out", str(tmp_path / "o"),
                      "--debias", str(tmp_path / "bias.txt")])
+
+
+def test_image_directions_recover_a_known_attribute_direction():
+    """Items (content on axes 1..5) seen in three attribute values that shift along a known direction u: the top
+    within-item direction is u, and projecting it out makes each item's variants identical while content stays."""
+    from mmfm.models.debias import attach_image_debias, attribute_directions
+
+    d = 10
+    g = torch.Generator().manual_seed(0)
+    u = torch.zeros(d, dtype=torch.float64)
+    u[0], u[7] = 0.6, 0.8                                   # the attribute direction (unit)
+    content = torch.randn(4, d, generator=g, dtype=torch.float64)
+    content -= (content @ u)[:, None] * u                   # item content orthogonal to u
+    shifts = torch.tensor([-1.0, 0.2, 1.5], dtype=torch.float64)
+    Z = torch.cat([c + shifts[:, None] * u for c in content])    # 4 items x 3 values
+    items = [i for i in range(4) for _ in range(3)] + ["alone"]
+    Z = torch.cat([Z, torch.randn(1, d, generator=g, dtype=torch.float64)])   # an item seen once: ignored
+    dirs, var = attribute_directions(Z, items, k=1)
+    assert dirs.shape == (1, d) and abs(abs(float(dirs[0] @ u)) - 1) < 1e-10 and abs(var[0] - 1) < 1e-10
+    P = orthogonal_projection(dirs)
+    out = Z[:12] @ P.T
+    assert torch.allclose(out.view(4, 3, d), out.view(4, 3, d)[:, :1].expand(4, 3, d), atol=1e-10)
+    assert torch.allclose(out.view(4, 3, d)[:, 0], content, atol=1e-10)
+    # attached to a real tiny CLIP: encode_image returns P z, renormalised on request
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        raw = model.encode_image(x)
+        w = F.normalize(raw[:1] - raw[1:], dim=-1).double()
+        attach_image_debias(model, orthogonal_projection(w), {"k": 1})
+        z, zn = model.encode_image(x), model.encode_image(x, normalize=True)
+    assert torch.allclose(z[0], z[1], atol=1e-4)            # the only difference was along w: now gone
+    assert torch.allclose(zn.norm(dim=-1), torch.ones(2), atol=1e-5) and model.image_debias["k"] == 1
