@@ -55,6 +55,9 @@ class BiasSettings:
     finetune_balance_only: bool = True      # also the balanced fine-tune without the fairness term
     fairness_weight: float = ranged(0.5, ge=0)
     finetune_lr: float = ranged(5e-4, gt=0)
+    caption_person_attributes: list[str] | None = field(default_factory=lambda: ["gender", "age"])
+    # the captions' row: the captioner with generate.alt_text.person_attributes set to this list (skin tone left
+    # out: the captions omit a tone instead of misreading it); None: no caption row
 
 
 @dataclass

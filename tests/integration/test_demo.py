@@ -163,6 +163,11 @@ def test_report_has_the_skin_tone_bias_table(quick_demo):
                 "data balance + fairness term (fine-tune)", "held-out top-1 (CLDR groups)", "extra wall s"):
         assert row in page and row in proc.stdout, row
     assert (out / "bias" / "ft_fairness" / "checkpoints" / "latest").exists()
+    # the captions' row: the captioner with skin tone left out of its person attributes names no tone at all
+    mit = json.loads((out / ".done" / "bias.json").read_text())["summary"]["mitigation"]
+    rows = {r[0]: r for r in mit["rows"] if r[1] == "caption CIDEr-D"}
+    omit = next(r for n, r in rows.items() if n.startswith("captions without skin tone"))
+    assert omit[-2].endswith(", 0.0%") and rows["as trained"][-2].count(",") == 1, rows
 
 
 def test_relative_out_from_another_folder(tmp_path):

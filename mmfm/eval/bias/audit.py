@@ -224,18 +224,22 @@ def _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch
     return part, [{"label": lab, "pred": p, "correct": lab == p} for lab, p in zip(labels, preds)]
 
 
-def _caption_part(model, spec, kept, info, gen, batch_size, progress) -> tuple[dict, list]:
-    from mmfm.generate import settings_dict
+def _caption_part(model, spec, kept, info, gen, batch_size, progress,
+                  person_attributes=None) -> tuple[dict, list]:
+    from mmfm.generate import clean_caption, limit_person_attributes, settings_dict
 
     from ..captioning.caption_metrics import score_captions
 
     caps = caption_samples(model, kept, gen, batch_size=batch_size, progress=progress)
+    if person_attributes is not None:      # the alt-text setting generate.alt_text.person_attributes
+        caps = [clean_caption(limit_person_attributes(c, person_attributes)) for c in caps]
     keys = [f"{i}:{s['key']}" for i, s in enumerate(kept)]
     scores = score_captions(dict(zip(keys, caps)), {k: references(s) for k, s in zip(keys, kept)}, per_image=True)
     per_image = scores.pop("per_image")
     per_group = caption_scores_per_group(info["groups"], kept, keys, per_image)
     part = {"model": spec, "decoding": settings_dict(gen, model), "overall": scores,
             "per_group": per_group, "gap": {m: gap(per_group, m) for m in CAPTION_METRICS},
+            "person_attributes": None if person_attributes is None else sorted(person_attributes),
             "gap_bootstrap": bootstrap_gap(_by_group(kept, info, [per_image[k]["CIDEr-D"] for k in keys]),
                                            matched=bool(info.get("match_by")))}
     if info.get("attribute") == "skin_tone":
@@ -246,9 +250,12 @@ def _caption_part(model, spec, kept, info, gen, batch_size, progress) -> tuple[d
 
 def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | None = None,
                 match_by: str | None = "auto", label_field: str = "auto", templates="{}", gen=None,
-                max_samples: int | None = None, batch_size: int = 64, progress: bool = True) -> EvalResult:
+                max_samples: int | None = None, batch_size: int = 64, progress: bool = True,
+                person_attributes: list[str] | None = None) -> EvalResult:
     """Run the CLIP model(s) (zero-shot) and captioner(s) (caption quality) among ``models`` over DATA and
-    report per group of ``attribute``. A model is a checkpoint path or a loaded model. ``metrics``: ``zeroshot``
+    report per group of ``attribute``. A model is a checkpoint path or a loaded model. ``person_attributes``
+    (a list, possibly empty): captions keep only those person attributes (``limit_person_attributes``, the alt-text
+    setting), so the report shows what omitting an attribute the captioner misreads does to each group. ``metrics``: ``zeroshot``
     and/or ``caption`` (per group, the gap); ``meta``: the groups, their sizes, what was left out, the backend."""
     from mmfm.models.checkpoint import load as load_model
     from mmfm.version import __version__
@@ -275,7 +282,7 @@ def bias_report(models: list, data: str, attribute: str, *, groups: list[str] | 
             if gen is None:
                 from mmfm.generate import stored_generate
                 gen = stored_generate(m)
-            parts[part], extra = _caption_part(model, spec, kept, info, gen, None, progress)
+            parts[part], extra = _caption_part(model, spec, kept, info, gen, None, progress, person_attributes)
         for r, e in zip(rows, extra):
             r.update(e)
     meta["seconds"] = round(time.perf_counter() - t0, 2)
