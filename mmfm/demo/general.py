@@ -65,7 +65,7 @@ def _clip_values(ctx: GeneralContext, without: str | None = None) -> dict:
 
 
 def stage_clip(ctx: GeneralContext) -> dict:
-    return _train(ctx, ctx.config("clip"), ctx.out / "clip", _clip_values(ctx), memo=True)
+    return _train(ctx, ctx.config("clip"), ctx.out / "clip", _clip_values(ctx), memo=True, isolate=True)
 
 
 def stage_loso(ctx: GeneralContext) -> dict:
@@ -82,7 +82,7 @@ def stage_loso(ctx: GeneralContext) -> dict:
         values = _clip_values(ctx, without=spec.name)
         if ctx.settings.loso.steps:
             values["train.max_steps"] = ctx.settings.loso.steps
-        arms[spec.name] = _train(ctx, ctx.config("clip"), run, values, memo=True)   # the CLIP's locked outputs
+        arms[spec.name] = _train(ctx, ctx.config("clip"), run, values, memo=True, isolate=True)   # locked outputs
         atomic_write_text(done, json.dumps(arms[spec.name], indent=1, default=str))
     return {"arms": arms}
 
@@ -97,7 +97,7 @@ def stage_score(ctx: GeneralContext) -> dict:
 def stage_caption(ctx: GeneralContext) -> dict:
     values = {"data.train": G.train_sources(ctx.settings, ctx.shards, "train"),
               "model.clip_checkpoint": str(ctx.out / "clip")}
-    summary = _train(ctx, ctx.config("caption"), ctx.out / "caption", values)
+    summary = _train(ctx, ctx.config("caption"), ctx.out / "caption", values, isolate=True)   # peak: one run's
     summary["sources"] = E.caption_scores(ctx.out / "caption", ctx.settings, ctx.shards, progress=ctx.progress)
     return summary
 

@@ -23,6 +23,7 @@ from mmfm.config.resources import resource_dir
 
 from . import data as D
 from . import transfer as T
+from .child import train_in_child
 from .settings import DemoSettings
 from .stages import Stage
 
@@ -89,7 +90,8 @@ def stage_shards(ctx: DemoContext) -> dict:
 
 
 # ----------------------------------------------------------------------------- training, through the library
-def _train(ctx: DemoContext, config: Path, out_dir: Path, values: dict, memo: bool = False) -> dict:
+def _train(ctx: DemoContext, config: Path, out_dir: Path, values: dict, memo: bool = False,
+           isolate: bool = False) -> dict:
     """Train the experiment ``config`` with ``values`` (dotted keys -> Python values) set, in this process,
     resuming from the run's last checkpoint if there is one (``mmfm.train.train_experiment``). ``memo``: towers
     that cache their locked outputs keep them in the job's ``settings.memo_dir`` (``model.*.memo_dir``: read when
@@ -107,7 +109,7 @@ def _train(ctx: DemoContext, config: Path, out_dir: Path, values: dict, memo: bo
     for tower in (cfg.model.vision, cfg.model.text):
         if folder and tower.cache_locked_features and not tower.memo_dir:
             tower.memo_dir = str(ctx.out / folder)   # one folder per job: a file per locked part + its weights
-    result = train_experiment(cfg)
+    result = train_in_child(cfg, out_dir) if isolate else train_experiment(cfg)
     if "stopped" in result:
         raise RuntimeError(f"training {config.name} stopped: {result['stopped']}")
     from .report import read_metrics

@@ -29,3 +29,14 @@ def test_redo_reruns_only_the_stages_that_need_it(tmp_path):
     assert _run(tmp_path, {"score"}) == ["score", "report"]       # caption does not need score; report needs all
     assert _run(tmp_path, {"train"}) == ["train", "score", "caption", "report"]
     assert _run(tmp_path, {"all"}) == ["data", "train", "score", "caption", "report"]
+
+
+def test_train_in_child_names_a_run_whose_process_died(tmp_path):
+    """The general job trains each arm in a spawned process (its peak memory stays one run's); a child that fails
+    is reported with the run folder and its exit code instead of a hang."""
+    import pytest
+
+    from mmfm.demo.child import train_in_child
+
+    with pytest.raises(RuntimeError, match=r"training .*arm ended without a result \(exit code 1\)"):
+        train_in_child(None, tmp_path / "arm")
