@@ -86,6 +86,14 @@ def _per_caption(samples: Iterator[dict]) -> Iterator[dict]:
             yield _shard_sample(s, f"{s['key']}c{j}", cap)
 
 
+def _label_captions(samples: Iterator[dict], template: str, classes: list[str]) -> Iterator[dict]:
+    """Each training image with a label of the space, captioned by the space's first template with that label."""
+    for s in samples:
+        label = s["meta"].get("label")
+        if label in classes:
+            yield _shard_sample(s, f"{s['key']}l", template.format(label))
+
+
 def split_by_source(settings: GeneralSettings, shards: Path) -> dict[str, dict]:
     """``shards/by_source/{train,clip,eval}/S`` from the mix; -> per source its sample counts and folders."""
     root, size = shards / "by_source", settings.shards.shard_size
@@ -98,6 +106,10 @@ def split_by_source(settings: GeneralSettings, shards: Path) -> dict[str, dict]:
             clip_src = _by_collection(shards / "train", spec.name)
             info["clip"] = _write(root / "clip" / spec.name, _per_caption(clip_src) if settings.shards.clip_all_captions
                                   else (_shard_sample(s, s["key"]) for s in clip_src), size)
+            if spec.label_space and settings.shards.label_captions:
+                space = settings.space(spec.label_space)
+                info["labels"] = _write(root / "labels" / spec.name, _label_captions(
+                    _by_collection(shards / "train", spec.name), space.templates[0], space.classes), size)
             splits = ["heldout"]
         else:
             splits = ["train", "heldout"]
@@ -133,13 +145,18 @@ def train_sources(settings: GeneralSettings, shards: Path, kind: str, without: s
     """``data.train`` for a run on every training source but ``without``, each weighted by its sample count."""
     import json
 
-    out = []
-    for spec in settings.sources:
-        if not spec.train or spec.name == without:
-            continue
-        folder = shards / "by_source" / kind / spec.name
-        n = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["total_samples"]
-        if n:
-            out.append({"path": str(folder), "weight": float(n)})
-    total = sum(s["weight"] for s in out) or 1.0
-    return [{**s, "weight": s["weight"] / total} for s in out]
+    def weighted(sub: str, share: float) -> list[dict]:
+        out = []
+        for spec in settings.sources:
+            folder = shards / "by_source" / sub / spec.name
+            if not spec.train or spec.name == without or not (folder / "manifest.json").is_file():
+                continue
+            n = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["total_samples"]
+            if n:
+                out.append({"path": str(folder), "weight": float(n)})
+        total = sum(s["weight"] for s in out) or 1.0
+        return [{**s, "weight": share * s["weight"] / total} for s in out]
+
+    share = settings.shards.label_captions if kind == "clip" else 0.0
+    labels = weighted("labels", share) if share else []
+    return weighted(kind, 1.0 - share if labels else 1.0) + labels

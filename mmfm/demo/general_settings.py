@@ -39,6 +39,9 @@ class GeneralShardSettings:
     shard_size: int = ranged(256, ge=1)
     workers: int = ranged(2, ge=0)
     clip_all_captions: bool = True             # CLIP sees one sample per caption (names, tags, descriptions)
+    label_captions: float = ranged(0.3, ge=0, lt=1)   # share of CLIP samples pairing a training image with its
+                                               # label space's first template and its source label ("a Flags
+                                               # emoji"), as the demo's group captions; 0: names etc. only
 
 
 @dataclass
