@@ -52,7 +52,7 @@ def test_a_real_mismatch_names_both_tokenizers(demo_like):
     assert start.tokenizer.name in msg and other.tokenizer.name in msg and "decoder.transformer.wte.weight" in msg
 
 
-def test_a_fine_tune_from_the_captioner_reads_its_persisted_tower_memo(demo_like, tmp_path, monkeypatch, capfd):
+def test_a_fine_tune_from_the_captioner_reads_its_persisted_tower_memo(demo_like, tmp_path, monkeypatch):
     """Issue 24 (the demo's VQA on its captioner): ``model.vision.memo_dir`` survives ``--init-from`` of a
     captioner (a training choice), and the locked tower loaded from the checkpoint has the fingerprint of the run
     that saved the memo, so a second run on the same images runs the tower on none of them."""
@@ -62,14 +62,24 @@ def test_a_fine_tune_from_the_captioner_reads_its_persisted_tower_memo(demo_like
     monkeypatch.chdir(tmp_path)
     shards = make_shards(tmp_path / "shards", 8, 4)
 
+    import io
+    import logging
+
     def run(name):
-        capfd.readouterr()
-        assert cli(["train", str(ROOT / "configs/experiments/demo/caption.yaml"), "--init-from", str(ckpt),
-                    "--set", f"data.train=[{{path: {shards}}}]", "--set", "data.batch_size=4",
-                    "--set", "data.workers=0", "--set", "data.shuffle_buffer=4", "--set", "train.max_steps=2",
-                    "--set", "train.warmup_steps=0", "--set", f"train.output_dir={tmp_path / name}",
-                    "--set", "train.progress=false", "--set", f"model.vision.memo_dir={tmp_path / 'memo'}"]) == 0
-        logged = "".join(capfd.readouterr())
+        # the trainer's records, read from its logger ("mmfm" does not propagate, and its stream handler holds
+        # whichever stderr the first test that logged had, so captured output depends on the test order)
+        buf = io.StringIO()
+        handler, logger = logging.StreamHandler(buf), logging.getLogger("mmfm.train")
+        logger.addHandler(handler)
+        try:
+            assert cli(["train", str(ROOT / "configs/experiments/demo/caption.yaml"), "--init-from", str(ckpt),
+                        "--set", f"data.train=[{{path: {shards}}}]", "--set", "data.batch_size=4",
+                        "--set", "data.workers=0", "--set", "data.shuffle_buffer=4", "--set", "train.max_steps=2",
+                        "--set", "train.warmup_steps=0", "--set", f"train.output_dir={tmp_path / name}",
+                        "--set", "train.progress=false", "--set", f"model.vision.memo_dir={tmp_path / 'memo'}"]) == 0
+        finally:
+            logger.removeHandler(handler)
+        logged = buf.getvalue()
         found = re.findall(r"locked-feature memo vision-tokens: (\d+) rows read from \S+, (\d+) hits, (\d+) misses",
                            logged)
         assert len(found) == 1, logged[-2000:]
