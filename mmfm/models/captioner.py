@@ -369,7 +369,8 @@ def build_captioner(cfg: ModelConfig, init_weights: bool = True) -> Captioner:
         # record the CLIP tower's architecture in this config, so the saved captioner rebuilds without it
         cfg.vision = _vision_cfg_from_clip(cfg)
     v = cfg.vision
-    visual = TimmVisionTower(v.timm_model, v.timm_kwargs, v.pretrained if init_weights else None, v.image_size)
+    visual = TimmVisionTower(v.timm_model, v.timm_kwargs, v.pretrained if init_weights else None, v.image_size,
+                             preprocess=v.preprocess)      # the config's keys hold without a CLIP checkpoint too
     visual.drop_pooling_head()               # tokens only: no parameter DDP would find unused
     if cfg.clip_checkpoint and init_weights:
         clip_meta = _load_clip_vision(visual, cfg.clip_checkpoint)
