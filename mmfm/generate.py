@@ -36,7 +36,7 @@ from mmfm.models.device import model_device
 __all__ = ["generation_kwargs", "stored_generate", "settings_dict", "to_alt_text", "clean_caption", "caption_images",
            "caption_tensors", "answer_questions", "rank_answers", "answer_rows", "decode_images", "load_preset", "preset_names",
            "merge_settings", "caption_confidence", "degenerate_reason", "repetition_loop", "trust_fields",
-           "limit_person_attributes"]
+           "limit_person_attributes", "keep_person_attributes"]
 
 _HF_FIELDS = ("num_beams", "do_sample", "temperature", "top_p", "top_k", "min_new_tokens", "max_new_tokens",
               "no_repeat_ngram_size", "repetition_penalty", "length_penalty", "use_cache")
@@ -88,6 +88,13 @@ def limit_person_attributes(text: str, allowed) -> str:
     text = re.sub(r"\s*[,:]\s*(?=[,.:;!?]|$)", "", " ".join(text.split()))    # a clause left empty
     text = re.sub(r"\b([Aa])n\s+(?=[^aeiouAEIOU\W])", r"\1 ", text)
     return re.sub(r"\b([Aa])\s+(?=[aeiouAEIOU])", r"\1n ", text)
+
+
+def keep_person_attributes(text: str, allowed) -> str:
+    """``text`` with only the ``allowed`` person attributes stated (unchanged when every one is allowed)."""
+    if set(PERSON_ATTRIBUTES) - set(allowed):
+        text = clean_caption(limit_person_attributes(text, allowed))
+    return text
 
 
 # ---------------------------------------------------------------- settings
@@ -152,8 +159,7 @@ def to_alt_text(caption: str, alt: AltTextConfig | None = None) -> str:
     dangling function words dropped), sentence case with a final period."""
     alt = alt or AltTextConfig()
     text = clean_caption(caption)
-    if set(PERSON_ATTRIBUTES) - set(alt.person_attributes):
-        text = clean_caption(limit_person_attributes(text, alt.person_attributes))
+    text = keep_person_attributes(text, alt.person_attributes)
     if alt.strip_prefix:
         stripped = _PREFIX.sub("", text, count=1)
         text = stripped if stripped.strip() else text

@@ -226,13 +226,13 @@ def _zero_shot_part(model, spec, kept, info, data, label_field, templates, batch
 
 def _caption_part(model, spec, kept, info, gen, batch_size, progress,
                   person_attributes=None) -> tuple[dict, list]:
-    from mmfm.generate import clean_caption, limit_person_attributes, settings_dict
+    from mmfm.generate import keep_person_attributes, settings_dict
 
     from ..captioning.caption_metrics import score_captions
 
     caps = caption_samples(model, kept, gen, batch_size=batch_size, progress=progress)
     if person_attributes is not None:      # the alt-text setting generate.alt_text.person_attributes
-        caps = [clean_caption(limit_person_attributes(c, person_attributes)) for c in caps]
+        caps = [keep_person_attributes(c, person_attributes) for c in caps]
     keys = [f"{i}:{s['key']}" for i, s in enumerate(kept)]
     scores = score_captions(dict(zip(keys, caps)), {k: references(s) for k, s in zip(keys, kept)}, per_image=True)
     per_image = scores.pop("per_image")
