@@ -41,31 +41,63 @@ def _count(folder: Path) -> int:
 
 def score_clip(model, settings: GeneralSettings, shards: Path, source: str, *, progress: bool,
                score: ScoreSettings | None = None) -> dict:
-    """One CLIP on one source: zero-shot (where the source has a label space; again with the space's prompt
-    ensemble where ``score`` has one) and retrieval."""
-    from mmfm.eval.retrieval import retrieval_evaluate
-
-    from .transfer import score_set
-
+    """One CLIP on one source: retrieval, and zero-shot where the source has a label space (again with the
+    space's prompt ensemble where ``score`` has one). The evaluation images are encoded once: retrieval, the
+    single template and the ensemble all read the same embeddings (``zeroshot_from_embeddings``)."""
     spec = next(s for s in settings.sources if s.name == source)
     folder = shards / "by_source" / "eval" / source
     if not _count(folder):
         return {"skipped": f"{source}: no evaluation images"}
-    out: dict = {"images": _count(folder)}
-    space = settings.space(spec.label_space) if spec.label_space else None
+    was_training = model.training
+    model.eval()
+    try:
+        return _score_eval_set(model, folder, settings.space(spec.label_space) if spec.label_space else None,
+                               shards / "by_source" / "zeroshot" / source / "images", score, progress)
+    finally:
+        model.train(was_training)
+
+
+def _score_eval_set(model, folder: Path, space, labels: Path, score: ScoreSettings | None, progress: bool) -> dict:
+    from mmfm.eval.retrieval import embed_share, merge_shares, recall_at_k
+
+    share = embed_share(model, str(folder), batch_size=64, workers=0, progress=progress)
+    img, txt, owner, _ = merge_shares([share], str(folder))
+    out: dict = {"images": _count(folder), "retrieval": recall_at_k(img, txt, owner, (1, 5))}
     if space is not None:
-        images = shards / "by_source" / "zeroshot" / source / "images"
-        zs = score_set(model, images, list(space.classes), list(space.templates), progress=progress)
-        zs.pop("predictions", None)
-        out["zeroshot"] = zs
+        names = [n for _, n in sorted(zip(share["pos"].tolist(), share["name"]))]   # merge_shares' row order
+        out["zeroshot"] = zeroshot_from_embeddings(model, img, names, labels, list(space.classes),
+                                                   list(space.templates))
         ensemble = score.ensemble(space.name) if score is not None else None
         if ensemble:
-            ens = score_set(model, images, list(space.classes), ensemble, progress=progress)
-            ens.pop("predictions", None)
-            out["zeroshot_ensemble"] = {**ens, "templates": ensemble}
-    res = retrieval_evaluate(model, str(folder), batch_size=64, workers=0, ks=(1, 5), progress=progress)
-    out["retrieval"] = {k: float(v) for k, v in res.metrics.items()}
+            out["zeroshot_ensemble"] = {**zeroshot_from_embeddings(model, img, names, labels, list(space.classes),
+                                                                   ensemble), "templates": ensemble}
     return out
+
+
+def zeroshot_from_embeddings(model, image_emb, names: list[str], label_folder: Path, classes: list[str],
+                             templates: list[str]) -> dict:
+    """Zero-shot over every class of ``classes`` for the images of ``label_folder`` (``<slug(label)>/KEY.ext``,
+    ``general_data.write_label_folder``), read from ``image_emb`` (rows named ``url:KEY`` in ``names``): the figures
+    ``transfer.score_set`` gives, without decoding and encoding the images again."""
+    import numpy as np
+
+    from mmfm.eval.zeroshot.classifier import build_classifier
+    from mmfm.eval.zeroshot.metrics import classification_metrics
+
+    index = {D.slug(c): i for i, c in enumerate(classes)}
+    label = {p.stem: index[p.parent.name] for p in label_folder.glob("*/*") if p.parent.name in index}
+    rows = [(i, label[n.rsplit(":", 1)[-1]]) for i, n in enumerate(names) if n.rsplit(":", 1)[-1] in label]
+    if not rows:
+        return {"skipped": f"{label_folder}: no labelled image among the embeddings"}
+    targets = np.asarray([t for _, t in rows], dtype=np.int64)
+    weights = build_classifier(model, list(classes), list(templates))
+    logits = image_emb[[i for i, _ in rows]] @ weights.float()
+    metrics = classification_metrics(logits, targets, len(classes))
+    support = np.bincount(targets, minlength=len(classes))
+    majority = int(np.argmax(support))
+    return {"top1": metrics["top1"], "mean_per_class_recall": metrics["mean_per_class_recall"],
+            "macro_f1": metrics["macro_f1"], "images": int(support.sum()), "groups_present": int((support > 0).sum()),
+            "majority_class": classes[majority], "majority_top1": float(support[majority] / support.sum())}
 
 
 def arm_runs(out: Path, settings: GeneralSettings, source: str) -> dict[str, Path]:

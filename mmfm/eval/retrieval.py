@@ -130,13 +130,13 @@ def _image_batches(data, transform, *, batch_size, workers, max_pixels, max_samp
 def embed_share(model, data, *, share=(0, 1), batch_size=64, workers=None, precision="auto",
                 max_pixels=DEFAULT_MAX_PIXELS, max_samples=None, progress=True) -> dict:
     """This rank's share (``share=(rank, world)``) of the retrieval set: ``{"pos": (I,) reading-order position
-    of each image, "image": (I, D), "text": (T, D), "owner": (T,) position of each caption's image,
-    "skipped": [...]}``; I may be 0."""
+    of each image, "name": (I,) its ``url:key`` (shards) or path (tables), "image": (I, D), "text": (T, D),
+    "owner": (T,) position of each caption's image, "skipped": [...]}``; I may be 0."""
     import torch
     from tqdm.auto import tqdm
     device = model_device(model)
     workers = default_workers(device) if workers is None else workers
-    feats, captions, owner, skipped, pos = [], [], [], [], []
+    feats, captions, owner, skipped, pos, names = [], [], [], [], [], []
     with torch.inference_mode(), autocast(device, precision):
         transform, finish = split_transform(eval_transform(model), device)   # uint8 + GPU normalise on CUDA
         batches = _image_batches(data, transform, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
@@ -154,8 +154,9 @@ def embed_share(model, data, *, share=(0, 1), batch_size=64, workers=None, preci
                 captions += b["captions"]
                 owner += [b["pos"]] * len(b["captions"])
                 pos.append(b["pos"])
+                names.append(b["name"])
     text = encode_texts(model, captions, precision=precision, progress=progress, desc="retrieval captions")
-    return {"pos": torch.tensor(pos, dtype=torch.long), "image": torch.cat(feats) if feats else torch.zeros(0, 0),
+    return {"pos": torch.tensor(pos, dtype=torch.long), "name": names, "image": torch.cat(feats) if feats else torch.zeros(0, 0),
             "text": text, "owner": torch.tensor(owner, dtype=torch.long), "skipped": skipped,
             **long_caption_note(model, captions)}
 
