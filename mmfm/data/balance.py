@@ -77,13 +77,18 @@ class Balancer:
         g = sample_group(sample_meta(raw), "", self.key)
         return g if g in self.counts else MISSING
 
-    def filter(self, stream: Iterator[dict], seed_parts: tuple) -> Iterator[dict]:
-        """``mode: sample``: the samples kept (a deterministic coin per sample); otherwise ``stream`` unchanged."""
+    def filter(self, stream: Iterator[dict], seed_parts: tuple, expected: list[float] | None = None
+               ) -> Iterator[dict]:
+        """``mode: sample``: the samples kept (a deterministic coin per sample); otherwise ``stream`` unchanged.
+        ``expected[0]`` (when given) grows by each sample's keep probability: how many samples a pass should
+        keep, which tells a pass that kept none by chance from a source that can keep none."""
         if self.mode != "sample":
             yield from stream
             return
         for raw in stream:
             p = self.keep.get(self.group(raw), 1.0)
+            if expected is not None:
+                expected[0] += p
             if _coin(seed_parts, raw) < p:
                 yield raw
 

@@ -139,6 +139,7 @@ class StreamDataset(IterableDataset):
             mine = assign_shards(src.shards, 1, rng)[0]
         else:
             mine = assign_shards(src.shards, readers, rng)[reader]
+        expected = [0.0]      # data.balance: samples the passes since the last kept one should have kept
         for pass_i in range(1 << 62 if self.train else 1):     # evaluation: one pass, every sample once
             order = list(mine)
             if pass_i and self.train:
@@ -148,16 +149,22 @@ class StreamDataset(IterableDataset):
             if self.split == "sample":
                 stream = islice(stream, reader, None, readers)
             if self.balance is not None and self.train:     # before the buffer: resume counts kept samples
-                stream = self.balance.filter(stream, (*base, reader, pass_i))
+                stream = self.balance.filter(stream, (*base, reader, pass_i), expected)
             stream = self._shuffled(stream, (*base, reader, pass_i))   # drains at the end of a pass
             got = 0
             for sample in stream:
                 got += 1
                 yield sample
-            if read[0] == 0 or (got == 0 and self.train):     # else a training reader would loop forever
+            if got:
+                expected[0] = 0.0
+            # A pass that keeps nothing: a training reader would loop forever, unless data.balance dropped its
+            # samples by chance (a small source of a large group); those passes go on until 30 samples were
+            # expected in all (kept none: a chance of e^-30), so the wait is bounded either way.
+            if read[0] == 0 or (got == 0 and self.train and (self.balance is None or expected[0] >= 30)):
                 names = ", ".join(s.url for s in order[:4]) + (" ..." if len(order) > 4 else "")
+                why = f"; data.balance kept none of them ({expected[0]:.0f} expected)" if read[0] else ""
                 raise ShardError(f"reader {reader} got no readable samples from its shard(s) {names} "
-                                 f"(data source '{src.spec}')")
+                                 f"(data source '{src.spec}'){why}")
 
     def _resampled(self, src: Source, reader: int, base: tuple, handler) -> Iterator[dict]:
         rng = random.Random(_seed(*base, reader, "resample"))

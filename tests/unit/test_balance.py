@@ -102,6 +102,24 @@ def test_two_ranks_read_their_own_shards_the_same_way_every_time(shards):
     assert Counter(_tone(x) for x in k[0] + k[1])["a"] < 0.5 * 40          # 70% without balancing
 
 
+def test_a_small_source_of_a_large_group_waits_for_its_coins_instead_of_failing(shards, tmp_path):
+    """Two weighted sources: the second holds 3 samples, all of the largest group (keep probability 4/31), so most
+    passes over it keep none. The reader goes on to the next pass (it used to stop with "got no readable
+    samples"); a source of only that group still yields its samples, and the wait is bounded."""
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="PNG")
+    small = tmp_path / "small"
+    write_shards(({"__key__": f"k{100 + i}", "png": buf.getvalue(), "txt": "x", "json": {"tone": "a"}}
+                  for i in range(3)), small, shard_size=10)
+    srcs = [(str(shards), 0.5), (str(small), 0.5)]
+    data_cfg = DataConfig(shuffle_buffer=8, samples_per_epoch=40, balance=BalanceConfig(key="tone"))
+    bundle = build_loader(srcs, Proc(), batch_size=4, workers=0, train=True, world=(0, 1), data_cfg=data_cfg)
+    keys = _keys(bundle)
+    small_keys = [k for k in keys if int(k[1:]) >= 100]
+    assert len(keys) == 40 and set(small_keys) <= {"k100", "k101", "k102"}
+    assert 8 < len(small_keys) < 32                        # about half the batches' samples (the source weight)
+
+
 def test_weights_and_counts_from_an_audit(shards, tmp_path):
     write_audit(audit_shards(str(shards), "tone"), tmp_path / "audit")
     b = build_loader(str(shards), Proc(), batch_size=40, workers=0, train=True, world=(0, 1),
