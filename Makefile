@@ -17,11 +17,12 @@ OPENMOJI := $(MMFM_CACHE)/openmoji-17.0.0
 FLAGS := $(MMFM_CACHE)/svg-country-flags-1.2.10
 GENERAL_PKGS := $(DEMO_PKGS) dataset-fashion-mnist libcairo2 adwaita-icon-theme
 
-.PHONY: demo general general-data test venv apt-deps demo-deps twemoji continued clean help
+.PHONY: demo general general-ab general-data test venv apt-deps demo-deps twemoji continued clean help
 
 help:
 	@echo "make demo   - build emoji shards, continue pre-training CLIP (ImageNet + MiniLM towers), captioner, VQA, evaluate on Noto, Twemoji and photos, write runs/demo/report.html"
 	@echo "make general - the model to try on your own pictures: CLIP + captioner on every openly licensed source (Noto, OpenMoji, flags, Fashion-MNIST), leave-one-source-out report in runs/general/"
+	@echo "make general-ab - the general job plus its training A/Bs (class-balanced sampling, augmentation; ab.yaml)"
 	@echo "make test   - run the test suite (CPU, offline)"
 	@echo "make continued - continue pre-training pretrained towers on emoji; compare what they gained and forgot"
 	@echo "make twemoji - fetch Twemoji (npm emoji-datasource-twitter) into $(TWEMOJI) for data_recipes/twemoji"
@@ -66,6 +67,12 @@ $(FLAGS)/package.json:
 
 general: general-data venv
 	MALLOC_ARENA_MAX=2 $(VENV)/bin/mmfm demo --job general --out runs/general
+
+# The general job plus its training A/Bs (configs/experiments/general/ab.yaml: class-balanced sampling and
+# augmentation, each against a baseline of the same length), outside `make general`'s budget; after `make general`
+# only the A/Bs and the report run.
+general-ab: general-data venv
+	MALLOC_ARENA_MAX=2 $(VENV)/bin/mmfm demo --job general --out runs/general --ab
 
 # Issue 13's measured run: three ways to continue pre-training (image tower locked / last 2 groups / all) from
 # the same pretrained towers, compared on the new domain and an old one (runs/continued/compare/compare.html).

@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mmfm.demo.general import build_stages as general_stages
     from mmfm.demo.pipeline import build_stages
 
-    stages = list(dict.fromkeys(s.name for s in [*build_stages(), *general_stages()]))   # the pipelines' own lists
+    stages = list(dict.fromkeys(s.name for s in [*build_stages(), *general_stages(ab=True)]))   # the pipelines' own lists
     p = argparse.ArgumentParser(prog="mmfm demo", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1].replace("``", ""))
     p.add_argument("--job", choices=["demo", "general"], default="demo",
@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redo", action="append", default=[], choices=[*stages, "all"], metavar="STAGE",
                    help=f"run STAGE again even if it is done, and the later stages that use it ({', '.join(stages)}, "
                         "all); e.g. --job general --redo score re-scores a finished run without retraining")
+    p.add_argument("--ab", action="store_true",
+                   help="--job general: also train and score the training A/Bs of ab.yaml (class-balanced sampling, "
+                        "augmentation) beside a baseline of the same length (make general-ab)")
     p.add_argument("--until", choices=stages, default=None, metavar="STAGE",
                    help="stop after STAGE (the report then waits for a later run)")
     p.add_argument("--config-dir", default=None,
@@ -86,7 +89,10 @@ def main(argv: list[str]) -> int:
                       **({"config_dir": Path(args.config_dir)} if args.config_dir else {}))
     redo = set(args.redo)
     t0 = time.monotonic()
-    stages = build_stages()
+    if args.ab and args.job != "general":
+        from mmfm.config import ConfigError
+        raise ConfigError("--ab: the training A/Bs are the general job's (add --job general)")
+    stages = build_stages(ab=True) if args.ab else build_stages()
     if args.until:
         stages = stages[: [s.name for s in stages].index(args.until) + 1]
     results = StageRunner(out, stages, force=redo).run(ctx)

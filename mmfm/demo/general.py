@@ -10,7 +10,10 @@ object, ``configs/experiments/general/general.yaml``, and data from every openly
 4. score   -- every CLIP on every source (zero-shot, retrieval): the leave-one-source-out table, with the A/Bs of
    ``score.yaml`` that need no training (prompt ensembles, WiSE-FT); ``--redo score`` re-scores a finished run
 5. caption -- a captioner on every training source's captions, scored on every source's evaluation set
-6. report  -- ``OUT/report.html``, ``OUT/metrics.txt``, ``OUT/loso.json``, the chart ``OUT/loso.png``
+   (ab)    -- with ``--ab`` only (``make general-ab``, outside the job's budget): the training A/Bs of ``ab.yaml``,
+   each the every-source CLIP with one change, scored like the leave-one-out arms (``general_ab``)
+6. report  -- ``OUT/report.html``, ``OUT/metrics.txt``, ``OUT/loso.json``, the chart ``OUT/loso.png`` (and the
+   A/B table and ``OUT/ab.png`` once an ``--ab`` run wrote ``OUT/ab.json``)
 
 Every stage is skipped on a re-run once done; an interrupted one resumes (the builder from its last complete shard,
 training from its last checkpoint, ``loso`` from its last finished arm). Re-running score (``--redo score``, or an
@@ -29,7 +32,7 @@ from mmfm.config.resources import resource_dir
 
 from . import general_data as G
 from . import general_eval as E
-from .general_settings import GeneralSettings, ScoreSettings
+from .general_settings import AbSettings, GeneralSettings, ScoreSettings
 from .pipeline import DemoContext, _configs_digest, _train
 from .stages import Stage
 
@@ -47,6 +50,11 @@ class GeneralContext(DemoContext):
     def score_settings(self) -> ScoreSettings:
         from mmfm.config import load_config
         return load_config(self.config("score"), ScoreSettings)
+
+    @cached_property
+    def ab_settings(self) -> AbSettings:
+        from mmfm.config import load_config
+        return load_config(self.config("ab"), AbSettings)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -102,8 +110,18 @@ def stage_caption(ctx: GeneralContext) -> dict:
     return summary
 
 
+def stage_ab(ctx: GeneralContext) -> dict:
+    from . import general_ab as AB
+
+    def train(config: Path, run: Path, values: dict, overrides: list[str]) -> dict:
+        return _train(ctx, config, run, values, memo=True, isolate=True, overrides=overrides)
+
+    return AB.run_arms(ctx, train, lambda: _clip_values(ctx))
+
+
 # ----------------------------------------------------------------------------- report
 def stage_report(ctx: GeneralContext) -> dict:
+    from . import general_ab as AB
     from . import general_report as GR
     from . import report as R
 
@@ -113,8 +131,12 @@ def stage_report(ctx: GeneralContext) -> dict:
                            ctx.out / "training_curves.png")
     caps = (ctx.results.get("caption") or {}).get("sources") or {}
     counts = (ctx.results.get("shards") or {}).get("splits") or {}
-    table = "\n\n".join([GR.format_counts(counts), E.format_loso(rows), GR.format_captions(caps)])
-    html = GR.render(ctx, counts=counts, rows=rows, captions=caps, chart=chart, curves=curves)
+    ab = AB.read(ctx.out)
+    ab_chart = AB.plot_ab(ab, ctx.out / "ab.png") if ab else None
+    table = "\n\n".join([GR.format_counts(counts), E.format_loso(rows), GR.format_captions(caps)]
+                         + ([AB.format_ab(ab)] if ab else []))
+    html = GR.render(ctx, counts=counts, rows=rows, captions=caps, chart=chart, curves=curves, ab=ab,
+                     ab_chart=ab_chart)
     atomic_write_text(ctx.out / "report.html", html)
     atomic_write_text(ctx.out / "metrics.txt", table + "\n")
     return {"report": str(ctx.out / "report.html"), "table": table}
@@ -125,8 +147,9 @@ def _fp(ctx: GeneralContext, *names: str) -> dict:
     return {"variant": ctx.variant, "configs": _configs_digest(*files)}
 
 
-def build_stages() -> list[Stage]:
-    return [
+def build_stages(ab: bool = False) -> list[Stage]:
+    """The job's stages; ``ab``: with the training A/Bs (``--ab``) before the report."""
+    stages = [
         Stage("shards", "Build every source into one deduplicated mix, then per-source folders", stage_shards,
               lambda c: _fp(c), ("shards",)),
         Stage("clip", "Continue pre-training CLIP (ImageNet + MiniLM towers) on every training source", stage_clip,
@@ -137,5 +160,8 @@ def build_stages() -> list[Stage]:
               stage_score, lambda c: _fp(c, "clip", "score"), ("loso.json",)),
         Stage("caption", "Train a captioner on every source's captions, score it per source", stage_caption,
               lambda c: _fp(c, "clip", "caption"), ("caption",), needs=("shards", "clip")),
-        Stage("report", "Write the report", stage_report, lambda c: {"always": os.urandom(8).hex()}),
     ]
+    if ab:
+        stages.append(Stage("ab", "Training A/Bs (ab.yaml): the every-source CLIP with one change per arm", stage_ab,
+                            lambda c: _fp(c, "clip", "ab"), ("ab", "ab.json"), needs=("shards",)))
+    return stages + [Stage("report", "Write the report", stage_report, lambda c: {"always": os.urandom(8).hex()})]

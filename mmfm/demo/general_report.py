@@ -55,7 +55,25 @@ def _wise_note(ctx) -> str:
             f"{html.escape(wise)}.</p>")
 
 
-def render(ctx, *, counts: dict, rows: list[dict], captions: dict, chart: Path | None, curves: Path | None) -> str:
+def _ab_section(ab: dict | None, chart: Path | None, out: Path) -> list[str]:
+    """The training A/Bs (``general_ab``), once an ``--ab`` run wrote them."""
+    if not ab:
+        return ["<h2>Training A/Bs</h2><p>Not run: <code>make general-ab</code> (<code>mmfm demo --job general "
+                "--ab</code>) trains the arms of ab.yaml (class-balanced sampling, augmentation) beside a baseline "
+                "of the same length.</p>"]
+    names = list(ab.get("arms") or {})
+    arms = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(str(a.get('title', '')))} "
+                   f"<code>{html.escape(' '.join(a.get('set') or []))}</code></li>" for n, a in ab["arms"].items())
+    rows = [[r["source"] + ("" if r["trained_on"] else " (never trained on)"), r["metric"],
+             *[r.get(n) for n in names]] for r in ab.get("rows") or []]
+    return [f"<h2>Training A/Bs</h2><p>Each arm trains the every-source CLIP for {ab.get('steps')} steps from the "
+            f"same towers and seed with one change (ab.yaml); <i>baseline</i> has none. Scored like the "
+            f"leave-one-out arms (training sources: their held-out split).</p><ul>{arms}</ul>",
+            _table(["source", "metric", *names], rows), _img(chart, out)]
+
+
+def render(ctx, *, counts: dict, rows: list[dict], captions: dict, chart: Path | None, curves: Path | None,
+           ab: dict | None = None, ab_chart: Path | None = None) -> str:
     s = ctx.settings
     count_rows = [[split, name, c["written"], ", ".join(f"{k} {v}" for k, v in c["skipped"].items()) or "-"]
                   for split, m in counts.items() for name, c in (m.get("sources") or {}).items()]
@@ -77,6 +95,7 @@ def render(ctx, *, counts: dict, rows: list[dict], captions: dict, chart: Path |
           "model's. Majority: always answering the set's most frequent class.</p>",
         _wise_note(ctx), _table(["source", "metric", *[ARM_HEADS[a] for a in ARMS], "majority"], loso),
         _img(chart, ctx.out),
+        *_ab_section(ab, ab_chart, ctx.out),
         "<h2>Captions per source</h2>",
         _table(["source", "CIDEr-D", "constant CIDEr-D", "best constant caption", "source trained on",
                 "examples"], cap_rows),

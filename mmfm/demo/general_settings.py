@@ -113,3 +113,33 @@ class ScoreSettings:
 
     def ensemble(self, label_space: str) -> list[str] | None:
         return next((list(e.templates) for e in self.prompt_ensembles if e.label_space == label_space), None)
+
+
+# ----------------------------------------------------------------------------- ab.yaml: the training A/Bs (--ab)
+@dataclass
+class AbArm:
+    """One training A/B arm: the every-source CLIP (clip.yaml) with ``set`` (``--set`` style overrides) applied."""
+    name: str = ""
+    title: str = ""
+    set: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise ConfigError(f"arms: each arm needs a name of letters, digits and _, got {self.name!r}")
+        bad = [o for o in self.set if "=" not in o]
+        if bad:
+            raise ConfigError(f"arms.{self.name}.set: each override is KEY=VALUE, got {bad}")
+
+
+@dataclass
+class AbSettings:
+    """``ab.yaml``: read by the ``ab`` stage only (``mmfm demo --job general --ab``, ``make general-ab``). Every arm
+    trains the every-source CLIP for ``steps`` steps from the same pretrained towers and seed, one change each, and
+    is scored on every source like the leave-one-out arms; the ``baseline`` arm (no change) is the A side."""
+    steps: int | None = ranged(None, ge=1)     # None: loso.steps of general.yaml (else clip.yaml's)
+    arms: list[AbArm] = field(default_factory=list)
+
+    def validate(self) -> None:
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"arms: names must be unique, got {names}")

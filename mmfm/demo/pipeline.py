@@ -91,11 +91,12 @@ def stage_shards(ctx: DemoContext) -> dict:
 
 # ----------------------------------------------------------------------------- training, through the library
 def _train(ctx: DemoContext, config: Path, out_dir: Path, values: dict, memo: bool = False,
-           isolate: bool = False) -> dict:
+           isolate: bool = False, overrides: list[str] | None = None) -> dict:
     """Train the experiment ``config`` with ``values`` (dotted keys -> Python values) set, in this process,
     resuming from the run's last checkpoint if there is one (``mmfm.train.train_experiment``). ``memo``: towers
     that cache their locked outputs keep them in the job's ``settings.memo_dir`` (``model.*.memo_dir``: read when
-    made by the same locked weights), for the CLIPs, whose pretrained towers are shared by runs and re-runs."""
+    made by the same locked weights), for the CLIPs, whose pretrained towers are shared by runs and re-runs.
+    ``overrides``: ``--set`` style ``KEY=VALUE`` strings, applied before ``values``."""
     from mmfm.config import load_experiment
     from mmfm.train.builder import train_experiment
 
@@ -104,7 +105,7 @@ def _train(ctx: DemoContext, config: Path, out_dir: Path, values: dict, memo: bo
         values.update({"train.resume": "latest", "train.init_from": None})
     if not ctx.progress:
         values["train.progress"] = False
-    cfg = load_experiment(config, values=values)
+    cfg = load_experiment(config, overrides=overrides, values=values)
     folder = getattr(ctx.settings, "memo_dir", "") if memo else ""
     for tower in (cfg.model.vision, cfg.model.text):
         if folder and tower.cache_locked_features and not tower.memo_dir:

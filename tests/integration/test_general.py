@@ -141,6 +141,39 @@ def test_prompt_ensemble_and_wise_ft_columns(quick_general):
     assert "<th>all WiSE</th>" in page and "prompt ensemble" in page
 
 
+def test_score_encodes_each_set_once_and_equals_the_separate_evaluations(quick_general):
+    """The score stage reads retrieval, the single template and the prompt ensemble from one encoding of the
+    evaluation images: its figures equal mmfm's zero-shot and retrieval evaluations run separately on the label
+    folder and the shard folder (each image labelled by its own key, not by its row)."""
+    from mmfm.config import load_config
+    from mmfm.demo import general_eval as E
+    from mmfm.demo.general_settings import GeneralSettings, ScoreSettings
+    from mmfm.demo.transfer import score_set
+    from mmfm.eval.retrieval import retrieval_evaluate
+    from mmfm.models.checkpoint import load
+
+    out, _ = quick_general
+    cfg = ROOT / "configs" / "experiments" / "general"
+    settings = load_config(cfg / "quick_general.yaml", GeneralSettings)
+    score = load_config(cfg / "quick_score.yaml", ScoreSettings)
+    model = load(str(out / "clip"), expect="clip")
+    shards = out / "shards"
+    for source in ("noto_emoji", "fashion_mnist"):
+        space = settings.space(next(s for s in settings.sources if s.name == source).label_space)
+        got = E.score_clip(model, settings, shards, source, progress=False, score=score)
+        images = shards / "by_source" / "zeroshot" / source / "images"
+        for key, templates in (("zeroshot", space.templates), ("zeroshot_ensemble", score.ensemble(space.name))):
+            ref = score_set(model, images, list(space.classes), list(templates), progress=False)
+            n = ref["images"]
+            assert got[key]["images"] == n > 0
+            for metric in ("top1", "mean_per_class_recall", "majority_top1"):
+                assert got[key][metric] == pytest.approx(ref[metric], abs=1.01 / n), (source, key, metric)
+        ref = retrieval_evaluate(model, str(shards / "by_source" / "eval" / source), workers=0, ks=(1, 5),
+                                 progress=False).metrics
+        for metric in ("image_to_text_R@1", "text_to_image_R@5"):
+            assert got["retrieval"][metric] == pytest.approx(ref[metric], abs=1e-6), (source, metric)
+
+
 def test_wise_ft_starting_weights_are_the_runs_first_weights(quick_general, tmp_path):
     """A run whose learning rate is 0 keeps its starting parameters: the weights StartingWeights rebuilds (the
     config's model under train.seed) must equal them exactly, new projections included."""
@@ -229,3 +262,36 @@ def test_every_clip_arm_shares_one_persisted_memo_of_the_locked_towers(quick_gen
     assert len(found) == 6 and all({n for n, *_ in r} == {"vision-prefix", "text-pooled"} for r in runs), found
     assert all(int(m[1]) == 0 for m in runs[0])                   # the first run starts empty
     assert all(int(m[1]) > 0 for r in runs[1:] for m in r)        # the arms read rows
+
+
+def test_training_ab_arms_train_with_their_change_and_join_the_report(quick_general):
+    """`--ab` (make general-ab) on a finished run: the job's stages are skipped, each arm of ab.yaml trains the
+    every-source CLIP with its own change (read back from the arm's saved config) for ab.yaml's steps, and the
+    arms' scores on every source -- Twemoji as never trained on -- reach ab.json, metrics.txt and the report."""
+    from mmfm.config import read_yaml
+
+    out, _ = quick_general
+    proc = _general(out, "--ab")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = {ln.split("]")[0] + "]": ln for ln in proc.stdout.splitlines() if ln.startswith("[")}
+    assert all("done already" in lines[f"[{i}/7]"] for i in range(1, 6)), proc.stdout
+    assert "Training A/Bs" in lines["[6/7]"] and "done already" not in lines["[6/7]"]
+    data = json.loads((out / "ab.json").read_text())
+    assert list(data["arms"]) == ["baseline", "class_balanced", "augment", "randaugment"] and data["steps"] == 2
+    cfg = {n: read_yaml(out / "ab" / n / "config.yaml") for n in data["arms"]}
+    assert cfg["baseline"]["data"].get("balance") is None
+    assert cfg["class_balanced"]["data"]["balance"]["key"] == "label"
+    assert cfg["augment"]["model"]["vision"]["preprocess"]["scale"] == [0.6, 1.0]
+    assert cfg["augment"]["model"]["vision"]["cache_locked_features"] is False
+    assert cfg["randaugment"]["model"]["vision"]["preprocess"]["auto_augment"] == "rand-m9-mstd0.5"
+    for n in data["arms"]:
+        rows = [json.loads(x) for x in (out / "ab" / n / "metrics.jsonl").read_text().splitlines()]
+        assert max(r.get("step", 0) for r in rows) == 2, n
+    tw = {r["metric"]: r for r in data["rows"] if r["source"] == "twemoji"}
+    assert tw["zero-shot top-1"]["trained_on"] is False
+    assert all(isinstance(tw["zero-shot top-1"][n], float) for n in data["arms"])
+    assert "training A/B (2 steps)" in (out / "metrics.txt").read_text()
+    page = (out / "report.html").read_text()
+    assert "<h2>Training A/Bs</h2>" in page and 'src="ab.png"' in page and "<th>class_balanced</th>" in page
+    again = _general(out)                                 # a later run without --ab keeps the A/B section
+    assert again.returncode == 0 and 'src="ab.png"' in (out / "report.html").read_text()
