@@ -15,7 +15,7 @@ TWEMOJI := $(MMFM_CACHE)/emoji-datasource-twitter-16.0.0
 # The general model's extra sources (data_recipes/openmoji, country_flags; fashion_mnist and icon_theme: Debian).
 OPENMOJI := $(MMFM_CACHE)/openmoji-17.0.0
 FLAGS := $(MMFM_CACHE)/svg-country-flags-1.2.10
-GENERAL_PKGS := $(DEMO_PKGS) dataset-fashion-mnist libcairo2 adwaita-icon-theme
+GENERAL_PKGS := $(DEMO_PKGS) dataset-fashion-mnist libcairo2 adwaita-icon-theme openclipart-svg
 
 .PHONY: demo general general-ab general-data test venv apt-deps demo-deps twemoji continued clean help
 

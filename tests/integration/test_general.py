@@ -44,7 +44,7 @@ def test_every_stage_ran_and_the_mix_counts_each_source(quick_general):
     train = json.loads((out / "shards" / "train" / "manifest.json").read_text())
     held = json.loads((out / "shards" / "heldout" / "manifest.json").read_text())
     assert set(train["sources"]) == {"noto_emoji", "openmoji", "country_flags", "fashion_mnist", "icon_theme",
-                                      "twemoji"}
+                                      "twemoji", "openclipart"}
     assert sum(c["written"] for c in train["sources"].values()) == train["total_samples"]
     assert sum(c["written"] for c in held["sources"].values()) == held["total_samples"]
     skipped = {k: v for m in (train, held) for c in m["sources"].values() for k, v in c["skipped"].items()}
@@ -53,6 +53,8 @@ def test_every_stage_ran_and_the_mix_counts_each_source(quick_general):
     tw = json.loads((out / "shards" / "by_source" / "eval" / "twemoji" / "manifest.json").read_text())
     assert tw["total_samples"] == train["sources"]["twemoji"]["written"] + held["sources"]["twemoji"]["written"]
     assert not (out / "shards" / "by_source" / "train" / "twemoji").exists()
+    oc = json.loads((out / "shards" / "by_source" / "eval" / "openclipart" / "manifest.json").read_text())
+    assert oc["total_samples"] > 0 and not (out / "shards" / "by_source" / "train" / "openclipart").exists()
 
 
 def test_clip_folders_hold_one_sample_per_caption(quick_general):
@@ -116,6 +118,7 @@ def test_loso_table_chart_and_report(quick_general):
     assert "zero-shot top-1" in proc.stdout and "captions on" in proc.stdout
     caps = json.loads((out / ".done" / "caption.json").read_text())["summary"]["sources"]
     assert caps["twemoji"]["trained_on"] is False and "CIDEr-D" in caps["twemoji"]["constant_baseline"]
+    assert caps["openclipart"]["trained_on"] is False and "CIDEr-D" in caps["openclipart"]
 
 
 def test_prompt_ensemble_and_wise_ft_columns(quick_general):
