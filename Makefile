@@ -55,7 +55,8 @@ demo: demo-deps venv twemoji   # twemoji: the transfer stage reads another artis
 
 # The general model: every source in data_recipes/ that the registries carry, one deduplicated mix, the demo's CLIP
 # recipe continued on it, a captioner, and the leave-one-source-out table (runs/general/report.html). Reuses the
-# Noto-only demo model in runs/demo/clip as a comparison arm when it exists. Budget (not measured): 45 min, 4 GB.
+# Noto-only demo model in runs/demo/clip as a comparison arm when it exists. Budget 45 min, 4 GB; measured 38:41,
+# 3.66 GiB peak from a fresh clone with its venv (docs/demo.md).
 general-data: twemoji $(OPENMOJI)/package.json $(FLAGS)/package.json
 	@bash tools/ensure_apt.sh $(GENERAL_PKGS)
 
