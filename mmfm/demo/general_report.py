@@ -86,7 +86,7 @@ def render(ctx, *, counts: dict, rows: list[dict], captions: dict, chart: Path |
     parts = [
         "<h1>mmfm general model</h1>",
         f"<p>Output: {html.escape(str(ctx.out))} ({ctx.variant}). Try it: <code>mmfm caption --model "
-        f"{html.escape(str(ctx.out / 'caption'))} my_pictures/</code>.</p>",
+        f"{html.escape(str(ctx.out / 'caption'))} my_pictures/ --out alt.jsonl --html alt.html</code>.</p>",
         "<h2>Sources</h2>", _table(["source", "recipe", "trained on", "label space", "left out once"], sources),
         "<h2>Samples per source</h2>", _table(["split", "source", "written", "skipped"], count_rows),
         "<h2>Leave-one-source-out</h2>",

@@ -121,6 +121,30 @@ def test_loso_table_chart_and_report(quick_general):
     assert caps["openclipart"]["trained_on"] is False and "CIDEr-D" in caps["openclipart"]
 
 
+def test_the_reports_try_it_command_captions_a_folder(quick_general, tmp_path):
+    """The report's "Try it" line is a command that runs as written on a folder of the user's pictures (it once
+    lacked the --out that `mmfm caption` requires)."""
+    import html
+    import re
+    import shlex
+    import shutil
+
+    out, _ = quick_general
+    page = (out / "report.html").read_text()
+    cmd = shlex.split(html.unescape(re.search(r"Try it: <code>(mmfm caption [^<]+)</code>", page).group(1)))
+    pictures = tmp_path / "my_pictures"
+    pictures.mkdir()
+    for src in sorted((out / "shards" / "by_source" / "zeroshot").rglob("*.jpg"))[:3]:
+        shutil.copy(src, pictures / src.name)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, "-m", "mmfm", *cmd[1:]], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(x) for x in (tmp_path / "alt.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["caption"] and r["error"] is None for r in rows)
+    assert (tmp_path / "alt.html").is_file()
+
+
 def test_prompt_ensemble_and_wise_ft_columns(quick_general):
     """The A/Bs without training (score.yaml): prompt-ensemble rows and WiSE-FT columns, numbers in loso.json,
     metrics.txt and the report."""
