@@ -62,7 +62,7 @@ def run_arms(ctx, train, values_for) -> dict:
 
 
 def ab_rows(table: dict[str, dict], names: list[str]) -> list[dict]:
-    """One row per (source, metric): every arm's figure, and each arm's difference from ``baseline``."""
+    """One row per (source, metric): every arm's figure, and whether any arm trained on the source."""
     rows = []
     for source, arms in table.items():
         for title, (part, key) in METRICS:
