@@ -103,31 +103,9 @@ def format_ab(ab: dict) -> str:
 
 
 def plot_ab(ab: dict, path: Path) -> Path | None:
-    """Grouped bars: per source, zero-shot top-1 (else image->text R@1) of each arm."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """Grouped bars: per source, zero-shot top-1 (else image->text R@1) of each arm (* never trained on)."""
+    from .general_eval import headline_rows, plot_bars
 
-    head: dict[str, dict] = {}
-    for r in ab.get("rows") or []:
-        if r["metric"] == "zero-shot top-1" or (r["metric"] == "image->text R@1" and r["source"] not in head):
-            head[r["source"]] = r
-    names = arm_names(ab)
-    if not head or not names:
-        return None
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(head)), 3.8))
-    width = 0.8 / len(names)
-    for j, name in enumerate(names):
-        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(head))]
-        ax.bar(xs, [r.get(name) or 0 for r in head.values()], width, label=name)
-    ax.set_xticks(range(len(head)))
-    ax.set_xticklabels([f"{s}{'' if r['trained_on'] else ' *'}\n({r['metric']})" for s, r in head.items()],
-                       fontsize=7)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    ax.set_title(f"training A/Bs, {ab.get('steps')} steps each (* never trained on)", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    head = headline_rows(ab.get("rows") or [])
+    return plot_bars(head, {n: n for n in arm_names(ab)}, f"training A/Bs, {ab.get('steps')} steps each "
+                     "(* never trained on)", path, marks={s: " *" for s, r in head.items() if not r["trained_on"]})

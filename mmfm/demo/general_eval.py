@@ -65,39 +65,43 @@ def _score_eval_set(model, folder: Path, space, labels: Path, score: ScoreSettin
     out: dict = {"images": _count(folder), "retrieval": recall_at_k(img, txt, owner, (1, 5))}
     if space is not None:
         names = [n for _, n in sorted(zip(share["pos"].tolist(), share["name"]))]   # merge_shares' row order
-        out["zeroshot"] = zeroshot_from_embeddings(model, img, names, labels, list(space.classes),
-                                                   list(space.templates))
+        rows, targets = labelled_rows(names, labels, list(space.classes))
+        if not rows:
+            out["zeroshot"] = {"skipped": f"{labels}: no labelled image among the embeddings"}
+            return out
+        feats = img[rows]
+        out["zeroshot"] = zeroshot_from_embeddings(model, feats, targets, list(space.classes), list(space.templates))
         ensemble = score.ensemble(space.name) if score is not None else None
         if ensemble:
-            out["zeroshot_ensemble"] = {**zeroshot_from_embeddings(model, img, names, labels, list(space.classes),
+            out["zeroshot_ensemble"] = {**zeroshot_from_embeddings(model, feats, targets, list(space.classes),
                                                                    ensemble), "templates": ensemble}
     return out
 
 
-def zeroshot_from_embeddings(model, image_emb, names: list[str], label_folder: Path, classes: list[str],
-                             templates: list[str]) -> dict:
-    """Zero-shot over every class of ``classes`` for the images of ``label_folder`` (``<slug(label)>/KEY.ext``,
-    ``general_data.write_label_folder``), read from ``image_emb`` (rows named ``url:KEY`` in ``names``): the figures
+def labelled_rows(names: list[str], label_folder: Path, classes: list[str]):
+    """-> ``(rows, targets)``: the embedding rows (named ``url:KEY`` in ``names``) of the images in ``label_folder``
+    (``<slug(label)>/KEY.ext``, ``general_data.write_label_folder``) and each one's class index."""
+    import numpy as np
+
+    index = {D.slug(c): i for i, c in enumerate(classes)}
+    label = {p.stem: index[p.parent.name] for p in label_folder.glob("*/*") if p.parent.name in index}
+    pairs = [(i, label[key]) for i, key in enumerate(n.rsplit(":", 1)[-1] for n in names) if key in label]
+    return [i for i, _ in pairs], np.asarray([t for _, t in pairs], dtype=np.int64)
+
+
+def zeroshot_from_embeddings(model, image_emb, targets, classes: list[str], templates: list[str]) -> dict:
+    """Zero-shot over every class of ``classes`` from image embeddings and their class indices: the figures
     ``transfer.score_set`` gives, without decoding and encoding the images again."""
     import numpy as np
 
     from mmfm.eval.zeroshot.classifier import build_classifier
     from mmfm.eval.zeroshot.metrics import classification_metrics
 
-    index = {D.slug(c): i for i, c in enumerate(classes)}
-    label = {p.stem: index[p.parent.name] for p in label_folder.glob("*/*") if p.parent.name in index}
-    rows = [(i, label[n.rsplit(":", 1)[-1]]) for i, n in enumerate(names) if n.rsplit(":", 1)[-1] in label]
-    if not rows:
-        return {"skipped": f"{label_folder}: no labelled image among the embeddings"}
-    targets = np.asarray([t for _, t in rows], dtype=np.int64)
-    weights = build_classifier(model, list(classes), list(templates))
-    logits = image_emb[[i for i, _ in rows]] @ weights.float()
-    metrics = classification_metrics(logits, targets, len(classes))
-    support = np.bincount(targets, minlength=len(classes))
-    majority = int(np.argmax(support))
-    return {"top1": metrics["top1"], "mean_per_class_recall": metrics["mean_per_class_recall"],
-            "macro_f1": metrics["macro_f1"], "images": int(support.sum()), "groups_present": int((support > 0).sum()),
-            "majority_class": classes[majority], "majority_top1": float(support[majority] / support.sum())}
+    from .transfer import set_summary
+
+    logits = image_emb @ build_classifier(model, list(classes), list(templates)).float()
+    return set_summary(classification_metrics(logits, targets, len(classes)),
+                       np.bincount(targets, minlength=len(classes)), classes)
 
 
 def arm_runs(out: Path, settings: GeneralSettings, source: str) -> dict[str, Path]:
@@ -205,31 +209,44 @@ def format_loso(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_loso(rows: list[dict], path: Path) -> Path | None:
-    """Grouped bars: per source, the headline metric (zero-shot top-1, else image->text R@1) of each arm."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+def headline_rows(rows: list[dict]) -> dict[str, dict]:
+    """Per source, the row of its headline metric: zero-shot top-1, else image->text R@1."""
     head: dict[str, dict] = {}
     for r in rows:
         if r["metric"] == "zero-shot top-1" or (r["metric"] == "image->text R@1" and r["source"] not in head):
             head[r["source"]] = r
-    if not head:
+    return head
+
+
+def plot_bars(head: dict[str, dict], series: dict[str, str], title: str, path: Path,
+              marks: dict[str, str] | None = None) -> Path | None:
+    """Grouped bars, one group per source of ``head`` (``headline_rows``), one bar per ``series`` key (its legend
+    label the value); ``marks``: a suffix for some sources' tick labels."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not head or not series:
         return None
-    arms = [a for a in ARMS if any(r.get(a) is not None for r in head.values())]
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(head)), 3.8))
-    width = 0.8 / max(1, len(arms))
-    for j, arm in enumerate(arms):
-        xs = [i + (j - (len(arms) - 1) / 2) * width for i in range(len(head))]
-        ax.bar(xs, [r.get(arm) or 0 for r in head.values()], width, label=ARM_TITLES[arm])
+    width = 0.8 / len(series)
+    for j, (key, label) in enumerate(series.items()):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(head))]
+        ax.bar(xs, [r.get(key) or 0 for r in head.values()], width, label=label)
     ax.set_xticks(range(len(head)))
-    ax.set_xticklabels([f"{s}\n({r['metric']})" for s, r in head.items()], fontsize=7)
+    ax.set_xticklabels([f"{s}{(marks or {}).get(s, '')}\n({r['metric']})" for s, r in head.items()], fontsize=7)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
-    ax.set_title("leave-one-source-out: each source scored by models with and without it", fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_loso(rows: list[dict], path: Path) -> Path | None:
+    """Grouped bars: per source, the headline metric (zero-shot top-1, else image->text R@1) of each arm."""
+    head = headline_rows(rows)
+    arms = {a: ARM_TITLES[a] for a in ARMS if any(r.get(a) is not None for r in head.values())}
+    return plot_bars(head, arms, "leave-one-source-out: each source scored by models with and without it", path)

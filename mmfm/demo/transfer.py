@@ -62,8 +62,6 @@ def eval_folders(ctx) -> dict[str, Path]:
 
 def score_set(model, images: Path, classes: list[str], templates: list[str], *, progress: bool) -> dict:
     """Zero-shot over all ``classes`` (CLDR groups) on the group-folder tree ``images``."""
-    import numpy as np
-
     from mmfm.eval.zeroshot.classify import zeroshot_classify
     from mmfm.eval.zeroshot.folder import scan_folder
 
@@ -71,13 +69,19 @@ def score_set(model, images: Path, classes: list[str], templates: list[str], *, 
     spec.classnames = list(classes)
     res = zeroshot_classify(model, spec, templates=list(templates), batch_size=128, workers=0, use_cache=False,
                             progress=progress)
-    support = res.confusion.sum(axis=1)
-    majority = int(np.argmax(support))
-    return {"top1": res.metrics["top1"], "mean_per_class_recall": res.metrics["mean_per_class_recall"],
-            "macro_f1": res.metrics["macro_f1"], "images": int(support.sum()),
-            "groups_present": int((support > 0).sum()), "majority_class": classes[majority],
-            "majority_top1": float(support[majority] / support.sum()),
+    return {**set_summary(res.metrics, res.confusion.sum(axis=1), classes),
             "predictions": {p["path"]: classes[spec.classes.index(p["pred"])] for p in res.predictions}}
+
+
+def set_summary(metrics: dict, support, classes: list[str]) -> dict:
+    """A set's zero-shot figures with its majority-class baseline; ``support``: images per class (C,)."""
+    import numpy as np
+
+    majority = int(np.argmax(support))
+    return {"top1": metrics["top1"], "mean_per_class_recall": metrics["mean_per_class_recall"],
+            "macro_f1": metrics["macro_f1"], "images": int(support.sum()),
+            "groups_present": int((support > 0).sum()), "majority_class": classes[majority],
+            "majority_top1": float(support[majority] / support.sum())}
 
 
 def score_sets(ctx, run: Path) -> dict:

@@ -156,7 +156,8 @@ def embed_share(model, data, *, share=(0, 1), batch_size=64, workers=None, preci
                 pos.append(b["pos"])
                 names.append(b["name"])
     text = encode_texts(model, captions, precision=precision, progress=progress, desc="retrieval captions")
-    return {"pos": torch.tensor(pos, dtype=torch.long), "name": names, "image": torch.cat(feats) if feats else torch.zeros(0, 0),
+    return {"pos": torch.tensor(pos, dtype=torch.long), "name": names,
+            "image": torch.cat(feats) if feats else torch.zeros(0, 0),
             "text": text, "owner": torch.tensor(owner, dtype=torch.long), "skipped": skipped,
             **long_caption_note(model, captions)}
 
